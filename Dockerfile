@@ -1,0 +1,25 @@
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    UPLOAD_HOST=0.0.0.0 \
+    UPLOAD_PORT=8080 \
+    UPLOAD_DATA_DIR=/data
+
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY upload_service ./upload_service
+COPY migrations ./migrations
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /data uploads \
+    && mkdir -p /data && chown uploads /data
+
+USER uploads
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["upload-service"]
+CMD ["serve"]

@@ -1,0 +1,326 @@
+"""``bench/run``: measure upload_service against the floors and the peers, print one table, write
+JSON to ``bench/results/<timestamp>.json``.
+
+For each scenario, for each repetition, every server in turn (the order rotates by repetition) is
+started fresh on a free 127.0.0.1 port, measured, stopped by PID, and its data deleted; then the
+page cache's dirty data is flushed (``sync``) so one server's writeback does not slow the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import peers, procfs, report, scenarios
+from bench.client import ClientError, Unsupported
+from bench.config import MiB, build_config
+from bench.scenarios import Context
+from bench.servers import Role, ServerError, ServerSpec, start
+
+REPO = Path(__file__).resolve().parent.parent
+ORDER = ("ours", "tuspyserver", "tus-node", "asgi-floor", "socket-floor")
+
+
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "upload-service-bench"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def own_specs(ours_env: dict[str, str] | None = None) -> list[ServerSpec]:
+    python = sys.executable
+    service = Path(python).with_name("upload-service")
+    serve = [str(service)] if service.exists() else [python, "-m", "upload_service"]
+    apps = Path(__file__).with_name("apps")
+    return [
+        ServerSpec(
+            key="ours",
+            label="upload_service",
+            role=Role.OURS,
+            argv=(
+                *serve,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+            ),
+            version=" ".join([_our_version(), *(f"{k}={v}" for k, v in (ours_env or {}).items())]),
+            ready_path="/readyz",
+            env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}"},
+            env_drop_prefix="UPLOAD_",
+        ),
+        ServerSpec(
+            key="asgi-floor",
+            label="asgi-floor",
+            role=Role.FLOOR,
+            argv=(python, str(apps / "asgi_floor.py"), "{port}"),
+            version="bare ASGI app, uvicorn + uvloop + httptools",
+        ),
+        ServerSpec(
+            key="socket-floor",
+            label="socket-floor",
+            role=Role.FLOOR,
+            argv=(python, str(apps / "socket_floor.py"), "{port}"),
+            version="threaded socket sink, recv_into",
+        ),
+    ]
+
+
+def _our_version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"upload-service {metadata.version('upload-service')}"
+    except metadata.PackageNotFoundError:
+        return "upload-service (not installed)"
+
+
+def ensure_source(cache: Path, size: int) -> Path:
+    """A file of ``size`` random bytes in the cache directory, made once and reused."""
+    path = cache / f"source-{size}.bin"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    _say(f"bench: writing {size / MiB:g} MiB of random bytes to {path}")
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out:
+        remaining = size
+        while remaining > 0:
+            piece = min(8 * MiB, remaining)
+            out.write(os.urandom(piece))
+            remaining -= piece
+    partial.replace(path)
+    return path
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("UPLOAD_") or name == "UPLOAD_DATA_DIR":
+        raise argparse.ArgumentTypeError(
+            f"expected UPLOAD_NAME=VALUE (not UPLOAD_DATA_DIR): {text}"
+        )
+    return name, value
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, help="single upload size (default 1024; smoke 8)")
+    parser.add_argument("--reps", type=int, help="repetitions, median reported (default 3)")
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenarios: " + ", ".join([*scenarios.SCENARIOS, *scenarios.ALIASES]),
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--servers", help="comma-separated subset of: " + ", ".join(ORDER))
+    parser.add_argument("--no-peers", action="store_true", help="skip installing and running peers")
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        type=_assignment,
+        metavar="UPLOAD_X=V",
+        help="a setting for our server (repeatable), e.g. UPLOAD_WRITE_BUFFER=8388608",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="peers, source file, scratch")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help="before each measurement wait up to this many seconds for other CPU load to drop "
+        "below 0.3 cores (default 15; 0 with --smoke)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.size_mib is not None and args.size_mib < 1:
+        parser.error("--size-mib must be at least 1")
+    if args.reps is not None and args.reps < 1:
+        parser.error("--reps must be at least 1")
+    if args.wait_idle is None:
+        args.wait_idle = 0.0 if args.smoke else 15.0
+    return args
+
+
+def _selected_scenarios(only: str | None) -> list[str]:
+    if not only:
+        return list(scenarios.SCENARIOS)
+    chosen: list[str] = []
+    for name in (part.strip() for part in only.split(",") if part.strip()):
+        if name in scenarios.ALIASES:
+            chosen += scenarios.ALIASES[name]
+        elif name in scenarios.SCENARIOS:
+            chosen.append(name)
+        else:
+            raise SystemExit(f"bench: unknown scenario {name!r}")
+    return [name for name in scenarios.SCENARIOS if name in chosen]
+
+
+def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], list[report.Entry]]:
+    wanted = list(ORDER)
+    if args.servers:
+        wanted = [part.strip() for part in args.servers.split(",") if part.strip()]
+        unknown = set(wanted) - set(ORDER)
+        if unknown:
+            raise SystemExit(f"bench: unknown servers {sorted(unknown)}; choose from {ORDER}")
+    if args.no_peers:
+        wanted = [key for key in wanted if key not in ("tuspyserver", "tus-node")]
+    specs = {spec.key: spec for spec in own_specs(dict(args.ours_env))}
+    entries: dict[str, report.Entry] = {}
+    log: list[str] = []
+    installers = {"tuspyserver": peers.tuspyserver_peer, "tus-node": peers.node_peer}
+    for key, install in installers.items():
+        if key in wanted:
+            peer = install(cache, log)
+            for line in log:
+                _say(f"bench: {line}")
+            log.clear()
+            if peer.spec is not None:
+                specs[key] = peer.spec
+            else:
+                _say(f"bench: peer {peer.label} unavailable: {peer.reason}")
+                entries[key] = report.Entry(key, peer.label, Role.PEER, unavailable=peer.reason)
+    running = [specs[key] for key in ORDER if key in wanted and key in specs]
+    lineup = [
+        entries[key] if key in entries else report.Entry.of(specs[key])
+        for key in ORDER
+        if key in wanted
+    ]
+    return running, lineup
+
+
+class Noise:
+    """How many cores' worth of CPU went to processes other than this server and this client
+    (curl included) while a measurement ran: a measure of how disturbed it was."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.wall = time.monotonic()
+        self.busy = procfs.busy_cpu_seconds()
+        self.server = procfs.cpu_times(server_pid).total
+        self.own = self._own()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def foreign_cores(self) -> float:
+        busy = procfs.busy_cpu_seconds() - self.busy
+        server = procfs.cpu_times(self.server_pid).total - self.server
+        own = self._own() - self.own
+        return max(0.0, busy - server - own) / max(time.monotonic() - self.wall, 1e-9)
+
+
+def wait_for_idle(limit: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``limit`` seconds) until the machine's CPU use over one second falls below
+    ``threshold`` cores; the last reading."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = procfs.busy_cpu_seconds()
+        time.sleep(1.0)
+        busy = procfs.busy_cpu_seconds() - before
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+
+
+def _measure(
+    scenario: str,
+    spec: ServerSpec,
+    ctx: Context,
+    results: report.Results,
+    workdir: Path,
+    log_path: Path,
+) -> str:
+    """Start ``spec``, run ``scenario`` on it, record, stop it; a one-line summary."""
+    run = scenarios.SCENARIOS[scenario]
+    try:
+        server = start(spec, workdir, log_path)
+    except ServerError as exc:
+        results.problem(scenario, spec.key, f"start: {exc}".splitlines()[0], unsupported=False)
+        return f"failed to start: {exc}"
+    try:
+        noise = Noise(server.pid)
+        measured = run(ctx, server)
+        server.check_alive()
+        measured.extras["foreign_cores"] = round(noise.foreign_cores(), 3)
+    except Unsupported as exc:
+        results.problem(scenario, spec.key, str(exc), unsupported=True)
+        log_path.unlink(missing_ok=True)
+        return f"unsupported: {exc}"
+    except (ClientError, ServerError, OSError, TimeoutError) as exc:
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        results.problem(scenario, spec.key, reason, unsupported=False)
+        return f"FAILED {reason} (log: {log_path})"
+    finally:
+        server.stop()
+        server.remove_data()
+        os.sync()
+    log_path.unlink(missing_ok=True)  # logs are kept for failed measurements only
+    for key, value in measured.values.items():
+        results.add(key, spec.key, value, measured.extras)
+    return ", ".join(f"{key} {value:.2f}" for key, value in measured.values.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    config = build_config(smoke=args.smoke, size_mib=args.size_mib, reps=args.reps)
+    chosen = _selected_scenarios(args.only)
+    cache: Path = (args.cache_dir or default_cache()).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    workdir = cache / "work" / stamp
+    logdir = cache / "logs" / stamp
+    workdir.mkdir(parents=True, exist_ok=True)
+    logdir.mkdir(parents=True, exist_ok=True)
+    machine_info = report.machine(REPO, cache)
+
+    specs, lineup = _lineup(args, cache)
+    source = ensure_source(cache, config.source_bytes)
+    single_source = ensure_source(cache, config.single_bytes)
+    ctx = Context(config=config, source=source, single_source=single_source)
+    results = report.Results(scenarios.metrics(config), lineup)
+    try:
+        for scenario in chosen:
+            for rep in range(config.reps):
+                shift = rep % len(specs) if specs else 0
+                for spec in specs[shift:] + specs[:shift]:
+                    if scenario == "checksum" and not spec.speaks_tus:
+                        continue
+                    if args.wait_idle > 0:
+                        busy = wait_for_idle(args.wait_idle)
+                        if busy >= 0.3:
+                            _say(f"bench: machine still busy ({busy:.1f} cores), measuring anyway")
+                    log_path = logdir / f"{scenario}-{rep + 1}-{spec.key}.log"
+                    summary = _measure(scenario, spec, ctx, results, workdir, log_path)
+                    _say(f"[{scenario} {rep + 1}/{config.reps}] {spec.label}: {summary}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not any(logdir.iterdir()):
+            logdir.rmdir()
+
+    table_text = report.table(results, chosen)
+    print(table_text)
+    out = args.results_dir / f"{stamp}.json"
+    report.write_json(
+        out,
+        results=results,
+        scenarios=chosen,
+        config=config,
+        machine_info=machine_info,
+        started=started,
+        argv=["bench/run", *(sys.argv[1:] if argv is None else argv)],
+        table_text=table_text,
+    )
+    kept = f"; logs of failed measurements in {logdir}" if logdir.exists() else ""
+    _say(f"bench: results in {out}{kept}")
+    return 0

@@ -1,0 +1,86 @@
+"""Sizes, rates and durations of one benchmark run: the full preset and the ``--smoke`` preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+MiB = 1024 * 1024
+MB = 1_000_000
+GB = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    reps: int
+    single_bytes: int  # scenario 1: one upload, one PATCH (curl -T) and in chunks
+    chunk_bytes: int  # scenario 1 and 6: PATCH size on one keep-alive connection
+    concurrent_uploads: int  # scenario 2
+    concurrent_bytes: int  # ... bytes of each
+    latency_uploads: int  # scenario 3: uploads running while the probe runs
+    latency_bytes: int  # ... bytes of each
+    probe_interval: float  # seconds between probe requests
+    min_probe_seconds: float  # probe at least this long, even if the uploads finish sooner
+    slow_uploads: int  # scenario 4
+    slow_rate: int  # ... bytes per second each
+    slow_seconds: float  # ... how long each is held open
+    request_timeout: float  # seconds before one request is given up
+
+    @property
+    def slow_bytes(self) -> int:
+        return int(self.slow_rate * self.slow_seconds)
+
+    @property
+    def source_bytes(self) -> int:
+        """The random source file must hold the largest single upload."""
+        return max(self.single_bytes, self.concurrent_bytes, self.latency_bytes, self.slow_bytes)
+
+
+FULL = Config(
+    reps=3,
+    single_bytes=1024 * MiB,
+    chunk_bytes=50 * MiB,
+    concurrent_uploads=8,
+    concurrent_bytes=256 * MiB,
+    latency_uploads=4,
+    latency_bytes=512 * MiB,
+    probe_interval=0.010,
+    min_probe_seconds=0.0,
+    slow_uploads=32,
+    slow_rate=2 * MiB,
+    slow_seconds=10.0,
+    request_timeout=600.0,
+)
+
+SMOKE = Config(
+    reps=1,
+    single_bytes=8 * MiB,
+    chunk_bytes=2 * MiB,
+    concurrent_uploads=4,
+    concurrent_bytes=2 * MiB,
+    latency_uploads=2,
+    latency_bytes=4 * MiB,
+    probe_interval=0.010,
+    min_probe_seconds=0.2,
+    slow_uploads=4,
+    slow_rate=1 * MiB,
+    slow_seconds=0.5,
+    request_timeout=60.0,
+)
+
+
+def build_config(*, smoke: bool, size_mib: int | None, reps: int | None) -> Config:
+    """The preset, scaled by ``--size-mib`` (the single upload; concurrent uploads get a quarter
+    of it, latency-load uploads a half, chunks stay at their preset size but never exceed it)."""
+    config = SMOKE if smoke else FULL
+    if size_mib is not None:
+        size = size_mib * MiB
+        config = replace(
+            config,
+            single_bytes=size,
+            chunk_bytes=min(config.chunk_bytes, size),
+            concurrent_bytes=max(size // 4, 1),
+            latency_bytes=max(size // 2, 1),
+        )
+    if reps is not None:
+        config = replace(config, reps=reps)
+    return config

@@ -1,0 +1,283 @@
+"""The scenarios: each takes one freshly started server and returns its measured values.
+
+Throughput is in MB/s (10^6 bytes per second of wall time from the first body byte to the last
+answer); CPU in server CPU-seconds (user + system, the whole process tree) per GB (10^9 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import client, procfs
+from bench.client import Connection, Unsupported
+from bench.config import GB, MB, Config, MiB
+from bench.servers import RunningServer
+
+Extra = float | int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    key: str
+    scenario: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    values: dict[str, float]  # metric key -> value
+    extras: dict[str, Extra] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Context:
+    config: Config
+    source: Path  # random bytes, at least config.source_bytes long
+    single_source: Path  # exactly config.single_bytes long (curl -T sends a whole file)
+    _checksums: list[str] | None = None
+
+    def checksums(self) -> list[str]:
+        if self._checksums is None:
+            size, chunk = self.config.single_bytes, self.config.chunk_bytes
+            self._checksums = client.chunk_checksums(self.source, size, chunk)
+        return self._checksums
+
+
+Scenario = Callable[[Context, RunningServer], Measured]
+
+
+def _mib(size: int) -> str:
+    return f"{size / MiB:g} MiB"
+
+
+def metrics(config: Config) -> list[Metric]:
+    c = config
+    n, each = c.concurrent_uploads, _mib(c.concurrent_bytes)
+    load = f"{c.latency_uploads} uploads running"
+    return [
+        Metric(
+            "single", "single", f"1 one PATCH of {_mib(c.single_bytes)} (curl -T)", "MB/s", True
+        ),
+        Metric(
+            "chunked", "chunked", f"1 {_mib(c.chunk_bytes)} PATCHes, one connection", "MB/s", True
+        ),
+        Metric("concurrent", "concurrent", f"2 {n} concurrent x {each}, aggregate", "MB/s", True),
+        Metric("latency.p50", "latency", f"3 GET p50, {load}", "ms", False),
+        Metric("latency.p99", "latency", f"3 GET p99, {load}", "ms", False),
+        Metric("latency.max", "latency", f"3 GET max, {load}", "ms", False),
+        Metric(
+            "rss",
+            "rss",
+            f"4 peak RSS, {c.slow_uploads} uploads at {_mib(c.slow_rate)}/s",
+            "MiB",
+            False,
+        ),
+        Metric("cpu.single", "single", "5 server CPU per GB, one PATCH", "s/GB", False),
+        Metric(
+            "cpu.concurrent", "concurrent", f"5 server CPU per GB, {n} concurrent", "s/GB", False
+        ),
+        Metric("checksum.on", "checksum", "6 sha256 on every PATCH", "MB/s", True),
+        Metric("checksum.off", "checksum", "6 same PATCHes, no checksum", "MB/s", True),
+    ]
+
+
+def _cpu(server: RunningServer) -> float:
+    return procfs.cpu_times(server.pid).total
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def single(ctx: Context, server: RunningServer) -> Measured:
+    size = ctx.config.single_bytes
+    with Connection(server.base_url, ctx.config.request_timeout) as conn:
+        path = client.create(conn, server.spec.files_path, size)
+    before = _cpu(server)
+    result = client.curl_patch(
+        server.base_url + path, ctx.single_source, 0, size, ctx.config.request_timeout
+    )
+    server_cpu = _cpu(server) - before
+    return Measured(
+        {"single": size / result.seconds / MB, "cpu.single": server_cpu / (size / GB)},
+        {"seconds": result.seconds, "client_cpu_s_per_gb": result.cpu_seconds / (size / GB)},
+    )
+
+
+def _chunked_once(
+    ctx: Context, server: RunningServer, checksums: list[str] | None
+) -> tuple[float, float]:
+    """(seconds, client CPU seconds) of one upload in chunks on one connection."""
+    size, chunk = ctx.config.single_bytes, ctx.config.chunk_bytes
+    with (
+        Connection(server.base_url, ctx.config.request_timeout) as conn,
+        ctx.source.open("rb") as f,
+    ):
+        path = client.create(conn, server.spec.files_path, size)
+        cpu_before = _own_cpu()
+        started = time.perf_counter()
+        client.chunked_upload(conn, path, f, size, chunk, checksums)
+        seconds = time.perf_counter() - started
+        return seconds, _own_cpu() - cpu_before
+
+
+def chunked(ctx: Context, server: RunningServer) -> Measured:
+    size = ctx.config.single_bytes
+    seconds, client_cpu = _chunked_once(ctx, server, None)
+    return Measured(
+        {"chunked": size / seconds / MB},
+        {"seconds": seconds, "client_cpu_s_per_gb": client_cpu / (size / GB)},
+    )
+
+
+def _parallel(
+    ctx: Context, server: RunningServer, count: int, size: int, rate: float | None
+) -> float:
+    """Create ``count`` uploads of ``size`` bytes, then PATCH them all at once, one thread and
+    connection each; the wall seconds from the common start to the last answer."""
+    with Connection(server.base_url, ctx.config.request_timeout) as conn:
+        paths = [client.create(conn, server.spec.files_path, size) for _ in range(count)]
+    start = threading.Barrier(count + 1)
+
+    def one(path: str) -> None:
+        with (
+            Connection(server.base_url, ctx.config.request_timeout) as conn,
+            ctx.source.open("rb") as f,
+        ):
+            conn.request("HEAD", path, client.TUS)  # connect before the clock starts
+            start.wait(timeout=60)
+            client.patch(conn, path, f, 0, size, rate=rate)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(one, path) for path in paths]
+        start.wait(timeout=60)
+        started = time.perf_counter()
+        for future in futures:
+            future.result(timeout=ctx.config.request_timeout)
+        return time.perf_counter() - started
+
+
+def concurrent(ctx: Context, server: RunningServer) -> Measured:
+    count, size = ctx.config.concurrent_uploads, ctx.config.concurrent_bytes
+    cpu_before, own_before = _cpu(server), _own_cpu()
+    seconds = _parallel(ctx, server, count, size, None)
+    server_cpu, own = _cpu(server) - cpu_before, _own_cpu() - own_before
+    total = count * size
+    return Measured(
+        {"concurrent": total / seconds / MB, "cpu.concurrent": server_cpu / (total / GB)},
+        {"seconds": seconds, "client_cpu_s_per_gb": own / (total / GB)},
+    )
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def latency(ctx: Context, server: RunningServer) -> Measured:
+    cfg = ctx.config
+    probe = client.Probe(server.base_url, server.spec.probe_path, cfg.probe_interval, 10.0)
+    probe.start()
+    began = time.perf_counter()
+    try:
+        seconds = _parallel(ctx, server, cfg.latency_uploads, cfg.latency_bytes, None)
+        rest = cfg.min_probe_seconds - (time.perf_counter() - began)
+        if rest > 0:
+            time.sleep(rest)
+    finally:
+        probe.stop()
+    if not probe.latencies:
+        raise client.ClientError(f"the probe got no answer ({probe.errors} errors)")
+    ms = [value * 1000 for value in probe.latencies]
+    return Measured(
+        {
+            "latency.p50": _percentile(ms, 0.50),
+            "latency.p99": _percentile(ms, 0.99),
+            "latency.max": max(ms),
+        },
+        {
+            "probes": len(ms),
+            "probe_errors": probe.errors,
+            "load_MB_per_s": cfg.latency_uploads * cfg.latency_bytes / seconds / MB,
+        },
+    )
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.peak_total = 0
+        self._stop_sampling = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_sampling.wait(0.1):
+            self.peak_total = max(self.peak_total, procfs.memory(self.pid).rss_total)
+
+    def stop(self) -> None:
+        self._stop_sampling.set()
+        self.join(5)
+
+
+def rss(ctx: Context, server: RunningServer) -> Measured:
+    cfg = ctx.config
+    baseline = procfs.memory(server.pid)
+    sampler = _RssSampler(server.pid)
+    sampler.start()
+    try:
+        seconds = _parallel(ctx, server, cfg.slow_uploads, cfg.slow_bytes, cfg.slow_rate)
+    finally:
+        sampler.stop()
+    server.remember_tree()
+    peak = procfs.memory(server.pid)
+    return Measured(
+        {"rss": peak.hwm_max / MiB},
+        {
+            "processes": peak.processes,
+            "idle_rss_mib": baseline.rss_total / MiB,
+            "sampled_peak_total_mib": sampler.peak_total / MiB,
+            "hwm_total_mib": peak.hwm_total / MiB,
+            "seconds": seconds,
+        },
+    )
+
+
+def checksum(ctx: Context, server: RunningServer) -> Measured:
+    """Chunked uploads with ``Upload-Checksum: sha256`` on every PATCH and without, on the same
+    process (order alternating by the second); unsupported unless the server advertises it."""
+    with Connection(server.base_url, ctx.config.request_timeout) as conn:
+        if not client.advertises(conn, server.spec.files_path, "checksum"):
+            raise Unsupported("checksum extension not advertised in Tus-Extension")
+        if "sha256" not in client.checksum_algorithms(conn, server.spec.files_path):
+            raise Unsupported("sha256 not in Tus-Checksum-Algorithm")
+    digests = ctx.checksums()
+    size = ctx.config.single_bytes
+    runs: dict[str, float] = {}
+    order = [True, False] if int(time.time()) % 2 else [False, True]
+    for with_checksum in order:
+        seconds, _ = _chunked_once(ctx, server, digests if with_checksum else None)
+        runs["checksum.on" if with_checksum else "checksum.off"] = size / seconds / MB
+    return Measured(runs, {"ratio_on_off": runs["checksum.on"] / runs["checksum.off"]})
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "single": single,
+    "chunked": chunked,
+    "concurrent": concurrent,
+    "latency": latency,
+    "rss": rss,
+    "checksum": checksum,
+}
+# --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
+ALIASES = {"cpu": ("single", "concurrent")}

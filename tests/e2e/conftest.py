@@ -1,0 +1,66 @@
+"""Fixtures for the end-to-end tests: the shared random source file and real server processes.
+
+Every server a test starts is stopped by PID when the test ends, however it ends; a failing test's
+report carries each server's log. Uploaded bytes are removed after a passing test (the suite would
+otherwise leave gigabytes in pytest's kept temporary directories); logs stay.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.support import HTTP_TIMEOUT, MiB, Servers, Source, sha256_file, write_random_file
+
+# At least 200 MiB, and not a multiple of any chunk or buffer size, so the tail is exercised too.
+SOURCE_SIZE = 200 * MiB + 12_345
+LOG_TAIL_LINES = 400
+
+_SERVERS = pytest.StashKey[Servers]()
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+        servers = item.stash.get(_SERVERS, None)
+        for server in servers.started if servers is not None else []:
+            lines = server.log_text().splitlines()[-LOG_TAIL_LINES:]
+            title = f"server log {server.name} (pid {server.pid}, port {server.port})"
+            report.sections.append((title, "\n".join(lines)))
+    return report
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """One random file for the whole session, made once and reused by every test."""
+    path = tmp_path_factory.mktemp("e2e-source") / "source.bin"
+    write_random_file(path, SOURCE_SIZE)
+    return Source(path=path, size=SOURCE_SIZE, sha256=sha256_file(path))
+
+
+@pytest.fixture
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
+    request.node.stash[_SERVERS] = started
+    try:
+        yield started
+    finally:
+        started.stop_all()
+        if not request.node.stash.get(_FAILED, False):
+            for server in started.started:
+                shutil.rmtree(server.data_dir / "files", ignore_errors=True)
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=HTTP_TIMEOUT) as client:
+        yield client

@@ -1,0 +1,291 @@
+"""One contract suite for every ``Locker``. A shared (e.g. Postgres) locker joins by adding one
+parameter to the ``locker`` fixture; leak checks for a backend's internals sit at the end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from upload_service.errors import Locked
+from upload_service.locking.base import Lease, Locker
+from upload_service.locking.memory import MemoryLocker
+
+KEY = "0123456789abcdef0123456789abcdef"
+# Deadlock guard only: every wait below ends by an event, never by elapsed time, unless broken.
+GUARD = 20.0
+
+
+def _new_locker(name: str) -> Locker:
+    if name == "memory":
+        return MemoryLocker()
+    raise AssertionError(f"unknown locker {name}")
+
+
+@pytest.fixture(params=["memory"])
+async def locker(request: pytest.FixtureRequest) -> AsyncIterator[Locker]:
+    instance = _new_locker(request.param)
+    try:
+        yield instance
+    finally:
+        await instance.aclose()
+    if isinstance(instance, MemoryLocker):
+        assert instance._entries == {}, "a lock entry outlived every user of the lock"
+
+
+class Holder:
+    """Holds ``key`` in a task until told to let go (or until asked to, if ``yield_on_request``)."""
+
+    def __init__(self, locker: Locker, key: str = KEY, *, yield_on_request: bool = False) -> None:
+        self.locker = locker
+        self.key = key
+        self.yield_on_request = yield_on_request
+        self.holding = anyio.Event()
+        self.release = anyio.Event()
+        self.released = anyio.Event()
+        self.requests = 0
+        self.lease: Lease | None = None
+
+    def _on_request(self) -> None:
+        self.requests += 1
+        if self.yield_on_request:
+            self.release.set()
+
+    async def run(self) -> None:
+        async with self.locker.lock(self.key, wait=0) as lease:
+            self.lease = lease
+            lease.on_release_request(self._on_request)
+            self.holding.set()
+            await self.release.wait()
+        self.released.set()
+
+
+async def test_lock_is_mutually_exclusive(locker: Locker) -> None:
+    inside = 0
+    most = 0
+    entered: list[int] = []
+
+    async def worker(number: int) -> None:
+        nonlocal inside, most
+        async with locker.lock(KEY, wait=GUARD, preempt=False):
+            inside += 1
+            most = max(most, inside)
+            entered.append(number)
+            for _ in range(5):
+                await anyio.lowlevel.checkpoint()
+            inside -= 1
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            for number in range(8):
+                group.start_soon(worker, number)
+    assert most == 1
+    assert sorted(entered) == list(range(8))
+
+
+async def test_a_waiter_enters_only_after_the_holder_leaves(locker: Locker) -> None:
+    holder = Holder(locker)
+    entered = anyio.Event()
+
+    async def waiter() -> None:
+        async with locker.lock(KEY, wait=GUARD, preempt=False):
+            assert holder.released.is_set()
+            entered.set()
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            group.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert not entered.is_set()
+            holder.release.set()
+    assert entered.is_set()
+
+
+async def test_different_keys_do_not_exclude_each_other(locker: Locker) -> None:
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            async with locker.lock("f" * 32, wait=0):
+                pass
+            holder.release.set()
+
+
+async def test_wait_zero_on_a_free_lock_succeeds(locker: Locker) -> None:
+    with anyio.fail_after(GUARD):
+        async with locker.lock(KEY, wait=0) as lease:
+            assert isinstance(lease, Lease)
+            assert not lease.release_requested
+        async with locker.lock(KEY, wait=0):  # and again, once released
+            pass
+
+
+async def test_wait_zero_on_a_held_lock_fails_at_once_with_423(locker: Locker) -> None:
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            # The holder never lets go: only failing immediately can return from here.
+            with pytest.raises(Locked) as caught:
+                async with locker.lock(KEY, wait=0, preempt=False):
+                    pytest.fail("entered a held lock")
+            assert caught.value.status == 423
+            assert "in use" in caught.value.message
+            holder.release.set()
+
+
+async def test_waiting_gives_up_with_locked_after_wait(locker: Locker) -> None:
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):
+                async with locker.lock(KEY, wait=0.05, preempt=False):
+                    pytest.fail("entered a held lock")
+            assert not holder.released.is_set()
+            holder.release.set()
+
+
+async def test_waiting_succeeds_when_the_holder_leaves_within_wait(locker: Locker) -> None:
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+
+            async def let_go() -> None:
+                await anyio.wait_all_tasks_blocked()  # the waiter below is blocked by now
+                holder.release.set()
+
+            group.start_soon(let_go)
+            async with locker.lock(KEY, wait=GUARD, preempt=False):
+                assert holder.released.is_set()
+
+
+async def test_preempt_asks_the_holder_to_release(locker: Locker) -> None:
+    holder = Holder(locker, yield_on_request=True)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            async with locker.lock(KEY, wait=GUARD, preempt=True) as lease:
+                assert holder.released.is_set()
+                assert not lease.release_requested  # a fresh lease for the new holder
+    assert holder.requests == 1
+    assert holder.lease is not None
+    assert holder.lease.release_requested
+
+
+async def test_preempt_calls_the_callback_even_when_the_holder_stays(locker: Locker) -> None:
+    holder = Holder(locker)  # ignores the request
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):
+                async with locker.lock(KEY, wait=0, preempt=True):
+                    pytest.fail("entered a held lock")
+            assert holder.requests == 1
+            holder.release.set()
+
+
+async def test_without_preempt_the_holder_is_not_asked(locker: Locker) -> None:
+    holder = Holder(locker, yield_on_request=True)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):
+                async with locker.lock(KEY, wait=0.05, preempt=False):
+                    pytest.fail("entered a held lock")
+            assert holder.requests == 0
+            assert holder.lease is not None
+            assert not holder.lease.release_requested
+            assert not holder.released.is_set()
+            holder.release.set()
+
+
+async def test_lock_is_released_after_an_exception(locker: Locker) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with locker.lock(KEY, wait=0):
+            raise RuntimeError("boom")
+    with anyio.fail_after(GUARD):
+        async with locker.lock(KEY, wait=0):
+            pass
+
+
+async def test_a_cancelled_waiter_neither_holds_nor_blocks(locker: Locker) -> None:
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_blocked() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                group.start_soon(cancel_when_blocked)
+                async with locker.lock(KEY, wait=GUARD, preempt=False):
+                    pytest.fail("entered a held lock")
+            assert scope.cancelled_caught
+            holder.release.set()
+        async with locker.lock(KEY, wait=0):
+            pass
+
+
+# -- Lease ----------------------------------------------------------------------------------------
+
+
+def test_lease_calls_a_callback_registered_after_the_request_at_once() -> None:
+    lease = Lease()
+    calls: list[str] = []
+    lease.on_release_request(lambda: calls.append("early"))
+    lease.request_release()
+    lease.request_release()  # asking twice calls nobody twice
+    assert calls == ["early"]
+    lease.on_release_request(lambda: calls.append("late"))
+    assert calls == ["early", "late"]
+    assert lease.release_requested
+
+
+# -- MemoryLocker internals -----------------------------------------------------------------------
+
+
+async def test_memory_locker_entries_do_not_leak() -> None:
+    locker = MemoryLocker()
+    async with locker.lock(KEY, wait=0):
+        assert locker.held(KEY)
+    with pytest.raises(RuntimeError):
+        async with locker.lock(KEY, wait=0):
+            raise RuntimeError("boom")
+
+    holder = Holder(locker, yield_on_request=True)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):  # timed out
+                async with locker.lock(KEY, wait=0.01, preempt=False):
+                    pass
+            async with locker.lock(KEY, wait=GUARD):  # preempted the holder
+                pass
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(_briefly_hold, locker)
+    assert not locker.held(KEY)
+    assert locker._entries == {}
+    await locker.aclose()
+
+
+async def _briefly_hold(locker: Locker) -> None:
+    async with locker.lock(KEY, wait=GUARD, preempt=False):
+        await anyio.lowlevel.checkpoint()

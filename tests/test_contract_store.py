@@ -1,0 +1,672 @@
+"""One contract suite for every ``Store``: each backend must behave the same to the handler.
+
+Backend-specific facts (what only a real disk can show: fsync failures, ENOSPC, permissions) are at
+the end, against ``LocalStore`` alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import pytest
+
+from upload_service.errors import NotFound, StorageError
+from upload_service.storage.base import Appender, Store
+from upload_service.storage.local import LocalStore
+from upload_service.storage.memory import MemoryStore
+
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"
+OTHER_ID = "fedcba9876543210fedcba9876543210"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+MALFORMED_IDS = [
+    "../x",
+    "../" + "a" * 29,  # 32 characters, but a path
+    "./" + "a" * 30,
+    "A" * 32,  # uppercase hex
+    "0123456789ABCDEF0123456789abcdef",
+    "abc",  # too short
+    "",
+    "0" * 33,
+    "0" * 31 + "g",
+    "/tmp/" + "0" * 27,
+    "0" * 32 + "\n",
+    "0" * 16 + "/" + "0" * 15,
+]
+
+
+@dataclass
+class Backend:
+    name: str
+    store: Store
+    # Make writes to this upload fail as the medium would (EIO); returns the repair.
+    break_writes: Callable[[str], Callable[[], None]]
+    root: Path | None = None  # the directory a filesystem store owns
+
+
+class DiskFaults:
+    """Fails OS-level writes to one file (matched by inode, from any thread), after letting
+    ``allow`` more bytes through: the disk as the store's writer thread sees it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path, code: int, allow: int = 0):
+        stat = path.stat()
+        self._target = (stat.st_dev, stat.st_ino)
+        self._code = code
+        self._allow = allow
+        self._real_write = os.write
+        self._real_writev = os.writev
+        self.broken = True
+        self.failures = 0
+        monkeypatch.setattr(os, "write", self._write)
+        monkeypatch.setattr(os, "writev", self._writev)
+
+    def _hits(self, fd: int) -> bool:
+        if not self.broken:
+            return False
+        stat = os.fstat(fd)
+        return (stat.st_dev, stat.st_ino) == self._target
+
+    def _write(self, fd: int, data: bytes | bytearray | memoryview) -> int:
+        if self._hits(fd):
+            if self._allow <= 0:
+                self.failures += 1
+                raise OSError(self._code, os.strerror(self._code))
+            count = self._real_write(fd, memoryview(data)[: self._allow])
+            self._allow -= count
+            return count
+        return self._real_write(fd, data)
+
+    def _writev(self, fd: int, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+        if self._hits(fd):  # the same medium for scattered writes: a prefix, then the error
+            return self._write(fd, b"".join(bytes(buffer) for buffer in buffers))
+        return self._real_writev(fd, buffers)
+
+    def repair(self) -> None:
+        self.broken = False
+
+
+def _break_local_writes(
+    monkeypatch: pytest.MonkeyPatch, store: LocalStore, code: int
+) -> Callable[[str], Callable[[], None]]:
+    def breaker(upload_id: str) -> Callable[[], None]:
+        return DiskFaults(monkeypatch, store.path(upload_id), code).repair
+
+    return breaker
+
+
+def _break_memory_writes(store: MemoryStore) -> Callable[[str], Callable[[], None]]:
+    def breaker(_upload_id: str) -> Callable[[], None]:
+        store.fail_writes = True
+
+        def repair() -> None:
+            store.fail_writes = False
+
+        return repair
+
+    return breaker
+
+
+@pytest.fixture(params=["local", "local-tiny-buffer", "memory"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Backend]:
+    name: str = request.param
+    result: Backend
+    if name.startswith("local"):
+        root = tmp_path / "store"
+        # A tiny buffer makes every write go through the coalescing and in-flight paths.
+        buffer_size = 7 if name == "local-tiny-buffer" else 64 * KiB
+        local = LocalStore(root, buffer_size=buffer_size)
+        result = Backend(name, local, _break_local_writes(monkeypatch, local, errno.EIO), root)
+    else:
+        memory = MemoryStore()
+        result = Backend(name, memory, _break_memory_writes(memory))
+    try:
+        yield result
+    finally:
+        await result.store.aclose()
+
+
+async def _read_all(store: Store, upload_id: str, start: int, end: int) -> list[bytes]:
+    return [piece async for piece in store.read(upload_id, start, end)]
+
+
+async def _content(store: Store, upload_id: str) -> bytes:
+    size = await store.size(upload_id)
+    return b"".join(await _read_all(store, upload_id, 0, size))
+
+
+async def _stored(store: Store, upload_id: str, data: bytes) -> None:
+    """Create the upload holding ``data``, durably."""
+    await store.create(upload_id)
+    appender = await store.append(upload_id, 0)
+    try:
+        await appender.write(data)
+        assert await appender.sync() == len(data)
+    finally:
+        await appender.aclose()
+
+
+def _random_bytes(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def _failed_write(appender: Appender, data: bytes) -> tuple[StorageError, int]:
+    """Write ``data`` through broken writes; return the error and the offset ``sync`` reports.
+
+    A failure may surface from ``write`` or (for a store that writes in the background) from
+    ``sync``; after it, ``sync`` reports the durable prefix.
+    """
+    error: StorageError | None = None
+    try:
+        await appender.write(data)
+    except StorageError as exc:
+        error = exc
+    try:
+        durable = await appender.sync()
+    except StorageError as exc:
+        error = error or exc
+        durable = await appender.sync()
+    assert error is not None, "a failing medium must surface as StorageError"
+    return error, durable
+
+
+# -- the contract ---------------------------------------------------------------------------------
+
+
+async def test_create_makes_an_empty_upload(backend: Backend) -> None:
+    await backend.store.create(UPLOAD_ID)
+    assert await backend.store.size(UPLOAD_ID) == 0
+    assert await _read_all(backend.store, UPLOAD_ID, 0, 0) == []
+
+
+async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> None:
+    store = backend.store
+    await store.create(UPLOAD_ID)
+    first, second, third = _random_bytes(100, 1), _random_bytes(300 * KiB, 2), b"tail"
+
+    appender = await store.append(UPLOAD_ID, 0)
+    try:
+        await appender.write(first)
+        assert await appender.sync() == 100
+        await appender.write(second)
+        assert await appender.sync() == 100 + len(second)
+    finally:
+        await appender.aclose()
+    assert await store.size(UPLOAD_ID) == 100 + len(second)
+
+    resumed = await store.append(UPLOAD_ID, 100 + len(second))
+    try:
+        await resumed.write(third)
+        assert await resumed.sync() == 100 + len(second) + 4
+    finally:
+        await resumed.aclose()
+    assert await _content(store, UPLOAD_ID) == first + second + third
+
+
+async def test_sync_without_writes_returns_the_start(backend: Backend) -> None:
+    await _stored(backend.store, UPLOAD_ID, b"abcdef")
+    appender = await backend.store.append(UPLOAD_ID, 6)
+    try:
+        assert await appender.sync() == 6
+    finally:
+        await appender.aclose()
+
+
+async def test_offset_counts_buffered_bytes(backend: Backend) -> None:
+    store = backend.store
+    await _stored(store, UPLOAD_ID, b"12345")
+    appender = await store.append(UPLOAD_ID, 5)
+    try:
+        assert appender.offset == 5
+        await appender.write(b"abc")
+        assert appender.offset == 8
+        await appender.write(b"x" * 20)
+        assert appender.offset == 28
+        assert await appender.sync() == 28
+        assert appender.offset == 28
+    finally:
+        await appender.aclose()
+
+
+async def test_append_at_an_offset_cuts_the_leftovers_past_it(backend: Backend) -> None:
+    store = backend.store
+    data = _random_bytes(100)
+    await _stored(store, UPLOAD_ID, data)
+
+    appender = await store.append(UPLOAD_ID, 40)  # bytes 40..99 were never committed
+    try:
+        assert appender.offset == 40
+        assert await appender.sync() == 40
+        assert await store.size(UPLOAD_ID) == 40
+        await appender.write(b"new")
+        assert await appender.sync() == 43
+    finally:
+        await appender.aclose()
+    assert await _content(store, UPLOAD_ID) == data[:40] + b"new"
+
+
+async def test_append_beyond_the_stored_size_raises(backend: Backend) -> None:
+    await _stored(backend.store, UPLOAD_ID, b"0123456789")
+    with pytest.raises(StorageError, match="fewer than offset 11"):
+        await backend.store.append(UPLOAD_ID, 11)
+    assert await _content(backend.store, UPLOAD_ID) == b"0123456789"
+
+
+async def test_truncate(backend: Backend) -> None:
+    data = _random_bytes(1000)
+    await _stored(backend.store, UPLOAD_ID, data)
+    await backend.store.truncate(UPLOAD_ID, 300)
+    assert await backend.store.size(UPLOAD_ID) == 300
+    assert await _content(backend.store, UPLOAD_ID) == data[:300]
+    await backend.store.truncate(UPLOAD_ID, 0)
+    assert await backend.store.size(UPLOAD_ID) == 0
+
+
+async def test_truncate_never_extends(backend: Backend) -> None:
+    """A store must never invent bytes: cutting "back" to more than it holds changes nothing."""
+    await _stored(backend.store, UPLOAD_ID, b"abc")
+    await backend.store.truncate(UPLOAD_ID, 10)
+    assert await backend.store.size(UPLOAD_ID) == 3
+    assert await _content(backend.store, UPLOAD_ID) == b"abc"
+
+
+async def test_create_never_overwrites_an_existing_upload(backend: Backend) -> None:
+    await _stored(backend.store, UPLOAD_ID, b"precious")
+    with pytest.raises(StorageError):
+        await backend.store.create(UPLOAD_ID)
+    assert await _content(backend.store, UPLOAD_ID) == b"precious"
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (0, 600 * KiB),
+        (1, 600 * KiB - 1),
+        (100_000, 400_001),
+        (256 * KiB - 1, 256 * KiB + 1),
+        (600 * KiB - 1, 600 * KiB),
+        (300, 300),
+    ],
+)
+async def test_read_returns_exact_ranges_in_bounded_pieces(
+    backend: Backend, start: int, end: int
+) -> None:
+    data = _random_bytes(600 * KiB)
+    await _stored(backend.store, UPLOAD_ID, data)
+    pieces = await _read_all(backend.store, UPLOAD_ID, start, end)
+    assert b"".join(pieces) == data[start:end]
+    assert all(0 < len(piece) <= MiB for piece in pieces)
+    if end - start == 600 * KiB:
+        assert len(pieces) > 1, "a large read must stream, not load the whole file"
+
+
+async def test_read_past_the_stored_bytes_raises(backend: Backend) -> None:
+    await _stored(backend.store, UPLOAD_ID, b"short")
+    with pytest.raises(StorageError):
+        await _read_all(backend.store, UPLOAD_ID, 0, 6)
+
+
+async def test_uploads_are_independent(backend: Backend) -> None:
+    await _stored(backend.store, UPLOAD_ID, b"one")
+    await _stored(backend.store, OTHER_ID, b"other")
+    await backend.store.delete(UPLOAD_ID)
+    assert await _content(backend.store, OTHER_ID) == b"other"
+
+
+async def test_missing_upload_raises_not_found(backend: Backend) -> None:
+    store = backend.store
+    with pytest.raises(NotFound):
+        await store.append(UPLOAD_ID, 0)
+    with pytest.raises(NotFound):
+        await store.size(UPLOAD_ID)
+    with pytest.raises(NotFound):
+        await store.truncate(UPLOAD_ID, 0)
+    with pytest.raises(NotFound):
+        await _read_all(store, UPLOAD_ID, 0, 0)
+
+
+async def test_delete_is_idempotent(backend: Backend) -> None:
+    store = backend.store
+    await _stored(store, UPLOAD_ID, b"bytes")
+    await store.delete(UPLOAD_ID)
+    with pytest.raises(NotFound):
+        await store.size(UPLOAD_ID)
+    await store.delete(UPLOAD_ID)
+    await store.delete(OTHER_ID)  # never created
+    with pytest.raises(NotFound):
+        await store.size(OTHER_ID)
+
+
+def _tree(directory: Path, skip: Path | None) -> dict[str, bytes | None]:
+    """Every path under ``directory`` (but ``skip``) with the content of files."""
+    result: dict[str, bytes | None] = {}
+    for path in sorted(directory.rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        result[str(path)] = path.read_bytes() if path.is_file() else None
+    return result
+
+
+@pytest.mark.parametrize("bad_id", MALFORMED_IDS)
+async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
+    backend: Backend, tmp_path: Path, bad_id: str
+) -> None:
+    store = backend.store
+    (tmp_path / "x").write_bytes(b"sentinel")
+    (tmp_path / ("a" * 29)).write_bytes(b"sentinel")
+    await store.create(UPLOAD_ID)  # the root exists and holds a real upload
+    before = _tree(tmp_path, backend.root)
+
+    with pytest.raises(NotFound):
+        await store.create(bad_id)
+    with pytest.raises(NotFound):
+        await store.append(bad_id, 0)
+    with pytest.raises(NotFound):
+        await store.size(bad_id)
+    with pytest.raises(NotFound):
+        await store.truncate(bad_id, 0)
+    with pytest.raises(NotFound):
+        await _read_all(store, bad_id, 0, 0)
+    with pytest.raises(NotFound):
+        await store.delete(bad_id)
+
+    assert _tree(tmp_path, backend.root) == before
+    if backend.root is not None:
+        assert sorted(path.name for path in backend.root.iterdir()) == [UPLOAD_ID]
+    assert await store.size(UPLOAD_ID) == 0
+
+
+async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None:
+    data = _random_bytes(300 * KiB)
+    await _stored(backend.store, UPLOAD_ID, b"head")
+    hasher = hashlib.sha256()
+    appender = await backend.store.append(UPLOAD_ID, 4, [hasher])
+    try:
+        for start in range(0, len(data), 1000):
+            await appender.write(data[start : start + 1000])
+        assert await appender.sync() == 4 + len(data)
+    finally:
+        await appender.aclose()
+    assert hasher.digest() == hashlib.sha256(data).digest()
+
+
+async def test_digest_hashes_the_stored_bytes(backend: Backend) -> None:
+    data = _random_bytes(3 * MiB + 17)
+    await _stored(backend.store, UPLOAD_ID, data)
+    digest = await backend.store.digest(UPLOAD_ID, hashlib.sha256())
+    assert digest == hashlib.sha256(data).digest()
+    with pytest.raises(NotFound):
+        await backend.store.digest(OTHER_ID, hashlib.sha256())
+
+
+async def test_concatenate_joins_parts_in_order(backend: Backend) -> None:
+    store = backend.store
+    first, second, third = "1" * 32, "2" * 32, "3" * 32
+    await _stored(store, first, b"alpha-")
+    await _stored(store, second, _random_bytes(200 * KiB))
+    await _stored(store, third, b"")
+    await store.create(UPLOAD_ID)
+    length = await store.concatenate(UPLOAD_ID, [second, first, third, first])
+    expected = _random_bytes(200 * KiB) + b"alpha-alpha-"
+    assert length == len(expected)
+    assert await _content(store, UPLOAD_ID) == expected
+    assert await _content(store, first) == b"alpha-"  # parts are left as they were
+    with pytest.raises(NotFound):
+        await store.concatenate(UPLOAD_ID, [first, OTHER_ID])
+    with pytest.raises(NotFound):
+        await store.concatenate(UPLOAD_ID, [first, "../x"])
+
+
+async def test_check_passes(backend: Backend) -> None:
+    await backend.store.check()
+
+
+async def test_a_failed_write_is_not_counted_by_sync(backend: Backend) -> None:
+    store = backend.store
+    await _stored(store, UPLOAD_ID, b"committed")
+    appender = await store.append(UPLOAD_ID, 9)
+    try:
+        await appender.write(b"-durable")
+        assert await appender.sync() == 17
+        repair = backend.break_writes(UPLOAD_ID)
+        _error, durable = await _failed_write(appender, _random_bytes(100 * KiB))
+        assert durable == 17
+    finally:
+        await appender.aclose()
+    repair()
+    assert (await _content(store, UPLOAD_ID))[:17] == b"committed-durable"
+    # The next request resumes at the durable offset and cuts whatever the failure left.
+    resumed = await store.append(UPLOAD_ID, 17)
+    try:
+        await resumed.write(b"!")
+        assert await resumed.sync() == 18
+    finally:
+        await resumed.aclose()
+    assert await _content(store, UPLOAD_ID) == b"committed-durable!"
+
+
+async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Backend) -> None:
+    """The medium fails, the caller stops writing, the medium recovers before the final ``sync``:
+    whatever ``sync`` then reports must be exactly the bytes sent, with no gap inside."""
+    store = backend.store
+    await store.create(UPLOAD_ID)
+    sent = b""
+    appender = await store.append(UPLOAD_ID, 0)
+    try:
+        repair = backend.break_writes(UPLOAD_ID)
+        failed = False
+        for number in range(64):  # a handler stops at the first error, as here
+            piece = _random_bytes(100 * KiB, seed=number)
+            sent += piece
+            try:
+                await appender.write(piece)
+            except StorageError:
+                failed = True
+                break
+        if not failed:
+            with pytest.raises(StorageError):
+                await appender.sync()
+        repair()
+        try:
+            durable = await appender.sync()
+        except StorageError:
+            durable = await appender.sync()
+    finally:
+        await appender.aclose()
+    assert durable <= len(sent)
+    assert (await _content(store, UPLOAD_ID))[:durable] == sent[:durable]
+
+
+# -- LocalStore only -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalStore]:
+    store = LocalStore(tmp_path / "store", buffer_size=64 * KiB)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is_not_counted(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OS takes half of a buffer, then the disk fails: ``sync`` never reports more than the
+    bytes that reached the file, and what it reports reads back exactly."""
+    await local.create(UPLOAD_ID)
+    appender = await local.append(UPLOAD_ID, 0)
+    data = _random_bytes(200 * KiB)
+    try:
+        await appender.write(b"x" * 10)
+        assert await appender.sync() == 10
+        # The OS takes half of the next write, then the disk fails.
+        DiskFaults(monkeypatch, local.path(UPLOAD_ID), errno.EIO, allow=50 * KiB)
+        error, durable = await _failed_write(appender, data)
+        assert "Input/output error" in error.message
+        monkeypatch.undo()
+        on_disk = local.path(UPLOAD_ID).stat().st_size
+        assert 10 <= durable <= on_disk
+        assert durable < 10 + len(data)
+        assert durable == 10 + 50 * KiB  # exactly the prefix the OS took
+    finally:
+        await appender.aclose()
+    assert (await _content(local, UPLOAD_ID))[:durable] == (b"x" * 10 + data)[:durable]
+
+
+async def test_local_enospc_is_reported_as_storage_full(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await local.create(UPLOAD_ID)
+    appender = await local.append(UPLOAD_ID, 0)
+    try:
+        DiskFaults(monkeypatch, local.path(UPLOAD_ID), errno.ENOSPC)
+        error, durable = await _failed_write(appender, _random_bytes(100 * KiB))
+    finally:
+        await appender.aclose()
+    assert isinstance(error, StorageError)
+    assert error.status == 507
+    assert "storage is full" in error.message
+    assert durable == 0
+
+
+async def test_local_read_failures_are_storage_errors(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _random_bytes(600 * KiB)
+    await _stored(local, UPLOAD_ID, data)
+    real_open = aiofiles.open
+
+    async def failing_open(*args: Any, **kwargs: Any) -> Any:
+        file = await real_open(*args, **kwargs)
+        calls = 0
+        real_read = file.read
+
+        async def bad_sector(size: int = -1) -> bytes:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            piece: bytes = await real_read(size)
+            return piece
+
+        monkeypatch.setattr(file, "read", bad_sector)
+        return file
+
+    monkeypatch.setattr(aiofiles, "open", failing_open)
+    received: list[bytes] = []
+
+    async def download() -> None:
+        async for piece in local.read(UPLOAD_ID, 0, len(data)):
+            received.append(piece)
+
+    with pytest.raises(StorageError, match="Input/output error"):
+        await download()
+    assert received
+    assert data.startswith(b"".join(received))
+
+
+async def test_local_open_failures_on_read_are_storage_errors(local: LocalStore) -> None:
+    await local.check()
+    local.path(UPLOAD_ID).mkdir()  # something that is not an upload's file sits in its place
+    with pytest.raises(StorageError):
+        await _read_all(local, UPLOAD_ID, 0, 1)
+
+
+async def test_local_enospc_on_create_is_reported_as_storage_full(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_args: object, **_kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match="storage is full"):
+        await local.create(UPLOAD_ID)
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[None]:
+    """Mount a private tmpfs (root only); skip where that is not allowed."""
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0 or mount is None or umount is None:
+        pytest.skip("needs root and mount(8) to build a small or read-only filesystem")
+    mounted = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield
+    finally:
+        subprocess.run([umount, str(path)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory this process cannot write to: mode 0555, or a read-only mount for root (who
+    ignores permission bits)."""
+    path = tmp_path / "read-only"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)
+        return
+    with _tmpfs(path, "ro,size=64k"):
+        yield path
+
+
+async def test_local_a_really_full_disk_is_storage_full_and_keeps_a_true_prefix(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "small"
+    root.mkdir()
+    with _tmpfs(root, "size=256k"):
+        store = LocalStore(root, buffer_size=64 * KiB)
+        await store.create(UPLOAD_ID)
+        data = _random_bytes(2 * MiB)
+        appender = await store.append(UPLOAD_ID, 0)
+        try:
+            error, durable = await _failed_write(appender, data)
+        finally:
+            await appender.aclose()
+        assert "storage is full" in error.message
+        assert 0 < durable <= 256 * KiB
+        assert await _content(store, UPLOAD_ID) == data[: await store.size(UPLOAD_ID)]
+        assert (await _content(store, UPLOAD_ID))[:durable] == data[:durable]
+        await store.delete(UPLOAD_ID)
+
+
+async def test_local_check_fails_on_a_read_only_root(read_only_dir: Path) -> None:
+    with pytest.raises(StorageError):
+        await LocalStore(read_only_dir).check()
+    with pytest.raises(StorageError):
+        await LocalStore(read_only_dir / "files").check()
+
+
+async def test_local_check_fails_when_the_root_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match="data directory"):
+        await LocalStore(tmp_path / "file").check()
+
+
+async def test_local_check_creates_a_missing_root(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b"
+    await LocalStore(root).check()
+    assert root.is_dir()

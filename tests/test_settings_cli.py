@@ -1,0 +1,295 @@
+"""Settings from ``UPLOAD_*`` variables, the command line, and the schema the service starts on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio.to_thread
+import httpx
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import inspect
+
+from tests.conftest import make_settings
+from upload_service.app import create_app
+from upload_service.cli import main
+from upload_service.db.migrate import SchemaError, alembic_config, head_revision, upgrade
+from upload_service.db.models import Base
+from upload_service.settings import ConfigError, Settings, load_settings
+
+WEEK = 7 * 24 * 3600
+SUBPROCESS_GUARD = 120  # seconds; a hang is a failure, not a measurement
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No inherited ``UPLOAD_*`` variables and a working directory without a ``.env``."""
+    for name in list(os.environ):
+        if name.upper().startswith("UPLOAD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _child_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("UPLOAD_")}
+    env.update(values)
+    return env
+
+
+def _script(name: str) -> Path:
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{path} is missing: is the package installed in this environment?"
+    return path
+
+
+def _revision(database: Path) -> str | None:
+    connection = sqlite3.connect(database)
+    try:
+        rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    finally:
+        connection.close()
+    assert len(rows) == 1
+    value: str = rows[0][0]
+    return value
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def test_defaults(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.data_dir == Path("./data")
+    expected = (clean_env / "data" / "uploads.db").resolve()
+    assert settings.database_url == f"sqlite+aiosqlite:///{expected}"
+    assert settings.expire_after == WEEK
+    assert settings.max_size is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert settings.files_dir == Path("./data/files")
+    assert settings.is_sqlite
+
+
+def test_environment_variables(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPLOAD_DATA_DIR", str(clean_env / "elsewhere"))
+    monkeypatch.setenv("UPLOAD_MAX_SIZE", "1048576")
+    monkeypatch.setenv("UPLOAD_EXPIRE_AFTER", "60")
+    monkeypatch.setenv("UPLOAD_PORT", "9000")
+    monkeypatch.setenv("UPLOAD_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = load_settings()
+    assert settings.data_dir == clean_env / "elsewhere"
+    expected = clean_env / "elsewhere" / "uploads.db"
+    assert settings.database_url == f"sqlite+aiosqlite:///{expected}"
+    assert settings.max_size == 1048576
+    assert settings.expire_after == 60
+    assert settings.port == 9000
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_an_explicit_database_url_wins(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql+asyncpg://user@db.example/uploads"
+    monkeypatch.setenv("UPLOAD_DATABASE_URL", url)
+    settings = load_settings()
+    assert settings.database_url == url
+    assert not settings.is_sqlite
+
+
+def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (clean_env / ".env").write_text("UPLOAD_MAX_SIZE=123\nUPLOAD_EXPIRE_AFTER=77\n")
+    monkeypatch.setenv("UPLOAD_EXPIRE_AFTER", "88")
+    settings = load_settings()
+    assert settings.max_size == 123
+    assert settings.expire_after == 88
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("UPLOAD_MAX_SIZE", "-5"),
+        ("UPLOAD_MAX_SIZE", "0"),
+        ("UPLOAD_MAX_SIZE", "lots"),
+        ("UPLOAD_PORT", "abc"),
+        ("UPLOAD_PORT", "70000"),
+        ("UPLOAD_DATABASE_URL", "mysql://x"),
+        ("UPLOAD_DATABASE_URL", "sqlite:///sync.db"),  # not an async driver
+        ("UPLOAD_EXPIRE_AFTER", "0"),
+        ("UPLOAD_EXPIRE_AFTER", "soon"),
+        ("UPLOAD_CHECKPOINT_BYTES", "1000"),
+        ("UPLOAD_WRITE_BUFFER", "1"),
+        ("UPLOAD_LOCK_TIMEOUT", "-1"),
+    ],
+)
+def test_an_invalid_value_is_a_config_error_naming_the_variable(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("invalid configuration: ")
+    assert f"{name}: " in message
+    others = {"UPLOAD_MAX_SIZE", "UPLOAD_PORT", "UPLOAD_DATABASE_URL", "UPLOAD_EXPIRE_AFTER"}
+    assert not any(other in message for other in others - {name})
+
+
+def test_every_invalid_variable_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UPLOAD_MAX_SIZE", "-5")
+    monkeypatch.setenv("UPLOAD_PORT", "abc")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "UPLOAD_MAX_SIZE" in str(caught.value)
+    assert "UPLOAD_PORT" in str(caught.value)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_check_config_prints_the_settings(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPLOAD_MAX_SIZE", "4096")
+    assert main(["check-config"]) == 0
+    shown = Settings.model_validate_json(capsys.readouterr().out)
+    assert shown.max_size == 4096
+    assert shown.expire_after == WEEK
+
+
+def test_check_config_with_an_invalid_value_exits_2_naming_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UPLOAD_PORT", "abc")
+    with pytest.raises(SystemExit) as caught:
+        main(["check-config"])
+    assert caught.value.code == 2
+    captured = capsys.readouterr()
+    assert "UPLOAD_PORT" in captured.err
+    assert captured.out == ""
+
+
+async def test_migrate_creates_the_database_at_head_and_the_app_starts_on_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = clean_env / "fresh" / "data"
+    monkeypatch.setenv("UPLOAD_DATA_DIR", str(data_dir))
+    # Alembic runs its own event loop, so the command runs in a worker thread, as from a shell.
+    assert await anyio.to_thread.run_sync(main, ["migrate"]) == 0
+    database = data_dir / "uploads.db"
+    assert database.is_file()
+    assert _revision(database) == head_revision()
+    assert await anyio.to_thread.run_sync(main, ["migrate"]) == 0  # a second run changes nothing
+    assert _revision(database) == head_revision()
+
+    app = create_app(load_settings())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ready = await client.get("/readyz")
+            created = await client.post(
+                "/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"}
+            )
+    assert ready.status_code == 200, ready.text
+    assert created.status_code == 201, created.text
+
+
+def test_python_dash_m_runs_the_same_command_line(clean_env: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "upload_service", "check-config"],
+        cwd=clean_env,
+        env=_child_env(UPLOAD_MAX_SIZE="77"),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Settings.model_validate_json(result.stdout).max_size == 77
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("UPLOAD_PORT", "abc"), ("UPLOAD_MAX_SIZE", "-5"), ("UPLOAD_DATABASE_URL", "mysql://x")],
+)
+def test_serve_with_an_invalid_setting_fails_fast_naming_it(
+    clean_env: Path, name: str, value: str
+) -> None:
+    result = subprocess.run(
+        [str(_script("upload-service")), "serve"],
+        cwd=clean_env,
+        env=_child_env(**{name: value}),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert name in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (clean_env / "data").exists(), "nothing may be created before settings are valid"
+
+
+# -- the schema -----------------------------------------------------------------------------------
+
+
+async def test_the_app_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    app = create_app(settings)
+    with pytest.raises(SchemaError, match="upload-service migrate"):
+        async with app.router.lifespan_context(app):
+            pytest.fail("the app started on a database without a schema")
+
+
+async def test_the_app_refuses_a_database_behind_head(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    url = f"sqlite+aiosqlite:///{data_dir / 'uploads.db'}"
+    await anyio.to_thread.run_sync(upgrade, url)
+    connection = sqlite3.connect(data_dir / "uploads.db")
+    try:
+        with connection:
+            connection.execute("UPDATE alembic_version SET version_num = 'older'")
+    finally:
+        connection.close()
+    app = create_app(make_settings(data_dir))
+    with pytest.raises(SchemaError, match=r"at older, expected .*upload-service migrate"):
+        async with app.router.lifespan_context(app):
+            pytest.fail("the app started on an outdated schema")
+
+
+def test_models_and_migrations_agree(tmp_path: Path, template_db: Path) -> None:
+    database = tmp_path / "uploads.db"
+    shutil.copyfile(template_db, database)
+    engine = create_sync_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            differences = compare_metadata(context, Base.metadata)
+            tables = set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    assert differences == []
+    assert tables == {"uploads", "alembic_version"}
+
+
+def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
+    from alembic import command
+
+    database = tmp_path / "uploads.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    upgrade(url)
+    command.downgrade(alembic_config(url), "base")
+    connection = sqlite3.connect(database)
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    finally:
+        connection.close()
+    assert "uploads" not in tables
+    upgrade(url)
+    assert _revision(database) == head_revision()

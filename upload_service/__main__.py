@@ -1,0 +1,3 @@
+from upload_service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""JSON endpoints: upload status and progress, liveness and readiness."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from upload_service.errors import ServiceError
+from upload_service.services import Services, get_services
+from upload_service.tus.protocol import metadata_text
+from upload_service.uploads import Upload
+
+router = APIRouter()
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class UploadOut(BaseModel):
+    id: str
+    length: int | None
+    offset: int
+    received: int
+    state: str
+    metadata: dict[str, str | None]
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    completed_at: datetime | None
+    failure: str | None
+    sha256: str | None
+    concat: str | None
+    parts: list[str]
+    final_id: str | None
+    state_changed_at: datetime | None
+
+    @classmethod
+    def of(cls, upload: Upload) -> UploadOut:
+        fields = dataclasses.asdict(upload)
+        fields["metadata"] = metadata_text(upload.metadata)  # bytes values shown as text
+        return cls.model_validate(fields)
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+@router.get("/api/uploads/{upload_id}", response_model=UploadOut)
+async def get_upload(upload_id: str, services: ServicesDep) -> UploadOut:
+    return UploadOut.of(await services.handler.get(upload_id))
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    try:
+        await services.repository.ping()
+        await services.store.check()
+    except ServiceError as exc:
+        return JSONResponse(Health(status="unavailable", detail=exc.message).model_dump(), 503)
+    except OSError as exc:
+        detail = f"database unreachable: {exc}"
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
+    return JSONResponse(Health(status="ok").model_dump())

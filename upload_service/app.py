@@ -1,0 +1,174 @@
+"""The application factory. ``create_app`` builds nothing but routes; the lifespan builds the engine,
+store, locker and handler, reconciles storage with the database, and tears them down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from upload_service import __version__
+from upload_service.api.routes import router as api_router
+from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.migrate import check_schema
+from upload_service.db.repository import UploadRepository
+from upload_service.errors import ServiceError
+from upload_service.lifecycle import Lifecycle
+from upload_service.locking.memory import MemoryLocker
+from upload_service.middleware import MethodOverrideMiddleware, TusResumableMiddleware
+from upload_service.services import Services
+from upload_service.settings import Settings, load_settings
+from upload_service.storage.local import LocalStore
+from upload_service.tasks import Runner, TaskRunner
+from upload_service.tus.handler import HandlerConfig, TusHandler
+from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS, TUS_VERSION
+from upload_service.tus.routes import router as tus_router
+from upload_service.tus.routes import tus_allowed_methods
+
+logger = logging.getLogger("upload_service")
+
+
+def handler_config(settings: Settings) -> HandlerConfig:
+    return HandlerConfig(
+        max_size=settings.max_size,
+        expire_after=settings.expire_after,
+        checkpoint_bytes=settings.checkpoint_bytes,
+        checkpoint_seconds=settings.checkpoint_seconds,
+        progress_seconds=settings.progress_seconds,
+        lock_timeout=settings.lock_timeout,
+    )
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, runner: Runner | None = None
+) -> AsyncIterator[Services]:
+    """Build everything the service runs on, check the schema, and tear it all down after."""
+    await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database_url)
+    try:
+        await check_schema(engine)
+        repository = UploadRepository(create_sessionmaker(engine))
+        store = LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
+        locker = MemoryLocker()
+        handler = TusHandler(
+            store=store,
+            repository=repository,
+            locker=locker,
+            config=handler_config(settings),
+            runner=runner,
+        )
+        try:
+            yield Services(
+                settings=settings,
+                engine=engine,
+                repository=repository,
+                store=store,
+                locker=locker,
+                handler=handler,
+            )
+        finally:
+            await locker.aclose()
+            await store.aclose()
+    finally:
+        await engine.dispose()
+
+
+async def expire_periodically(lifecycle: Lifecycle, interval: float) -> None:
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await lifecycle.expire()
+        except ServiceError as exc:
+            logger.error("clean-up failed: %s", exc.message)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    resolved = settings if settings is not None else load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _honour_asyncio_debug()
+        runner = TaskRunner()
+        # Background work stops (runner) before what it uses closes (services).
+        async with open_services(resolved, runner) as services, runner.running():
+            reconciled = await services.handler.reconcile_all()
+            logger.info("reconciled %d unfinished uploads with storage", reconciled)
+            if asyncio.get_running_loop().get_debug():
+                logger.warning("asyncio debug mode is on")
+            lifecycle = services.handler.lifecycle
+            runner.start_service(
+                partial(expire_periodically, lifecycle, resolved.cleanup_interval), "clean-up"
+            )
+            app.state.services = services
+            app.state.runner = runner
+            yield
+
+    app = FastAPI(
+        title="upload_service",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.include_router(tus_router)
+    app.include_router(api_router)
+    app.add_exception_handler(ServiceError, _render_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _render_http_error)  # type: ignore[arg-type]
+    app.add_middleware(TusResumableMiddleware)
+    app.add_middleware(MethodOverrideMiddleware)
+    if resolved.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(resolved.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=list(REQUEST_HEADERS),
+            expose_headers=list(RESPONSE_HEADERS),
+            max_age=86400,
+        )
+    return app
+
+
+def _honour_asyncio_debug() -> None:
+    """Turn on asyncio debug mode when ``PYTHONASYNCIODEBUG`` or ``-X dev`` asks for it.
+
+    uvicorn on Python 3.11 runs the loop through ``asyncio.Runner(debug=False)``, which switches
+    debug mode off again after the loop (uvloop included) honoured the environment.
+    """
+    requested = sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    )
+    if requested:
+        asyncio.get_running_loop().set_debug(True)
+
+
+async def _render_error(request: Request, exc: ServiceError) -> Response:
+    if exc.status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    if request.url.path.startswith("/files"):
+        headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
+        return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
+    body = {"error": {"code": exc.code, "message": exc.message}}
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+async def _render_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Routing errors (unknown path, method) in the same one family and format as ours."""
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and request.url.path.startswith("/files"):
+        headers["Allow"] = ", ".join(tus_allowed_methods(request.url.path))
+    message = f"{request.method} is not allowed here" if exc.status_code == 405 else exc.detail
+    return await _render_error(
+        request, ServiceError(message, status=exc.status_code, code="http_error", headers=headers)
+    )

@@ -1,0 +1,102 @@
+"""``upload-service``: serve, migrate, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from upload_service.settings import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _migrate(settings: Settings) -> None:
+    from upload_service.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    if settings.is_sqlite:
+        _migrate(settings)  # the embedded default needs nothing else on first run
+    uvicorn.run(
+        "upload_service.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=args.log_level,
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = _settings()
+    _migrate(settings)
+    print(f"database at head: {settings.database_url}")
+    return 0
+
+
+def cmd_cleanup(_args: argparse.Namespace) -> int:
+    import asyncio
+
+    from upload_service.app import open_services
+    from upload_service.tasks import InlineRunner
+
+    settings = _settings()
+
+    async def run() -> int:
+        async with open_services(settings, InlineRunner()) as services:
+            return await services.handler.lifecycle.expire()
+
+    count = asyncio.run(run())
+    print(f"expired {count} unfinished uploads")
+    return 0
+
+
+def cmd_check_config(_args: argparse.Namespace) -> int:
+    print(_settings().model_dump_json(indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="upload-service", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="bind address (default UPLOAD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default UPLOAD_PORT or 8080)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=cmd_serve)
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=cmd_migrate)
+    cleanup = commands.add_parser(
+        "cleanup", help="expire unfinished uploads past their expiry, once"
+    )
+    cleanup.set_defaults(run=cmd_cleanup)
+    check = commands.add_parser("check-config", help="validate and print the settings")
+    check.set_defaults(run=cmd_check_config)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    result: int = args.run(args)
+    return result

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UploadRow(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    length: Mapped[int | None] = mapped_column(BigInteger)
+    upload_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    metadata_header: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failure: Mapped[str | None] = mapped_column(Text)
+    # concatenation: "partial", "final" or None; a final lists its parts, a partial names its final
+    concat: Mapped[str | None] = mapped_column(String(8))
+    parts: Mapped[str | None] = mapped_column(Text)
+    final_id: Mapped[str | None] = mapped_column(String(32))
+    sha256: Mapped[str | None] = mapped_column(
+        String(64)
+    )  # hex digest of the whole file, once ready
+    state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_uploads_state_expires", "state", "expires_at"),
+        Index("ix_uploads_final_id", "final_id"),
+    )

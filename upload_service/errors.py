@@ -1,0 +1,107 @@
+"""The one error family of the service.
+
+Every failure a client can cause or observe is a ``ServiceError`` carrying a stable ``code``, a one-line
+``message`` and an HTTP ``status``. Backends translate their native errors (``FileNotFoundError``,
+S3 ``NoSuchKey``) into this family at their own boundary; one exception handler renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class OffsetMismatch(ServiceError):
+    status = 409
+    code = "offset_mismatch"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(ServiceError):
+    status = 410
+    code = "gone"
+
+
+class PreconditionFailed(ServiceError):
+    status = 412
+    code = "unsupported_version"
+
+
+class TooLarge(ServiceError):
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+class Locked(ServiceError):
+    status = 423
+    code = "locked"
+
+
+class StorageError(ServiceError):
+    """The store failed in a way the client cannot fix (disk full, I/O error)."""
+
+    status = 507
+    code = "storage_error"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+class ClientGone(Exception):
+    """The client went away mid-body. Not a ServiceError: there is nobody left to answer."""

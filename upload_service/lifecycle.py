@@ -1,0 +1,197 @@
+"""What happens to an upload after its last byte, and when it expires.
+
+``verifying``: the whole-file sha256 comes from the digest kept while the bytes streamed in (when one
+process saw them all, in order) or from reading the stored bytes back in a worker thread. A client
+may state the expected digest at creation as the ``sha256`` metadata value (64 hex digits or 44
+base64 characters); a mismatch fails the upload with the reason. A final upload (concatenation) is
+assembled once every partial upload is ready, by the store (no bytes through Python), then verified.
+
+Crash story: every transition is a conditional update from the state it expects, so a repeated
+step is harmless; start-up (``resume``) re-runs the verification of uploads left ``verifying`` and
+the assembly of final uploads whose parts are all ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
+
+from upload_service.db.repository import UploadRepository
+from upload_service.errors import BadRequest, Conflict, Locked
+from upload_service.locking.base import Locker
+from upload_service.storage.base import Store
+from upload_service.tasks import Runner
+from upload_service.uploads import ENDED_STATES, Upload, UploadState
+
+logger = logging.getLogger("upload_service.lifecycle")
+
+ASSEMBLY_LOCK_WAIT = 60.0
+
+
+def expected_sha256(upload: Upload) -> bytes | None:
+    raw = upload.metadata.get("sha256")
+    if raw is None:
+        return None
+    return parse_sha256(raw)
+
+
+def parse_sha256(raw: bytes) -> bytes:
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    elif len(text) == 44:
+        try:
+            digest = base64.b64decode(text, validate=True)
+        except binascii.Error:
+            digest = b""
+        if len(digest) == 32:
+            return digest
+    raise BadRequest("metadata sha256 must be 64 hex digits or 44 base64 characters")
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        repository: UploadRepository,
+        locker: Locker,
+        runner: Runner,
+        clock: Callable[[], datetime],
+        max_size: int | None = None,
+        tombstone_seconds: float = 7 * 24 * 3600,
+    ) -> None:
+        self._store = store
+        self._repo = repository
+        self._locker = locker
+        self._runner = runner
+        self._clock = clock
+        self._max_size = max_size
+        self._tombstone = timedelta(seconds=tombstone_seconds)
+
+    async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
+        """The upload's last byte is durable (state ``verifying``). With the streamed ``digest``
+        it is verified on the spot; otherwise verification runs in the background."""
+        if digest is not None:
+            return await self._finish(upload, digest)
+        await self._runner.spawn(partial(self.verify, upload.id), f"verify {upload.id}")
+        return upload
+
+    async def verify(self, upload_id: str) -> None:
+        upload = await self._repo.get(upload_id)
+        if upload is None or upload.state is not UploadState.VERIFYING:
+            return
+        digest = await self._store.digest(upload_id, hashlib.sha256())
+        await self._finish(upload, digest)
+
+    async def _finish(self, upload: Upload, digest: bytes) -> Upload:
+        now = self._clock()
+        expected = expected_sha256(upload)
+        try:
+            if expected is not None and expected != digest:
+                reason = f"sha256 mismatch: expected {expected.hex()}, got {digest.hex()}"
+                result = await self._repo.set_state(
+                    upload.id,
+                    UploadState.FAILED,
+                    now,
+                    reason,
+                    only_from=(UploadState.VERIFYING,),
+                )
+            else:
+                result = await self._repo.mark_ready(upload.id, digest.hex(), now)
+        except Conflict:
+            return upload  # someone else finished (or ended) it meanwhile
+        if result.final_id is not None:
+            await self._runner.spawn(partial(self.assemble, result.final_id), "assemble final")
+        return result
+
+    async def assemble_soon(self, final_id: str) -> None:
+        await self._runner.spawn(partial(self.assemble, final_id), f"assemble {final_id}")
+
+    async def assemble(self, final_id: str) -> None:
+        """Concatenate a final upload once all its parts are ready; fail it if one cannot be."""
+        async with self._locker.lock(final_id, wait=ASSEMBLY_LOCK_WAIT, preempt=False):
+            final = await self._repo.get(final_id)
+            if final is None or final.state is not UploadState.RECEIVING:
+                return
+            parts = await self._repo.get_many(final.parts)
+            for part_id in final.parts:
+                part = parts.get(part_id)
+                if part is None or part.state in ENDED_STATES:
+                    state = "gone" if part is None else part.state.value
+                    await self._fail(final_id, f"partial upload {part_id} is {state}")
+                    return
+                if part.state is not UploadState.READY:
+                    return  # assembled when the last part becomes ready
+            total = sum(parts[part_id].length or 0 for part_id in final.parts)
+            if self._max_size is not None and total > self._max_size:
+                # parts of deferred length could not be checked when the final was created
+                await self._fail(
+                    final_id, f"assembled length {total} exceeds the maximum size {self._max_size}"
+                )
+                return
+            length = await self._store.concatenate(final_id, final.parts)
+            final = await self._repo.assembled(final_id, length, self._clock())
+        await self.verify(final.id)
+
+    async def _purge(self, before: datetime) -> int:
+        ended = await self._repo.list_ended(before)
+        for upload_id in ended:
+            await self._store.delete(upload_id)  # bytes first: no file outlives its row
+            await self._repo.forget(upload_id)
+        return len(ended)
+
+    async def _fail(self, upload_id: str, reason: str) -> None:
+        await self._repo.set_state(
+            upload_id,
+            UploadState.FAILED,
+            self._clock(),
+            reason,
+            only_from=(UploadState.RECEIVING,),
+        )
+
+    async def resume(self) -> None:
+        """Start-up: finish what a stopped process left half done."""
+        for upload in await self._repo.list_by_state(UploadState.VERIFYING):
+            await self._runner.spawn(partial(self.verify, upload.id), f"verify {upload.id}")
+        for final in await self._repo.list_finals_waiting():
+            await self._runner.spawn(partial(self.assemble, final.id), f"assemble {final.id}")
+
+    async def expire(self) -> int:
+        """Mark unfinished uploads past their expiry ``expired`` and delete their bytes; the row
+        stays as a tombstone (requests answer 410) until it is older than the tombstone period,
+        then it is deleted with the other ended uploads'. Uploads being written are left alone."""
+        count = 0
+        now = self._clock()
+        for upload in await self._repo.list_expired(now):
+            try:
+                async with self._locker.lock(upload.id, wait=0, preempt=False):
+                    current = await self._repo.get(upload.id)
+                    if current is None or not current.expired(self._clock()):
+                        continue
+                    await self._repo.set_state(
+                        upload.id,
+                        UploadState.EXPIRED,
+                        self._clock(),
+                        only_from=(UploadState.RECEIVING,),
+                    )
+                    await self._store.delete(upload.id)
+                    count += 1
+            except Locked:
+                continue  # being written right now: its expiry moves on with the next commit
+            except Conflict:
+                continue
+            if current.final_id is not None:
+                await self.assemble(current.final_id)  # fails the final: a part expired
+        purged = await self._purge(self._clock() - self._tombstone)
+        if count or purged:
+            logger.info("expired %d unfinished uploads, forgot %d ended ones", count, purged)
+        return count

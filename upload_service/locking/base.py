@@ -1,0 +1,51 @@
+"""Per-upload mutual exclusion.
+
+Every request that changes an upload (PATCH, creation with data, DELETE, reconciliation) holds the
+upload's lock. A request that wants a held lock first asks the holder to let go (``Lease``
+release request): a PATCH whose client vanished without closing its connection would otherwise
+block the client's reconnect until TCP gives up. The holder stops reading its body, makes what it
+received durable, commits and releases; the waiter then proceeds or gets 423 after its timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+
+class Lease:
+    """Handed to the holder of a lock."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], object]] = []
+        self.release_requested = False
+
+    def on_release_request(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (now, if already requested) when another request wants the lock."""
+        if self.release_requested:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def request_release(self) -> None:
+        if self.release_requested:
+            return
+        self.release_requested = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
+class Locker(Protocol):
+    def lock(
+        self, key: str, *, wait: float, preempt: bool = True
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Hold ``key`` for the ``async with`` block.
+
+        With ``preempt`` the current holder is asked to release. Raises ``Locked`` (423) when the
+        lock is not free within ``wait`` seconds (0: try once).
+        """
+        ...
+
+    async def aclose(self) -> None: ...

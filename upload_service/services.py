@@ -1,0 +1,32 @@
+"""What the lifespan builds and the routes use: one object on ``app.state``, no module globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from upload_service.db.repository import UploadRepository
+    from upload_service.locking.base import Locker
+    from upload_service.settings import Settings
+    from upload_service.storage.base import Store
+    from upload_service.tus.handler import TusHandler
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    repository: UploadRepository
+    store: Store
+    locker: Locker
+    handler: TusHandler
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

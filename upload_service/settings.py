@@ -1,0 +1,92 @@
+"""Configuration from ``UPLOAD_*`` environment variables (and an optional ``.env``).
+
+Only entry points build a ``Settings``; invalid values stop start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="UPLOAD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    max_size: int | None = Field(default=None, gt=0)
+    expire_after: int = Field(default=7 * 24 * 3600, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
+    # Durability cadence during one long PATCH: fsync + commit the offset after this many bytes or
+    # seconds, whichever comes first. A crash loses at most one interval of unacknowledged bytes.
+    checkpoint_bytes: int = Field(default=64 * MiB, ge=MiB)
+    checkpoint_seconds: float = Field(default=2.0, gt=0)
+    # How often received-but-not-yet-durable progress is written to the database during a PATCH.
+    progress_seconds: float = Field(default=0.5, gt=0)
+    # Request bytes are coalesced into writes of this size (the per-upload memory bound).
+    write_buffer: int = Field(default=1 * MiB, ge=64 * 1024, le=64 * MiB)
+    # How long a request waits for another request on the same upload to let go of it before 423.
+    lock_timeout: float = Field(default=3.0, ge=0)
+    # How often the background clean-up expires unfinished uploads past their expiry (seconds).
+    cleanup_interval: float = Field(default=600.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and not (
+            value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")
+        ):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (an async driver)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            path = (self.data_dir / "uploads.db").resolve()
+            object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        return self
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; the message names each offending variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = "UPLOAD_" + "_".join(str(part) for part in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from exc

@@ -1,0 +1,338 @@
+"""Uploads as files on the local disk, written through aiofiles and made durable with fsync.
+
+Crash story: ``create`` fsyncs the new file and its directory, so an upload row never points at a
+file that a crash can lose. Appended bytes sit in a bounded buffer, then in the page cache; only
+``sync`` (flush + fsync, in a worker thread) makes them durable, and only its result is ever committed
+as an offset. After kill -9 the file may hold bytes past the committed offset; ``append`` cuts them
+off before writing, and start-up reconciliation does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiofiles
+import aiofiles.os
+import anyio.to_thread
+
+from upload_service.errors import NotFound, StorageError
+from upload_service.storage.base import Hasher, check_upload_id
+
+if TYPE_CHECKING:
+    from aiofiles.threadpool.binary import AsyncFileIO
+
+READ_CHUNK = 256 * 1024
+HASH_CHUNK = 1024 * 1024
+COPY_CHUNK = 256 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _translated(action: str, missing: str = "upload data is missing") -> Iterator[None]:
+    """The store's error boundary: a missing file is NotFound, any other OSError a StorageError."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFound(missing) from exc
+    except OSError as exc:
+        raise _storage_error(exc, action) from exc
+
+
+def _storage_error(exc: OSError, action: str) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"cannot {action}: storage is full")
+    return StorageError(f"cannot {action}: {exc.strerror or exc.__class__.__name__}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fdatasync(fd: int) -> None:
+    # fdatasync covers the data and the file size, which is all a reader of the upload needs.
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+def _hash_and_write(
+    fd: int, chunks: list[bytes], hashers: Sequence[Hasher], progress: list[int]
+) -> None:
+    """Hash and write the received pieces as they are (``writev``): no copy on the event loop."""
+    for chunk in chunks:
+        for hasher in hashers:
+            hasher.update(chunk)
+    pending: list[bytes | memoryview] = [chunk for chunk in chunks if chunk]
+    index = 0
+    while index < len(pending):
+        count = os.writev(fd, pending[index : index + _IOV_MAX])
+        if not count:
+            raise OSError(errno.EIO, "short write")
+        progress[0] += count
+        while count:  # skip what was written; a partly written piece continues from its middle
+            head = pending[index]
+            if count >= len(head):
+                count -= len(head)
+                index += 1
+            else:
+                pending[index] = memoryview(head)[count:]
+                count = 0
+
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _hash_file(path: Path, hasher: Hasher) -> bytes:
+    with path.open("rb", buffering=0) as file:
+        buffer = bytearray(HASH_CHUNK)
+        view = memoryview(buffer)
+        while count := file.readinto(buffer):
+            hasher.update(view[:count])
+    return hasher.digest()
+
+
+def _concatenate(target: Path, parts: Sequence[Path]) -> int:
+    total = 0
+    with target.open("r+b", buffering=0) as out:
+        out.truncate(0)
+        for part in parts:
+            with part.open("rb", buffering=0) as source:
+                total += _copy(source.fileno(), out.fileno(), os.fstat(source.fileno()).st_size)
+        _fdatasync(out.fileno())
+    return total
+
+
+def _copy(source: int, target: int, size: int) -> int:
+    """Kernel-side copy (reflink or in-kernel on most filesystems); read/write as a fallback."""
+    copied = 0
+    try:
+        while copied < size:
+            count = os.copy_file_range(source, target, min(size - copied, COPY_CHUNK))
+            if not count:
+                break
+            copied += count
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    if copied < size:
+        os.lseek(source, copied, os.SEEK_SET)
+        while chunk := os.read(source, min(HASH_CHUNK, size - copied)):
+            os.write(target, chunk)
+            copied += len(chunk)
+    if copied != size:
+        raise OSError(errno.EIO, "part changed size while being concatenated")
+    return copied
+
+
+def _create_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _truncate_file(path: Path, length: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        # Only ever cut: ftruncate past the end would invent zero bytes.
+        os.ftruncate(fd, min(length, os.fstat(fd).st_size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalAppender:
+    """Coalesces request bytes into large writes; one write is in flight in a worker thread while
+    the next buffer fills, so disk and network overlap. Memory: at most two buffers."""
+
+    def __init__(
+        self, file: AsyncFileIO, offset: int, buffer_size: int, hashers: Sequence[Hasher] = ()
+    ) -> None:
+        self._file = file
+        self._hashers = tuple(hashers)
+        self._start = offset
+        self._accepted = 0  # bytes taken from the caller (written, in flight or buffered)
+        self._written = 0  # bytes the OS accepted without error, in order
+        self._chunks: list[bytes] = []  # received pieces not yet handed to a write
+        self._buffered = 0
+        self._buffer_size = buffer_size
+        self._in_flight: asyncio.Future[None] | None = None
+        self._failed = False  # a write failed: later bytes must never land behind its prefix
+
+    @property
+    def offset(self) -> int:
+        return self._start + self._accepted
+
+    async def write(self, data: bytes) -> None:
+        if self._failed:
+            raise StorageError("cannot write upload data: an earlier write failed")
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._accepted += len(data)
+        if self._buffered >= self._buffer_size:
+            try:
+                await self._drain()
+            except StorageError:
+                self._failed = True
+                self._take_chunks()
+                raise
+            self._in_flight = asyncio.ensure_future(self._write_out(self._take_chunks()))
+
+    def _take_chunks(self) -> list[bytes]:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        return chunks
+
+    async def _drain(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            await in_flight
+
+    async def _write_out(self, pending: list[bytes]) -> None:
+        # One worker-thread hop per coalesced buffer, hashing included (hashlib drops the GIL).
+        progress = [0]
+        try:
+            await anyio.to_thread.run_sync(
+                _hash_and_write, self._file.fileno(), pending, self._hashers, progress
+            )
+        except OSError as exc:
+            raise _storage_error(exc, "write upload data") from exc
+        finally:
+            self._written += progress[0]
+
+    async def sync(self) -> int:
+        try:
+            await self._drain()
+            pending = self._take_chunks()
+            if pending:
+                await self._write_out(pending)
+        except StorageError:
+            # What failed is not counted; the prefix the OS took is made durable and can be
+            # reported by calling sync again.
+            self._failed = True
+            self._take_chunks()
+            await self._fsync()
+            raise
+        await self._fsync()
+        return self._start + self._written
+
+    async def _fsync(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(_fdatasync, self._file.fileno())
+        except OSError as exc:
+            raise _storage_error(exc, "make upload data durable") from exc
+
+    async def aclose(self) -> None:
+        self._take_chunks()
+        if self._in_flight is not None:
+            with contextlib.suppress(StorageError):
+                await self._drain()
+        # Nothing unsynced is ever reported, so a failing close loses nothing promised.
+        with contextlib.suppress(OSError):
+            await self._file.close()
+
+
+class LocalStore:
+    def __init__(self, root: Path, *, buffer_size: int = 1024 * 1024) -> None:
+        self._root = root
+        self._buffer_size = buffer_size
+
+    def path(self, upload_id: str) -> Path:
+        return self._root / check_upload_id(upload_id)
+
+    async def create(self, upload_id: str) -> None:
+        path = self.path(upload_id)
+        try:
+            await anyio.to_thread.run_sync(_create_file, path)
+        except OSError as exc:
+            raise _storage_error(exc, "create upload") from exc
+
+    async def append(
+        self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+    ) -> LocalAppender:
+        path = self.path(upload_id)
+        with _translated("open upload"):
+            # Unbuffered: each coalesced buffer is one write in one worker-thread hop.
+            file = await aiofiles.open(path, "r+b", buffering=0)
+        try:
+            size = await file.seek(0, os.SEEK_END)
+            if size < offset:
+                raise StorageError(f"upload data holds {size} bytes, fewer than offset {offset}")
+            if size > offset:
+                await file.truncate(offset)
+            await file.seek(offset)
+        except BaseException as exc:
+            await file.close()
+            if isinstance(exc, OSError):
+                raise _storage_error(exc, "open upload") from exc
+            raise
+        return LocalAppender(file, offset, self._buffer_size, hashers)
+
+    async def size(self, upload_id: str) -> int:
+        with _translated("inspect upload"):
+            stat = await aiofiles.os.stat(self.path(upload_id))
+        return stat.st_size
+
+    async def truncate(self, upload_id: str, length: int) -> None:
+        with _translated("truncate upload"):
+            await anyio.to_thread.run_sync(_truncate_file, self.path(upload_id), length)
+
+    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        path = self.path(upload_id)
+        with _translated("open upload"):
+            file = await aiofiles.open(path, "rb")
+        try:
+            remaining = end - start
+            try:
+                await file.seek(start)
+            except OSError as exc:
+                raise _storage_error(exc, "read upload data") from exc
+            while remaining > 0:
+                try:
+                    chunk = await file.read(min(READ_CHUNK, remaining))
+                except OSError as exc:
+                    raise _storage_error(exc, "read upload data") from exc
+                if not chunk:
+                    raise StorageError("upload data is shorter than its offset")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await file.close()
+
+    async def delete(self, upload_id: str) -> None:
+        try:
+            await aiofiles.os.remove(self.path(upload_id))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _storage_error(exc, "delete upload") from exc
+
+    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
+        with _translated("read upload data"):
+            return await anyio.to_thread.run_sync(_hash_file, self.path(upload_id), hasher)
+
+    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
+        paths = [self.path(part) for part in parts]
+        with _translated("concatenate uploads", missing="a partial upload's data is missing"):
+            return await anyio.to_thread.run_sync(_concatenate, self.path(upload_id), paths)
+
+    async def check(self) -> None:
+        try:
+            await aiofiles.os.makedirs(self._root, exist_ok=True)
+            writable = await aiofiles.os.access(self._root, os.W_OK)
+        except OSError as exc:
+            raise _storage_error(exc, "reach the data directory") from exc
+        if not writable:
+            raise StorageError(f"data directory {self._root} is not writable")
+
+    async def aclose(self) -> None:
+        return None

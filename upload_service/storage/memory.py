@@ -1,0 +1,107 @@
+"""An in-memory store: the reference double for handler tests and the contract suite.
+
+It models durability honestly: written bytes become durable only on ``sync``, and ``crash`` drops
+everything not synced, as a kill -9 plus power loss would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from upload_service.errors import NotFound, StorageError
+from upload_service.storage.base import Hasher, check_upload_id
+
+
+class MemoryAppender:
+    def __init__(
+        self, store: MemoryStore, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+    ) -> None:
+        self._store = store
+        self._hashers = tuple(hashers)
+        self._id = upload_id
+        self._offset = offset
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    async def write(self, data: bytes) -> None:
+        if self._store.fail_writes:
+            raise StorageError("cannot write upload data: storage is full")
+        for hasher in self._hashers:
+            hasher.update(data)
+        self._store.volatile[self._id] += data
+        self._offset += len(data)
+
+    async def sync(self) -> int:
+        self._store.durable[self._id] = bytearray(self._store.volatile[self._id])
+        return len(self._store.durable[self._id])
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.volatile: dict[str, bytearray] = {}
+        self.durable: dict[str, bytearray] = {}
+        self.fail_writes = False
+
+    def _get(self, upload_id: str) -> bytearray:
+        try:
+            return self.volatile[check_upload_id(upload_id)]
+        except KeyError:
+            raise NotFound("upload data is missing") from None
+
+    def crash(self) -> None:
+        self.volatile = {key: bytearray(value) for key, value in self.durable.items()}
+
+    async def create(self, upload_id: str) -> None:
+        if check_upload_id(upload_id) in self.volatile:
+            raise StorageError("cannot create upload: it already exists")  # as O_EXCL does
+        self.volatile[upload_id] = bytearray()
+        self.durable[upload_id] = bytearray()
+
+    async def append(
+        self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+    ) -> MemoryAppender:
+        data = self._get(upload_id)
+        if len(data) < offset:
+            raise StorageError(f"upload data holds {len(data)} bytes, fewer than offset {offset}")
+        del data[offset:]
+        return MemoryAppender(self, upload_id, offset, hashers)
+
+    async def size(self, upload_id: str) -> int:
+        return len(self._get(upload_id))
+
+    async def truncate(self, upload_id: str, length: int) -> None:
+        del self._get(upload_id)[length:]
+        self.durable[upload_id] = bytearray(self.volatile[upload_id])
+
+    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        data = self._get(upload_id)
+        if len(data) < end:
+            raise StorageError("upload data is shorter than its offset")
+        for position in range(start, end, 65536):
+            yield bytes(data[position : min(position + 65536, end)])
+
+    async def delete(self, upload_id: str) -> None:
+        self.volatile.pop(check_upload_id(upload_id), None)
+        self.durable.pop(upload_id, None)
+
+    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
+        hasher.update(bytes(self._get(upload_id)))
+        return hasher.digest()
+
+    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
+        joined = bytearray().join(self._get(part) for part in parts)
+        target = self._get(upload_id)
+        target[:] = joined
+        self.durable[upload_id] = bytearray(joined)
+        return len(joined)
+
+    async def check(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

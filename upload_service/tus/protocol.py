@@ -1,0 +1,212 @@
+"""tus 1.0.0 wire facts: header names, the metadata codec, header parsing and the date format.
+
+Pure functions over strings; nothing here knows about HTTP frameworks, disks or databases.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from urllib.parse import urlsplit
+
+from upload_service.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+# Headers a browser client sends and must be allowed to read (CORS).
+REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Origin",
+    "Tus-Resumable",
+    "Upload-Checksum",
+    "Upload-Concat",
+    "Upload-Defer-Length",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Offset",
+    "X-HTTP-Method-Override",
+    "X-Requested-With",
+)
+RESPONSE_HEADERS = (
+    "Location",
+    "Tus-Checksum-Algorithm",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Upload-Concat",
+    "Upload-Defer-Length",
+    "Upload-Expires",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Offset",
+    "Content-Disposition",
+    "Content-Range",
+    "Accept-Ranges",
+    "Repr-Digest",
+    "Digest",
+)
+
+_UINT = re.compile(r"[0-9]{1,19}")
+_METADATA_KEY = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_MAX_INT = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def check_version(value: str | None) -> None:
+    """Raise 412 unless the client speaks the one version we serve."""
+    if value != TUS_VERSION:
+        shown = "missing" if value is None else repr(value[:40])
+        raise PreconditionFailed(
+            f"Tus-Resumable is {shown}; this server supports {TUS_VERSION}",
+            headers={"Tus-Version": TUS_VERSION},
+        )
+
+
+def parse_uint(name: str, value: str) -> int:
+    value = value.strip()
+    if not _UINT.fullmatch(value) or int(value) > _MAX_INT:
+        raise BadRequest(f"{name} must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def check_offset_content_type(value: str | None) -> None:
+    media_type = (value or "").split(";", 1)[0].strip().lower()
+    if media_type != OFFSET_CONTENT_TYPE:
+        shown = "missing" if not value else repr(value[:60])
+        raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}, got {shown}")
+
+
+Metadata = dict[str, bytes | None]
+
+
+def decode_metadata(header: str) -> Metadata:
+    """Decode ``Upload-Metadata`` strictly: unique keys, no spaces or commas, valid base64 values."""
+    result: Metadata = {}
+    if not header.strip():
+        return result
+    for raw_pair in header.split(","):
+        pair = raw_pair.strip()
+        parts = pair.split(" ")
+        if not pair or len(parts) > 2:
+            raise BadRequest(f"Upload-Metadata pair {pair[:60]!r} is not 'key base64value'")
+        key = parts[0]
+        if not _METADATA_KEY.fullmatch(key):
+            raise BadRequest(f"Upload-Metadata key {key[:60]!r} is not a valid token")
+        if key in result:
+            raise BadRequest(f"Upload-Metadata key {key!r} appears twice")
+        if len(parts) == 1:
+            result[key] = None
+            continue
+        encoded = parts[1]
+        if not _BASE64.fullmatch(encoded) or len(encoded) % 4:
+            raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64")
+        try:
+            result[key] = base64.b64decode(encoded, validate=True)
+        except binascii.Error as exc:
+            raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64") from exc
+    return result
+
+
+def encode_metadata(metadata: Metadata) -> str:
+    return ",".join(
+        key if value is None else f"{key} {base64.b64encode(value).decode('ascii')}"
+        for key, value in metadata.items()
+    )
+
+
+def metadata_text(metadata: Metadata) -> dict[str, str | None]:
+    """Metadata for humans and JSON: values as UTF-8 text (undecodable bytes replaced)."""
+    return {
+        key: None if value is None else value.decode("utf-8", errors="replace")
+        for key, value in metadata.items()
+    }
+
+
+def http_date(moment: datetime) -> str:
+    """RFC 9110 IMF-fixdate, e.g. ``Wed, 25 Jun 2025 16:00:00 GMT``."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """Parse a single ``bytes=`` range. None means "send the whole file" (absent or ignorable).
+
+    Raises ``ValueError`` for a syntactically valid range that cannot be satisfied.
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # other units and multi-range requests: RFC 9110 lets us ignore Range
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then rejects.
+    if (first and not _DIGITS.fullmatch(first)) or (last and not _DIGITS.fullmatch(last)):
+        return None
+    if not (first or last):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise ValueError("empty suffix range")
+        return ByteRange(max(size - suffix, 0), size - 1)
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid range-spec: ignored, like the syntax errors above
+    if start >= size:
+        raise ValueError("range starts past the end")
+    end = int(last) if last else size - 1
+    return ByteRange(start, min(end, size - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Concat:
+    """A parsed ``Upload-Concat`` header: ``partial``, or ``final`` with its parts' URLs."""
+
+    final: bool
+    urls: tuple[str, ...] = ()
+
+
+_UPLOAD_PATH = re.compile(r"(?:.*/)?files/([0-9a-f]{32})/?")
+
+
+def parse_concat(value: str | None) -> Concat | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "partial":
+        return Concat(final=False)
+    kind, separator, rest = text.partition(";")
+    if kind.strip() != "final" or not separator:
+        raise BadRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
+    urls = tuple(rest.split())
+    if not urls:
+        raise BadRequest("Upload-Concat: final lists no partial uploads")
+    return Concat(final=True, urls=urls)
+
+
+def upload_id_from_url(url: str) -> str:
+    """The upload id in an absolute or relative URL of this server's tus endpoint."""
+    match = _UPLOAD_PATH.fullmatch(urlsplit(url).path)
+    if match is None:
+        raise BadRequest(f"Upload-Concat names {url[:100]!r}, which is not an upload URL")
+    return match.group(1)

@@ -1,0 +1,62 @@
+"""The upload record shared by the handler, the repository and the JSON API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from upload_service.tus.protocol import Metadata
+
+
+class UploadState(StrEnum):
+    RECEIVING = "receiving"  # accepting bytes; offset < length (or length still deferred)
+    VERIFYING = "verifying"  # every byte is durable; the whole-file digest is being computed
+    READY = "ready"  # verified; downloadable
+    FAILED = "failed"
+    EXPIRED = "expired"
+    TERMINATED = "terminated"
+
+
+# An upload still has (or will have) its bytes; an ended one never will again.
+LIVE_STATES = (UploadState.RECEIVING, UploadState.VERIFYING, UploadState.READY)
+ENDED_STATES = (UploadState.FAILED, UploadState.EXPIRED, UploadState.TERMINATED)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    id: str
+    length: int | None  # None while the length is deferred
+    offset: int  # durable, committed bytes: the only offset ever reported
+    received: int  # bytes received so far, including ones not yet durable (progress)
+    state: UploadState
+    metadata: Metadata
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    completed_at: datetime | None = None
+    failure: str | None = None
+    concat: str | None = None  # "partial" or "final" (concatenation extension)
+    parts: tuple[str, ...] = ()  # a final upload's partial uploads, in order
+    final_id: str | None = None  # the final upload a partial upload belongs to
+    sha256: str | None = None  # hex digest of the whole file, once verified
+    state_changed_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.concat == "final"
+
+    @property
+    def is_partial(self) -> bool:
+        return self.concat == "partial"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.length is not None and self.offset == self.length
+
+    def expired(self, now: datetime) -> bool:
+        return (
+            self.state is UploadState.RECEIVING
+            and self.expires_at is not None
+            and self.expires_at <= now
+        )
