@@ -3,8 +3,11 @@ upload state and for the offset, which only ever moves by compare-and-set (``adv
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import anyio
 from sqlalchemy import Update, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -70,17 +73,30 @@ class UploadRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
+    @asynccontextmanager
+    async def _session(self, *, begin: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session whose statements a cancellation cannot interrupt.
+
+        Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
+        pending for ever (aiosqlite's worker is stopped under it), so at shutdown or on a client's
+        disconnect the cancellation waits until the statement and the session's close are done.
+        Each statement is short: SQLite's busy timeout bounds it.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._sessions.begin() if begin else self._sessions() as session:
+                yield session
+
     async def add(self, upload: Upload) -> None:
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             session.add(_to_row(upload))
 
     async def get(self, upload_id: str) -> Upload | None:
-        async with self._sessions() as session:
+        async with self._session() as session:
             row = await session.get(UploadRow, upload_id)
             return None if row is None else _to_upload(row)
 
     async def list_by_state(self, state: UploadState) -> list[Upload]:
-        async with self._sessions() as session:
+        async with self._session() as session:
             rows = await session.scalars(select(UploadRow).where(UploadRow.state == state.value))
             return [_to_upload(row) for row in rows]
 
@@ -124,7 +140,7 @@ class UploadRepository:
         return await self._update(upload_id, None, length=length, updated_at=now)
 
     async def set_received(self, upload_id: str, received: int) -> None:
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             await session.execute(
                 update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
             )
@@ -183,7 +199,7 @@ class UploadRepository:
     async def add_final(self, final: Upload) -> None:
         """Insert a final upload and claim its partial uploads in one transaction. Raises
         ``Conflict`` naming a part that is no longer an unclaimed, live partial upload."""
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             session.add(_to_row(final))
             for part in final.parts:
                 result = await session.execute(
@@ -202,7 +218,7 @@ class UploadRepository:
     async def list_ended(self, before: datetime) -> list[str]:
         """Ids of uploads that ended (expired, terminated, failed) before ``before``, except parts
         claimed by a final upload (the final's assembly still names them)."""
-        async with self._sessions() as session:
+        async with self._session() as session:
             rows = await session.scalars(
                 select(UploadRow.id).where(
                     UploadRow.state.in_([state.value for state in ENDED_STATES]),
@@ -213,23 +229,23 @@ class UploadRepository:
             return list(rows)
 
     async def forget(self, upload_id: str) -> None:
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             await session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
 
     async def release_parts(self, final_id: str) -> None:
         """An unassembled final upload ended: its parts are free to join another one."""
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             await session.execute(
                 update(UploadRow).where(UploadRow.final_id == final_id).values(final_id=None)
             )
 
     async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
-        async with self._sessions() as session:
+        async with self._session() as session:
             rows = await session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
             return {row.id: _to_upload(row) for row in rows}
 
     async def list_expired(self, now: datetime) -> list[Upload]:
-        async with self._sessions() as session:
+        async with self._session() as session:
             rows = await session.scalars(
                 select(UploadRow).where(
                     UploadRow.state == UploadState.RECEIVING.value, UploadRow.expires_at <= now
@@ -238,7 +254,7 @@ class UploadRepository:
             return [_to_upload(row) for row in rows]
 
     async def list_finals_waiting(self) -> list[Upload]:
-        async with self._sessions() as session:
+        async with self._session() as session:
             rows = await session.scalars(
                 select(UploadRow).where(
                     UploadRow.state == UploadState.RECEIVING.value, UploadRow.concat == "final"
@@ -250,7 +266,7 @@ class UploadRepository:
         self, statement: Update, conflict: str = "upload changed concurrently; fetch it and retry"
     ) -> Upload:
         """Run a conditional update of one row; ``Conflict`` when its condition no longer holds."""
-        async with self._sessions.begin() as session:
+        async with self._session(begin=True) as session:
             result = await session.execute(
                 statement.returning(UploadRow), execution_options={"synchronize_session": False}
             )
@@ -266,5 +282,5 @@ class UploadRepository:
         )
 
     async def ping(self) -> None:
-        async with self._sessions() as session:
+        async with self._session() as session:
             await session.execute(text("SELECT 1"))
