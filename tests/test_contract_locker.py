@@ -4,12 +4,14 @@ parameter to the ``locker`` fixture; leak checks for a backend's internals sit a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 
 from upload_service.errors import Locked
 from upload_service.locking.base import Lease, Locker
+from upload_service.locking.file import FileLocker
 from upload_service.locking.memory import MemoryLocker
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -17,21 +19,28 @@ KEY = "0123456789abcdef0123456789abcdef"
 GUARD = 20.0
 
 
-def _new_locker(name: str) -> Locker:
+def _new_locker(name: str, directory: Path) -> Locker:
     if name == "memory":
         return MemoryLocker()
+    if name == "file":
+        return FileLocker(directory, poll=0.005, watch=0.01)
     raise AssertionError(f"unknown locker {name}")
 
 
-@pytest.fixture(params=["memory"])
-async def locker(request: pytest.FixtureRequest) -> AsyncIterator[Locker]:
-    instance = _new_locker(request.param)
+@pytest.fixture(params=["memory", "file"])
+async def locker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Locker]:
+    directory = tmp_path / "locks"
+    instance = _new_locker(request.param, directory)
     try:
         yield instance
     finally:
         await instance.aclose()
     if isinstance(instance, MemoryLocker):
         assert instance._entries == {}, "a lock entry outlived every user of the lock"
+    if isinstance(instance, FileLocker):
+        assert instance._leases == {}, "a lease outlived its lock"
+        left = sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+        assert left == [], "lock files outlived their locks"
 
 
 class Holder:
@@ -45,10 +54,12 @@ class Holder:
         self.release = anyio.Event()
         self.released = anyio.Event()
         self.requests = 0
+        self.asked = anyio.Event()
         self.lease: Lease | None = None
 
     def _on_request(self) -> None:
         self.requests += 1
+        self.asked.set()
         if self.yield_on_request:
             self.release.set()
 
@@ -191,8 +202,9 @@ async def test_preempt_calls_the_callback_even_when_the_holder_stays(locker: Loc
             with pytest.raises(Locked):
                 async with locker.lock(KEY, wait=0, preempt=True):
                     pytest.fail("entered a held lock")
-            assert holder.requests == 1
+            await holder.asked.wait()  # a request may cross processes: soon, not at once
             holder.release.set()
+    assert holder.requests == 1
 
 
 async def test_without_preempt_the_holder_is_not_asked(locker: Locker) -> None:

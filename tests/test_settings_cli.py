@@ -125,6 +125,8 @@ def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
         ("UPLOAD_CHECKPOINT_BYTES", "1000"),
         ("UPLOAD_WRITE_BUFFER", "1"),
         ("UPLOAD_LOCK_TIMEOUT", "-1"),
+        ("UPLOAD_WORKERS", "0"),
+        ("UPLOAD_WORKERS", "many"),
     ],
 )
 def test_an_invalid_value_is_a_config_error_naming_the_variable(
@@ -233,6 +235,17 @@ def test_serve_with_an_invalid_setting_fails_fast_naming_it(
     assert name in result.stderr
     assert "Traceback" not in result.stderr
     assert not (clean_env / "data").exists(), "nothing may be created before settings are valid"
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "two"])
+def test_serve_refuses_a_bad_worker_count(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--workers", workers])
+    assert caught.value.code == 2
+    assert "--workers: must be a whole number from 1 to 64" in capsys.readouterr().err
+    assert not (clean_env / "data").exists()
 
 
 # -- the schema -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from upload_service.db.migrate import check_schema
 from upload_service.db.repository import UploadRepository
 from upload_service.errors import ServiceError
 from upload_service.lifecycle import Lifecycle
-from upload_service.locking.memory import MemoryLocker
+from upload_service.locking.file import FileLocker
 from upload_service.middleware import MethodOverrideMiddleware, TusResumableMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
@@ -60,7 +60,7 @@ async def open_services(
         await check_schema(engine)
         repository = UploadRepository(create_sessionmaker(engine))
         store = LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
-        locker = MemoryLocker()
+        locker = FileLocker(settings.data_dir / "locks")
         handler = TusHandler(
             store=store,
             repository=repository,

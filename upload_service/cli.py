@@ -25,6 +25,16 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.database_url)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 64, not {text!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -40,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="httptools",
         lifespan="on",
         log_level=args.log_level,
+        workers=args.workers if args.workers is not None else settings.workers,
         proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
@@ -81,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="bind address (default UPLOAD_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default UPLOAD_PORT or 8080)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        help="worker processes sharing the data directory (default UPLOAD_WORKERS or 1)",
+    )
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=cmd_serve)
     migrate = commands.add_parser("migrate", help="apply database migrations")

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(default=3.0, ge=0)
     # How often the background clean-up expires unfinished uploads past their expiry (seconds).
     cleanup_interval: float = Field(default=600.0, gt=0)
+    # Worker processes for ``serve`` (one event loop each; uploads are locked across them).
+    workers: int = Field(default=1, ge=1, le=64)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

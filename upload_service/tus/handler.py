@@ -559,13 +559,18 @@ class TusHandler:
         """Start-up: reconcile every upload still receiving, then resume verifications and
         assemblies a stopped process left. Returns how many uploads were reconciled."""
         uploads = await self._repo.list_by_state(UploadState.RECEIVING)
+        reconciled = 0
         for upload in uploads:
-            async with self._locker.lock(upload.id, wait=self._config.lock_timeout):
-                current = await self._repo.get(upload.id)
-                if current is not None and current.state is UploadState.RECEIVING:
-                    await self.reconcile(current)
+            try:
+                async with self._locker.lock(upload.id, wait=0, preempt=False):
+                    current = await self._repo.get(upload.id)
+                    if current is not None and current.state is UploadState.RECEIVING:
+                        await self.reconcile(current)
+                        reconciled += 1
+            except Locked:
+                continue  # another worker process is writing it: consistent by construction
         await self.lifecycle.resume()
-        return len(uploads)
+        return reconciled
 
     async def _reconcile_if_idle(self, upload: Upload) -> Upload:
         """HEAD: if no request is writing, make sure the offset is backed by stored bytes."""

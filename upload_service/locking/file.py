@@ -1,0 +1,150 @@
+"""Locks shared by every process on one host that points at the same directory (``serve --workers``).
+
+Each key is a file locked with ``flock(2)``. The kernel drops the locks of a process that dies, so
+kill -9 leaves nothing stale. The holder unlinks the file before letting go, and whoever then locks
+an unlinked file notices (its inode is no longer the one at the path) and tries again, so lock
+files never pile up.
+
+A release request crosses processes as a marker file ``<key>.release``: waiters that preempt
+create it, and each holder's watcher polls for it (every ``watch`` seconds) and asks its lease to
+release. Within one process the request is also handed over at once. Every file operation runs
+in a worker thread; the loop never blocks on the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from upload_service.errors import Locked
+from upload_service.locking.base import Lease
+
+logger = logging.getLogger("upload_service.locking")
+
+_KEY = re.compile(r"[0-9A-Za-z_-]{1,128}")
+
+
+def _try_lock(path: Path) -> int | None:
+    """The file descriptor holding ``path`` exclusively, or None if another holder has it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            return fd
+        os.close(fd)  # its last holder unlinked this file meanwhile: lock the one there now
+
+
+def _unlock(path: Path, marker: Path, fd: int) -> None:
+    for stale in (marker, path):  # unlinked while still held: nobody can lock a stale file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+    os.close(fd)
+
+
+def _touch(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
+
+
+def _take_request(marker: Path) -> bool:
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class FileLocker:
+    def __init__(self, root: Path, *, poll: float = 0.01, watch: float = 0.1) -> None:
+        self._root = root
+        self._poll = poll
+        self._watch = watch
+        self._leases: dict[str, Lease] = {}  # held by this process, for immediate requests
+        self._made_root = False
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"not a lock key: {key!r}")
+        return self._root / f"{key}.lock", self._root / f"{key}.release"
+
+    async def _acquire(self, path: Path) -> int | None:
+        if not self._made_root:
+            await anyio.Path(self._root).mkdir(parents=True, exist_ok=True)
+            self._made_root = True
+        return await anyio.to_thread.run_sync(_try_lock, path)
+
+    @asynccontextmanager
+    async def lock(self, key: str, *, wait: float, preempt: bool = True) -> AsyncIterator[Lease]:
+        path, marker = self._paths(key)
+        fd = await self._wait_for(key, path, marker, wait=wait, preempt=preempt)
+        lease = self._leases[key] = Lease()
+        watcher = asyncio.ensure_future(self._watch_requests(marker, lease))
+        try:
+            yield lease
+        finally:
+            with anyio.CancelScope(shield=True):
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                if self._leases.get(key) is lease:
+                    del self._leases[key]
+                await anyio.to_thread.run_sync(_unlock, path, marker, fd)
+
+    async def _wait_for(
+        self, key: str, path: Path, marker: Path, *, wait: float, preempt: bool
+    ) -> int:
+        deadline = anyio.current_time() + wait
+        while True:
+            fd = await self._acquire(path)
+            if fd is not None:
+                break
+            if preempt:
+                local = self._leases.get(key)
+                if local is not None:
+                    local.request_release()
+                await anyio.to_thread.run_sync(_touch, marker)
+            if anyio.current_time() >= deadline:
+                raise Locked("upload is in use by another request; retry shortly")
+            await anyio.sleep(min(self._poll, max(0.0, deadline - anyio.current_time())))
+        try:
+            # A request left for an earlier holder is not meant for this one.
+            await anyio.to_thread.run_sync(_take_request, marker)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_unlock, path, marker, fd)
+            raise
+        return fd
+
+    async def _watch_requests(self, marker: Path, lease: Lease) -> None:
+        while not lease.release_requested:
+            await anyio.sleep(self._watch)
+            try:
+                requested = await anyio.to_thread.run_sync(_take_request, marker)
+            except OSError:
+                logger.exception("cannot watch %s for release requests", marker)
+                return
+            if requested:
+                lease.request_release()
+
+    async def aclose(self) -> None:
+        return None
