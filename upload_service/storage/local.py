@@ -119,6 +119,12 @@ def _write_job(
     _start_writeback(fd, position, progress[0])
 
 
+def _hash_only(chunks: list[bytes], hashers: Sequence[Hasher]) -> None:
+    for chunk in chunks:
+        for hasher in hashers:
+            hasher.update(chunk)
+
+
 def _hash_and_write(
     fd: int, chunks: list[bytes], hashers: Sequence[Hasher], progress: list[int]
 ) -> None:
@@ -212,7 +218,9 @@ class LocalAppender:
     """Coalesces request bytes into large writes, which the appender's own writer thread hashes and
     writes in order while the next buffers fill. Up to ``MAX_IN_FLIGHT`` writes queue there, so
     the thread goes from one to the next without a round trip through the event loop, and disk,
-    hashing and network overlap. Memory: at most ``MAX_IN_FLIGHT + 1`` buffers."""
+    hashing and network overlap. With two digests (a checksummed request's and the whole file's),
+    a second thread computes the first of them beside the writer. Memory: at most
+    ``MAX_IN_FLIGHT + 1`` buffers."""
 
     MAX_IN_FLIGHT = 2
 
@@ -220,7 +228,9 @@ class LocalAppender:
         self, file: AsyncFileIO, offset: int, buffer_size: int, hashers: Sequence[Hasher] = ()
     ) -> None:
         self._file = file
-        self._hashers = tuple(hashers)
+        # Each digest is fed, in order, by one thread only: the writer's, or the side hasher's.
+        self._side_hashers = tuple(hashers)[:-1]
+        self._hashers = tuple(hashers)[-1:]
         self._start = offset
         self._accepted = 0  # bytes taken from the caller (written, in flight or buffered)
         self._submitted = 0  # bytes handed to the writer thread
@@ -228,8 +238,10 @@ class LocalAppender:
         self._chunks: list[bytes] = []  # received pieces not yet handed to a write
         self._buffered = 0
         self._buffer_size = buffer_size
-        self._in_flight: deque[tuple[asyncio.Future[None], list[int]]] = deque()
+        self._in_flight: deque[tuple[asyncio.Future[None], asyncio.Future[None] | None, list[int]]]
+        self._in_flight = deque()
         self._writer: ThreadPoolExecutor | None = None
+        self._side: ThreadPoolExecutor | None = None
         self._state = _WriterState()
         self._failed = False  # a write failed: later bytes must never land behind its prefix
 
@@ -260,8 +272,14 @@ class LocalAppender:
             await self._complete_oldest()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="upload-writer")
+        loop = asyncio.get_running_loop()
+        side = None
+        if self._side_hashers:
+            if self._side is None:
+                self._side = ThreadPoolExecutor(1, thread_name_prefix="upload-hasher")
+            side = loop.run_in_executor(self._side, _hash_only, chunks, self._side_hashers)
         progress = [0]
-        job = asyncio.get_running_loop().run_in_executor(
+        job = loop.run_in_executor(
             self._writer,
             _write_job,
             self._file.fileno(),
@@ -272,12 +290,14 @@ class LocalAppender:
             self._state,
         )
         self._submitted += sum(len(chunk) for chunk in chunks)
-        self._in_flight.append((job, progress))
+        self._in_flight.append((job, side, progress))
 
     async def _complete_oldest(self) -> None:
-        job, progress = self._in_flight.popleft()
+        job, side, progress = self._in_flight.popleft()
         try:
             with anyio.CancelScope(shield=True):  # its bytes must be counted, whoever cancels
+                if side is not None:
+                    await side
                 await job
         except OSError as exc:
             raise _storage_error(exc, "write upload data") from exc
@@ -323,8 +343,9 @@ class LocalAppender:
         self._take_chunks()
         with contextlib.suppress(StorageError):
             await self._drain()
-        if self._writer is not None:
-            self._writer.shutdown(wait=False)  # idle: every job has ended
+        for executor in (self._writer, self._side):
+            if executor is not None:
+                executor.shutdown(wait=False)  # idle: every job has ended
         # Nothing unsynced is ever reported, so a failing close loses nothing promised.
         with contextlib.suppress(OSError):
             await self._file.close()
