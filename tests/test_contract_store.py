@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles
+import anyio
 import pytest
 
 from upload_service.errors import NotFound, StorageError
 from upload_service.storage.base import Appender, Store
-from upload_service.storage.local import LocalStore
+from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
@@ -501,6 +502,27 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalStore]:
         yield store
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("max_age", [0.0, 3600.0])
+async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
+    local: LocalStore, monkeypatch: pytest.MonkeyPatch, max_age: float
+) -> None:
+    """Memory per upload follows its rate: a buffer older than ``MAX_BUFFER_AGE`` goes to the
+    disk with the next piece, full or not; a young one waits until it is full."""
+    monkeypatch.setattr(LocalAppender, "MAX_BUFFER_AGE", max_age)
+    await local.create(UPLOAD_ID)
+    appender = await local.append(UPLOAD_ID, 0)
+    try:
+        for piece in (b"a" * 100, b"b" * 100, b"c" * 100):
+            await appender.write(piece)
+        await appender._drain()  # the writes handed out so far have ended; nothing is synced
+        written = (await anyio.Path(local.path(UPLOAD_ID)).stat()).st_size
+        assert written == (300 if max_age == 0 else 0)
+        assert await appender.sync() == 300
+    finally:
+        await appender.aclose()
+    assert await _content(local, UPLOAD_ID) == b"a" * 100 + b"b" * 100 + b"c" * 100
 
 
 async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is_not_counted(

@@ -20,7 +20,13 @@ from sqlalchemy import inspect
 from tests.conftest import make_settings
 from upload_service.app import create_app
 from upload_service.cli import main
-from upload_service.db.migrate import SchemaError, alembic_config, head_revision, upgrade
+from upload_service.db.migrate import (
+    SCHEMA_REVISION,
+    SchemaError,
+    alembic_config,
+    head_revision,
+    upgrade,
+)
 from upload_service.db.models import Base
 from upload_service.settings import ConfigError, Settings, load_settings
 
@@ -201,6 +207,27 @@ async def test_migrate_creates_the_database_at_head_and_the_app_starts_on_it(
     assert created.status_code == 201, created.text
 
 
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_a_file_that_is_not_a_database_fails_with_one_line(clean_env: Path, command: str) -> None:
+    database = clean_env / "data" / "uploads.db"
+    database.parent.mkdir()
+    garbage = b"not a database, " * 64
+    database.write_bytes(garbage)
+    result = subprocess.run(
+        [str(_script("upload-service")), command, *(["--port", "0"] if command == "serve" else [])],
+        cwd=clean_env,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "cannot migrate the database: file is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert database.read_bytes() == garbage
+
+
 def test_python_dash_m_runs_the_same_command_line(clean_env: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "upload_service", "check-config"],
@@ -274,6 +301,23 @@ async def test_the_app_refuses_a_database_behind_head(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=r"at older, expected .*upload-service migrate"):
         async with app.router.lifespan_context(app):
             pytest.fail("the app started on an outdated schema")
+
+
+def test_the_schema_revision_the_code_expects_is_the_migrations_head() -> None:
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_serving_does_not_import_alembic(clean_env: Path) -> None:
+    """Alembic costs each worker process about 10 MiB; only migrating needs it."""
+    probe = "import sys, upload_service.app, upload_service.cli; print('alembic' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=True,
+    )
+    assert result.stdout.strip() == "False"
 
 
 def test_models_and_migrations_agree(tmp_path: Path, template_db: Path) -> None:

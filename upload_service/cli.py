@@ -25,6 +25,28 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.database_url)
 
 
+def _migrate_if_needed(settings: Settings) -> None:
+    """``serve`` on SQLite: migrate unless the database is at the expected revision already. The
+    migration runs as ``upload-service migrate`` in a child process, so the serving process never
+    imports Alembic (about 10 MiB)."""
+    import subprocess
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from upload_service.db.migrate import at_schema_revision
+
+    url = make_url(settings.database_url)
+    exists = url.database not in (None, "", ":memory:") and Path(url.database).exists()
+    synchronous = url.set(drivername="sqlite").render_as_string(hide_password=False)
+    if exists and at_schema_revision(synchronous):
+        return
+    migrated = subprocess.run([sys.executable, "-m", "upload_service", "migrate"], check=False)
+    if migrated.returncode != 0:
+        print("upload-service: the database could not be migrated", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -40,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     if settings.is_sqlite:
-        _migrate(settings)  # the embedded default needs nothing else on first run
+        _migrate_if_needed(settings)  # the embedded default needs nothing else on first run
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,
@@ -58,8 +80,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     settings = _settings()
-    _migrate(settings)
+    try:
+        _migrate(settings)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"upload-service: cannot migrate the database: {reason}", file=sys.stderr)
+        return 2
     print(f"database at head: {settings.database_url}")
     return 0
 

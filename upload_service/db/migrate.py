@@ -1,16 +1,25 @@
 """Alembic, driven from code: ``upgrade`` for ``upload-service migrate`` and tests, and a start-up
-check that refuses to serve a database whose schema is not at the head revision."""
+check that refuses to serve a database whose schema is not at the revision the models are for.
+
+Alembic (about 10 MiB of memory) is imported only by the functions that migrate; the start-up
+check reads ``alembic_version`` itself and compares it with ``SCHEMA_REVISION``, which a test keeps
+equal to the migrations' head.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The head of migrations/versions: bump it with every new migration (tests/test_settings_cli.py).
+SCHEMA_REVISION = "0002"
 
 
 class SchemaError(Exception):
@@ -24,6 +33,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -32,23 +43,43 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Blocking (alembic runs its own event loop): call from a thread or a synchronous command."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
 def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(str(migrations_dir())).get_current_head()
 
 
-def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+def _current_revisions(connection: Connection) -> list[str]:
+    if not inspect(connection).has_table("alembic_version"):
+        return []
+    return list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+
+
+def at_schema_revision(sync_url: str) -> bool:
+    """Blocking: is the database at ``SCHEMA_REVISION`` already (so migrating would do nothing)?"""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(sync_url)
+    try:
+        with engine.connect() as connection:
+            return _current_revisions(connection) == [SCHEMA_REVISION]
+    except SQLAlchemyError:
+        return False  # unreadable: migrating says why
+    finally:
+        engine.dispose()
 
 
 async def check_schema(engine: AsyncEngine) -> None:
     async with engine.connect() as connection:
-        current = await connection.run_sync(_current_revision)
-    head = head_revision()
-    if current != head:
+        current = await connection.run_sync(_current_revisions)
+    if current != [SCHEMA_REVISION]:
         raise SchemaError(
-            f"database schema is at {current or 'nothing'}, expected {head}: "
-            "run `upload-service migrate`"
+            f"database schema is at {' '.join(current) or 'nothing'}, expected "
+            f"{SCHEMA_REVISION}: run `upload-service migrate`"
         )

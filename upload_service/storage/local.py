@@ -16,6 +16,7 @@ import errno
 import functools
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -223,6 +224,9 @@ class LocalAppender:
     ``MAX_IN_FLIGHT + 1`` buffers."""
 
     MAX_IN_FLIGHT = 2
+    # A slow upload's buffer is written out once it is this old (seconds), full or not: memory per
+    # upload follows its rate (2 MiB/s holds about 200 KiB), not the buffer size.
+    MAX_BUFFER_AGE = 0.1
 
     def __init__(
         self, file: AsyncFileIO, offset: int, buffer_size: int, hashers: Sequence[Hasher] = ()
@@ -237,6 +241,7 @@ class LocalAppender:
         self._written = 0  # bytes the OS accepted without error, in order
         self._chunks: list[bytes] = []  # received pieces not yet handed to a write
         self._buffered = 0
+        self._buffered_since = 0.0  # when the oldest buffered piece arrived
         self._buffer_size = buffer_size
         self._in_flight: deque[tuple[asyncio.Future[None], asyncio.Future[None] | None, list[int]]]
         self._in_flight = deque()
@@ -252,10 +257,13 @@ class LocalAppender:
     async def write(self, data: bytes) -> None:
         if self._failed:
             raise StorageError("cannot write upload data: an earlier write failed")
+        now = time.monotonic()
+        if not self._chunks:
+            self._buffered_since = now
         self._chunks.append(data)
         self._buffered += len(data)
         self._accepted += len(data)
-        if self._buffered >= self._buffer_size:
+        if self._buffered >= self._buffer_size or now - self._buffered_since >= self.MAX_BUFFER_AGE:
             try:
                 await self._submit(self._take_chunks())
             except StorageError:
