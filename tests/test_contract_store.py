@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -502,6 +503,37 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalStore]:
         yield store
     finally:
         await store.aclose()
+
+
+async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Path) -> None:
+    """Four uploads, each with two digests, through one pool thread: every upload's bytes and
+    digests come out in order, nobody waits for ever, and no other writer thread appears."""
+    store = LocalStore(tmp_path / "store", buffer_size=64 * KiB, write_threads=1)
+    ids = [f"{number:032x}" for number in range(1, 5)]
+    sources = {upload_id: _random_bytes(700 * KiB + number) for number, upload_id in enumerate(ids)}
+    digests = {upload_id: (hashlib.sha256(), hashlib.sha1()) for upload_id in ids}
+    try:
+        appenders = {}
+        for upload_id in ids:
+            await store.create(upload_id)
+            appenders[upload_id] = await store.append(upload_id, 0, digests[upload_id])
+        for start in range(0, 701 * KiB, 50 * KiB):  # interleaved, as concurrent requests are
+            for upload_id in ids:
+                await appenders[upload_id].write(sources[upload_id][start : start + 50 * KiB])
+        writers = [t for t in threading.enumerate() if t.name.startswith("upload-writer")]
+        assert len(writers) == 1
+        for upload_id in ids:
+            assert await appenders[upload_id].sync() == len(sources[upload_id])
+            await appenders[upload_id].aclose()
+    finally:
+        await store.aclose()
+    for upload_id in ids:
+        data = sources[upload_id]
+        assert await _content(store, upload_id) == data
+        whole, request = digests[upload_id]
+        assert whole.digest() == hashlib.sha256(data).digest()
+        assert request.digest() == hashlib.sha1(data).digest()
+    assert not any(t.name.startswith("upload-writer") for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("max_age", [0.0, 3600.0])

@@ -16,10 +16,12 @@ import errno
 import functools
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -66,6 +68,44 @@ def _fsync_dir(path: Path) -> None:
 def _fdatasync(fd: int) -> None:
     # fdatasync covers the data and the file size, which is all a reader of the upload needs.
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
+
+
+class _SerialQueue:
+    """Runs one appender's jobs in order, one at a time, on the store's shared thread pool: at
+    most one pool thread works for an appender, and the pool bounds the threads of every upload
+    together (beyond it, uploads wait their turn). A thread runs the queued jobs back to back."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._jobs: deque[tuple[Future[None], Callable[[], None]]] = deque()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def submit(self, job: Callable[[], None]) -> asyncio.Future[None]:
+        future: Future[None] = Future()
+        with self._lock:
+            self._jobs.append((future, job))
+            start = not self._running
+            self._running = True
+        if start:
+            self._pool.submit(self._run)
+        return asyncio.wrap_future(future)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._running = False
+                    return
+                future, job = self._jobs.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                job()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
 
 
 class _WriterState:
@@ -216,11 +256,11 @@ def _truncate_file(path: Path, length: int) -> None:
 
 
 class LocalAppender:
-    """Coalesces request bytes into large writes, which the appender's own writer thread hashes and
-    writes in order while the next buffers fill. Up to ``MAX_IN_FLIGHT`` writes queue there, so
-    the thread goes from one to the next without a round trip through the event loop, and disk,
-    hashing and network overlap. With two digests (a checksummed request's and the whole file's),
-    a second thread computes the first of them beside the writer. Memory: at most
+    """Coalesces request bytes into large writes, which a pool thread hashes and writes in order
+    (the appender's serial queue) while the next buffers fill. Up to ``MAX_IN_FLIGHT`` writes
+    queue there, so the thread goes from one to the next without a round trip through the event
+    loop, and disk, hashing and network overlap. With two digests (a checksummed request's and the
+    whole file's), a second queue computes the first of them beside the writer. Memory: at most
     ``MAX_IN_FLIGHT + 1`` buffers."""
 
     MAX_IN_FLIGHT = 2
@@ -229,7 +269,13 @@ class LocalAppender:
     MAX_BUFFER_AGE = 0.1
 
     def __init__(
-        self, file: AsyncFileIO, offset: int, buffer_size: int, hashers: Sequence[Hasher] = ()
+        self,
+        file: AsyncFileIO,
+        offset: int,
+        buffer_size: int,
+        hashers: Sequence[Hasher] = (),
+        *,
+        pool: ThreadPoolExecutor,
     ) -> None:
         self._file = file
         # Each digest is fed, in order, by one thread only: the writer's, or the side hasher's.
@@ -245,8 +291,8 @@ class LocalAppender:
         self._buffer_size = buffer_size
         self._in_flight: deque[tuple[asyncio.Future[None], asyncio.Future[None] | None, list[int]]]
         self._in_flight = deque()
-        self._writer: ThreadPoolExecutor | None = None
-        self._side: ThreadPoolExecutor | None = None
+        self._writer = _SerialQueue(pool)
+        self._side = _SerialQueue(pool)
         self._state = _WriterState()
         self._failed = False  # a write failed: later bytes must never land behind its prefix
 
@@ -278,24 +324,20 @@ class LocalAppender:
     async def _submit(self, chunks: list[bytes]) -> None:
         while len(self._in_flight) >= self.MAX_IN_FLIGHT:
             await self._complete_oldest()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="upload-writer")
-        loop = asyncio.get_running_loop()
         side = None
         if self._side_hashers:
-            if self._side is None:
-                self._side = ThreadPoolExecutor(1, thread_name_prefix="upload-hasher")
-            side = loop.run_in_executor(self._side, _hash_only, chunks, self._side_hashers)
+            side = self._side.submit(partial(_hash_only, chunks, self._side_hashers))
         progress = [0]
-        job = loop.run_in_executor(
-            self._writer,
-            _write_job,
-            self._file.fileno(),
-            chunks,
-            self._hashers,
-            self._start + self._submitted,
-            progress,
-            self._state,
+        job = self._writer.submit(
+            partial(
+                _write_job,
+                self._file.fileno(),
+                chunks,
+                self._hashers,
+                self._start + self._submitted,
+                progress,
+                self._state,
+            )
         )
         self._submitted += sum(len(chunk) for chunk in chunks)
         self._in_flight.append((job, side, progress))
@@ -351,18 +393,24 @@ class LocalAppender:
         self._take_chunks()
         with contextlib.suppress(StorageError):
             await self._drain()
-        for executor in (self._writer, self._side):
-            if executor is not None:
-                executor.shutdown(wait=False)  # idle: every job has ended
         # Nothing unsynced is ever reported, so a failing close loses nothing promised.
         with contextlib.suppress(OSError):
             await self._file.close()
 
 
 class LocalStore:
-    def __init__(self, root: Path, *, buffer_size: int = 1024 * 1024) -> None:
+    def __init__(
+        self, root: Path, *, buffer_size: int = 1024 * 1024, write_threads: int = 32
+    ) -> None:
         self._root = root
         self._buffer_size = buffer_size
+        self._write_threads = write_threads
+        self._pool: ThreadPoolExecutor | None = None  # writes and digests of every upload
+
+    def _writers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._write_threads, thread_name_prefix="upload-writer")
+        return self._pool
 
     def path(self, upload_id: str) -> Path:
         return self._root / check_upload_id(upload_id)
@@ -393,7 +441,7 @@ class LocalStore:
             if isinstance(exc, OSError):
                 raise _storage_error(exc, "open upload") from exc
             raise
-        return LocalAppender(file, offset, self._buffer_size, hashers)
+        return LocalAppender(file, offset, self._buffer_size, hashers, pool=self._writers())
 
     async def size(self, upload_id: str) -> int:
         with _translated("inspect upload"):
@@ -453,4 +501,6 @@ class LocalStore:
             raise StorageError(f"data directory {self._root} is not writable")
 
     async def aclose(self) -> None:
-        return None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await anyio.to_thread.run_sync(pool.shutdown)  # lets queued writes end first
