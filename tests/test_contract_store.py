@@ -16,6 +16,7 @@ import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,23 @@ async def test_missing_upload_raises_not_found(backend: Backend) -> None:
         await store.truncate(UPLOAD_ID, 0)
     with pytest.raises(NotFound):
         await _read_all(store, UPLOAD_ID, 0, 0)
+
+
+async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend) -> None:
+    store = backend.store
+    other = "f" * 32
+    before = datetime.now(UTC) - timedelta(hours=1)
+    await store.create(UPLOAD_ID)
+    await store.create(other)
+    after = datetime.now(UTC) + timedelta(hours=1)
+    assert await store.stored_before(before) == []
+    assert sorted(await store.stored_before(after)) == sorted([UPLOAD_ID, other])
+    await store.delete(other)
+    assert await store.stored_before(after) == [UPLOAD_ID]
+    if backend.root is not None:  # files that cannot be uploads are never listed
+        (backend.root / "notes.txt").write_text("not an upload")
+        (backend.root / ("A" * 32)).write_text("not an id either")
+        assert await store.stored_before(after) == [UPLOAD_ID]
 
 
 async def test_delete_is_idempotent(backend: Backend) -> None:

@@ -523,6 +523,10 @@ class KillableStore:
         self._switch.check()
         await self._inner.delete(upload_id)
 
+    async def stored_before(self, moment: datetime) -> list[str]:
+        self._switch.check()
+        return await self._inner.stored_before(moment)
+
     async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
         self._switch.check()
         return await self._inner.digest(upload_id, hasher)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -357,6 +358,28 @@ async def test_clean_up_forgets_ended_uploads_after_the_tombstone_period(
         assert (await client.get(f"/api/uploads/{upload_id}")).status_code == 404
         assert await stored_bytes(services, upload_id) is None
     assert (await status(client, live))["state"] == "receiving"
+
+
+async def test_clean_up_sweeps_files_that_no_upload_names(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A crash between creating an upload's file and inserting its row leaves a file nobody
+    names: clean-up deletes it once it is older than the grace period, and nothing else."""
+    kept = await create(client, 10, body=b"abc")
+    files = anyio.Path(services.settings.files_dir)
+    lost, young, foreign = "a" * 32, "b" * 32, "notes.txt"
+    for name in (lost, young, foreign):
+        await (files / name).write_bytes(b"lost")
+    hour_ago = datetime.now(UTC).timestamp() - 3600
+    for name in (lost, kept, foreign):
+        await anyio.to_thread.run_sync(os.utime, files / name, (hour_ago, hour_ago))
+
+    assert await services.handler.lifecycle.expire() == 0
+    assert not await (files / lost).exists()
+    assert await (files / young).exists()  # its row may be on its way: too young to judge
+    assert await (files / foreign).exists()  # not an upload's name: never touched
+    assert await stored_bytes(services, kept) == b"abc"
+    assert (await status(client, kept))["offset"] == 3
 
 
 async def test_clean_up_runs_in_the_background(

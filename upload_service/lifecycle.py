@@ -30,6 +30,11 @@ from upload_service.uploads import ENDED_STATES, Upload, UploadState
 
 logger = logging.getLogger("upload_service.lifecycle")
 
+# Stored bytes without an upload row are swept once they are this old: creating an upload's
+# storage and inserting its row take milliseconds, so only a crash between them leaves such bytes.
+ORPHAN_GRACE = timedelta(minutes=10)
+ORPHAN_BATCH = 500
+
 ASSEMBLY_LOCK_WAIT = 60.0
 
 
@@ -192,6 +197,32 @@ class Lifecycle:
             if current.final_id is not None:
                 await self.assemble(current.final_id)  # fails the final: a part expired
         purged = await self._purge(self._clock() - self._tombstone)
-        if count or purged:
-            logger.info("expired %d unfinished uploads, forgot %d ended ones", count, purged)
+        swept = await self._sweep_orphans(self._clock() - ORPHAN_GRACE)
+        if count or purged or swept:
+            logger.info(
+                "expired %d unfinished uploads, forgot %d ended ones, swept %d orphaned files",
+                count,
+                purged,
+                swept,
+            )
         return count
+
+    async def _sweep_orphans(self, before: datetime) -> int:
+        """Delete stored bytes that no upload row names and that nobody touched since ``before``
+        (a crash between creating an upload's storage and inserting its row leaves them)."""
+        swept = 0
+        candidates = await self._store.stored_before(before)
+        for start in range(0, len(candidates), ORPHAN_BATCH):
+            batch = tuple(candidates[start : start + ORPHAN_BATCH])
+            known = await self._repo.get_many(batch)
+            for upload_id in batch:
+                if upload_id in known:
+                    continue
+                try:
+                    async with self._locker.lock(upload_id, wait=0, preempt=False):
+                        if await self._repo.get(upload_id) is None:
+                            await self._store.delete(upload_id)
+                            swept += 1
+                except Locked:
+                    continue
+        return swept

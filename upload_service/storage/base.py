@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from upload_service.errors import NotFound
@@ -87,6 +88,12 @@ class Store(Protocol):
 
     async def delete(self, upload_id: str) -> None:
         """Remove the upload's bytes; removing missing bytes is not an error."""
+        ...
+
+    async def stored_before(self, moment: datetime) -> list[str]:
+        """Ids of every upload whose bytes were last changed before ``moment``: the candidates
+        of the sweep for bytes that no upload row names (a crash between creating an upload's
+        storage and inserting its row leaves such bytes)."""
         ...
 
     async def digest(self, upload_id: str, hasher: Hasher) -> bytes:

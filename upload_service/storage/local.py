@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -235,6 +236,32 @@ def _copy(source: int, target: int, size: int) -> int:
     return copied
 
 
+def _stored_before(root: Path, timestamp: float) -> list[str]:
+    found: list[str] = []
+    try:
+        entries = os.scandir(root)
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            if not _is_upload_id(entry.name):
+                continue  # not an upload's bytes (a temporary or foreign file): never touched
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < timestamp:
+                    found.append(entry.name)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def _is_upload_id(name: str) -> bool:
+    try:
+        check_upload_id(name)
+    except NotFound:
+        return False
+    return True
+
+
 def _create_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -442,6 +469,10 @@ class LocalStore:
                 raise _storage_error(exc, "open upload") from exc
             raise
         return LocalAppender(file, offset, self._buffer_size, hashers, pool=self._writers())
+
+    async def stored_before(self, moment: datetime) -> list[str]:
+        with _translated("list uploads"):
+            return await anyio.to_thread.run_sync(_stored_before, self._root, moment.timestamp())
 
     async def size(self, upload_id: str) -> int:
         with _translated("inspect upload"):

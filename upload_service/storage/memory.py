@@ -7,6 +7,7 @@ everything not synced, as a kill -9 plus power loss would.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 from upload_service.errors import NotFound, StorageError
 from upload_service.storage.base import Hasher, check_upload_id
@@ -31,6 +32,7 @@ class MemoryAppender:
         for hasher in self._hashers:
             hasher.update(data)
         self._store.volatile[self._id] += data
+        self._store.changed[self._id] = datetime.now(UTC)
         self._offset += len(data)
 
     async def sync(self) -> int:
@@ -45,6 +47,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.volatile: dict[str, bytearray] = {}
         self.durable: dict[str, bytearray] = {}
+        self.changed: dict[str, datetime] = {}  # when each upload's bytes last changed
         self.fail_writes = False
 
     def _get(self, upload_id: str) -> bytearray:
@@ -61,6 +64,7 @@ class MemoryStore:
             raise StorageError("cannot create upload: it already exists")  # as O_EXCL does
         self.volatile[upload_id] = bytearray()
         self.durable[upload_id] = bytearray()
+        self.changed[upload_id] = datetime.now(UTC)
 
     async def append(
         self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
@@ -88,6 +92,10 @@ class MemoryStore:
     async def delete(self, upload_id: str) -> None:
         self.volatile.pop(check_upload_id(upload_id), None)
         self.durable.pop(upload_id, None)
+        self.changed.pop(upload_id, None)
+
+    async def stored_before(self, moment: datetime) -> list[str]:
+        return [key for key in self.volatile if self.changed.get(key, moment) < moment]
 
     async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
         hasher.update(bytes(self._get(upload_id)))
