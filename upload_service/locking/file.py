@@ -66,6 +66,22 @@ def _touch(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
 
 
+def _take_requests(root: Path, held: frozenset[str]) -> list[str]:
+    """Take the release requests waiting for keys this process holds (one scan for them all);
+    requests for other processes' keys stay for their watchers."""
+    taken: list[str] = []
+    try:
+        entries = os.scandir(root)
+    except FileNotFoundError:
+        return taken
+    with entries:
+        wanted = [entry.name[: -len(".release")] for entry in entries]
+    for key in held.intersection(wanted):
+        if _take_request(root / f"{key}.release"):
+            taken.append(key)
+    return taken
+
+
 def _take_request(marker: Path) -> bool:
     try:
         os.unlink(marker)
@@ -81,6 +97,7 @@ class FileLocker:
         self._watch = watch
         self._leases: dict[str, Lease] = {}  # held by this process, for immediate requests
         self._made_root = False
+        self._watcher: asyncio.Task[None] | None = None  # runs while this process holds leases
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         if not _KEY.fullmatch(key):
@@ -98,14 +115,12 @@ class FileLocker:
         path, marker = self._paths(key)
         fd = await self._wait_for(key, path, marker, wait=wait, preempt=preempt)
         lease = self._leases[key] = Lease()
-        watcher = asyncio.ensure_future(self._watch_requests(marker, lease))
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch_requests())
         try:
             yield lease
         finally:
             with anyio.CancelScope(shield=True):
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
                 if self._leases.get(key) is lease:
                     del self._leases[key]
                 await anyio.to_thread.run_sync(_unlock, path, marker, fd)
@@ -135,16 +150,28 @@ class FileLocker:
             raise
         return fd
 
-    async def _watch_requests(self, marker: Path, lease: Lease) -> None:
-        while not lease.release_requested:
-            await anyio.sleep(self._watch)
-            try:
-                requested = await anyio.to_thread.run_sync(_take_request, marker)
-            except OSError:
-                logger.exception("cannot watch %s for release requests", marker)
-                return
-            if requested:
-                lease.request_release()
+    async def _watch_requests(self) -> None:
+        """One scan every ``watch`` seconds for all the leases this process holds; ends (and is
+        started again by the next lock) when it holds none."""
+        try:
+            while self._leases:
+                await anyio.sleep(self._watch)
+                held = frozenset(self._leases)
+                try:
+                    taken = await anyio.to_thread.run_sync(_take_requests, self._root, held)
+                except OSError:
+                    logger.exception("cannot watch %s for release requests", self._root)
+                    continue
+                for key in taken:
+                    lease = self._leases.get(key)
+                    if lease is not None:
+                        lease.request_release()
+        finally:
+            self._watcher = None
 
     async def aclose(self) -> None:
-        return None
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
