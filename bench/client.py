@@ -244,7 +244,7 @@ class Probe(threading.Thread):
     def run(self) -> None:
         conn = Connection(self.base_url, self.timeout)
         try:
-            while not self._stop_probing.is_set():
+            while True:  # at least one request, however short the measurement
                 started = time.perf_counter()
                 try:
                     reply = conn.request("GET", self.path, {})
@@ -256,6 +256,7 @@ class Probe(threading.Thread):
                     conn.close()
                     conn = Connection(self.base_url, self.timeout)
                 # the next request 10 ms after this one started, or at once if this one was late
-                self._stop_probing.wait(max(0.0, started + self.interval - time.perf_counter()))
+                if self._stop_probing.wait(max(0.0, started + self.interval - time.perf_counter())):
+                    break
         finally:
             conn.close()

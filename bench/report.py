@@ -131,6 +131,9 @@ def _note(row: Row) -> str:
     if row.metric.key == "checksum.on" and row.extras:
         ratios = [float(extra["ratio_on_off"]) for extra in row.extras]
         notes.append(f"{statistics.median(ratios):.2f}x unchecked")
+        stalls = [float(e["probe_max_ms_on"]) for e in row.extras if "probe_max_ms_on" in e]
+        if stalls:
+            notes.append(f"GET max {statistics.median(stalls):.1f} ms meanwhile")
     return "; ".join(notes)
 
 

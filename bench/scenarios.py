@@ -262,13 +262,26 @@ def checksum(ctx: Context, server: RunningServer) -> Measured:
         if "sha256" not in client.checksum_algorithms(conn, server.spec.files_path):
             raise Unsupported("sha256 not in Tus-Checksum-Algorithm")
     digests = ctx.checksums()
-    size = ctx.config.single_bytes
+    size, cfg = ctx.config.single_bytes, ctx.config
     runs: dict[str, float] = {}
+    extras: dict[str, Extra] = {}
     order = [True, False] if int(time.time()) % 2 else [False, True]
     for with_checksum in order:
-        seconds, _ = _chunked_once(ctx, server, digests if with_checksum else None)
-        runs["checksum.on" if with_checksum else "checksum.off"] = size / seconds / MB
-    return Measured(runs, {"ratio_on_off": runs["checksum.on"] / runs["checksum.off"]})
+        # The trivial GET of scenario 3 beside each run: the event loop's stall figure.
+        probe = client.Probe(server.base_url, server.spec.probe_path, cfg.probe_interval, 10.0)
+        probe.start()
+        try:
+            seconds, _ = _chunked_once(ctx, server, digests if with_checksum else None)
+        finally:
+            probe.stop()
+        side = "on" if with_checksum else "off"
+        runs[f"checksum.{side}"] = size / seconds / MB
+        ms = [value * 1000 for value in probe.latencies]
+        if ms:
+            extras[f"probe_p99_ms_{side}"] = _percentile(ms, 0.99)
+            extras[f"probe_max_ms_{side}"] = max(ms)
+    extras["ratio_on_off"] = runs["checksum.on"] / runs["checksum.off"]
+    return Measured(runs, extras)
 
 
 SCENARIOS: dict[str, Scenario] = {
