@@ -75,7 +75,11 @@ def _take_requests(root: Path, held: frozenset[str]) -> list[str]:
     except FileNotFoundError:
         return taken
     with entries:
-        wanted = [entry.name[: -len(".release")] for entry in entries]
+        wanted = [
+            entry.name.removesuffix(".release")
+            for entry in entries
+            if entry.name.endswith(".release")
+        ]
     for key in held.intersection(wanted):
         if _take_request(root / f"{key}.release"):
             taken.append(key)
