@@ -10,8 +10,9 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,18 +186,25 @@ def _percentile(samples: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
+@contextmanager
+def _probing(ctx: Context, server: RunningServer) -> Iterator[client.Probe]:
+    """The trivial GET every ``probe_interval`` seconds while the body of the ``with`` runs."""
+    probe = client.Probe(server.base_url, server.spec.probe_path, ctx.config.probe_interval, 10.0)
+    probe.start()
+    try:
+        yield probe
+    finally:
+        probe.stop()
+
+
 def latency(ctx: Context, server: RunningServer) -> Measured:
     cfg = ctx.config
-    probe = client.Probe(server.base_url, server.spec.probe_path, cfg.probe_interval, 10.0)
-    probe.start()
-    began = time.perf_counter()
-    try:
+    with _probing(ctx, server) as probe:
+        began = time.perf_counter()
         seconds = _parallel(ctx, server, cfg.latency_uploads, cfg.latency_bytes, None)
         rest = cfg.min_probe_seconds - (time.perf_counter() - began)
         if rest > 0:
             time.sleep(rest)
-    finally:
-        probe.stop()
     if not probe.latencies:
         raise client.ClientError(f"the probe got no answer ({probe.errors} errors)")
     ms = [value * 1000 for value in probe.latencies]
@@ -262,18 +270,14 @@ def checksum(ctx: Context, server: RunningServer) -> Measured:
         if "sha256" not in client.checksum_algorithms(conn, server.spec.files_path):
             raise Unsupported("sha256 not in Tus-Checksum-Algorithm")
     digests = ctx.checksums()
-    size, cfg = ctx.config.single_bytes, ctx.config
+    size = ctx.config.single_bytes
     runs: dict[str, float] = {}
     extras: dict[str, Extra] = {}
     order = [True, False] if int(time.time()) % 2 else [False, True]
     for with_checksum in order:
         # The trivial GET of scenario 3 beside each run: the event loop's stall figure.
-        probe = client.Probe(server.base_url, server.spec.probe_path, cfg.probe_interval, 10.0)
-        probe.start()
-        try:
+        with _probing(ctx, server) as probe:
             seconds, _ = _chunked_once(ctx, server, digests if with_checksum else None)
-        finally:
-            probe.stop()
         side = "on" if with_checksum else "off"
         runs[f"checksum.{side}"] = size / seconds / MB
         ms = [value * 1000 for value in probe.latencies]
