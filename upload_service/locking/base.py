@@ -15,11 +15,24 @@ from typing import Protocol
 
 
 class Lease:
-    """Handed to the holder of a lock."""
+    """Handed to the holder of a lock.
 
-    def __init__(self) -> None:
+    ``token`` is a fencing token: it grows strictly with every grant of any key by a locker that
+    spans hosts, so storage and the database can refuse a holder that a newer one has replaced.
+    Lockers whose exclusion the kernel guarantees (one process, one host) hand out ``None``.
+    ``lost`` turns true when the locker can no longer vouch for the lock (its connection to the
+    lock service failed): the holder must stop writing at once; a release is requested too.
+    """
+
+    def __init__(self, token: int | None = None) -> None:
         self._callbacks: list[Callable[[], object]] = []
         self.release_requested = False
+        self.token = token
+        self.lost = False
+
+    def mark_lost(self) -> None:
+        self.lost = True
+        self.request_release()
 
     def on_release_request(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` (now, if already requested) when another request wants the lock."""
