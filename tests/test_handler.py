@@ -7,6 +7,7 @@ durable bytes and never falls below what was committed.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upload_service.db.engine import create_engine, create_sessionmaker
-from upload_service.db.repository import UploadRepository
+from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import (
     ClientGone,
     Conflict,
@@ -76,8 +77,8 @@ class Databases:
         self._engines.append(engine)
         return engine
 
-    def repository(self) -> UploadRepository:
-        return UploadRepository(create_sessionmaker(self.engine()))
+    def repository(self) -> SqlUploadRepository:
+        return SqlUploadRepository(create_sessionmaker(self.engine()))
 
     async def aclose(self) -> None:
         for engine in self._engines:
@@ -98,7 +99,7 @@ async def databases(tmp_path: Path, template_db: Path) -> AsyncIterator[Database
 @dataclass
 class World:
     store: MemoryStore
-    repository: UploadRepository
+    repository: SqlUploadRepository
     locker: MemoryLocker
     clock: Clock
     handler: TusHandler
@@ -165,7 +166,7 @@ async def create(handler: TusHandler, length: int | None) -> str:
     return response.upload_id
 
 
-async def committed(repository: UploadRepository, upload_id: str) -> Upload:
+async def committed(repository: SqlUploadRepository, upload_id: str) -> Upload:
     upload = await repository.get(upload_id)
     assert upload is not None
     return upload
@@ -542,8 +543,8 @@ class KillableStore:
         await self._inner.aclose()
 
 
-class KillableRepository(UploadRepository):
-    def __init__(self, repository: UploadRepository, switch: KillSwitch) -> None:
+class KillableRepository(SqlUploadRepository):
+    def __init__(self, repository: SqlUploadRepository, switch: KillSwitch) -> None:
         super().__init__(repository._sessions)
         self._switch = switch
 
@@ -555,16 +556,10 @@ class KillableRepository(UploadRepository):
         offset: int,
         now: datetime,
         expires_at: datetime | None,
-        length: int | None,
     ) -> Upload:
         self._switch.check()
         upload = await super().advance(
-            upload_id,
-            expected=expected,
-            offset=offset,
-            now=now,
-            expires_at=expires_at,
-            length=length,
+            upload_id, expected=expected, offset=offset, now=now, expires_at=expires_at
         )
         self._switch.commits += 1
         self._switch.acknowledged.append(upload.offset)
@@ -576,9 +571,11 @@ class KillableRepository(UploadRepository):
         self._switch.check()
         await super().set_received(upload_id, received)
 
-    async def force_offset(self, upload_id: str, offset: int, now: datetime) -> Upload:
+    async def force_offset(
+        self, upload_id: str, *, expected: int, offset: int, now: datetime
+    ) -> Upload:
         self._switch.check()
-        return await super().force_offset(upload_id, offset, now)
+        return await super().force_offset(upload_id, expected=expected, offset=offset, now=now)
 
 
 KILL_POINTS = [
@@ -696,6 +693,19 @@ async def test_reconcile_recreates_missing_storage_at_offset_zero(world: World) 
     assert offset_of(resumed) == 5
 
 
+async def test_start_up_completes_an_upload_killed_between_its_last_commit_and_complete(
+    world: World,
+) -> None:
+    upload_id = await create(world.handler, 10)
+    await _put_uncommitted(world.store, upload_id, 0, b"0123456789")
+    await world.repository.advance(upload_id, expected=0, offset=10, now=T0, expires_at=None)
+    assert (await committed(world.repository, upload_id)).state is UploadState.RECEIVING
+    assert await world.handler.reconcile_all() == 1
+    upload = await committed(world.repository, upload_id)
+    assert (upload.state, upload.offset) == (UploadState.READY, 10)
+    assert upload.sha256 == hashlib.sha256(b"0123456789").hexdigest()
+
+
 async def test_reconcile_all_looks_only_at_unfinished_uploads(world: World) -> None:
     receiving = [await create(world.handler, 10), await create(world.handler, None)]
     finished = await create(world.handler, 3)
@@ -775,19 +785,17 @@ async def test_a_terminated_upload_is_gone(world: World) -> None:
 async def test_advance_with_a_stale_expected_offset_is_a_conflict(world: World) -> None:
     upload_id = await create(world.handler, 10)
     repository = world.repository
-    moved = await repository.advance(
-        upload_id, expected=0, offset=4, now=T0, expires_at=None, length=10
-    )
+    moved = await repository.advance(upload_id, expected=0, offset=4, now=T0, expires_at=None)
     assert moved.offset == 4
     with pytest.raises(Conflict):
-        await repository.advance(
-            upload_id, expected=0, offset=8, now=T0, expires_at=None, length=10
-        )
+        await repository.advance(upload_id, expected=0, offset=8, now=T0, expires_at=None)
     assert (await committed(repository, upload_id)).offset == 4
-    finished = await repository.advance(
-        upload_id, expected=4, offset=10, now=T0, expires_at=None, length=10
-    )
-    assert finished.state is not UploadState.RECEIVING  # complete: verified next, then ready
+    with pytest.raises(Conflict):  # not every byte is there yet
+        await repository.complete(upload_id, T0)
+    arrived = await repository.advance(upload_id, expected=4, offset=10, now=T0, expires_at=None)
+    assert arrived.state is UploadState.RECEIVING  # completing is its own, explicit step
+    finished = await repository.complete(upload_id, T0)
+    assert finished.state is UploadState.VERIFYING
     assert finished.completed_at == T0
 
 
@@ -797,7 +805,7 @@ async def test_a_patch_never_overwrites_an_offset_moved_under_it(world: World) -
     async def interrupted() -> AsyncIterator[bytes]:
         for number, piece in enumerate(pieces(payload(8 * CHUNK))):
             if number == 3:  # another writer (a second node, a bug) moves the offset meanwhile
-                await world.repository.force_offset(upload_id, 7, T0)
+                await world.repository.force_offset(upload_id, expected=0, offset=7, now=T0)
             yield piece
 
     with pytest.raises(Conflict):

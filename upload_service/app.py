@@ -21,7 +21,7 @@ from upload_service import __version__
 from upload_service.api.routes import router as api_router
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
-from upload_service.db.repository import UploadRepository
+from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import ServiceError
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.file import FileLocker
@@ -58,7 +58,7 @@ async def open_services(
     engine = create_engine(settings.database_url)
     try:
         await check_schema(engine)
-        repository = UploadRepository(create_sessionmaker(engine))
+        repository = SqlUploadRepository(create_sessionmaker(engine))
         store = LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
         locker = FileLocker(settings.data_dir / "locks")
         handler = TusHandler(

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
-from upload_service.db.repository import UploadRepository
 from upload_service.errors import BadRequest, Conflict, Locked
 from upload_service.locking.base import Locker
+from upload_service.repository import UploadRepository
 from upload_service.storage.base import Store
 from upload_service.tasks import Runner
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
@@ -103,12 +103,8 @@ class Lifecycle:
         try:
             if expected is not None and expected != digest:
                 reason = f"sha256 mismatch: expected {expected.hex()}, got {digest.hex()}"
-                result = await self._repo.set_state(
-                    upload.id,
-                    UploadState.FAILED,
-                    now,
-                    reason,
-                    only_from=(UploadState.VERIFYING,),
+                result = await self._repo.fail(
+                    upload.id, reason, now, only_from=(UploadState.VERIFYING,)
                 )
             else:
                 result = await self._repo.mark_ready(upload.id, digest.hex(), now)
@@ -155,13 +151,7 @@ class Lifecycle:
         return len(ended)
 
     async def _fail(self, upload_id: str, reason: str) -> None:
-        await self._repo.set_state(
-            upload_id,
-            UploadState.FAILED,
-            self._clock(),
-            reason,
-            only_from=(UploadState.RECEIVING,),
-        )
+        await self._repo.fail(upload_id, reason, self._clock(), only_from=(UploadState.RECEIVING,))
 
     async def resume(self) -> None:
         """Start-up: finish what a stopped process left half done."""
@@ -182,12 +172,7 @@ class Lifecycle:
                     current = await self._repo.get(upload.id)
                     if current is None or not current.expired(self._clock()):
                         continue
-                    await self._repo.set_state(
-                        upload.id,
-                        UploadState.EXPIRED,
-                        self._clock(),
-                        only_from=(UploadState.RECEIVING,),
-                    )
+                    await self._repo.expire(upload.id, self._clock())
                     await self._store.delete(upload.id)
                     count += 1
             except Locked:

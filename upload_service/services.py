@@ -10,8 +10,8 @@ from starlette.requests import Request
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from upload_service.db.repository import UploadRepository
     from upload_service.locking.base import Locker
+    from upload_service.repository import UploadRepository
     from upload_service.settings import Settings
     from upload_service.storage.base import Store
     from upload_service.tus.handler import TusHandler

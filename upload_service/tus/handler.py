@@ -67,7 +67,7 @@ from upload_service.tus.protocol import (
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
-    from upload_service.db.repository import UploadRepository
+    from upload_service.repository import UploadRepository
 
 EXTENSIONS = (
     "creation",
@@ -201,7 +201,7 @@ class TusHandler:
                     upload = await self._receive(upload, body, lease, checksum)
                 except (TooLarge, ChecksumMismatch):
                     # The client never learns this upload's URL from an error: leave nothing.
-                    await self._repo.set_state(upload_id, UploadState.TERMINATED, self._clock())
+                    await self._repo.terminate(upload_id, self._clock())
                     await self._store.delete(upload_id)
                     raise
         return TusResponse(201, self._offset_headers(upload), upload_id=upload_id)
@@ -352,10 +352,10 @@ class TusHandler:
         """Fix a deferred length (the caller has run ``_check_declared_length``)."""
         if upload.length is not None:
             return upload
-        upload = await self._repo.set_length(upload.id, length, self._clock())
+        upload = await self._repo.declare_length(upload.id, length, self._clock())
         if length == upload.offset:
             digest = self._digests.take(upload.id, upload.offset)
-            upload = await self._commit(upload, upload.offset)
+            upload = await self._repo.complete(upload.id, self._clock())
             upload = await self.lifecycle.completed(
                 upload, None if digest is None else digest.digest()
             )
@@ -483,15 +483,19 @@ class TusHandler:
         return await self._commit(upload, durable)
 
     async def _commit(self, upload: Upload, offset: int) -> Upload:
+        """Advance the offset to durable ``offset``; the last byte also completes the upload
+        (a crash between the two leaves it complete but receiving: start-up completes it)."""
         now = self._clock()
-        return await self._repo.advance(
+        upload = await self._repo.advance(
             upload.id,
             expected=upload.offset,
             offset=offset,
             now=now,
             expires_at=self._expiry(now),
-            length=upload.length,
         )
+        if upload.is_complete:
+            upload = await self._repo.complete(upload.id, self._clock())
+        return upload
 
     # -- termination ----------------------------------------------------------------------------
 
@@ -509,7 +513,7 @@ class TusHandler:
             self._digests.drop(upload_id)
             # Row first: once it says terminated nothing reads the bytes, so a crash before the
             # delete leaves only an orphan file for clean-up.
-            await self._repo.set_state(upload_id, UploadState.TERMINATED, self._clock())
+            await self._repo.terminate(upload_id, self._clock())
             if upload.is_final and upload.state is UploadState.RECEIVING:
                 await self._repo.release_parts(upload_id)  # they may join another final
             await self._store.delete(upload_id)
@@ -552,7 +556,9 @@ class TusHandler:
         if size > upload.offset:
             await self._store.truncate(upload.id, upload.offset)
         elif size < upload.offset:
-            upload = await self._repo.force_offset(upload.id, size, self._clock())
+            upload = await self._repo.force_offset(
+                upload.id, expected=upload.offset, offset=size, now=self._clock()
+            )
         return upload
 
     async def reconcile_all(self) -> int:
@@ -565,8 +571,12 @@ class TusHandler:
                 async with self._locker.lock(upload.id, wait=0, preempt=False):
                     current = await self._repo.get(upload.id)
                     if current is not None and current.state is UploadState.RECEIVING:
-                        await self.reconcile(current)
+                        current = await self.reconcile(current)
                         reconciled += 1
+                        if current.is_complete and not current.is_final:
+                            # killed between the last commit and ``complete``
+                            current = await self._repo.complete(current.id, self._clock())
+                            await self.lifecycle.completed(current, None)
             except Locked:
                 continue  # another worker process is writing it: consistent by construction
         await self.lifecycle.resume()

@@ -1,0 +1,116 @@
+"""The contract of the upload repository: where upload state and the committed offset live.
+
+The database is the source of truth for every upload. Each state change is one named transition,
+applied as a compare-and-set from the state (or offset) it expects, so racing requests, replicas and
+background tasks can never undo each other: a transition whose condition no longer holds raises
+``Conflict`` and changes nothing. Implementations translate every driver failure at this boundary
+into ``Unavailable`` (503 with ``Retry-After``), never a raw driver error and never a wrong offset.
+
+Callers hold the upload's lock around transitions that depend on the stored bytes (``advance``,
+``complete``, ``force_offset``); the repository itself takes no locks beyond its transactions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from upload_service.uploads import Upload, UploadState
+
+
+class UploadRepository(Protocol):
+    async def add(self, upload: Upload) -> None:
+        """Insert a new upload (its storage exists already)."""
+        ...
+
+    async def add_final(self, final: Upload) -> None:
+        """Insert a final upload and claim its partial uploads in one transaction. ``Conflict``
+        names a part that is no longer an unclaimed, live partial upload; nothing is inserted."""
+        ...
+
+    async def get(self, upload_id: str) -> Upload | None: ...
+
+    async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]: ...
+
+    async def list_by_state(self, state: UploadState) -> list[Upload]: ...
+
+    async def list_expired(self, now: datetime) -> list[Upload]:
+        """Uploads still receiving whose expiry is at or before ``now``."""
+        ...
+
+    async def list_finals_waiting(self) -> list[Upload]:
+        """Final uploads not assembled yet."""
+        ...
+
+    async def list_ended(self, before: datetime) -> list[str]:
+        """Ids of uploads that ended (expired, terminated, failed) before ``before``, except parts
+        claimed by a final upload (its assembly still names them)."""
+        ...
+
+    async def advance(
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        expires_at: datetime | None,
+    ) -> Upload:
+        """Move the committed offset of a receiving upload from ``expected`` to ``offset``. Every
+        byte below ``offset`` must already be durable in storage. Reaching the length does not
+        complete the upload: ``complete`` does, explicitly."""
+        ...
+
+    async def declare_length(self, upload_id: str, length: int, now: datetime) -> Upload:
+        """Fix a deferred length; only while the length is unknown and at least the offset."""
+        ...
+
+    async def complete(self, upload_id: str, now: datetime) -> Upload:
+        """receiving → verifying, only when the committed offset equals the length."""
+        ...
+
+    async def assembled(self, upload_id: str, length: int, now: datetime) -> Upload:
+        """A final upload's parts were concatenated into its storage (durably): receiving →
+        verifying with that length and offset."""
+        ...
+
+    async def mark_ready(self, upload_id: str, sha256: str, now: datetime) -> Upload:
+        """verifying → ready, with the whole file's hex sha256."""
+        ...
+
+    async def fail(
+        self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
+    ) -> Upload:
+        """→ failed with ``reason``, only from one of ``only_from``."""
+        ...
+
+    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+        """→ terminated, only from a live state (receiving, verifying, ready)."""
+        ...
+
+    async def expire(self, upload_id: str, now: datetime) -> Upload:
+        """receiving → expired, only if its expiry has passed at ``now``."""
+        ...
+
+    async def force_offset(
+        self, upload_id: str, *, expected: int, offset: int, now: datetime
+    ) -> Upload:
+        """Reconciliation only (storage holds fewer durable bytes than committed): lower the
+        offset of a receiving upload from ``expected`` to ``offset``."""
+        ...
+
+    async def set_received(self, upload_id: str, received: int) -> None:
+        """Progress only (bytes arrived, not yet durable); never moves the offset."""
+        ...
+
+    async def release_parts(self, final_id: str) -> None:
+        """An unassembled final upload ended: its parts are free to join another one."""
+        ...
+
+    async def forget(self, upload_id: str) -> None:
+        """Delete an ended upload's row (its bytes are gone already)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the database answers (readiness)."""
+        ...
