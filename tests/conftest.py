@@ -13,9 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upload_service.app import create_app
+from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import upgrade
+from upload_service.db.repository import SqlUploadRepository
 from upload_service.services import Services
 from upload_service.settings import Settings
 
@@ -42,6 +45,37 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+class Databases:
+    """Engines over one copied, migrated SQLite file; a new engine is a restarted process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engines: list[AsyncEngine] = []
+
+    def engine(self) -> AsyncEngine:
+        engine = create_engine(self.url)
+        self._engines.append(engine)
+        return engine
+
+    def repository(self) -> SqlUploadRepository:
+        return SqlUploadRepository(create_sessionmaker(self.engine()))
+
+    async def aclose(self) -> None:
+        for engine in self._engines:
+            await engine.dispose()
+
+
+@pytest.fixture
+async def databases(tmp_path: Path, template_db: Path) -> AsyncIterator[Databases]:
+    path = tmp_path / "uploads.db"
+    shutil.copyfile(template_db, path)
+    result = Databases(f"sqlite+aiosqlite:///{path}")
+    try:
+        yield result
+    finally:
+        await result.aclose()
 
 
 @pytest.fixture

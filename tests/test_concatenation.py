@@ -39,7 +39,7 @@ from tests.tus_http_helpers import (
 from upload_service.db.models import UploadRow
 from upload_service.services import Services
 from upload_service.settings import Settings
-from upload_service.storage.base import Hasher
+from upload_service.storage.base import Digester, Hasher, StorageKey
 from upload_service.uploads import UploadState
 
 pytestmark = pytest.mark.anyio  # see test_tus_creation.py
@@ -157,12 +157,13 @@ async def test_the_final_passes_through_verifying(
     pieces = [b"abc", b"defgh"]
     part_ids = await uploaded_parts(client, pieces)
     started, release = anyio.Event(), anyio.Event()
+    assert isinstance(services.store, Digester)
     digest = services.store.digest
 
-    async def gated(upload_id: str, hasher: Hasher) -> bytes:
+    async def gated(key: StorageKey, hasher: Hasher) -> bytes:
         started.set()
         await release.wait()
-        return await digest(upload_id, hasher)
+        return await digest(key, hasher)
 
     monkeypatch.setattr(services.store, "digest", gated)
     final_id = await create_final(client, *part_ids)

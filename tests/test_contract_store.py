@@ -19,19 +19,30 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiofiles
 import anyio
 import pytest
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Appender, Store
+from upload_service.storage.base import (
+    Appender,
+    Concatenator,
+    Digester,
+    Finisher,
+    OrphanLister,
+    StorageKey,
+    Store,
+    TailDiscarder,
+)
 from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"
+KEY = StorageKey(UPLOAD_ID)
+OTHER = StorageKey(OTHER_ID)
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -52,6 +63,9 @@ MALFORMED_IDS = [
 ]
 
 
+CAPABILITIES: tuple[type, ...] = (Finisher, Concatenator, TailDiscarder, Digester, OrphanLister)
+
+
 @dataclass
 class Backend:
     name: str
@@ -59,6 +73,19 @@ class Backend:
     # Make writes to this upload fail as the medium would (EIO); returns the repair.
     break_writes: Callable[[str], Callable[[], None]]
     root: Path | None = None  # the directory a filesystem store owns
+    # the optional capabilities this backend claims; the suite checks the claim both ways
+    capabilities: tuple[type, ...] = (Concatenator, TailDiscarder, Digester, OrphanLister)
+
+
+C = TypeVar("C")
+
+
+def capable(backend: Backend, capability: type[C]) -> C:
+    """The backend's store as ``capability``; skips (visibly) a backend that does not claim it."""
+    if capability not in backend.capabilities:
+        pytest.skip(f"{backend.name} does not offer {capability.__name__}")
+    assert isinstance(backend.store, capability)
+    return backend.store
 
 
 class DiskFaults:
@@ -144,19 +171,19 @@ async def backend(
         await result.store.aclose()
 
 
-async def _read_all(store: Store, upload_id: str, start: int, end: int) -> list[bytes]:
-    return [piece async for piece in store.read(upload_id, start, end)]
+async def _read_all(store: Store, key: StorageKey, start: int, end: int) -> list[bytes]:
+    return [piece async for piece in store.read(key, start, end)]
 
 
-async def _content(store: Store, upload_id: str) -> bytes:
-    size = await store.size(upload_id)
-    return b"".join(await _read_all(store, upload_id, 0, size))
+async def _content(store: Store, key: StorageKey) -> bytes:
+    size = await store.size(key)
+    return b"".join(await _read_all(store, key, 0, size))
 
 
-async def _stored(store: Store, upload_id: str, data: bytes) -> None:
+async def _stored(store: Store, key: StorageKey, data: bytes) -> None:
     """Create the upload holding ``data``, durably."""
-    await store.create(upload_id)
-    appender = await store.append(upload_id, 0)
+    assert await store.create(key.upload_id) == key
+    appender = await store.append(key, 0)
     try:
         await appender.write(data)
         assert await appender.sync() == len(data)
@@ -193,8 +220,8 @@ async def _failed_write(appender: Appender, data: bytes) -> tuple[StorageError, 
 
 async def test_create_makes_an_empty_upload(backend: Backend) -> None:
     await backend.store.create(UPLOAD_ID)
-    assert await backend.store.size(UPLOAD_ID) == 0
-    assert await _read_all(backend.store, UPLOAD_ID, 0, 0) == []
+    assert await backend.store.size(KEY) == 0
+    assert await _read_all(backend.store, KEY, 0, 0) == []
 
 
 async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> None:
@@ -202,7 +229,7 @@ async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> Non
     await store.create(UPLOAD_ID)
     first, second, third = _random_bytes(100, 1), _random_bytes(300 * KiB, 2), b"tail"
 
-    appender = await store.append(UPLOAD_ID, 0)
+    appender = await store.append(KEY, 0)
     try:
         await appender.write(first)
         assert await appender.sync() == 100
@@ -210,20 +237,20 @@ async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> Non
         assert await appender.sync() == 100 + len(second)
     finally:
         await appender.aclose()
-    assert await store.size(UPLOAD_ID) == 100 + len(second)
+    assert await store.size(KEY) == 100 + len(second)
 
-    resumed = await store.append(UPLOAD_ID, 100 + len(second))
+    resumed = await store.append(KEY, 100 + len(second))
     try:
         await resumed.write(third)
         assert await resumed.sync() == 100 + len(second) + 4
     finally:
         await resumed.aclose()
-    assert await _content(store, UPLOAD_ID) == first + second + third
+    assert await _content(store, KEY) == first + second + third
 
 
 async def test_sync_without_writes_returns_the_start(backend: Backend) -> None:
-    await _stored(backend.store, UPLOAD_ID, b"abcdef")
-    appender = await backend.store.append(UPLOAD_ID, 6)
+    await _stored(backend.store, KEY, b"abcdef")
+    appender = await backend.store.append(KEY, 6)
     try:
         assert await appender.sync() == 6
     finally:
@@ -232,8 +259,8 @@ async def test_sync_without_writes_returns_the_start(backend: Backend) -> None:
 
 async def test_offset_counts_buffered_bytes(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, UPLOAD_ID, b"12345")
-    appender = await store.append(UPLOAD_ID, 5)
+    await _stored(store, KEY, b"12345")
+    appender = await store.append(KEY, 5)
     try:
         assert appender.offset == 5
         await appender.write(b"abc")
@@ -249,50 +276,56 @@ async def test_offset_counts_buffered_bytes(backend: Backend) -> None:
 async def test_append_at_an_offset_cuts_the_leftovers_past_it(backend: Backend) -> None:
     store = backend.store
     data = _random_bytes(100)
-    await _stored(store, UPLOAD_ID, data)
+    await _stored(store, KEY, data)
 
-    appender = await store.append(UPLOAD_ID, 40)  # bytes 40..99 were never committed
+    appender = await store.append(KEY, 40)  # bytes 40..99 were never committed
     try:
         assert appender.offset == 40
         assert await appender.sync() == 40
-        assert await store.size(UPLOAD_ID) == 40
+        assert await store.size(KEY) == 40
         await appender.write(b"new")
         assert await appender.sync() == 43
     finally:
         await appender.aclose()
-    assert await _content(store, UPLOAD_ID) == data[:40] + b"new"
+    assert await _content(store, KEY) == data[:40] + b"new"
 
 
 async def test_append_beyond_the_stored_size_raises(backend: Backend) -> None:
-    await _stored(backend.store, UPLOAD_ID, b"0123456789")
+    await _stored(backend.store, KEY, b"0123456789")
     with pytest.raises(StorageError, match="fewer than offset 11"):
-        await backend.store.append(UPLOAD_ID, 11)
-    assert await _content(backend.store, UPLOAD_ID) == b"0123456789"
+        await backend.store.append(KEY, 11)
+    assert await _content(backend.store, KEY) == b"0123456789"
 
 
-async def test_truncate(backend: Backend) -> None:
+async def test_the_backend_offers_exactly_the_capabilities_it_claims(backend: Backend) -> None:
+    offered = tuple(cap for cap in CAPABILITIES if isinstance(backend.store, cap))
+    assert offered == tuple(cap for cap in CAPABILITIES if cap in backend.capabilities)
+
+
+async def test_discard_tail(backend: Backend) -> None:
+    discarder = capable(backend, TailDiscarder)
     data = _random_bytes(1000)
-    await _stored(backend.store, UPLOAD_ID, data)
-    await backend.store.truncate(UPLOAD_ID, 300)
-    assert await backend.store.size(UPLOAD_ID) == 300
-    assert await _content(backend.store, UPLOAD_ID) == data[:300]
-    await backend.store.truncate(UPLOAD_ID, 0)
-    assert await backend.store.size(UPLOAD_ID) == 0
+    await _stored(backend.store, KEY, data)
+    await discarder.discard_tail(KEY, 300)
+    assert await backend.store.size(KEY) == 300
+    assert await _content(backend.store, KEY) == data[:300]
+    await discarder.discard_tail(KEY, 0)
+    assert await backend.store.size(KEY) == 0
 
 
-async def test_truncate_never_extends(backend: Backend) -> None:
+async def test_discard_tail_never_extends(backend: Backend) -> None:
     """A store must never invent bytes: cutting "back" to more than it holds changes nothing."""
-    await _stored(backend.store, UPLOAD_ID, b"abc")
-    await backend.store.truncate(UPLOAD_ID, 10)
-    assert await backend.store.size(UPLOAD_ID) == 3
-    assert await _content(backend.store, UPLOAD_ID) == b"abc"
+    await _stored(backend.store, KEY, b"abc")
+    await capable(backend, TailDiscarder).discard_tail(KEY, 10)
+    assert await backend.store.size(KEY) == 3
+    assert await _content(backend.store, KEY) == b"abc"
 
 
 async def test_create_never_overwrites_an_existing_upload(backend: Backend) -> None:
-    await _stored(backend.store, UPLOAD_ID, b"precious")
+    await _stored(backend.store, KEY, b"precious")
     with pytest.raises(StorageError):
         await backend.store.create(UPLOAD_ID)
-    assert await _content(backend.store, UPLOAD_ID) == b"precious"
+    assert await _content(backend.store, KEY) == b"precious"
 
 
 @pytest.mark.parametrize(
@@ -310,8 +343,8 @@ async def test_read_returns_exact_ranges_in_bounded_pieces(
     backend: Backend, start: int, end: int
 ) -> None:
     data = _random_bytes(600 * KiB)
-    await _stored(backend.store, UPLOAD_ID, data)
-    pieces = await _read_all(backend.store, UPLOAD_ID, start, end)
+    await _stored(backend.store, KEY, data)
+    pieces = await _read_all(backend.store, KEY, start, end)
     assert b"".join(pieces) == data[start:end]
     assert all(0 < len(piece) <= MiB for piece in pieces)
     if end - start == 600 * KiB:
@@ -319,57 +352,58 @@ async def test_read_returns_exact_ranges_in_bounded_pieces(
 
 
 async def test_read_past_the_stored_bytes_raises(backend: Backend) -> None:
-    await _stored(backend.store, UPLOAD_ID, b"short")
+    await _stored(backend.store, KEY, b"short")
     with pytest.raises(StorageError):
-        await _read_all(backend.store, UPLOAD_ID, 0, 6)
+        await _read_all(backend.store, KEY, 0, 6)
 
 
 async def test_uploads_are_independent(backend: Backend) -> None:
-    await _stored(backend.store, UPLOAD_ID, b"one")
-    await _stored(backend.store, OTHER_ID, b"other")
-    await backend.store.delete(UPLOAD_ID)
-    assert await _content(backend.store, OTHER_ID) == b"other"
+    await _stored(backend.store, KEY, b"one")
+    await _stored(backend.store, OTHER, b"other")
+    await backend.store.delete(KEY)
+    assert await _content(backend.store, OTHER) == b"other"
 
 
 async def test_missing_upload_raises_not_found(backend: Backend) -> None:
     store = backend.store
     with pytest.raises(NotFound):
-        await store.append(UPLOAD_ID, 0)
+        await store.append(KEY, 0)
     with pytest.raises(NotFound):
-        await store.size(UPLOAD_ID)
+        await store.size(KEY)
     with pytest.raises(NotFound):
-        await store.truncate(UPLOAD_ID, 0)
+        await capable(backend, TailDiscarder).discard_tail(KEY, 0)
     with pytest.raises(NotFound):
-        await _read_all(store, UPLOAD_ID, 0, 0)
+        await _read_all(store, KEY, 0, 0)
 
 
 async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend) -> None:
     store = backend.store
-    other = "f" * 32
+    lister = capable(backend, OrphanLister)
     before = datetime.now(UTC) - timedelta(hours=1)
-    await store.create(UPLOAD_ID)
-    await store.create(other)
+    key = await store.create(UPLOAD_ID)
+    other = await store.create("f" * 32)
     after = datetime.now(UTC) + timedelta(hours=1)
-    assert await store.stored_before(before) == []
-    assert sorted(await store.stored_before(after)) == sorted([UPLOAD_ID, other])
+    assert await lister.stored_before(before) == []
+    listed = await lister.stored_before(after)
+    assert sorted(listed, key=str) == sorted([key, other], key=str)
     await store.delete(other)
-    assert await store.stored_before(after) == [UPLOAD_ID]
+    assert await lister.stored_before(after) == [key]
     if backend.root is not None:  # files that cannot be uploads are never listed
         (backend.root / "notes.txt").write_text("not an upload")
         (backend.root / ("A" * 32)).write_text("not an id either")
-        assert await store.stored_before(after) == [UPLOAD_ID]
+        assert await lister.stored_before(after) == [key]
 
 
 async def test_delete_is_idempotent(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, UPLOAD_ID, b"bytes")
-    await store.delete(UPLOAD_ID)
+    await _stored(store, KEY, b"bytes")
+    await store.delete(KEY)
     with pytest.raises(NotFound):
-        await store.size(UPLOAD_ID)
-    await store.delete(UPLOAD_ID)
-    await store.delete(OTHER_ID)  # never created
+        await store.size(KEY)
+    await store.delete(KEY)
+    await store.delete(OTHER)  # never created
     with pytest.raises(NotFound):
-        await store.size(OTHER_ID)
+        await store.size(OTHER)
 
 
 def _tree(directory: Path, skip: Path | None) -> dict[str, bytes | None]:
@@ -395,27 +429,27 @@ async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
     with pytest.raises(NotFound):
         await store.create(bad_id)
     with pytest.raises(NotFound):
-        await store.append(bad_id, 0)
+        await store.append(StorageKey(bad_id), 0)
     with pytest.raises(NotFound):
-        await store.size(bad_id)
+        await store.size(StorageKey(bad_id))
     with pytest.raises(NotFound):
-        await store.truncate(bad_id, 0)
+        await capable(backend, TailDiscarder).discard_tail(StorageKey(bad_id), 0)
     with pytest.raises(NotFound):
-        await _read_all(store, bad_id, 0, 0)
+        await _read_all(store, StorageKey(bad_id), 0, 0)
     with pytest.raises(NotFound):
-        await store.delete(bad_id)
+        await store.delete(StorageKey(bad_id))
 
     assert _tree(tmp_path, backend.root) == before
     if backend.root is not None:
         assert sorted(path.name for path in backend.root.iterdir()) == [UPLOAD_ID]
-    assert await store.size(UPLOAD_ID) == 0
+    assert await store.size(KEY) == 0
 
 
 async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None:
     data = _random_bytes(300 * KiB)
-    await _stored(backend.store, UPLOAD_ID, b"head")
+    await _stored(backend.store, KEY, b"head")
     hasher = hashlib.sha256()
-    appender = await backend.store.append(UPLOAD_ID, 4, [hasher])
+    appender = await backend.store.append(KEY, 4, [hasher])
     try:
         for start in range(0, len(data), 1000):
             await appender.write(data[start : start + 1000])
@@ -425,31 +459,52 @@ async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None
     assert hasher.digest() == hashlib.sha256(data).digest()
 
 
+async def test_settle_feeds_the_hashers_before_anything_is_synced(backend: Backend) -> None:
+    """The handler checks a request's digest after ``settle`` and only then syncs."""
+    data = _random_bytes(300 * KiB + 3)
+    await _stored(backend.store, KEY, b"head")
+    hasher = hashlib.sha1()
+    appender = await backend.store.append(KEY, 4, [hasher])
+    try:
+        for start in range(0, len(data), 7000):
+            await appender.write(data[start : start + 7000])
+        await appender.settle()
+        assert hasher.digest() == hashlib.sha1(data).digest()
+        assert appender.offset == 4 + len(data)
+    finally:
+        await appender.aclose()
+    resumed = await backend.store.append(KEY, 4)  # never synced, never committed: not kept
+    await resumed.aclose()
+    assert await _content(backend.store, KEY) == b"head"
+
+
 async def test_digest_hashes_the_stored_bytes(backend: Backend) -> None:
     data = _random_bytes(3 * MiB + 17)
-    await _stored(backend.store, UPLOAD_ID, data)
-    digest = await backend.store.digest(UPLOAD_ID, hashlib.sha256())
+    await _stored(backend.store, KEY, data)
+    digester = capable(backend, Digester)
+    digest = await digester.digest(KEY, hashlib.sha256())
     assert digest == hashlib.sha256(data).digest()
     with pytest.raises(NotFound):
-        await backend.store.digest(OTHER_ID, hashlib.sha256())
+        await digester.digest(OTHER, hashlib.sha256())
 
 
 async def test_concatenate_joins_parts_in_order(backend: Backend) -> None:
     store = backend.store
-    first, second, third = "1" * 32, "2" * 32, "3" * 32
+    joiner = capable(backend, Concatenator)
+    first, second, third = (StorageKey(digit * 32) for digit in "123")
     await _stored(store, first, b"alpha-")
     await _stored(store, second, _random_bytes(200 * KiB))
     await _stored(store, third, b"")
     await store.create(UPLOAD_ID)
-    length = await store.concatenate(UPLOAD_ID, [second, first, third, first])
+    length = await joiner.concatenate(KEY, [second, first, third, first])
     expected = _random_bytes(200 * KiB) + b"alpha-alpha-"
     assert length == len(expected)
-    assert await _content(store, UPLOAD_ID) == expected
+    assert await _content(store, KEY) == expected
     assert await _content(store, first) == b"alpha-"  # parts are left as they were
     with pytest.raises(NotFound):
-        await store.concatenate(UPLOAD_ID, [first, OTHER_ID])
+        await joiner.concatenate(KEY, [first, OTHER])
     with pytest.raises(NotFound):
-        await store.concatenate(UPLOAD_ID, [first, "../x"])
+        await joiner.concatenate(KEY, [first, StorageKey("../x")])
 
 
 async def test_check_passes(backend: Backend) -> None:
@@ -458,8 +513,8 @@ async def test_check_passes(backend: Backend) -> None:
 
 async def test_a_failed_write_is_not_counted_by_sync(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, UPLOAD_ID, b"committed")
-    appender = await store.append(UPLOAD_ID, 9)
+    await _stored(store, KEY, b"committed")
+    appender = await store.append(KEY, 9)
     try:
         await appender.write(b"-durable")
         assert await appender.sync() == 17
@@ -469,15 +524,15 @@ async def test_a_failed_write_is_not_counted_by_sync(backend: Backend) -> None:
     finally:
         await appender.aclose()
     repair()
-    assert (await _content(store, UPLOAD_ID))[:17] == b"committed-durable"
+    assert (await _content(store, KEY))[:17] == b"committed-durable"
     # The next request resumes at the durable offset and cuts whatever the failure left.
-    resumed = await store.append(UPLOAD_ID, 17)
+    resumed = await store.append(KEY, 17)
     try:
         await resumed.write(b"!")
         assert await resumed.sync() == 18
     finally:
         await resumed.aclose()
-    assert await _content(store, UPLOAD_ID) == b"committed-durable!"
+    assert await _content(store, KEY) == b"committed-durable!"
 
 
 async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Backend) -> None:
@@ -486,7 +541,7 @@ async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Bac
     store = backend.store
     await store.create(UPLOAD_ID)
     sent = b""
-    appender = await store.append(UPLOAD_ID, 0)
+    appender = await store.append(KEY, 0)
     try:
         repair = backend.break_writes(UPLOAD_ID)
         failed = False
@@ -509,7 +564,7 @@ async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Bac
     finally:
         await appender.aclose()
     assert durable <= len(sent)
-    assert (await _content(store, UPLOAD_ID))[:durable] == sent[:durable]
+    assert (await _content(store, KEY))[:durable] == sent[:durable]
 
 
 # -- LocalStore only -------------------------------------------------------------------------------
@@ -535,7 +590,7 @@ async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Pa
         appenders = {}
         for upload_id in ids:
             await store.create(upload_id)
-            appenders[upload_id] = await store.append(upload_id, 0, digests[upload_id])
+            appenders[upload_id] = await store.append(StorageKey(upload_id), 0, digests[upload_id])
         for start in range(0, 701 * KiB, 50 * KiB):  # interleaved, as concurrent requests are
             for upload_id in ids:
                 await appenders[upload_id].write(sources[upload_id][start : start + 50 * KiB])
@@ -548,7 +603,7 @@ async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Pa
         await store.aclose()
     for upload_id in ids:
         data = sources[upload_id]
-        assert await _content(store, upload_id) == data
+        assert await _content(store, StorageKey(upload_id)) == data
         whole, request = digests[upload_id]
         assert whole.digest() == hashlib.sha256(data).digest()
         assert request.digest() == hashlib.sha1(data).digest()
@@ -580,7 +635,7 @@ async def test_local_writer_threads_yield_the_cpu_to_the_event_loop(
     probe = _PriorityProbe()
     try:
         await store.create(UPLOAD_ID)
-        appender = await store.append(UPLOAD_ID, 0, (probe,))
+        appender = await store.append(KEY, 0, (probe,))
         try:
             for _ in range(4):
                 await appender.write(b"v" * 64 * KiB)
@@ -601,7 +656,7 @@ async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
     disk with the next piece, full or not; a young one waits until it is full."""
     monkeypatch.setattr(LocalAppender, "MAX_BUFFER_AGE", max_age)
     await local.create(UPLOAD_ID)
-    appender = await local.append(UPLOAD_ID, 0)
+    appender = await local.append(KEY, 0)
     try:
         for piece in (b"a" * 100, b"b" * 100, b"c" * 100):
             await appender.write(piece)
@@ -611,7 +666,7 @@ async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
         assert await appender.sync() == 300
     finally:
         await appender.aclose()
-    assert await _content(local, UPLOAD_ID) == b"a" * 100 + b"b" * 100 + b"c" * 100
+    assert await _content(local, KEY) == b"a" * 100 + b"b" * 100 + b"c" * 100
 
 
 async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is_not_counted(
@@ -620,7 +675,7 @@ async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is
     """The OS takes half of a buffer, then the disk fails: ``sync`` never reports more than the
     bytes that reached the file, and what it reports reads back exactly."""
     await local.create(UPLOAD_ID)
-    appender = await local.append(UPLOAD_ID, 0)
+    appender = await local.append(KEY, 0)
     data = _random_bytes(200 * KiB)
     try:
         await appender.write(b"x" * 10)
@@ -636,14 +691,14 @@ async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is
         assert durable == 10 + 50 * KiB  # exactly the prefix the OS took
     finally:
         await appender.aclose()
-    assert (await _content(local, UPLOAD_ID))[:durable] == (b"x" * 10 + data)[:durable]
+    assert (await _content(local, KEY))[:durable] == (b"x" * 10 + data)[:durable]
 
 
 async def test_local_enospc_is_reported_as_storage_full(
     local: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await local.create(UPLOAD_ID)
-    appender = await local.append(UPLOAD_ID, 0)
+    appender = await local.append(KEY, 0)
     try:
         DiskFaults(monkeypatch, local.path(UPLOAD_ID), errno.ENOSPC)
         error, durable = await _failed_write(appender, _random_bytes(100 * KiB))
@@ -659,7 +714,7 @@ async def test_local_read_failures_are_storage_errors(
     local: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _random_bytes(600 * KiB)
-    await _stored(local, UPLOAD_ID, data)
+    await _stored(local, KEY, data)
     real_open = aiofiles.open
 
     async def failing_open(*args: Any, **kwargs: Any) -> Any:
@@ -682,7 +737,7 @@ async def test_local_read_failures_are_storage_errors(
     received: list[bytes] = []
 
     async def download() -> None:
-        async for piece in local.read(UPLOAD_ID, 0, len(data)):
+        async for piece in local.read(KEY, 0, len(data)):
             received.append(piece)
 
     with pytest.raises(StorageError, match="Input/output error"):
@@ -695,7 +750,7 @@ async def test_local_open_failures_on_read_are_storage_errors(local: LocalStore)
     await local.check()
     local.path(UPLOAD_ID).mkdir()  # something that is not an upload's file sits in its place
     with pytest.raises(StorageError):
-        await _read_all(local, UPLOAD_ID, 0, 1)
+        await _read_all(local, KEY, 0, 1)
 
 
 async def test_local_enospc_on_create_is_reported_as_storage_full(
@@ -752,16 +807,16 @@ async def test_local_a_really_full_disk_is_storage_full_and_keeps_a_true_prefix(
         store = LocalStore(root, buffer_size=64 * KiB)
         await store.create(UPLOAD_ID)
         data = _random_bytes(2 * MiB)
-        appender = await store.append(UPLOAD_ID, 0)
+        appender = await store.append(KEY, 0)
         try:
             error, durable = await _failed_write(appender, data)
         finally:
             await appender.aclose()
         assert "storage is full" in error.message
         assert 0 < durable <= 256 * KiB
-        assert await _content(store, UPLOAD_ID) == data[: await store.size(UPLOAD_ID)]
-        assert (await _content(store, UPLOAD_ID))[:durable] == data[:durable]
-        await store.delete(UPLOAD_ID)
+        assert await _content(store, KEY) == data[: await store.size(KEY)]
+        assert (await _content(store, KEY))[:durable] == data[:durable]
+        await store.delete(KEY)
 
 
 async def test_local_check_fails_on_a_read_only_root(read_only_dir: Path) -> None:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import NoReturn
 
 import anyio
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from upload_service.db.engine import create_engine, create_sessionmaker
+from tests.conftest import Databases
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import (
     ClientGone,
@@ -32,7 +29,7 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
-from upload_service.storage.base import Appender, Hasher
+from upload_service.storage.base import Appender, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.handler import HandlerConfig, TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, http_date
@@ -63,37 +60,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-class Databases:
-    """Engines over one copied, migrated SQLite file; a new engine is a restarted process."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engines: list[AsyncEngine] = []
-
-    def engine(self) -> AsyncEngine:
-        engine = create_engine(self.url)
-        self._engines.append(engine)
-        return engine
-
-    def repository(self) -> SqlUploadRepository:
-        return SqlUploadRepository(create_sessionmaker(self.engine()))
-
-    async def aclose(self) -> None:
-        for engine in self._engines:
-            await engine.dispose()
-
-
-@pytest.fixture
-async def databases(tmp_path: Path, template_db: Path) -> AsyncIterator[Databases]:
-    path = tmp_path / "uploads.db"
-    shutil.copyfile(template_db, path)
-    result = Databases(f"sqlite+aiosqlite:///{path}")
-    try:
-        yield result
-    finally:
-        await result.aclose()
 
 
 @dataclass
@@ -209,7 +175,7 @@ async def test_client_gone_midway_commits_exactly_the_durable_bytes(world: World
     assert (await committed(world.repository, upload_id)).offset == received
     assert bytes(world.store.durable[upload_id]) == data[:received]
     world.store.crash()  # what was committed survives a crash right after the response
-    assert await world.store.size(upload_id) == received
+    assert await world.store.size(StorageKey(upload_id)) == received
     assert not world.locker.held(upload_id)
 
     resumed = await world.handler.patch(upload_id, at(received), chunks(data[received:]))
@@ -297,7 +263,7 @@ class BufferingAppender:
     async def write(self, data: bytes) -> None:
         self._buffer += data
 
-    async def sync(self) -> int:
+    async def settle(self) -> None:
         pending, self._buffer = self._buffer, bytearray()
         if pending and self._store.fail_flush:
             kept = len(pending) // 2  # the OS took part of the write, then the disk filled up
@@ -305,6 +271,9 @@ class BufferingAppender:
             self._dropped += len(pending) - kept
             raise StorageError("cannot write upload data: storage is full")
         await self._inner.write(bytes(pending))
+
+    async def sync(self) -> int:
+        await self.settle()
         if self._store.fail_fsync:
             raise StorageError("cannot make upload data durable: Input/output error")
         return await self._inner.sync()
@@ -320,9 +289,9 @@ class BufferingStore(MemoryStore):
         self.fail_fsync = False
 
     async def append(  # type: ignore[override]
-        self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
     ) -> BufferingAppender:
-        return BufferingAppender(await super().append(upload_id, offset, hashers), self)
+        return BufferingAppender(await super().append(key, offset, hashers), self)
 
 
 @pytest.mark.parametrize(
@@ -483,6 +452,10 @@ class KillableAppender:
         self._switch.check()
         await self._inner.write(data)
 
+    async def settle(self) -> None:
+        self._switch.check()
+        await self._inner.settle()
+
     async def sync(self) -> int:
         self._switch.check()
         durable = await self._inner.sync()
@@ -500,41 +473,43 @@ class KillableStore:
         self._inner = inner
         self._switch = switch
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str) -> StorageKey:
         self._switch.check()
-        await self._inner.create(upload_id)
+        return await self._inner.create(upload_id)
 
-    async def append(self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()) -> Appender:
+    async def append(
+        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+    ) -> Appender:
         self._switch.check()
-        inner = await self._inner.append(upload_id, offset, hashers)
+        inner = await self._inner.append(key, offset, hashers)
         return KillableAppender(inner, self._switch)
 
-    async def size(self, upload_id: str) -> int:
+    async def size(self, key: StorageKey) -> int:
         self._switch.check()
-        return await self._inner.size(upload_id)
+        return await self._inner.size(key)
 
-    async def truncate(self, upload_id: str, length: int) -> None:
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
         self._switch.check()
-        await self._inner.truncate(upload_id, length)
+        await self._inner.discard_tail(key, length)
 
-    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
-        return self._inner.read(upload_id, start, end)
+    def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        return self._inner.read(key, start, end)
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, key: StorageKey) -> None:
         self._switch.check()
-        await self._inner.delete(upload_id)
+        await self._inner.delete(key)
 
-    async def stored_before(self, moment: datetime) -> list[str]:
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
         self._switch.check()
         return await self._inner.stored_before(moment)
 
-    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
         self._switch.check()
-        return await self._inner.digest(upload_id, hasher)
+        return await self._inner.digest(key, hasher)
 
-    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
         self._switch.check()
-        return await self._inner.concatenate(upload_id, parts)
+        return await self._inner.concatenate(key, parts)
 
     async def check(self) -> None:
         await self._inner.check()
@@ -629,7 +604,9 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
     assert upload.offset <= len(durable), "an offset beyond the durable bytes was reported"
     assert upload.offset >= acknowledged, "reconciliation went back past a committed offset"
     assert upload.offset == acknowledged  # an honest store loses nothing it synced
-    assert await memory.size(upload_id) == upload.offset  # uncommitted leftovers are cut
+    assert (
+        await memory.size(StorageKey(upload_id)) == upload.offset
+    )  # uncommitted leftovers are cut
     assert durable[: upload.offset] == data[: upload.offset]
     head = await restarted.handler.head(upload_id, tus())
     assert offset_of(head) == upload.offset
@@ -648,7 +625,7 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
 
 
 async def _put_uncommitted(store: MemoryStore, upload_id: str, offset: int, data: bytes) -> None:
-    appender = await store.append(upload_id, offset)
+    appender = await store.append(StorageKey(upload_id), offset)
     await appender.write(data)
     await appender.sync()
     await appender.aclose()
@@ -659,7 +636,7 @@ async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
     await _put_uncommitted(world.store, upload_id, 10, b"never committed")
     assert await world.handler.reconcile_all() == 1
-    assert await world.store.size(upload_id) == 10
+    assert await world.store.size(StorageKey(upload_id)) == 10
     assert bytes(world.store.durable[upload_id]) == b"0123456789"
     assert (await committed(world.repository, upload_id)).offset == 10
 
@@ -667,7 +644,7 @@ async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None
 async def test_reconcile_lowers_the_offset_when_storage_holds_fewer_bytes(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.truncate(upload_id, 4)  # storage lost bytes it had confirmed
+    await world.store.discard_tail(StorageKey(upload_id), 4)  # storage lost bytes it had confirmed
     assert await world.handler.reconcile_all() == 1
     upload = await committed(world.repository, upload_id)
     assert (upload.offset, upload.received) == (4, 4)
@@ -677,7 +654,7 @@ async def test_reconcile_lowers_the_offset_when_storage_holds_fewer_bytes(world:
 async def test_head_reconciles_an_offset_storage_cannot_back(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.truncate(upload_id, 7)
+    await world.store.discard_tail(StorageKey(upload_id), 7)
     assert offset_of(await world.handler.head(upload_id, tus())) == 7
     assert (await committed(world.repository, upload_id)).offset == 7
 
@@ -685,9 +662,9 @@ async def test_head_reconciles_an_offset_storage_cannot_back(world: World) -> No
 async def test_reconcile_recreates_missing_storage_at_offset_zero(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.delete(upload_id)
+    await world.store.delete(StorageKey(upload_id))
     assert await world.handler.reconcile_all() == 1
-    assert await world.store.size(upload_id) == 0
+    assert await world.store.size(StorageKey(upload_id)) == 0
     assert (await committed(world.repository, upload_id)).offset == 0
     resumed = await world.handler.patch(upload_id, at(0), chunks(b"again"))
     assert offset_of(resumed) == 5
@@ -765,7 +742,7 @@ async def test_a_terminated_upload_is_gone(world: World) -> None:
     response = await world.handler.delete(upload_id, tus())
     assert response.status == 204
     with pytest.raises(NotFound):
-        await world.store.size(upload_id)
+        await world.store.size(StorageKey(upload_id))
     with pytest.raises(Gone, match="terminated"):
         await world.handler.head(upload_id, tus())
     with pytest.raises(Gone, match="terminated"):

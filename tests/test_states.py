@@ -48,7 +48,7 @@ from upload_service.cli import main
 from upload_service.db.models import UploadRow
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
-from upload_service.storage.base import Hasher
+from upload_service.storage.base import Digester, Hasher, StorageKey
 from upload_service.uploads import UploadState
 
 pytestmark = pytest.mark.anyio  # see test_tus_creation.py
@@ -74,14 +74,15 @@ class DigestSpy:
         self.release = anyio.Event()
         if not hold:
             self.release.set()
+        assert isinstance(services.store, Digester)
         self._inner = services.store.digest
         monkeypatch.setattr(services.store, "digest", self)
 
-    async def __call__(self, upload_id: str, hasher: Hasher) -> bytes:
+    async def __call__(self, key: StorageKey, hasher: Hasher) -> bytes:
         self.calls += 1
         self.started.set()
         await self.release.wait()
-        return await self._inner(upload_id, hasher)
+        return await self._inner(key, hasher)
 
 
 # -- receiving → verifying → ready --------------------------------------------------------------
@@ -390,8 +391,8 @@ async def test_clean_up_runs_in_the_background(
         deleted = anyio.Event()
         delete = services.store.delete
 
-        async def observed(upload_id: str) -> None:
-            await delete(upload_id)
+        async def observed(key: StorageKey) -> None:
+            await delete(key)
             deleted.set()
 
         monkeypatch.setattr(services.store, "delete", observed)

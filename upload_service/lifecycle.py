@@ -21,10 +21,19 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
+import anyio.to_thread
+
 from upload_service.errors import BadRequest, Conflict, Locked
 from upload_service.locking.base import Locker
 from upload_service.repository import UploadRepository
-from upload_service.storage.base import Store
+from upload_service.storage.base import (
+    Concatenator,
+    Digester,
+    Hasher,
+    OrphanLister,
+    StorageKey,
+    Store,
+)
 from upload_service.tasks import Runner
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
 
@@ -94,8 +103,15 @@ class Lifecycle:
         upload = await self._repo.get(upload_id)
         if upload is None or upload.state is not UploadState.VERIFYING:
             return
-        digest = await self._store.digest(upload_id, hashlib.sha256())
+        digest = await self._digest(upload, hashlib.sha256())
         await self._finish(upload, digest)
+
+    async def _digest(self, upload: Upload, hasher: Hasher) -> bytes:
+        if isinstance(self._store, Digester):
+            return await self._store.digest(upload.storage, hasher)
+        async for piece in self._store.read(upload.storage, 0, upload.offset):
+            await anyio.to_thread.run_sync(hasher.update, piece)  # never hashed on the loop
+        return hasher.digest()
 
     async def _finish(self, upload: Upload, digest: bytes) -> Upload:
         now = self._clock()
@@ -139,15 +155,19 @@ class Lifecycle:
                     final_id, f"assembled length {total} exceeds the maximum size {self._max_size}"
                 )
                 return
-            length = await self._store.concatenate(final_id, final.parts)
+            if not isinstance(self._store, Concatenator):
+                await self._fail(final_id, "this server's storage cannot concatenate uploads")
+                return
+            keys = [parts[part_id].storage for part_id in final.parts]
+            length = await self._store.concatenate(final.storage, keys)
             final = await self._repo.assembled(final_id, length, self._clock())
         await self.verify(final.id)
 
     async def _purge(self, before: datetime) -> int:
         ended = await self._repo.list_ended(before)
-        for upload_id in ended:
-            await self._store.delete(upload_id)  # bytes first: no file outlives its row
-            await self._repo.forget(upload_id)
+        for upload in ended:
+            await self._store.delete(upload.storage)  # bytes first: no file outlives its row
+            await self._repo.forget(upload.id)
         return len(ended)
 
     async def _fail(self, upload_id: str, reason: str) -> None:
@@ -173,7 +193,7 @@ class Lifecycle:
                     if current is None or not current.expired(self._clock()):
                         continue
                     await self._repo.expire(upload.id, self._clock())
-                    await self._store.delete(upload.id)
+                    await self._store.delete(current.storage)
                     count += 1
             except Locked:
                 continue  # being written right now: its expiry moves on with the next commit
@@ -195,18 +215,20 @@ class Lifecycle:
     async def _sweep_orphans(self, before: datetime) -> int:
         """Delete stored bytes that no upload row names and that nobody touched since ``before``
         (a crash between creating an upload's storage and inserting its row leaves them)."""
+        if not isinstance(self._store, OrphanLister):
+            return 0
         swept = 0
         candidates = await self._store.stored_before(before)
         for start in range(0, len(candidates), ORPHAN_BATCH):
-            batch = tuple(candidates[start : start + ORPHAN_BATCH])
-            known = await self._repo.get_many(batch)
-            for upload_id in batch:
-                if upload_id in known:
+            batch: list[StorageKey] = candidates[start : start + ORPHAN_BATCH]
+            known = await self._repo.get_many(tuple(key.upload_id for key in batch))
+            for key in batch:
+                if key.upload_id in known:
                     continue
                 try:
-                    async with self._locker.lock(upload_id, wait=0, preempt=False):
-                        if await self._repo.get(upload_id) is None:
-                            await self._store.delete(upload_id)
+                    async with self._locker.lock(key.upload_id, wait=0, preempt=False):
+                        if await self._repo.get(key.upload_id) is None:
+                            await self._store.delete(key)
                             swept += 1
                 except Locked:
                     continue

@@ -42,8 +42,8 @@ class UploadRepository(Protocol):
         """Final uploads not assembled yet."""
         ...
 
-    async def list_ended(self, before: datetime) -> list[str]:
-        """Ids of uploads that ended (expired, terminated, failed) before ``before``, except parts
+    async def list_ended(self, before: datetime) -> list[Upload]:
+        """Uploads that ended (expired, terminated, failed) before ``before``, except parts
         claimed by a final upload (its assembly still names them)."""
         ...
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from upload_service.storage.base import StorageKey
 from upload_service.tus.protocol import Metadata
 
 
@@ -41,6 +42,11 @@ class Upload:
     final_id: str | None = None  # the final upload a partial upload belongs to
     sha256: str | None = None  # hex digest of the whole file, once verified
     state_changed_at: datetime | None = None
+    storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)
+
+    @property
+    def storage(self) -> StorageKey:
+        return StorageKey(self.id, self.storage_ref)
 
     @property
     def is_final(self) -> bool:

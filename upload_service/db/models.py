@@ -32,6 +32,8 @@ class UploadRow(Base):
         String(64)
     )  # hex digest of the whole file, once ready
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # what Store.create returned beside the id (an object store's multipart upload id)
+    storage_ref: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),

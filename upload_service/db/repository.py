@@ -62,6 +62,7 @@ def _to_upload(row: UploadRow) -> Upload:
         final_id=row.final_id,
         sha256=row.sha256,
         state_changed_at=_aware(row.state_changed_at),
+        storage_ref=row.storage_ref,
     )
 
 
@@ -83,6 +84,7 @@ def _to_row(upload: Upload) -> UploadRow:
         final_id=upload.final_id,
         sha256=upload.sha256,
         state_changed_at=upload.state_changed_at or upload.created_at,
+        storage_ref=upload.storage_ref,
     )
 
 
@@ -141,16 +143,10 @@ class SqlUploadRepository:
             rows = await session.scalars(select(UploadRow).where(*conditions))
             return [_to_upload(row) for row in rows]
 
-    async def list_ended(self, before: datetime) -> list[str]:
-        async with self._session() as session:
-            rows = await session.scalars(
-                select(UploadRow.id).where(
-                    UploadRow.state.in_([state.value for state in ENDED_STATES]),
-                    UploadRow.state_changed_at < before,
-                    UploadRow.final_id.is_(None),
-                )
-            )
-            return list(rows)
+    async def list_ended(self, before: datetime) -> list[Upload]:
+        return await self._list(
+            _in(ENDED_STATES), UploadRow.state_changed_at < before, UploadRow.final_id.is_(None)
+        )
 
     # -- transitions, each a compare-and-set ----------------------------------------------------
 

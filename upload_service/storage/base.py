@@ -1,17 +1,26 @@
-"""The storage contract the tus handler writes through.
+"""The storage contract the tus handler writes through: a small core plus optional capabilities.
 
-A ``Store`` keeps the bytes of uploads by id; it knows nothing of offsets in the database, locks or HTTP.
+A ``Store`` keeps the bytes of uploads; it knows nothing of offsets in the database, locks or HTTP.
+``create`` returns a ``StorageKey``: the upload's id plus whatever reference the backend needs to
+find the bytes again (an object store's multipart upload id), which the upload's row keeps and
+every later call passes back. What only some backends can do is a separate, runtime-checkable
+capability Protocol (``Finisher``, ``Concatenator``, ``TailDiscarder``, ``Digester``,
+``OrphanLister``); the handler checks for each with ``isinstance``, advertises in
+``Tus-Extension`` only what the configured store supports, and falls back (or refuses) otherwise.
+
 Callers (the handler) hold the upload's lock around every mutating call, validate ids and offsets
 before calling, and commit offsets to the database only after ``Appender.sync`` has returned them.
-Implementations translate their native failures into ``StorageError``/``NotFound`` here at the boundary.
+Implementations translate their native failures into ``StorageError``/``NotFound`` here at the
+boundary.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from upload_service.errors import NotFound
 
@@ -23,6 +32,15 @@ def check_upload_id(upload_id: str) -> str:
     if not _UPLOAD_ID.fullmatch(upload_id):
         raise NotFound("no such upload")
     return upload_id
+
+
+@dataclass(frozen=True, slots=True)
+class StorageKey:
+    """Where an upload's bytes are: its id, and the backend's own reference ("" when the id is
+    all a backend needs, as on a local disk)."""
+
+    upload_id: str
+    ref: str = ""
 
 
 class Hasher(Protocol):
@@ -47,12 +65,20 @@ class Appender(Protocol):
         bytes buffered then are dropped and ``sync`` reports only what was written before."""
         ...
 
-    async def sync(self) -> int:
-        """Write out the buffer and make every written byte durable; return the durable end offset.
+    async def settle(self) -> None:
+        """Wait until every accepted byte has gone through the hashers (not necessarily durable),
+        so a request's digest can be checked before anything of it is made durable. Raises
+        ``StorageError`` as ``write`` does."""
+        ...
 
-        Only an offset returned here may be committed to the database or reported to a client.
-        Raises ``StorageError`` when bytes could not be written or made durable; after a write
-        failure, calling ``sync`` again makes durable and returns the prefix that was written.
+    async def sync(self) -> int:
+        """Make what was written durable; return the durable end offset (the durable prefix).
+
+        The prefix may be shorter than what was written (a backend that makes bytes durable in
+        whole parts); only an offset returned here may be committed to the database or reported
+        to a client. Raises ``StorageError`` when bytes could not be written or made durable;
+        after a write failure, calling ``sync`` again makes durable and returns the prefix that
+        was written.
         """
         ...
 
@@ -62,48 +88,33 @@ class Appender(Protocol):
 
 
 class Store(Protocol):
-    async def create(self, upload_id: str) -> None:
-        """Create empty, durable storage for a new upload. Raises ``StorageError``."""
+    """The core every backend has."""
+
+    async def create(self, upload_id: str) -> StorageKey:
+        """Create empty, durable storage for a new upload; the key goes on the upload's row.
+        Raises ``StorageError``."""
         ...
 
-    async def append(self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()) -> Appender:
+    async def append(
+        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+    ) -> Appender:
         """Open the upload for appending at ``offset`` (the committed offset). Bytes stored past
-        ``offset`` are uncommitted leftovers of a crash or a failed request and are discarded.
-        Every written byte also goes to each of ``hashers`` (after a write failure they are void).
-        Raises ``NotFound`` if the upload has no storage, ``StorageError`` if it holds fewer than
-        ``offset`` bytes."""
+        ``offset`` are uncommitted leftovers of a crash or a failed request: they never become
+        part of the upload (the backend drops or overwrites them). Every written byte also goes to
+        each of ``hashers`` (after a write failure they are void). Raises ``NotFound`` if the
+        upload has no storage, ``StorageError`` if it holds fewer than ``offset`` bytes."""
         ...
 
-    async def size(self, upload_id: str) -> int:
+    async def size(self, key: StorageKey) -> int:
         """Bytes currently stored for the upload (used to reconcile after a crash). ``NotFound``."""
         ...
 
-    async def truncate(self, upload_id: str, length: int) -> None:
-        """Cut the stored bytes back to ``length`` and make that durable."""
-        ...
-
-    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+    def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
         """Stream bytes ``[start, end)`` in bounded pieces. ``NotFound``/``StorageError``."""
         ...
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, key: StorageKey) -> None:
         """Remove the upload's bytes; removing missing bytes is not an error."""
-        ...
-
-    async def stored_before(self, moment: datetime) -> list[str]:
-        """Ids of every upload whose bytes were last changed before ``moment``: the candidates
-        of the sweep for bytes that no upload row names (a crash between creating an upload's
-        storage and inserting its row leaves such bytes)."""
-        ...
-
-    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
-        """Feed every stored byte to ``hasher`` off the event loop; return its digest."""
-        ...
-
-    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
-        """Replace the upload's bytes with the parts' bytes in order, durably, without holding
-        them in memory; return the length. The caller holds the upload's lock and has checked
-        that every part is complete. ``NotFound`` if a part has no storage."""
         ...
 
     async def check(self) -> None:
@@ -111,3 +122,47 @@ class Store(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Finisher(Protocol):
+    async def finish(self, key: StorageKey, length: int) -> None:
+        """Every byte up to ``length`` is durable and committed: turn the stored bytes into the
+        finished object (an object store's CompleteMultipartUpload). Called before the upload
+        leaves ``receiving``, again after a crash (so it must be idempotent). ``StorageError``."""
+        ...
+
+
+@runtime_checkable
+class Concatenator(Protocol):
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
+        """Replace the upload's bytes with the parts' bytes in order, durably, without holding
+        them in memory; return the length. The caller holds the upload's lock and has checked
+        that every part is complete. ``NotFound`` if a part has no storage. Without this
+        capability the service does not offer the concatenation extension."""
+        ...
+
+
+@runtime_checkable
+class TailDiscarder(Protocol):
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
+        """Cut the stored bytes back to ``length`` (never extend them) and make that durable:
+        the uncommitted tail of a crash or of a rejected checksummed request."""
+        ...
+
+
+@runtime_checkable
+class Digester(Protocol):
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        """Feed every stored byte to ``hasher`` off the event loop; return its digest. Without
+        this capability the service streams the bytes through ``read``."""
+        ...
+
+
+@runtime_checkable
+class OrphanLister(Protocol):
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
+        """Keys of every upload whose bytes were last changed before ``moment``: the candidates
+        of the sweep for bytes that no upload row names (a crash between creating an upload's
+        storage and inserting its row leaves such bytes)."""
+        ...

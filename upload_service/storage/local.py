@@ -31,7 +31,7 @@ import aiofiles.os
 import anyio.to_thread
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Hasher, check_upload_id
+from upload_service.storage.base import Hasher, StorageKey, check_upload_id
 
 if TYPE_CHECKING:
     from aiofiles.threadpool.binary import AsyncFileIO
@@ -244,8 +244,8 @@ def _copy(source: int, target: int, size: int) -> int:
     return copied
 
 
-def _stored_before(root: Path, timestamp: float) -> list[str]:
-    found: list[str] = []
+def _stored_before(root: Path, timestamp: float) -> list[StorageKey]:
+    found: list[StorageKey] = []
     try:
         entries = os.scandir(root)
     except FileNotFoundError:
@@ -256,7 +256,7 @@ def _stored_before(root: Path, timestamp: float) -> list[str]:
                 continue  # not an upload's bytes (a temporary or foreign file): never touched
             try:
                 if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < timestamp:
-                    found.append(entry.name)
+                    found.append(StorageKey(entry.name))
             except FileNotFoundError:
                 continue
     return found
@@ -400,12 +400,15 @@ class LocalAppender:
         if failure is not None:
             raise failure
 
+    async def settle(self) -> None:
+        pending = self._take_chunks()
+        if pending:
+            await self._submit(pending)
+        await self._drain()
+
     async def sync(self) -> int:
         try:
-            pending = self._take_chunks()
-            if pending:
-                await self._submit(pending)
-            await self._drain()
+            await self.settle()
         except StorageError:
             # What failed is not counted; the prefix the OS took is made durable and can be
             # reported by calling sync again.
@@ -464,20 +467,21 @@ class LocalStore:
             )
         return self._pool
 
-    def path(self, upload_id: str) -> Path:
-        return self._root / check_upload_id(upload_id)
+    def path(self, key: StorageKey | str) -> Path:
+        return self._root / check_upload_id(key if isinstance(key, str) else key.upload_id)
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str) -> StorageKey:
         path = self.path(upload_id)
         try:
             await anyio.to_thread.run_sync(_create_file, path)
         except OSError as exc:
             raise _storage_error(exc, "create upload") from exc
+        return StorageKey(upload_id)
 
     async def append(
-        self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
     ) -> LocalAppender:
-        path = self.path(upload_id)
+        path = self.path(key)
         with _translated("open upload"):
             # Unbuffered: each coalesced buffer is one write in one worker-thread hop.
             file = await aiofiles.open(path, "r+b", buffering=0)
@@ -495,21 +499,21 @@ class LocalStore:
             raise
         return LocalAppender(file, offset, self._buffer_size, hashers, pool=self._writers())
 
-    async def stored_before(self, moment: datetime) -> list[str]:
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
         with _translated("list uploads"):
             return await anyio.to_thread.run_sync(_stored_before, self._root, moment.timestamp())
 
-    async def size(self, upload_id: str) -> int:
+    async def size(self, key: StorageKey) -> int:
         with _translated("inspect upload"):
-            stat = await aiofiles.os.stat(self.path(upload_id))
+            stat = await aiofiles.os.stat(self.path(key))
         return stat.st_size
 
-    async def truncate(self, upload_id: str, length: int) -> None:
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
         with _translated("truncate upload"):
-            await anyio.to_thread.run_sync(_truncate_file, self.path(upload_id), length)
+            await anyio.to_thread.run_sync(_truncate_file, self.path(key), length)
 
-    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
-        path = self.path(upload_id)
+    async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        path = self.path(key)
         with _translated("open upload"):
             file = await aiofiles.open(path, "rb")
         try:
@@ -530,22 +534,22 @@ class LocalStore:
         finally:
             await file.close()
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, key: StorageKey) -> None:
         try:
-            await aiofiles.os.remove(self.path(upload_id))
+            await aiofiles.os.remove(self.path(key))
         except FileNotFoundError:
             return
         except OSError as exc:
             raise _storage_error(exc, "delete upload") from exc
 
-    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
         with _translated("read upload data"):
-            return await anyio.to_thread.run_sync(_hash_file, self.path(upload_id), hasher)
+            return await anyio.to_thread.run_sync(_hash_file, self.path(key), hasher)
 
-    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
         paths = [self.path(part) for part in parts]
         with _translated("concatenate uploads", missing="a partial upload's data is missing"):
-            return await anyio.to_thread.run_sync(_concatenate, self.path(upload_id), paths)
+            return await anyio.to_thread.run_sync(_concatenate, self.path(key), paths)
 
     async def check(self) -> None:
         try:

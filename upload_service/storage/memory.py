@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Hasher, check_upload_id
+from upload_service.storage.base import Hasher, StorageKey, check_upload_id
 
 
 class MemoryAppender:
@@ -35,6 +35,9 @@ class MemoryAppender:
         self._store.changed[self._id] = datetime.now(UTC)
         self._offset += len(data)
 
+    async def settle(self) -> None:
+        return None
+
     async def sync(self) -> int:
         self._store.durable[self._id] = bytearray(self._store.volatile[self._id])
         return len(self._store.durable[self._id])
@@ -50,7 +53,8 @@ class MemoryStore:
         self.changed: dict[str, datetime] = {}  # when each upload's bytes last changed
         self.fail_writes = False
 
-    def _get(self, upload_id: str) -> bytearray:
+    def _get(self, key: StorageKey | str) -> bytearray:
+        upload_id = key if isinstance(key, str) else key.upload_id
         try:
             return self.volatile[check_upload_id(upload_id)]
         except KeyError:
@@ -59,53 +63,58 @@ class MemoryStore:
     def crash(self) -> None:
         self.volatile = {key: bytearray(value) for key, value in self.durable.items()}
 
-    async def create(self, upload_id: str) -> None:
+    async def create(self, upload_id: str) -> StorageKey:
         if check_upload_id(upload_id) in self.volatile:
             raise StorageError("cannot create upload: it already exists")  # as O_EXCL does
         self.volatile[upload_id] = bytearray()
         self.durable[upload_id] = bytearray()
         self.changed[upload_id] = datetime.now(UTC)
+        return StorageKey(upload_id)
 
     async def append(
-        self, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
     ) -> MemoryAppender:
-        data = self._get(upload_id)
+        data = self._get(key)
         if len(data) < offset:
             raise StorageError(f"upload data holds {len(data)} bytes, fewer than offset {offset}")
         del data[offset:]
-        return MemoryAppender(self, upload_id, offset, hashers)
+        return MemoryAppender(self, key.upload_id, offset, hashers)
 
-    async def size(self, upload_id: str) -> int:
-        return len(self._get(upload_id))
+    async def size(self, key: StorageKey) -> int:
+        return len(self._get(key))
 
-    async def truncate(self, upload_id: str, length: int) -> None:
-        del self._get(upload_id)[length:]
-        self.durable[upload_id] = bytearray(self.volatile[upload_id])
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
+        del self._get(key)[length:]
+        self.durable[key.upload_id] = bytearray(self.volatile[key.upload_id])
 
-    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
-        data = self._get(upload_id)
+    async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        data = self._get(key)
         if len(data) < end:
             raise StorageError("upload data is shorter than its offset")
         for position in range(start, end, 65536):
             yield bytes(data[position : min(position + 65536, end)])
 
-    async def delete(self, upload_id: str) -> None:
-        self.volatile.pop(check_upload_id(upload_id), None)
-        self.durable.pop(upload_id, None)
-        self.changed.pop(upload_id, None)
+    async def delete(self, key: StorageKey) -> None:
+        self.volatile.pop(check_upload_id(key.upload_id), None)
+        self.durable.pop(key.upload_id, None)
+        self.changed.pop(key.upload_id, None)
 
-    async def stored_before(self, moment: datetime) -> list[str]:
-        return [key for key in self.volatile if self.changed.get(key, moment) < moment]
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
+        return [
+            StorageKey(upload_id)
+            for upload_id in self.volatile
+            if self.changed.get(upload_id, moment) < moment
+        ]
 
-    async def digest(self, upload_id: str, hasher: Hasher) -> bytes:
-        hasher.update(bytes(self._get(upload_id)))
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        hasher.update(bytes(self._get(key)))
         return hasher.digest()
 
-    async def concatenate(self, upload_id: str, parts: Sequence[str]) -> int:
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
         joined = bytearray().join(self._get(part) for part in parts)
-        target = self._get(upload_id)
+        target = self._get(key)
         target[:] = joined
-        self.durable[upload_id] = bytearray(joined)
+        self.durable[key.upload_id] = bytearray(joined)
         return len(joined)
 
     async def check(self) -> None:

@@ -21,7 +21,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,16 @@ from upload_service.errors import (
 )
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Lease, Locker
-from upload_service.storage.base import Appender, Store, check_upload_id
+from upload_service.storage.base import (
+    Appender,
+    Concatenator,
+    Finisher,
+    Hasher,
+    StorageKey,
+    Store,
+    TailDiscarder,
+    check_upload_id,
+)
 from upload_service.tasks import InlineRunner, Runner
 from upload_service.tus.checksum import (
     ALGORITHMS,
@@ -69,16 +78,20 @@ from upload_service.uploads import Upload, UploadState
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
 
-EXTENSIONS = (
+CORE_EXTENSIONS = (
     "creation",
     "creation-with-upload",
     "creation-defer-length",
     "termination",
     "expiration",
-    "checksum",
-    "concatenation",
-    "concatenation-unfinished",
+    "checksum",  # all or nothing on every store: the digest is checked before anything is synced
 )
+CONCAT_EXTENSIONS = ("concatenation", "concatenation-unfinished")
+
+
+def extensions(store: Store) -> tuple[str, ...]:
+    """The tus extensions the configured store really supports."""
+    return CORE_EXTENSIONS + (CONCAT_EXTENSIONS if isinstance(store, Concatenator) else ())
 
 
 def utcnow() -> datetime:
@@ -150,7 +163,7 @@ class TusHandler:
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Tus-Version": TUS_VERSION,
-            "Tus-Extension": ",".join(EXTENSIONS),
+            "Tus-Extension": ",".join(extensions(self._store)),
             "Tus-Checksum-Algorithm": ",".join(ALGORITHMS),
         }
         if self._config.max_size is not None:
@@ -162,6 +175,8 @@ class TusHandler:
     async def create(self, headers: TusHeaders, body: AsyncIterator[bytes]) -> TusResponse:
         check_version(headers.tus_resumable)
         concat = parse_concat(headers.upload_concat)
+        if concat is not None and not isinstance(self._store, Concatenator):
+            raise BadRequest("concatenation is not supported by this server's storage")
         metadata = decode_metadata(headers.upload_metadata or "")
         if metadata.get("sha256") is not None:
             parse_sha256(metadata["sha256"] or b"")
@@ -191,7 +206,8 @@ class TusHandler:
             concat=None if concat is None else "partial",
         )
         # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
-        await self._store.create(upload_id)
+        key = await self._store.create(upload_id)
+        upload = replace(upload, storage_ref=key.ref)
         await self._repo.add(upload)
         if complete:
             upload = await self.lifecycle.completed(upload, hashlib.sha256().digest())
@@ -202,7 +218,7 @@ class TusHandler:
                 except (TooLarge, ChecksumMismatch):
                     # The client never learns this upload's URL from an error: leave nothing.
                     await self._repo.terminate(upload_id, self._clock())
-                    await self._store.delete(upload_id)
+                    await self._store.delete(key)
                     raise
         return TusResponse(201, self._offset_headers(upload), upload_id=upload_id)
 
@@ -235,11 +251,12 @@ class TusHandler:
             concat="final",
             parts=part_ids,
         )
-        await self._store.create(final.id)
+        key = await self._store.create(final.id)
+        final = replace(final, storage_ref=key.ref)
         try:
             await self._repo.add_final(final)
         except Conflict as exc:
-            await self._store.delete(final.id)
+            await self._store.delete(key)
             raise BadRequest(exc.message) from exc
         await self.lifecycle.assemble_soon(final.id)
         return TusResponse(201, {"Tus-Resumable": TUS_VERSION}, upload_id=final.id)
@@ -355,7 +372,7 @@ class TusHandler:
         upload = await self._repo.declare_length(upload.id, length, self._clock())
         if length == upload.offset:
             digest = self._digests.take(upload.id, upload.offset)
-            upload = await self._repo.complete(upload.id, self._clock())
+            upload = await self._complete(upload)
             upload = await self.lifecycle.completed(
                 upload, None if digest is None else digest.digest()
             )
@@ -396,7 +413,7 @@ class TusHandler:
         request_digest = None if checksum is None else checksum.hasher()
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
-        appender = await self._store.append(upload.id, start, hashers)
+        appender = await self._store.append(upload.storage, start, hashers)
         overflow: ServiceError | None = None
         failure: StorageError | None = None
         complete_body = False
@@ -444,15 +461,9 @@ class TusHandler:
                             failure = failure or exc
                             upload = await self._checkpoint(upload, appender)  # written prefix
                     elif complete_body and failure is None and overflow is None:
-                        assert request_digest is not None
-                        durable = await appender.sync()
-                        if request_digest.digest() != checksum.digest:
-                            overflow = ChecksumMismatch(
-                                f"{checksum.algorithm} of the request body does not match "
-                                "Upload-Checksum; the chunk was discarded"
-                            )
-                        elif durable != upload.offset:
-                            upload = await self._commit(upload, durable)
+                        upload, overflow = await self._commit_checked(
+                            upload, appender, checksum, request_digest
+                        )
                 finally:
                     await appender.aclose()
                 if upload.offset != appender.offset or failure is not None:
@@ -471,9 +482,37 @@ class TusHandler:
             raise overflow
         return upload
 
+    async def _commit_checked(
+        self,
+        upload: Upload,
+        appender: Appender,
+        checksum: Checksum,
+        request_digest: Hasher | None,
+    ) -> tuple[Upload, ServiceError | None]:
+        """All or nothing: the digest is compared before anything is made durable, and only a
+        request made durable whole is committed."""
+        assert request_digest is not None
+        await appender.settle()
+        if request_digest.digest() != checksum.digest:
+            return upload, ChecksumMismatch(
+                f"{checksum.algorithm} of the request body does not match "
+                "Upload-Checksum; the chunk was discarded"
+            )
+        durable = await appender.sync()
+        if durable != appender.offset:
+            return upload, StorageError(
+                "storage could not make the whole checksummed request durable; resend it"
+            )
+        if durable != upload.offset:
+            upload = await self._commit(upload, durable)
+        return upload, None
+
     async def _discard(self, upload: Upload) -> None:
-        """Cut a rejected checksummed request's bytes off; the offset never moved."""
-        await self._store.truncate(upload.id, upload.offset)
+        """Cut a rejected checksummed request's bytes off; the offset never moved. (A store that
+        cannot cut bytes back never made them part of the upload: ``append`` opens at the
+        committed offset.)"""
+        if isinstance(self._store, TailDiscarder):
+            await self._store.discard_tail(upload.storage, upload.offset)
         await self._repo.set_received(upload.id, upload.offset)
 
     async def _checkpoint(self, upload: Upload, appender: Appender) -> Upload:
@@ -494,8 +533,15 @@ class TusHandler:
             expires_at=self._expiry(now),
         )
         if upload.is_complete:
-            upload = await self._repo.complete(upload.id, self._clock())
+            upload = await self._complete(upload)
         return upload
+
+    async def _complete(self, upload: Upload) -> Upload:
+        """Every byte is committed: let the store finish the object, then leave ``receiving``."""
+        if isinstance(self._store, Finisher):
+            assert upload.length is not None
+            await self._store.finish(upload.storage, upload.length)
+        return await self._repo.complete(upload.id, self._clock())
 
     # -- termination ----------------------------------------------------------------------------
 
@@ -516,7 +562,7 @@ class TusHandler:
             await self._repo.terminate(upload_id, self._clock())
             if upload.is_final and upload.state is UploadState.RECEIVING:
                 await self._repo.release_parts(upload_id)  # they may join another final
-            await self._store.delete(upload_id)
+            await self._store.delete(upload.storage)
         return TusResponse(204, {"Tus-Resumable": TUS_VERSION})
 
     # -- download -------------------------------------------------------------------------------
@@ -538,7 +584,7 @@ class TusHandler:
         return upload
 
     def read(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
-        return self._store.read(upload.id, start, end)
+        return self._store.read(upload.storage, start, end)
 
     # -- reconciliation -------------------------------------------------------------------------
 
@@ -549,17 +595,26 @@ class TusHandler:
         (storage lost data it had confirmed): lower the offset to what is there, loudly.
         """
         try:
-            size = await self._store.size(upload.id)
+            size = await self._store.size(upload.storage)
         except NotFound:
-            await self._store.create(upload.id)
-            size = 0
+            size = await self._recreate(upload.storage)
         if size > upload.offset:
-            await self._store.truncate(upload.id, upload.offset)
+            if isinstance(self._store, TailDiscarder):
+                await self._store.discard_tail(upload.storage, upload.offset)
         elif size < upload.offset:
             upload = await self._repo.force_offset(
                 upload.id, expected=upload.offset, offset=size, now=self._clock()
             )
         return upload
+
+    async def _recreate(self, key: StorageKey) -> int:
+        """The upload's storage is gone (lost by the medium): start it again, empty, under the
+        same key, or give up on the upload when the store cannot."""
+        fresh = await self._store.create(key.upload_id)
+        if fresh != key:
+            await self._store.delete(fresh)
+            raise StorageError("the upload's storage is gone and cannot be recreated")
+        return 0
 
     async def reconcile_all(self) -> int:
         """Start-up: reconcile every upload still receiving, then resume verifications and
@@ -575,7 +630,7 @@ class TusHandler:
                         reconciled += 1
                         if current.is_complete and not current.is_final:
                             # killed between the last commit and ``complete``
-                            current = await self._repo.complete(current.id, self._clock())
+                            current = await self._complete(current)
                             await self.lifecycle.completed(current, None)
             except Locked:
                 continue  # another worker process is writing it: consistent by construction
@@ -589,7 +644,7 @@ class TusHandler:
                 current = await self._load(upload.id)
                 if (
                     current.state is UploadState.RECEIVING
-                    and await self._store.size(current.id) < current.offset
+                    and await self._store.size(current.storage) < current.offset
                 ):
                     current = await self.reconcile(current)
                 return current
