@@ -7,7 +7,7 @@ which each test copies (a fresh file per test, migrations exercised, no per-test
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +15,14 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.postgres import (
+    create_database,
+    drop_database,
+    empty_tables,
+    new_database_name,
+    require_postgres,
+    sqlalchemy_url,
+)
 from upload_service.app import create_app
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import upgrade
@@ -37,18 +45,54 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_settings(data_dir: Path, **overrides: object) -> Settings:
+def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": data_dir,
-        "database_url": f"sqlite+aiosqlite:///{data_dir / 'uploads.db'}",
+        "database_url": database_url or f"sqlite+aiosqlite:///{data_dir / 'uploads.db'}",
         "cors_origins": ("*",),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """Every test that touches the database runs on the embedded default and on PostgreSQL."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """This session's PostgreSQL database, built by the real migrations, dropped at the end."""
+    require_postgres()
+    name = new_database_name("suite")
+    create_database(name)
+    try:
+        url = sqlalchemy_url(name)
+        upgrade(url)
+        yield url
+    finally:
+        drop_database(name)
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, database_kind: str, tmp_path: Path) -> str:
+    """A migrated, empty database for this test: a copy of the SQLite template in the test's data
+    directory, or the session's PostgreSQL database with its tables emptied."""
+    if database_kind == "sqlite":
+        template: Path = request.getfixturevalue("template_db")
+        path = tmp_path / "data" / "uploads.db"
+        path.parent.mkdir(exist_ok=True)
+        shutil.copyfile(template, path)
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    empty_tables(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    return url
+
+
 class Databases:
-    """Engines over one copied, migrated SQLite file; a new engine is a restarted process."""
+    """Engines over one migrated database; a new engine is a restarted process."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -68,10 +112,8 @@ class Databases:
 
 
 @pytest.fixture
-async def databases(tmp_path: Path, template_db: Path) -> AsyncIterator[Databases]:
-    path = tmp_path / "uploads.db"
-    shutil.copyfile(template_db, path)
-    result = Databases(f"sqlite+aiosqlite:///{path}")
+async def databases(database_url: str) -> AsyncIterator[Databases]:
+    result = Databases(database_url)
     try:
         yield result
     finally:
@@ -79,16 +121,15 @@ async def databases(tmp_path: Path, template_db: Path) -> AsyncIterator[Database
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, template_db: Path) -> Path:
+def data_dir(tmp_path: Path, database_url: str) -> Path:
     path = tmp_path / "data"
-    path.mkdir()
-    shutil.copyfile(template_db, path / "uploads.db")
+    path.mkdir(exist_ok=True)
     return path
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return make_settings(data_dir)
+def settings(data_dir: Path, database_url: str) -> Settings:
+    return make_settings(data_dir, database_url)
 
 
 @pytest.fixture

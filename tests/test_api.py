@@ -135,9 +135,10 @@ async def test_readyz_reports_unreachable_storage(
     assert body["detail"].startswith("cannot reach the data directory")
 
 
-async def test_progress_is_visible_during_a_long_patch(data_dir: Path) -> None:
+async def test_progress_is_visible_during_a_long_patch(data_dir: Path, database_url: str) -> None:
     settings = make_settings(
         data_dir,
+        database_url,
         progress_seconds=0.01,
         checkpoint_seconds=100,
         checkpoint_bytes=1024 * 1024 * 1024,

@@ -290,10 +290,10 @@ async def test_a_broken_off_checksummed_patch_commits_nothing(
     ("upload_checksum", "status"), [("right", 204), ("wrong", 460), (None, 204)]
 )
 async def test_a_checksummed_patch_longer_than_a_checkpoint_commits_only_at_the_end(
-    data_dir: Path, upload_checksum: str | None, status: int
+    data_dir: Path, database_url: str, upload_checksum: str | None, status: int
 ) -> None:
     # checkpoint_bytes at its minimum: an unchecksummed PATCH commits after each MiB.
-    settings = make_settings(data_dir, checkpoint_bytes=MiB, checkpoint_seconds=1e9)
+    settings = make_settings(data_dir, database_url, checkpoint_bytes=MiB, checkpoint_seconds=1e9)
     data = random_bytes(3 * MiB + 5, seed=6)
     seen: list[int] = []
     async with running(settings) as served:

@@ -441,8 +441,10 @@ async def test_two_finals_racing_for_one_part(
     assert (await settled(app, client, final_id))["state"] == "ready"
 
 
-async def test_a_final_longer_than_the_maximum_size_is_413(data_dir: Path) -> None:
-    async with running(make_settings(data_dir, max_size=5)) as served:
+async def test_a_final_longer_than_the_maximum_size_is_413(
+    data_dir: Path, database_url: str
+) -> None:
+    async with running(make_settings(data_dir, database_url, max_size=5)) as served:
         client, services = served.client, served.services
         part_ids = await uploaded_parts(client, [b"abc", b"def"])
         response = await post_final(client, final_of(*part_ids))
@@ -521,9 +523,11 @@ async def test_start_up_assembles_a_final_left_waiting(settings: Settings) -> No
         assert (await second.client.get(f"/files/{final_id}")).content == b"abcdef"
 
 
-async def test_deferred_parts_over_the_maximum_size_fail_the_final(data_dir: Path) -> None:
+async def test_deferred_parts_over_the_maximum_size_fail_the_final(
+    data_dir: Path, database_url: str
+) -> None:
     """Lengths unknown at creation are checked at assembly: the final fails with the reason."""
-    async with running(make_settings(data_dir, max_size=5)) as served:
+    async with running(make_settings(data_dir, database_url, max_size=5)) as served:
         app, client = served.app, served.client
         first = await create_partial(client, 3, body=b"abc")
         second = await create_partial(client, None, body=b"de")

@@ -38,10 +38,10 @@ EXAMPLES = settings(
 
 
 @pytest.fixture
-async def served(data_dir: Path) -> AsyncIterator[Running]:
+async def served(data_dir: Path, database_url: str) -> AsyncIterator[Running]:
     # The smallest write buffer, so bodies cross many coalesced writes; checkpoints by bytes only.
     config = make_settings(
-        data_dir, write_buffer=64 * KiB, checkpoint_bytes=MiB, checkpoint_seconds=1e9
+        data_dir, database_url, write_buffer=64 * KiB, checkpoint_bytes=MiB, checkpoint_seconds=1e9
     )
     async with running(config) as app:
         yield app

@@ -28,10 +28,12 @@ def pending_tasks(before: set[asyncio.Task[object]]) -> list[asyncio.Task[object
     return [task for task in asyncio.all_tasks() - before if not task.done()]
 
 
-async def test_shutdown_mid_statement_leaves_nothing_pending(data_dir: Path) -> None:
+async def test_shutdown_mid_statement_leaves_nothing_pending(
+    data_dir: Path, database_url: str
+) -> None:
     before = asyncio.all_tasks()
     rng = random.Random(4)
-    settings = make_settings(data_dir, cleanup_interval=0.001)
+    settings = make_settings(data_dir, database_url, cleanup_interval=0.001)
     created: list[str] = []
     for _ in range(ROUNDS):
         async with running(settings) as served:

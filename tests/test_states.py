@@ -384,9 +384,9 @@ async def test_clean_up_sweeps_files_that_no_upload_names(
 
 
 async def test_clean_up_runs_in_the_background(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running(make_settings(data_dir, cleanup_interval=0.01)) as served:
+    async with running(make_settings(data_dir, database_url, cleanup_interval=0.01)) as served:
         client, services = served.client, served.services
         deleted = anyio.Event()
         delete = services.store.delete

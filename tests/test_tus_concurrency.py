@@ -92,8 +92,8 @@ async def test_second_patch_with_the_right_offset_continues_after_the_first(
     assert await stored_bytes(services, upload_id) == b"a" * 10 + b"b" * 5
 
 
-async def test_second_patch_that_cannot_wait_gets_423(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, lock_timeout=0)) as served:
+async def test_second_patch_that_cannot_wait_gets_423(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, lock_timeout=0)) as served:
         client, services = served.client, served.services
         upload_id = await create(client, 100)
         slow, first, second = await while_a_patch_holds(

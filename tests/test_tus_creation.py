@@ -80,8 +80,8 @@ async def test_options_needs_no_tus_resumable_and_ignores_a_wrong_one(
     assert response.headers["Tus-Version"] == "1.0.0"
 
 
-async def test_options_announces_max_size_when_set(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, max_size=1000)) as served:
+async def test_options_announces_max_size_when_set(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, max_size=1000)) as served:
         response = await served.client.options("/files/")
     assert response.status_code == 204
     assert response.headers["Tus-Max-Size"] == "1000"
@@ -260,8 +260,8 @@ async def test_deferred_length_creation(client: httpx.AsyncClient, services: Ser
     assert "Upload-Length" not in status.headers
 
 
-async def test_over_max_size_is_413(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, max_size=100)) as served:
+async def test_over_max_size_is_413(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, max_size=100)) as served:
         response = await served.client.post("/files/", headers={**TUS, "Upload-Length": "101"})
         assert response.status_code == 413
         assert response.headers["Tus-Resumable"] == "1.0.0"
@@ -415,8 +415,10 @@ async def test_creation_body_larger_than_length_is_413_and_creates_nothing(
     await assert_nothing_created(services)
 
 
-async def test_creation_body_over_max_size_on_deferred_length_is_413(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, max_size=4)) as served:
+async def test_creation_body_over_max_size_on_deferred_length_is_413(
+    data_dir: Path, database_url: str
+) -> None:
+    async with serve(make_settings(data_dir, database_url, max_size=4)) as served:
         response = await served.client.post(
             "/files/",
             headers={**TUS, "Upload-Defer-Length": "1", "Content-Type": OFFSET_CT},

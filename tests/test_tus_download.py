@@ -330,8 +330,8 @@ async def test_cors_headers_are_on_error_responses_too(client: httpx.AsyncClient
     assert "upload-offset" in response.headers["Access-Control-Expose-Headers"].lower()
 
 
-async def test_cors_only_for_configured_origins(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, cors_origins=(ORIGIN,))) as served:
+async def test_cors_only_for_configured_origins(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, cors_origins=(ORIGIN,))) as served:
         allowed = await served.client.post(
             "/files/", headers={**TUS, "Upload-Length": "1", "Origin": ORIGIN}
         )
@@ -348,8 +348,8 @@ async def test_cors_only_for_configured_origins(data_dir: Path) -> None:
         assert preflight.status_code == 400
 
 
-async def test_no_cors_origins_means_no_cors_headers(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, cors_origins=())) as served:
+async def test_no_cors_origins_means_no_cors_headers(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, cors_origins=())) as served:
         response = await served.client.post(
             "/files/", headers={**TUS, "Upload-Length": "1", "Origin": ORIGIN}
         )

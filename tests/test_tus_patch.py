@@ -476,8 +476,8 @@ async def test_declaring_a_length_with_a_body_too_large_changes_nothing(
     assert await snapshot(services, upload_id) == before
 
 
-async def test_deferred_length_respects_max_size(data_dir: Path) -> None:
-    async with serve(make_settings(data_dir, max_size=8)) as served:
+async def test_deferred_length_respects_max_size(data_dir: Path, database_url: str) -> None:
+    async with serve(make_settings(data_dir, database_url, max_size=8)) as served:
         client, services = served.client, served.services
         upload_id = await create(client, None, body=b"abcd")
         before = await snapshot(services, upload_id)
