@@ -6,6 +6,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -38,9 +39,17 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+# Several replicas may start (and migrate) at the same moment: on PostgreSQL each migration run
+# holds this transaction-level advisory lock, so one migrates while the others wait and then find
+# the schema at head. DDL is transactional there, so a run killed midway leaves nothing half done.
+MIGRATION_LOCK = 0x75706C6F6164  # "upload"
+
+
 def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

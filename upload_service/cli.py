@@ -26,9 +26,10 @@ def _migrate(settings: Settings) -> None:
 
 
 def _migrate_if_needed(settings: Settings) -> None:
-    """``serve`` on SQLite: migrate unless the database is at the expected revision already. The
-    migration runs as ``upload-service migrate`` in a child process, so the serving process never
-    imports Alembic (about 10 MiB)."""
+    """``serve``: migrate unless the database is at the expected revision already. The migration
+    runs as ``upload-service migrate`` in a child process, so the serving process never imports
+    Alembic (about 10 MiB); on PostgreSQL it holds an advisory lock, so replicas that start
+    together migrate once."""
     import subprocess
     from pathlib import Path
 
@@ -36,10 +37,11 @@ def _migrate_if_needed(settings: Settings) -> None:
 
     from upload_service.db.migrate import at_schema_revision
 
-    url = make_url(settings.database_url)
-    exists = url.database not in (None, "", ":memory:") and Path(url.database).exists()
-    synchronous = url.set(drivername="sqlite").render_as_string(hide_password=False)
-    if exists and at_schema_revision(synchronous):
+    exists = True
+    if settings.is_sqlite:  # reading a missing SQLite file would create it
+        database = make_url(settings.database_url).database
+        exists = database not in (None, "", ":memory:") and Path(database).exists()
+    if exists and at_schema_revision(settings.database_url):
         return
     migrated = subprocess.run([sys.executable, "-m", "upload_service", "migrate"], check=False)
     if migrated.returncode != 0:
@@ -61,8 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
-    if settings.is_sqlite:
-        _migrate_if_needed(settings)  # the embedded default needs nothing else on first run
+    _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,

@@ -60,19 +60,27 @@ def _current_revisions(connection: Connection) -> list[str]:
     return list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
-def at_schema_revision(sync_url: str) -> bool:
-    """Blocking: is the database at ``SCHEMA_REVISION`` already (so migrating would do nothing)?"""
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import SQLAlchemyError
+def at_schema_revision(url: str) -> bool:
+    """Blocking (runs its own event loop): is the database at ``SCHEMA_REVISION`` already, so
+    migrating would do nothing? False when it cannot be read (migrating then says why)."""
+    import asyncio
 
-    engine = create_engine(sync_url)
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    async def current() -> list[str]:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(_current_revisions)
+        finally:
+            await engine.dispose()
+
     try:
-        with engine.connect() as connection:
-            return _current_revisions(connection) == [SCHEMA_REVISION]
-    except SQLAlchemyError:
-        return False  # unreadable: migrating says why
-    finally:
-        engine.dispose()
+        return asyncio.run(current()) == [SCHEMA_REVISION]
+    except (SQLAlchemyError, OSError):
+        return False
 
 
 async def check_schema(engine: AsyncEngine) -> None:

@@ -1,0 +1,212 @@
+"""One contract suite for the ``UploadRepository``, run against SQLite and PostgreSQL alike.
+
+Every transition is a compare-and-set: it applies only from the state (or offset) it expects and
+otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface as
+``Unavailable`` (503 with ``Retry-After``), never as a raw driver error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Databases
+from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.repository import SqlUploadRepository
+from upload_service.errors import Conflict, Unavailable
+from upload_service.repository import UploadRepository
+from upload_service.uploads import Upload, UploadState
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=1)
+ID = "0123456789abcdef0123456789abcdef"
+PARTS = ("1" * 32, "2" * 32)
+
+
+def new_upload(upload_id: str = ID, length: int | None = 10, **values: object) -> Upload:
+    upload = Upload(
+        id=upload_id,
+        length=length,
+        offset=0,
+        received=0,
+        state=UploadState.RECEIVING,
+        metadata={"filename": b"a.mp4", "flag": None},
+        created_at=T0,
+        updated_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+        storage_ref="multipart-7",
+    )
+    return replace(upload, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def repo(databases: Databases) -> UploadRepository:
+    repository: UploadRepository = databases.repository()
+    return repository
+
+
+async def row(repo: UploadRepository, upload_id: str = ID) -> Upload:
+    upload = await repo.get(upload_id)
+    assert upload is not None
+    return upload
+
+
+async def test_add_and_get_round_trip_every_field(repo: UploadRepository) -> None:
+    upload = new_upload()
+    await repo.add(upload)
+    stored = await row(repo)
+    assert stored == replace(upload, state_changed_at=T0)
+    assert await repo.get("f" * 32) is None
+    assert await repo.get_many((ID, "f" * 32)) == {ID: stored}
+
+
+async def test_advance_is_a_compare_and_set_on_the_offset(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    moved = await repo.advance(ID, expected=0, offset=4, now=T1, expires_at=None)
+    assert (moved.offset, moved.received, moved.updated_at) == (4, 4, T1)
+    with pytest.raises(Conflict):
+        await repo.advance(ID, expected=0, offset=9, now=T1, expires_at=None)
+    assert (await row(repo)).offset == 4
+    whole = await repo.advance(ID, expected=4, offset=10, now=T1, expires_at=None)
+    assert whole.state is UploadState.RECEIVING  # reaching the length completes nothing
+
+
+async def test_complete_only_when_every_byte_is_committed(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    with pytest.raises(Conflict):
+        await repo.complete(ID, T1)
+    await repo.advance(ID, expected=0, offset=10, now=T1, expires_at=None)
+    done = await repo.complete(ID, T1)
+    assert (done.state, done.completed_at, done.expires_at) == (UploadState.VERIFYING, T1, None)
+    with pytest.raises(Conflict):  # once only
+        await repo.complete(ID, T1)
+    with pytest.raises(Conflict):  # and the offset of a finished upload never moves again
+        await repo.advance(ID, expected=10, offset=10, now=T1, expires_at=None)
+
+
+async def test_declare_length_only_while_unknown_and_not_below_the_offset(
+    repo: UploadRepository,
+) -> None:
+    await repo.add(new_upload(length=None))
+    await repo.advance(ID, expected=0, offset=6, now=T1, expires_at=None)
+    with pytest.raises(Conflict):
+        await repo.declare_length(ID, 5, T1)
+    assert (await repo.declare_length(ID, 8, T1)).length == 8
+    with pytest.raises(Conflict):
+        await repo.declare_length(ID, 9, T1)
+    assert (await row(repo)).length == 8
+
+
+async def test_ready_only_from_verifying(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    with pytest.raises(Conflict):
+        await repo.mark_ready(ID, "ab" * 32, T1)
+    await repo.advance(ID, expected=0, offset=10, now=T1, expires_at=None)
+    await repo.complete(ID, T1)
+    ready = await repo.mark_ready(ID, "ab" * 32, T1)
+    assert (ready.state, ready.sha256) == (UploadState.READY, "ab" * 32)
+
+
+async def test_terminate_only_from_a_live_state(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    assert (await repo.terminate(ID, T1)).state is UploadState.TERMINATED
+    with pytest.raises(Conflict):
+        await repo.terminate(ID, T1)
+    with pytest.raises(Conflict):
+        await repo.advance(ID, expected=0, offset=1, now=T1, expires_at=None)
+
+
+async def test_fail_only_from_the_states_named(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    with pytest.raises(Conflict):
+        await repo.fail(ID, "why", T1, only_from=(UploadState.VERIFYING,))
+    failed = await repo.fail(ID, "why", T1, only_from=(UploadState.RECEIVING,))
+    assert (failed.state, failed.failure, failed.state_changed_at) == (
+        UploadState.FAILED,
+        "why",
+        T1,
+    )
+
+
+async def test_expire_only_past_the_expiry(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    with pytest.raises(Conflict):
+        await repo.expire(ID, T0)
+    later = T0 + timedelta(hours=2)
+    assert [upload.id for upload in await repo.list_expired(later)] == [ID]
+    assert (await repo.expire(ID, later)).state is UploadState.EXPIRED
+    assert await repo.list_expired(later) == []
+    assert [upload.id for upload in await repo.list_ended(later + timedelta(seconds=1))] == [ID]
+
+
+async def test_force_offset_compares_the_expected_offset(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    await repo.advance(ID, expected=0, offset=8, now=T1, expires_at=None)
+    with pytest.raises(Conflict):
+        await repo.force_offset(ID, expected=5, offset=3, now=T1)
+    lowered = await repo.force_offset(ID, expected=8, offset=3, now=T1)
+    assert (lowered.offset, lowered.received) == (3, 3)
+
+
+async def test_progress_never_moves_the_offset(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    await repo.set_received(ID, 7)
+    stored = await row(repo)
+    assert (stored.offset, stored.received) == (0, 7)
+
+
+async def test_a_final_claims_its_parts_in_one_transaction(repo: UploadRepository) -> None:
+    for part in PARTS:
+        await repo.add(new_upload(part, concat="partial"))
+    final = new_upload("f" * 32, length=20, concat="final", parts=PARTS)
+    await repo.add_final(final)
+    assert {(await row(repo, part)).final_id for part in PARTS} == {final.id}
+    assert [upload.id for upload in await repo.list_finals_waiting()] == [final.id]
+    again = new_upload("e" * 32, length=20, concat="final", parts=PARTS)
+    with pytest.raises(Conflict, match="claimed"):
+        await repo.add_final(again)
+    assert await repo.get(again.id) is None  # nothing of the refused final was inserted
+    await repo.release_parts(final.id)
+    assert {(await row(repo, part)).final_id for part in PARTS} == {None}
+    assembled = await repo.assembled(final.id, 20, T1)
+    assert (assembled.state, assembled.offset, assembled.length) == (UploadState.VERIFYING, 20, 20)
+
+
+async def test_forget_removes_the_row(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    await repo.forget(ID)
+    assert await repo.get(ID) is None
+
+
+async def test_a_transition_on_an_unknown_upload_is_a_conflict(repo: UploadRepository) -> None:
+    with pytest.raises(Conflict):
+        await repo.advance(ID, expected=0, offset=1, now=T1, expires_at=None)
+    with pytest.raises(Conflict):
+        await repo.terminate(ID, T1)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_failing_database_is_unavailable_with_retry_after(
+    tmp_path: Path, kind: str
+) -> None:
+    if kind == "sqlite":
+        broken = tmp_path / "uploads.db"  # the medium returns garbage
+        broken.write_bytes(b"not a database, " * 64)
+        url = f"sqlite+aiosqlite:///{broken}"
+    else:
+        url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
+    engine = create_engine(url)
+    repo = SqlUploadRepository(create_sessionmaker(engine))
+    try:
+        for attempt in (repo.ping(), repo.get(ID), repo.add(new_upload())):
+            with pytest.raises(Unavailable) as raised:
+                await attempt
+            assert raised.value.status == 503
+            assert raised.value.headers["Retry-After"].isdigit()
+            assert raised.value.message.startswith("database unavailable: ")
+            assert "\n" not in raised.value.message
+    finally:
+        await engine.dispose()
