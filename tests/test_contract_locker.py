@@ -3,38 +3,90 @@ parameter to the ``locker`` fixture; leak checks for a backend's internals sit a
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
 
 from upload_service.errors import Locked
 from upload_service.locking.base import Lease, Locker
 from upload_service.locking.file import FileLocker
 from upload_service.locking.memory import MemoryLocker
+from upload_service.locking.postgres import PostgresLocker
 
 KEY = "0123456789abcdef0123456789abcdef"
 # Deadlock guard only: every wait below ends by an event, never by elapsed time, unless broken.
 GUARD = 20.0
 
 
-def _new_locker(name: str, directory: Path) -> Locker:
+async def postgres_dsn() -> str:
+    """The test cluster's DSN; skips the test when it cannot be reached (fails it under CI)."""
+    dsn = os.environ.get(
+        "UPLOAD_SERVICE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+
+    try:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        await connection.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        reason = f"PostgreSQL at {dsn} unreachable: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return dsn
+
+
+def new_postgres_locker(dsn: str, **tunables: float) -> PostgresLocker:
+    """A locker in a namespace of its own, so that no other test's locks can interfere."""
+    namespace = f"test_{uuid.uuid4().hex[:12]}"
+    settings = {"poll": 0.01, "heartbeat": 0.05, **tunables}
+    return PostgresLocker(dsn, namespace=namespace, **settings)
+
+
+async def _new_locker(name: str, directory: Path) -> Locker:
     if name == "memory":
         return MemoryLocker()
     if name == "file":
         return FileLocker(directory, poll=0.005, watch=0.01)
+    if name == "postgres":
+        return new_postgres_locker(await postgres_dsn())
     raise AssertionError(f"unknown locker {name}")
 
 
-@pytest.fixture(params=["memory", "file"])
+async def advisory_locks_of(locker: PostgresLocker) -> int:
+    """How many advisory locks the session of ``locker`` holds, seen from another session."""
+    own = locker._connection
+    if own is None or own.is_closed():
+        return 0
+    observer = await asyncpg.connect(await postgres_dsn())
+    try:
+        count: int = await observer.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+            own.get_server_pid(),
+        )
+    finally:
+        await observer.close()
+    return count
+
+
+@pytest.fixture(params=["memory", "file", "postgres"])
 async def locker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Locker]:
     directory = tmp_path / "locks"
-    instance = _new_locker(request.param, directory)
+    instance = await _new_locker(request.param, directory)
     try:
         yield instance
+        if isinstance(instance, PostgresLocker):
+            assert await advisory_locks_of(instance) == 0, "an advisory lock outlived its lease"
     finally:
         await instance.aclose()
+    if isinstance(instance, PostgresLocker):
+        assert instance._held == {}, "a lease outlived its lock"
+        assert instance._wakers == {}, "a waiter's registration outlived it"
+        assert instance._local._entries == {}, "a local lock entry outlived every user"
     if isinstance(instance, MemoryLocker):
         assert instance._entries == {}, "a lock entry outlived every user of the lock"
     if isinstance(instance, FileLocker):
