@@ -4,6 +4,7 @@ parameter to the ``locker`` fixture; leak checks for a backend's internals sit a
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +13,11 @@ import anyio
 import asyncpg
 import pytest
 
-from upload_service.errors import Locked
+from upload_service.errors import Locked, Unavailable
 from upload_service.locking.base import Lease, Locker
 from upload_service.locking.file import FileLocker
 from upload_service.locking.memory import MemoryLocker
-from upload_service.locking.postgres import PostgresLocker
+from upload_service.locking.postgres import PostgresLocker, asyncpg_dsn, keepalive_settings
 
 KEY = "0123456789abcdef0123456789abcdef"
 # Deadlock guard only: every wait below ends by an event, never by elapsed time, unless broken.
@@ -353,3 +354,191 @@ async def test_memory_locker_entries_do_not_leak() -> None:
 async def _briefly_hold(locker: Locker) -> None:
     async with locker.lock(KEY, wait=GUARD, preempt=False):
         await anyio.lowlevel.checkpoint()
+
+
+# -- PostgresLocker across replicas ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[PostgresLocker, PostgresLocker]]:
+    """Two lockers in one namespace, as two server replicas (one through SQLAlchemy's DSN form)."""
+    dsn = await postgres_dsn()
+    first = new_postgres_locker(dsn)
+    second = PostgresLocker(
+        dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+        namespace=first.namespace,
+        poll=0.01,
+        heartbeat=0.05,
+    )
+    try:
+        yield first, second
+        for replica in (first, second):
+            assert await advisory_locks_of(replica) == 0, "an advisory lock outlived its lease"
+    finally:
+        await first.aclose()
+        await second.aclose()
+    for replica in (first, second):
+        assert replica._held == {}
+
+
+async def terminate_session(locker: PostgresLocker) -> None:
+    own = locker._connection
+    assert own is not None
+    observer = await asyncpg.connect(await postgres_dsn())
+    try:
+        assert await observer.fetchval("SELECT pg_terminate_backend($1)", own.get_server_pid())
+    finally:
+        await observer.close()
+
+
+async def test_replicas_exclude_each_other(replicas: tuple[PostgresLocker, PostgresLocker]) -> None:
+    first, second = replicas
+    holder = Holder(first)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):
+                async with second.lock(KEY, wait=0, preempt=False):
+                    pytest.fail("entered a lock the other replica holds")
+            async with second.lock("f" * 32, wait=0, preempt=False):
+                pass  # another key is free
+
+            async def let_go() -> None:
+                await anyio.wait_all_tasks_blocked()
+                holder.release.set()
+
+            group.start_soon(let_go)
+            async with second.lock(KEY, wait=GUARD, preempt=False):
+                assert holder.released.is_set()
+    assert holder.requests == 0
+
+
+async def test_preempt_crosses_replicas_by_notify(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    holder = Holder(first, yield_on_request=True)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            async with second.lock(KEY, wait=GUARD, preempt=True) as lease:
+                assert holder.released.is_set()
+                assert not lease.release_requested
+    assert holder.requests == 1
+
+
+async def test_fencing_tokens_grow_strictly_across_replicas(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    tokens: list[int] = []
+    with anyio.fail_after(GUARD):
+        for round_ in range(6):
+            replica = replicas[round_ % 2]
+            async with replica.lock(KEY if round_ % 3 else "cleanup", wait=GUARD) as lease:
+                assert lease.token is not None
+                tokens.append(lease.token)
+    assert tokens == sorted(set(tokens)), tokens
+
+
+async def test_a_holder_whose_session_is_killed_loses_its_lease(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    holder = Holder(first)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            await terminate_session(first)
+            await holder.asked.wait()  # told to stop by the lost connection
+            assert holder.lease is not None
+            assert holder.lease.lost
+            async with second.lock(KEY, wait=GUARD, preempt=False):
+                assert not holder.released.is_set()  # the stale holder is still inside
+                holder.release.set()
+                await holder.released.wait()  # and leaves without an error
+        async with first.lock(KEY, wait=GUARD) as lease:  # connects again
+            assert not lease.lost
+
+
+async def test_a_silent_session_fails_the_heartbeat_and_loses_its_lease() -> None:
+    """The holder's server process is stopped (SIGSTOP), as if its host were cut off."""
+    locker = new_postgres_locker(await postgres_dsn(), heartbeat=0.05, timeout=0.2)
+    holder = Holder(locker)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            own = locker._connection
+            assert own is not None
+            pid = own.get_server_pid()
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except (PermissionError, ProcessLookupError) as error:
+                holder.release.set()
+                pytest.skip(f"cannot stop the server process of the lock session: {error}")
+            try:
+                await holder.asked.wait()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert holder.lease is not None
+            assert holder.lease.lost
+            holder.release.set()
+        async with locker.lock(KEY, wait=GUARD) as lease:
+            assert not lease.lost
+    await locker.aclose()
+
+
+async def test_a_cancelled_body_or_waiter_leaves_no_lock(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    with anyio.fail_after(GUARD):
+        with anyio.CancelScope() as scope:
+            async with first.lock(KEY, wait=0):
+                scope.cancel()
+                await anyio.sleep_forever()
+        async with second.lock(KEY, wait=0, preempt=False):  # freed before the cancel went on
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_blocked() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(cancel_when_blocked)
+                    async with first.lock(KEY, wait=GUARD, preempt=False):
+                        pytest.fail("entered a lock the other replica holds")
+            assert await advisory_locks_of(first) == 0
+        async with first.lock(KEY, wait=0, preempt=False):
+            pass
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_driver_error() -> None:
+    locker = PostgresLocker("postgresql://postgres@127.0.0.1:1/test", timeout=1.0)
+    assert locker._connection is None  # nothing connects before the first lock
+    for _ in range(2):  # the second fails fast, without a connect
+        with pytest.raises(Unavailable) as caught:
+            async with locker.lock(KEY, wait=GUARD):
+                pytest.fail("locked without a database")
+        assert caught.value.status == 503
+        assert "Retry-After" in caught.value.headers
+        assert "\n" not in caught.value.message
+    await locker.aclose()
+
+
+def test_only_postgresql_dsns_are_taken() -> None:
+    assert asyncpg_dsn("postgresql+asyncpg://u@h:5/d") == "postgresql://u@h:5/d"
+    assert asyncpg_dsn("postgres://u@h/d") == "postgresql://u@h/d"
+    with pytest.raises(ValueError, match="DSN"):
+        PostgresLocker("sqlite+aiosqlite:///x.db")
+    with pytest.raises(ValueError, match="dead_after"):
+        PostgresLocker("postgresql://h/d", heartbeat=5, dead_after=6)
+    assert keepalive_settings(10) == {
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "1",
+        "tcp_keepalives_count": "5",
+        "tcp_user_timeout": "10000",
+    }
