@@ -429,6 +429,38 @@ async def test_preempt_crosses_replicas_by_notify(
     assert holder.requests == 1
 
 
+async def test_a_release_wakes_a_waiter_of_another_replica_at_once(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, _ = replicas
+    # Polls too rarely to get in by polling before its wait ends: only the freed notice can.
+    patient = PostgresLocker(
+        await postgres_dsn(), namespace=first.namespace, poll=GUARD * 2, heartbeat=0.05
+    )
+    holder = Holder(first)
+    try:
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(holder.run)
+                await holder.holding.wait()
+
+                async def let_go() -> None:
+                    # Once the patient's first try has failed and it waits for a notice; no
+                    # event tells, so its state is looked at.
+                    def waiting() -> bool:
+                        return KEY in patient._wakers and not patient._connection_lock.locked()
+
+                    while not waiting():  # noqa: ASYNC110
+                        await anyio.sleep(0.001)
+                    holder.release.set()
+
+                group.start_soon(let_go)
+                async with patient.lock(KEY, wait=GUARD, preempt=False):
+                    assert holder.released.is_set()
+    finally:
+        await patient.aclose()
+
+
 async def test_fencing_tokens_grow_strictly_across_replicas(
     replicas: tuple[PostgresLocker, PostgresLocker],
 ) -> None:
@@ -460,6 +492,18 @@ async def test_a_holder_whose_session_is_killed_loses_its_lease(
                 holder.release.set()
                 await holder.released.wait()  # and leaves without an error
         async with first.lock(KEY, wait=GUARD) as lease:  # connects again
+            assert not lease.lost
+
+
+async def test_a_session_killed_while_idle_is_replaced_unnoticed(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, _ = replicas
+    with anyio.fail_after(GUARD):
+        async with first.lock(KEY, wait=0):
+            pass
+        await terminate_session(first)  # as a PostgreSQL restart would
+        async with first.lock(KEY, wait=GUARD) as lease:
             assert not lease.lost
 
 
@@ -526,6 +570,7 @@ async def test_an_unreachable_database_is_unavailable_not_a_driver_error() -> No
         assert caught.value.status == 503
         assert "Retry-After" in caught.value.headers
         assert "\n" not in caught.value.message
+        assert "unreachable (" in caught.value.message  # with the reason
     await locker.aclose()
 
 

@@ -72,6 +72,7 @@ _FAILURES: tuple[type[BaseException], ...] = (
 )
 _TRY = "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_current_xact_id()::text::bigint END"
 _UNLOCK = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)"
+_MAX_KEY = 1000  # bytes; a key travels as a NOTIFY payload (at most 8000)
 _RENOTIFY = 1.0  # a waiter repeats its release request this often (the holder may have changed)
 
 
@@ -155,6 +156,7 @@ class PostgresLocker:
         self._connection: asyncpg.Connection | None = None
         self._connection_lock = anyio.Lock()  # one statement at a time on the connection
         self._down_until = 0.0  # after a failed connect, fail fast until then
+        self._down_reason = ""
         self._held: dict[str, _Held] = {}
         self._wakers: dict[str, set[anyio.Event]] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -165,6 +167,8 @@ class PostgresLocker:
 
     @asynccontextmanager
     async def lock(self, key: str, *, wait: float, preempt: bool = True) -> AsyncIterator[Lease]:
+        if not 0 < len(key.encode()) <= _MAX_KEY:
+            raise ValueError(f"not a lock key: {key[:40]!r}")
         deadline = anyio.current_time() + wait
         async with self._local.lock(key, wait=wait, preempt=preempt) as local:
             held = await self._acquire(key, deadline, preempt=preempt)
@@ -208,15 +212,23 @@ class PostgresLocker:
                 del self._wakers[key]
 
     async def _try(self, ident: int) -> _Held | None:
-        """One attempt; shielded, so that a cancelled waiter never leaves a lock it took behind."""
+        """One attempt; shielded, so that a cancelled waiter never leaves a lock it took behind.
+
+        A connection that broke while idle (the server restarted) is replaced once; a failure on
+        a fresh one, or a timeout (the server may be cut off), is ``Unavailable``.
+        """
         with anyio.CancelScope(shield=True):
             async with self._connection_lock:
-                connection = await self._connect()
-                try:
-                    token = await connection.fetchval(_TRY, ident, timeout=self._timeout)
-                except _FAILURES as error:
-                    self._discard(connection, error)
-                    raise self._unavailable(error) from error
+                for attempt in (1, 2):
+                    reused = self._connection is not None
+                    connection = await self._connect()
+                    try:
+                        token = await connection.fetchval(_TRY, ident, timeout=self._timeout)
+                        break
+                    except _FAILURES as error:
+                        self._discard(connection, error)
+                        if attempt == 2 or not reused or isinstance(error, TimeoutError):
+                            raise self._unavailable(error) from error
         if token is None:
             return None
         return _Held(Lease(token=int(token)), connection, ident)
@@ -260,7 +272,7 @@ class PostgresLocker:
             return connection
         if anyio.current_time() < self._down_until:
             raise Unavailable(
-                "lock service unreachable; retry shortly",
+                f"lock service unreachable ({self._down_reason}); retry shortly",
                 headers={"Retry-After": self._retry_after},
             )
         settings = keepalive_settings(self._dead_after)
@@ -271,6 +283,7 @@ class PostgresLocker:
             )
         except _FAILURES as error:
             self._down_until = anyio.current_time() + self._timeout
+            self._down_reason = _reason(error)
             raise self._unavailable(error) from error
         try:
             with anyio.fail_after(self._timeout):
