@@ -23,22 +23,25 @@ The failure story:
   keepalives set on the session (``tcp_keepalives_*``, ``tcp_user_timeout``) and frees the locks
   within ``dead_after`` seconds. The holder notices first: a heartbeat query runs every
   ``heartbeat`` seconds with a ``timeout``, and when it fails every lease of that connection is
-  marked lost (``Lease.lost``, a release request too), the connection is discarded and the holder
-  stops writing. ``heartbeat + timeout < dead_after`` is enforced, so a holder cut off from the
-  server has stopped before the server hands its locks to anyone else.
-- *PostgreSQL restarted or the connection killed* (``pg_terminate_backend``): every lock of the
-  session is gone; the connection's close marks every lease lost at once, holders stop, and the
-  next ``lock`` connects again.
-- *What a stale holder can still do*: a holder whose lease was lost, but which has not yet looked
-  at ``lost`` (it is in the middle of a write), can finish that write and try to commit. Exclusion
-  alone cannot stop this; the fencing token can: the database accepts a commit only with a token
-  at least as new as the last one it accepted for the upload, so the stale holder's commit is
-  refused once a newer holder has committed. Bytes it appended to storage past the committed
-  offset are not counted and are overwritten by the next holder (storage is reconciled with the
-  committed offset). It can never make another holder's commit disappear.
+  marked lost (``Lease.lost``, a release request too) and the connection is discarded.
+  ``heartbeat + timeout < dead_after`` is enforced, so a holder cut off from the server is told to
+  stop before the server hands its locks to anyone else; the next ``lock`` connects again.
+- *PostgreSQL restarted or the session killed* (``pg_terminate_backend``): every lock of the
+  session is gone; the connection's close marks every lease lost at once (a close that never
+  arrives is the partition above), and the next ``lock`` connects again.
+- *What a stale holder can and cannot do*: "told to stop" is not "stopped". A holder that is in
+  the middle of a write when its lease is lost can finish that write and try to commit it, while
+  a newer holder already writes. Exclusion alone cannot prevent this; the fencing token can, where
+  it is checked: a commit that compares the upload row's last accepted token with its own
+  (``token >= last``, in the same statement) is refused once a newer holder has committed, so a
+  stale holder can never move the committed offset or undo another holder's commit. Until the
+  repository checks tokens, only the holder's prompt stop guards the commit. Bytes a stale holder
+  appends to storage past the committed offset are not counted and the next holder writes over
+  them, but a store that cannot check the token cannot refuse them either.
 
-Use a direct connection (or a session-pooling proxy): a transaction-pooling proxy would hand the
-session, and its locks, to someone else.
+Point the locker at the primary, directly or through a session-pooling proxy: a standby hands
+out no transaction ids and shares no advisory locks, and a transaction-pooling proxy would give
+the session, and its locks, to someone else.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _report(task: asyncio.Task[None]) -> None:
+    """Log a heartbeat that died of a bug; the next ``lock`` starts another."""
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("lock heartbeat failed", exc_info=error)
+
+
 @dataclass
 class _Held:
     lease: Lease
@@ -176,6 +185,7 @@ class PostgresLocker:
             local.on_release_request(held.lease.request_release)
             if self._heartbeat_task is None:
                 self._heartbeat_task = asyncio.ensure_future(self._beat())
+                self._heartbeat_task.add_done_callback(_report)
             try:
                 yield held.lease
             finally:
