@@ -66,12 +66,15 @@ from upload_service.locking.memory import MemoryLocker
 logger = logging.getLogger("upload_service.locking")
 
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-# A failure of the server or of the way to it; anything else is a bug and propagates.
+# A failure of the server, of the way to it or of the connection's state (the client's protocol
+# state machine complains when the server ended the session mid-exchange); a connection that
+# raised one is dropped. Anything else is a bug and propagates.
 _FAILURES: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 _TRY = "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_current_xact_id()::text::bigint END"
 _UNLOCK = "SELECT pg_advisory_unlock($1), pg_notify($2, $3)"
