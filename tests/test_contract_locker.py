@@ -3,38 +3,91 @@ parameter to the ``locker`` fixture; leak checks for a backend's internals sit a
 
 from __future__ import annotations
 
+import os
+import signal
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
 
-from upload_service.errors import Locked
+from upload_service.errors import Locked, Unavailable
 from upload_service.locking.base import Lease, Locker
 from upload_service.locking.file import FileLocker
 from upload_service.locking.memory import MemoryLocker
+from upload_service.locking.postgres import PostgresLocker, asyncpg_dsn, keepalive_settings
 
 KEY = "0123456789abcdef0123456789abcdef"
 # Deadlock guard only: every wait below ends by an event, never by elapsed time, unless broken.
 GUARD = 20.0
 
 
-def _new_locker(name: str, directory: Path) -> Locker:
+async def postgres_dsn() -> str:
+    """The test cluster's DSN; skips the test when it cannot be reached (fails it under CI)."""
+    dsn = os.environ.get(
+        "UPLOAD_SERVICE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+
+    try:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        await connection.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        reason = f"PostgreSQL at {dsn} unreachable: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return dsn
+
+
+def new_postgres_locker(dsn: str, **tunables: float) -> PostgresLocker:
+    """A locker in a namespace of its own, so that no other test's locks can interfere."""
+    namespace = f"test_{uuid.uuid4().hex[:12]}"
+    settings = {"poll": 0.01, "heartbeat": 0.05, **tunables}
+    return PostgresLocker(dsn, namespace=namespace, **settings)
+
+
+async def _new_locker(name: str, directory: Path) -> Locker:
     if name == "memory":
         return MemoryLocker()
     if name == "file":
         return FileLocker(directory, poll=0.005, watch=0.01)
+    if name == "postgres":
+        return new_postgres_locker(await postgres_dsn())
     raise AssertionError(f"unknown locker {name}")
 
 
-@pytest.fixture(params=["memory", "file"])
+async def advisory_locks_of(locker: PostgresLocker) -> int:
+    """How many advisory locks the session of ``locker`` holds, seen from another session."""
+    own = locker._connection
+    if own is None or own.is_closed():
+        return 0
+    observer = await asyncpg.connect(await postgres_dsn())
+    try:
+        count: int = await observer.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+            own.get_server_pid(),
+        )
+    finally:
+        await observer.close()
+    return count
+
+
+@pytest.fixture(params=["memory", "file", "postgres"])
 async def locker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Locker]:
     directory = tmp_path / "locks"
-    instance = _new_locker(request.param, directory)
+    instance = await _new_locker(request.param, directory)
     try:
         yield instance
+        if isinstance(instance, PostgresLocker):
+            assert await advisory_locks_of(instance) == 0, "an advisory lock outlived its lease"
     finally:
         await instance.aclose()
+    if isinstance(instance, PostgresLocker):
+        assert instance._held == {}, "a lease outlived its lock"
+        assert instance._wakers == {}, "a waiter's registration outlived it"
+        assert instance._local._entries == {}, "a local lock entry outlived every user"
     if isinstance(instance, MemoryLocker):
         assert instance._entries == {}, "a lock entry outlived every user of the lock"
     if isinstance(instance, FileLocker):
@@ -301,3 +354,271 @@ async def test_memory_locker_entries_do_not_leak() -> None:
 async def _briefly_hold(locker: Locker) -> None:
     async with locker.lock(KEY, wait=GUARD, preempt=False):
         await anyio.lowlevel.checkpoint()
+
+
+# -- PostgresLocker across replicas ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[tuple[PostgresLocker, PostgresLocker]]:
+    """Two lockers in one namespace, as two server replicas (one through SQLAlchemy's DSN form)."""
+    dsn = await postgres_dsn()
+    first = new_postgres_locker(dsn)
+    second = PostgresLocker(
+        dsn.replace("postgresql://", "postgresql+asyncpg://", 1),
+        namespace=first.namespace,
+        poll=0.01,
+        heartbeat=0.05,
+    )
+    try:
+        yield first, second
+        for replica in (first, second):
+            assert await advisory_locks_of(replica) == 0, "an advisory lock outlived its lease"
+    finally:
+        await first.aclose()
+        await second.aclose()
+    for replica in (first, second):
+        assert replica._held == {}
+
+
+async def terminate_session(locker: PostgresLocker) -> None:
+    own = locker._connection
+    assert own is not None
+    observer = await asyncpg.connect(await postgres_dsn())
+    try:
+        assert await observer.fetchval("SELECT pg_terminate_backend($1)", own.get_server_pid())
+    finally:
+        await observer.close()
+
+
+async def test_replicas_exclude_each_other(replicas: tuple[PostgresLocker, PostgresLocker]) -> None:
+    first, second = replicas
+    holder = Holder(first)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            with pytest.raises(Locked):
+                async with second.lock(KEY, wait=0, preempt=False):
+                    pytest.fail("entered a lock the other replica holds")
+            async with second.lock("f" * 32, wait=0, preempt=False):
+                pass  # another key is free
+
+            async def let_go() -> None:
+                await anyio.wait_all_tasks_blocked()
+                holder.release.set()
+
+            group.start_soon(let_go)
+            async with second.lock(KEY, wait=GUARD, preempt=False):
+                assert holder.release.is_set()  # its unlock may answer after our grant
+    assert holder.requests == 0
+
+
+async def test_preempt_crosses_replicas_by_notify(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    holder = Holder(first, yield_on_request=True)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            async with second.lock(KEY, wait=GUARD, preempt=True) as lease:
+                assert holder.release.is_set()  # its unlock may answer after our grant
+                assert not lease.release_requested
+    assert holder.requests == 1
+
+
+async def test_a_release_wakes_a_waiter_of_another_replica_at_once(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, _ = replicas
+    # Polls too rarely to get in by polling before its wait ends: only the freed notice can.
+    patient = PostgresLocker(
+        await postgres_dsn(), namespace=first.namespace, poll=GUARD * 2, heartbeat=0.05
+    )
+    holder = Holder(first)
+    try:
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(holder.run)
+                await holder.holding.wait()
+
+                async def let_go() -> None:
+                    # Once the patient's first try has failed and it waits for a notice; no
+                    # event tells, so its state is looked at.
+                    def waiting() -> bool:
+                        return KEY in patient._wakers and not patient._connection_lock.locked()
+
+                    while not waiting():  # noqa: ASYNC110
+                        await anyio.sleep(0.001)
+                    holder.release.set()
+
+                group.start_soon(let_go)
+                async with patient.lock(KEY, wait=GUARD, preempt=False):
+                    assert holder.release.is_set()  # its unlock may answer after our grant
+    finally:
+        await patient.aclose()
+
+
+async def test_fencing_tokens_grow_strictly_across_replicas(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    tokens: list[int] = []
+    with anyio.fail_after(GUARD):
+        for round_ in range(6):
+            replica = replicas[round_ % 2]
+            async with replica.lock(KEY if round_ % 3 else "cleanup", wait=GUARD) as lease:
+                assert lease.token is not None
+                tokens.append(lease.token)
+    assert tokens == sorted(set(tokens)), tokens
+
+
+async def test_a_holder_whose_session_is_killed_loses_its_lease(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    holder = Holder(first)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            await terminate_session(first)
+            await holder.asked.wait()  # told to stop by the lost connection
+            assert holder.lease is not None
+            assert holder.lease.lost
+            async with second.lock(KEY, wait=GUARD, preempt=False):
+                assert not holder.released.is_set()  # the stale holder is still inside
+                holder.release.set()
+                await holder.released.wait()  # and leaves without an error
+        async with first.lock(KEY, wait=GUARD) as lease:  # connects again
+            assert not lease.lost
+
+
+async def test_a_session_killed_while_idle_is_replaced_unnoticed(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, _ = replicas
+    with anyio.fail_after(GUARD):
+        async with first.lock(KEY, wait=0):
+            pass
+        await terminate_session(first)  # as a PostgreSQL restart would
+        async with first.lock(KEY, wait=GUARD) as lease:
+            assert not lease.lost
+
+
+async def test_aclose_frees_every_lock_and_loses_its_leases(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    holder = Holder(first)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            group.start_soon(holder.run)
+            await holder.holding.wait()
+            await first.aclose()
+            assert holder.lease is not None
+            assert holder.lease.lost
+            assert holder.asked.is_set()
+            async with second.lock(KEY, wait=GUARD, preempt=False):
+                holder.release.set()
+                await holder.released.wait()  # the stale holder leaves without an error
+
+
+def local_server_process(pid: int) -> bool:
+    """Whether ``pid`` is a PostgreSQL server process on this host (not some other process that
+    happens to have the pid of a remote server's backend)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"postgres" in cmdline.read()
+    except OSError:
+        return False
+
+
+async def test_a_silent_session_fails_the_heartbeat_and_loses_its_lease() -> None:
+    """The holder's server process is stopped (SIGSTOP), as if its host were cut off."""
+    locker = new_postgres_locker(await postgres_dsn(), heartbeat=0.05, timeout=0.2)
+    holder = Holder(locker)
+    stoppable = True
+    try:
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(holder.run)
+                await holder.holding.wait()
+                own = locker._connection
+                assert own is not None
+                pid = own.get_server_pid()
+                try:
+                    if not local_server_process(pid):
+                        raise ProcessLookupError(pid)
+                    os.kill(pid, signal.SIGSTOP)
+                except (PermissionError, ProcessLookupError):
+                    stoppable = False
+                else:
+                    try:
+                        await holder.asked.wait()
+                    finally:
+                        os.kill(pid, signal.SIGCONT)
+                    assert holder.lease is not None
+                    assert holder.lease.lost
+                holder.release.set()
+            if not stoppable:
+                pytest.skip("the lock session's server process is not on this host or ours")
+            async with locker.lock(KEY, wait=GUARD) as lease:
+                assert not lease.lost
+    finally:
+        await locker.aclose()
+
+
+async def test_a_cancelled_body_or_waiter_leaves_no_lock(
+    replicas: tuple[PostgresLocker, PostgresLocker],
+) -> None:
+    first, second = replicas
+    with anyio.fail_after(GUARD):
+        with anyio.CancelScope() as scope:
+            async with first.lock(KEY, wait=0):
+                scope.cancel()
+                await anyio.sleep_forever()
+        async with second.lock(KEY, wait=0, preempt=False):  # freed before the cancel went on
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_blocked() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(cancel_when_blocked)
+                    async with first.lock(KEY, wait=GUARD, preempt=False):
+                        pytest.fail("entered a lock the other replica holds")
+            assert await advisory_locks_of(first) == 0
+        async with first.lock(KEY, wait=0, preempt=False):
+            pass
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_driver_error() -> None:
+    locker = PostgresLocker("postgresql://postgres@127.0.0.1:1/test", timeout=1.0)
+    assert locker._connection is None  # nothing connects before the first lock
+    for _ in range(2):  # the second fails fast, without a connect
+        with pytest.raises(Unavailable) as caught:
+            async with locker.lock(KEY, wait=GUARD):
+                pytest.fail("locked without a database")
+        assert caught.value.status == 503
+        assert "Retry-After" in caught.value.headers
+        assert "\n" not in caught.value.message
+        assert "unreachable (" in caught.value.message  # with the reason
+    await locker.aclose()
+
+
+def test_only_postgresql_dsns_are_taken() -> None:
+    assert asyncpg_dsn("postgresql+asyncpg://u@h:5/d") == "postgresql://u@h:5/d"
+    assert asyncpg_dsn("postgres://u@h/d") == "postgresql://u@h/d"
+    with pytest.raises(ValueError, match="DSN"):
+        PostgresLocker("sqlite+aiosqlite:///x.db")
+    with pytest.raises(ValueError, match="dead_after"):
+        PostgresLocker("postgresql://h/d", heartbeat=5, dead_after=6)
+    assert keepalive_settings(10) == {
+        "tcp_keepalives_idle": "5",
+        "tcp_keepalives_interval": "1",
+        "tcp_keepalives_count": "5",
+        "tcp_user_timeout": "10000",
+    }

@@ -57,7 +57,10 @@ class Locker(Protocol):
         """Hold ``key`` for the ``async with`` block.
 
         With ``preempt`` the current holder is asked to release. Raises ``Locked`` (423) when the
-        lock is not free within ``wait`` seconds (0: try once).
+        lock is not free within ``wait`` seconds (0: try once), and a locker that depends on a
+        lock service raises ``Unavailable`` (503, with ``Retry-After``) when it cannot reach it.
+        Leaving the block never raises for the lock service's sake: a lease whose lock could not
+        be vouched for was marked ``lost`` instead.
         """
         ...
 
