@@ -85,9 +85,6 @@ class Replicas:
     def base_url(self) -> str:
         return self.nginx.base_url
 
-    def by_address(self, address: str) -> ServerProcess:
-        return next(server for server in self.servers if f"127.0.0.1:{server.port}" == address)
-
 
 @pytest.fixture
 def replicas(
@@ -99,7 +96,7 @@ def replicas(
     nginx_binary()  # skip (or fail under CI=true) before anything starts
     data_dir = Path(replica_env["UPLOAD_DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
-    migrate(replica_env, tmp_path / "migrate.log")  # once, as compose's one-shot service does
+    migrate(replica_env, tmp_path / "migrate.log")  # as compose's one-shot service does
     env = {**replica_env, **SERVER_ENV}
     pair = (servers.start(data_dir, env=env), servers.start(data_dir, env=env))
     nginx = Nginx(tmp_path / "nginx", [f"127.0.0.1:{server.port}" for server in pair])
@@ -113,17 +110,20 @@ def replicas(
 
 
 def migrate(env: Mapping[str, str], log: Path) -> None:
-    command = [*serve_command()[:-1], "migrate"]
+    """``upload-service migrate`` once, before the replicas (``serve`` migrates only SQLite, and two
+    replicas starting at once must not race on the schema)."""
+    command = [*serve_command()[:-1], "migrate"]  # the same entry point, another subcommand
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("UPLOAD_")}
     result = subprocess.run(
-        command, env=child_env(env), capture_output=True, text=True, check=False, cwd=log.parent
+        command,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=log.parent,  # not the repository, whose .env a developer may keep
     )
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"upload-service migrate failed:\n{result.stderr}"
-
-
-def child_env(env: Mapping[str, str]) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items() if not key.startswith("UPLOAD_")}
-    return {**base, **env}
 
 
 @pytest.fixture(scope="module")
