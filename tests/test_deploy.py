@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,18 +63,135 @@ def test_dockerfile_runs_the_console_script_as_non_root_on_all_interfaces() -> N
     assert data_dir.group(1) in instructions["VOLUME"]
 
 
-def test_compose_serves_the_image_with_a_persistent_volume() -> None:
+def interpolated(value: str) -> str:
+    """``value`` as compose renders it when no variable is set (``${NAME:-default}``)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def image_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in data["services"].items() if svc.get("build") == "."}
+
+
+def replica_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run ``serve`` (the image's default command)."""
+    return {name: svc for name, svc in image_services(data).items() if "command" not in svc}
+
+
+def nginx_upstream_servers() -> list[str]:
+    text = (ROOT / "deploy" / "nginx" / "compose.conf").read_text()
+    block = re.search(r"upstream\s+upload_service\s*\{(?P<body>[^}]*)\}", text)
+    assert block is not None, "compose.conf defines no upstream upload_service"
+    return re.findall(r"^\s*server\s+(\S+?)[\s;]", block["body"], flags=re.MULTILINE)
+
+
+def test_compose_runs_two_replicas_of_the_image_on_shared_state() -> None:
     data = compose()
-    service = data["services"]["upload"]
-    assert service["build"] == "."
-    assert (ROOT / service["build"] / "Dockerfile").is_file()
-    env = service["environment"]
-    assert any(port.endswith(f":{env['UPLOAD_PORT']}") for port in service["ports"])
-    volume, _, mount = service["volumes"][0].partition(":")
+    replicas = replica_services(data)
+    assert len(replicas) == 2, sorted(replicas)
+    for service in image_services(data).values():
+        assert (ROOT / service["build"] / "Dockerfile").is_file()
+    images = {service["image"] for service in image_services(data).values()}
+    assert len(images) == 1, f"one image for the replicas and the migration: {images}"
+    environments = [service["environment"] for service in replicas.values()]
+    assert environments[0] == environments[1], "the replicas must be configured alike"
+    env = environments[0]
+    mounts = [service["volumes"] for service in replicas.values()]
+    assert mounts[0] == mounts[1]
+    volume, _, mount = mounts[0][0].partition(":")
     assert mount == env["UPLOAD_DATA_DIR"]
+    assert volume in data["volumes"], "the data directory must be a named (shared) volume"
+    for name, service in replicas.items():
+        assert "ports" not in service, f"{name}: only nginx is published"
+        # uvicorn's graceful shutdown (30 s) must fit in the stop grace period
+        assert int(service["stop_grace_period"].rstrip("s")) > 30
+        check = " ".join(service["healthcheck"]["test"])
+        assert f":{env['UPLOAD_PORT']}/readyz" in check, f"{name} health check: {check}"
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_replicas_share_postgresql_for_data_and_locks() -> None:
+    data = compose()
+    env = next(iter(replica_services(data).values()))["environment"]
+    assert env["UPLOAD_LOCKER"] == "postgres"
+    url = make_url(interpolated(env["UPLOAD_DATABASE_URL"]))
+    assert url.drivername == "postgresql+asyncpg"
+    postgres = data["services"][url.host]
+    assert re.fullmatch(r"postgres:15[\w.-]*", postgres["image"])
+    pg_env = {key: interpolated(value) for key, value in postgres["environment"].items()}
+    assert (url.username, url.password, url.database) == (
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+        pg_env["POSTGRES_DB"],
+    )
+    assert url.port in (None, 5432)
+    volume, _, mount = postgres["volumes"][0].partition(":")
+    assert mount == "/var/lib/postgresql/data"
     assert volume in data["volumes"]
-    # uvicorn's graceful shutdown (30 s) must fit in the stop grace period
-    assert int(service["stop_grace_period"].rstrip("s")) > 30
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+
+
+def test_compose_migrates_once_before_the_replicas() -> None:
+    data = compose()
+    migrations = {
+        name: service
+        for name, service in image_services(data).items()
+        if service.get("command") == ["migrate"]
+    }
+    assert list(migrations) == ["migrate"]
+    migrate = migrations["migrate"]
+    replica_env = next(iter(replica_services(data).values()))["environment"]
+    assert migrate["environment"]["UPLOAD_DATABASE_URL"] == replica_env["UPLOAD_DATABASE_URL"]
+    assert migrate.get("restart", "no") == "no", "a one-shot service must not be restarted"
+    postgres = make_url(interpolated(replica_env["UPLOAD_DATABASE_URL"])).host
+    assert migrate["depends_on"][postgres]["condition"] == "service_healthy"
+
+
+def test_compose_nginx_proxies_to_both_replicas_with_the_repository_config() -> None:
+    data = compose()
+    nginx = data["services"]["nginx"]
+    assert re.fullmatch(r"nginx(:[\w.-]+)?", nginx["image"])
+    mounts = dict(volume.split(":")[:2] for volume in nginx["volumes"])
+    assert mounts["./deploy/nginx/upload_service.conf"] == "/etc/nginx/upload_service.conf"
+    site = mounts["./deploy/nginx/compose.conf"]
+    assert re.fullmatch(r"/etc/nginx/conf\.d/[\w.-]+\.conf", site)
+    for source in mounts:
+        assert (ROOT / source).is_file(), f"nginx mounts missing {source}"
+    site_text = (ROOT / "deploy" / "nginx" / "compose.conf").read_text()
+    assert "include /etc/nginx/upload_service.conf;" in site_text
+    listen = re.search(r"^\s*listen\s+(\d+);", site_text, flags=re.MULTILINE)
+    assert listen is not None
+    assert any(port.endswith(f":{listen.group(1)}") for port in nginx["ports"])
+
+    replicas = replica_services(data)
+    port = next(iter(replicas.values()))["environment"]["UPLOAD_PORT"]
+    assert sorted(nginx_upstream_servers()) == sorted(f"{name}:{port}" for name in replicas)
+    for name in replicas:
+        assert nginx["depends_on"][name]["condition"] == "service_healthy"
+
+
+def test_shared_nginx_config_streams_and_retries_only_unreachable_replicas() -> None:
+    """The server-level file both compose and the end-to-end test include unchanged."""
+    text = (ROOT / "deploy" / "nginx" / "upload_service.conf").read_text()
+    directives = {
+        line.split(None, 1)[0]: line.split(None, 1)[1].rstrip(";").strip()
+        for line in (raw.split("#", 1)[0].strip() for raw in text.splitlines())
+        if line.endswith(";") and " " in line
+    }
+    assert directives["client_max_body_size"] == "0"
+    assert directives["proxy_request_buffering"] == "off"
+    assert directives["proxy_buffering"] == "off"
+    assert directives["proxy_http_version"] == "1.1"
+    assert directives["proxy_pass"] == "http://upload_service"
+    retry = directives["proxy_next_upstream"].split()
+    assert "error" in retry
+    assert "non_idempotent" not in retry, "a PATCH the replica may have acted on is not resent"
+    assert not [condition for condition in retry if condition.startswith("http_")]
+    headers = re.findall(r"proxy_set_header\s+(\S+)", text)
+    for header in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"):
+        assert header in headers
+    # Who listens and where the replicas are is the includer's business.
+    assert "listen" not in directives
+    assert not re.search(r"^\s*upstream\s", text, flags=re.MULTILINE)
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:

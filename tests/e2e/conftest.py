@@ -1,8 +1,9 @@
 """Fixtures for the end-to-end tests: the shared random source file and real server processes.
 
 Every server a test starts is stopped by PID when the test ends, however it ends; a failing test's
-report carries each server's log. Uploaded bytes are removed after a passing test (the suite would
-otherwise leave gigabytes in pytest's kept temporary directories); logs stay.
+report carries each server's log, and any log a test attached (``attach_log_on_failure``).
+Uploaded bytes are removed after a passing test (the suite would otherwise leave gigabytes in
+pytest's kept temporary directories); logs stay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.support import HTTP_TIMEOUT, MiB, Servers, Source, sha256_file, write_random_file
+from tests.e2e.support import (
+    HTTP_TIMEOUT,
+    REPORT_LOGS,
+    MiB,
+    Servers,
+    Source,
+    sha256_file,
+    write_random_file,
+)
 
 # At least 200 MiB, and not a multiple of any chunk or buffer size, so the tail is exercised too.
 SOURCE_SIZE = 200 * MiB + 12_345
@@ -36,6 +45,12 @@ def pytest_runtest_makereport(
             lines = server.log_text().splitlines()[-LOG_TAIL_LINES:]
             title = f"server log {server.name} (pid {server.pid}, port {server.port})"
             report.sections.append((title, "\n".join(lines)))
+        for title, path in item.stash.get(REPORT_LOGS, []):
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                text = f"({path} was never written)"
+            report.sections.append((title, "\n".join(text.splitlines()[-LOG_TAIL_LINES:])))
     return report
 
 

@@ -51,6 +51,17 @@ def require_tool(name: str) -> str:
     pytest.skip(reason)
 
 
+# Further logs (beyond the servers') a test wants in its report when it fails: (title, path).
+REPORT_LOGS = pytest.StashKey[list[tuple[str, Path]]]()
+
+
+def attach_log_on_failure(item: pytest.Item, title: str, path: Path) -> None:
+    """Show the tail of ``path`` in ``item``'s report if the test fails (see conftest.py)."""
+    if REPORT_LOGS not in item.stash:
+        item.stash[REPORT_LOGS] = []
+    item.stash[REPORT_LOGS].append((title, path))
+
+
 # -- files --------------------------------------------------------------------------------------
 
 
@@ -311,12 +322,13 @@ def create_partial(client: httpx.Client, base_url: str, length: int) -> str:
 
 
 def patch_range(
-    client: httpx.Client, url: str, source: Source, start: int, end: int
+    client: httpx.Client, url: str, source: Source, start: int, end: int, *, upload_offset: int = 0
 ) -> httpx.Response:
-    """One PATCH at offset 0 carrying ``source[start:end]``, streamed (Content-Length set)."""
+    """One PATCH at ``upload_offset`` carrying ``source[start:end]``, streamed (Content-Length
+    set): offset 0 fills a partial upload with a slice; ``upload_offset=start`` sends one chunk."""
     headers = {
         **TUS,
-        "Upload-Offset": "0",
+        "Upload-Offset": str(upload_offset),
         "Content-Type": OFFSET_CT,
         "Content-Length": str(end - start),
     }
