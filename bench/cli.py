@@ -197,29 +197,6 @@ def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], li
     return running, lineup
 
 
-class Noise:
-    """How many cores' worth of CPU went to processes other than this server and this client
-    (curl included) while a measurement ran: a measure of how disturbed it was."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.wall = time.monotonic()
-        self.busy = procfs.busy_cpu_seconds()
-        self.server = procfs.cpu_times(server_pid).total
-        self.own = self._own()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def foreign_cores(self) -> float:
-        busy = procfs.busy_cpu_seconds() - self.busy
-        server = procfs.cpu_times(self.server_pid).total - self.server
-        own = self._own() - self.own
-        return max(0.0, busy - server - own) / max(time.monotonic() - self.wall, 1e-9)
-
-
 def wait_for_idle(limit: float, threshold: float = 0.3) -> float:
     """Wait (at most ``limit`` seconds) until the machine's CPU use over one second falls below
     ``threshold`` cores; the last reading."""
@@ -248,7 +225,7 @@ def _measure(
         results.problem(scenario, spec.key, f"start: {exc}".splitlines()[0], unsupported=False)
         return f"failed to start: {exc}"
     try:
-        noise = Noise(server.pid)
+        noise = procfs.Noise(server.pid)
         measured = run(ctx, server)
         server.check_alive()
         measured.extras["foreign_cores"] = round(noise.foreign_cores(), 3)
