@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import client, procfs
 from bench.client import Connection, Unsupported
 from bench.config import GB, MB, Config, MiB
-from bench.servers import RunningServer
+from bench.servers import Role, RunningServer
 
 Extra = float | int | str
 
@@ -296,5 +296,13 @@ SCENARIOS: dict[str, Scenario] = {
     "rss": rss,
     "checksum": checksum,
 }
+NAMES = tuple(SCENARIOS)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
+
+
+def applies(scenario: str, role: Role) -> bool:
+    """Whether ``scenario`` is measured on a server of ``role``: the floors speak no checksums."""
+    if scenario == "checksum":
+        return role is not Role.FLOOR
+    return True

@@ -32,6 +32,10 @@ class ServerError(Exception):
     """A server did not start, did not get ready, or died."""
 
 
+class StartError(ServerError):
+    """A server did not start or did not get ready."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
     key: str  # the name on the command line (--servers)
@@ -44,10 +48,7 @@ class ServerSpec:
     probe_path: str = "/healthz"  # the trivial GET of the latency scenario
     env: Mapping[str, str] = field(default_factory=dict)
     env_drop_prefix: str = ""  # variables with this prefix are not passed on
-
-    @property
-    def speaks_tus(self) -> bool:
-        return self.role is not Role.FLOOR
+    postgres: bool = False  # gets a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
 
 
 def free_port() -> int:
@@ -150,9 +151,9 @@ class RunningServer:
             )
 
     def kill(self) -> None:
-        """SIGKILL the process and every descendant seen at once, as a crash would: no shutdown
-        runs, whatever it held (flock, database sessions) is released only by the kernel."""
-        self.remember_tree()
+        """SIGKILL the process and every descendant noted so far (``remember_tree``) at once, as a
+        crash would: no shutdown runs, what it held (flocks, database sessions) only the kernel
+        lets go of. Returns once the process is reaped."""
         for pid, started in self._tree.items():
             if started is not None and procfs.start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
@@ -194,14 +195,14 @@ def start(
         server = RunningServer(spec, workdir, log_path, env=env, data_dir=data_dir)
         try:
             server.wait_ready()
-        except ServerError:
+        except ServerError as exc:
             exited = not server.running
             server.stop(grace=5)
             if data_dir is None:
                 server.remove_data()
             if exited and attempt < attempts:
                 continue
-            raise
+            raise StartError(str(exc)) from exc
         except BaseException:
             server.stop(grace=5)
             if data_dir is None:
@@ -209,3 +210,20 @@ def start(
             raise
         return server
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start ``spec`` for one measurement: the measurement's own settings (its database),
+    scratch directory and log; a scenario that needs several processes starts them all from it."""
+
+    spec: ServerSpec
+    workdir: Path
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def start(
+        self, *, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+    ) -> RunningServer:
+        merged = {**self.env, **(env or {})}
+        return start(self.spec, self.workdir, self.log_path, env=merged, data_dir=data_dir)
