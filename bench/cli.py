@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench import peers, pg, procfs, report, scenarios
+from bench import lockwait, peers, pg, procfs, report, scenarios
 from bench.client import ClientError, Unsupported
 from bench.config import MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
@@ -146,8 +146,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pg-url",
         default=pg.DEFAULT_ADMIN_URL,
-        help="the PostgreSQL server (and an existing database to connect to) where ours-pg "
-        f"creates its databases (default {pg.DEFAULT_ADMIN_URL})",
+        help="the PostgreSQL server (and an existing database to connect to) where ours-pg and "
+        f"lockwait create their databases (default {pg.DEFAULT_ADMIN_URL})",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="peers, source file, scratch")
     parser.add_argument(
@@ -292,7 +292,10 @@ def _measure(
     try:
         with _database(spec, pg_url, scenario) as env:
             launch = Launch(spec, workdir, log_path, env)
-            measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
+            if scenario in scenarios.CLUSTER:
+                measured = lockwait.lockwait(ctx, launch)
+            else:
+                measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
     except StartError as exc:
         results.problem(scenario, spec.key, f"start: {_start_reason(exc)}", unsupported=False)
         return f"failed to start: {exc}"
@@ -327,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine_info = report.machine(REPO, cache)
 
     specs, lineup = _lineup(args, cache)
+    if "lockwait" in chosen and not any(spec.postgres for spec in specs):
+        _say("bench: lockwait measures the file locker only; add ours-pg to --servers for postgres")
     source = ensure_source(cache, config.source_bytes)
     single_source = ensure_source(cache, config.single_bytes)
     ctx = Context(config=config, source=source, single_source=single_source)

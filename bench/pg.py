@@ -1,5 +1,5 @@
-"""PostgreSQL for the ``ours-pg`` server: a fresh database for every measurement, created on the
-server named by ``--pg-url`` and dropped after, whatever happened.
+"""PostgreSQL for the ``ours-pg`` server and the ``lockwait`` scenario on it: a fresh database for
+every measurement, created on the server named by ``--pg-url`` and dropped after, whatever happened.
 
 The server migrates the empty database itself (``upload-service serve``), as in production. The
 admin connection goes through SQLAlchemy with asyncpg, both already in the repository's ``.venv``;

@@ -127,14 +127,14 @@ def busy_cpu_seconds() -> float:
 
 
 class Noise:
-    """How many cores' worth of CPU went to processes other than this server and this client
+    """How many cores' worth of CPU went to processes other than these servers and this client
     (curl included) while a measurement ran: a measure of how disturbed it was."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+    def __init__(self, *server_pids: int) -> None:
         self.wall = time.monotonic()
         self.busy = busy_cpu_seconds()
-        self.server = cpu_times(server_pid).total
+        self.servers = {pid: cpu_times(pid).total for pid in server_pids}
+        self.last: dict[int, float] = {}
         self.own = self._own()
 
     @staticmethod
@@ -142,8 +142,15 @@ class Noise:
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def last_reading(self, pid: int) -> None:
+        """Read ``pid``'s CPU now, before it is killed: a dead process has no counters left."""
+        self.last[pid] = cpu_times(pid).total
+
     def foreign_cores(self) -> float:
         busy = busy_cpu_seconds() - self.busy
-        server = cpu_times(self.server_pid).total - self.server
+        server = sum(
+            self.last.get(pid, cpu_times(pid).total) - before
+            for pid, before in self.servers.items()
+        )
         own = self._own() - self.own
         return max(0.0, busy - server - own) / max(time.monotonic() - self.wall, 1e-9)

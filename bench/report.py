@@ -135,6 +135,12 @@ def _note(row: Row) -> str:
     foreign = [float(extra.get("foreign_cores", 0.0)) for extra in row.extras]
     if foreign and max(foreign) >= NOISY_CORES:
         notes.append(f"other load up to {max(foreign):.1f} cores")
+    if row.metric.scenario == "lockwait" and row.extras:
+        lockers = sorted({str(extra["locker"]) for extra in row.extras if "locker" in extra})
+        notes.append("locker: " + (" / ".join(lockers) or "unknown"))
+        attempts = [int(extra["attempts"]) for extra in row.extras if "attempts" in extra]
+        if row.metric.key == "lockwait.patch" and attempts and max(attempts) > 1:
+            notes.append(f"up to {max(attempts)} attempts (423/409)")
     if row.metric.key == "checksum.on" and row.extras:
         ratios = [float(extra["ratio_on_off"]) for extra in row.extras]
         notes.append(f"{statistics.median(ratios):.2f}x unchecked")
