@@ -59,7 +59,8 @@ async def _execute(url: str, statements: list[str]) -> str | None:
         async with engine.connect() as conn:
             for statement in statements:
                 result = await conn.execute(text(statement))
-                last = str(result.scalar()) if result.returns_rows else None
+                value = result.scalar() if result.returns_rows else None
+                last = None if value is None else str(value)
     finally:
         await engine.dispose()
     return last
@@ -80,6 +81,15 @@ def server_version(url: str) -> str:
         raise DatabaseError(f"not a database URL: {exc}") from exc
     version = _run(url, ["SHOW server_version"])
     return f"PostgreSQL {version} at {parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+
+def leftovers(url: str) -> list[str]:
+    """The databases this suite created on the server of ``url`` that are still there."""
+    names = _run(
+        url,
+        [f"SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '{PREFIX}%'"],
+    )
+    return sorted(names.split(",")) if names else []
 
 
 def _name(hint: str) -> str:
