@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import time
@@ -247,12 +248,18 @@ def wait_for_idle(limit: float, threshold: float = 0.3) -> float:
             return busy
 
 
-def _start_reason(exc: StartError) -> str:
-    """The first line of a failed start, with the last error its log names (the log's tail is
-    in the message), so the table says why."""
+def _start_reason(exc: StartError, label: str) -> str:
+    """A failed start in one line for the table: the last error its log names (the log's tail is
+    in the message), then the first line of the message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    first = lines[0].removeprefix(f"{label} ").rstrip(":")
     errors = [line for line in lines[1:] if "Error" in line and "startup failed" not in line]
-    return lines[0] + (f" ({errors[-1]})" if errors else "") if lines else "no message"
+    if not errors:
+        return first
+    error = re.sub(r"^[\w.]+\.(?=\w+: )", "", errors[-1])  # module path of the exception class
+    return f"{error} ({first})"
 
 
 @contextmanager
@@ -297,7 +304,9 @@ def _measure(
             else:
                 measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
     except StartError as exc:
-        results.problem(scenario, spec.key, f"start: {_start_reason(exc)}", unsupported=False)
+        results.problem(
+            scenario, spec.key, f"start: {_start_reason(exc, spec.label)}", unsupported=False
+        )
         return f"failed to start: {exc}"
     except Unsupported as exc:
         results.problem(scenario, spec.key, str(exc), unsupported=True)
