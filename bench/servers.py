@@ -154,8 +154,10 @@ class RunningServer:
         """SIGKILL the process and every descendant noted so far (``remember_tree``) at once, as a
         crash would: no shutdown runs, what it held (flocks, database sessions) only the kernel
         lets go of. Returns once the process is reaped."""
+        if self.running:
+            os.kill(self.pid, signal.SIGKILL)
         for pid, started in self._tree.items():
-            if started is not None and procfs.start_time(pid) == started:
+            if pid != self.pid and started is not None and procfs.start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=30)
