@@ -9,21 +9,25 @@ page cache's dirty data is flushed (``sync``) so one server's writeback does not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from bench import peers, procfs, report, scenarios
+from bench import lockwait, peers, pg, procfs, report, scenarios
 from bench.client import ClientError, Unsupported
 from bench.config import MiB, build_config
-from bench.scenarios import Context
-from bench.servers import Role, ServerError, ServerSpec, start
+from bench.scenarios import Context, Measured, Scenario
+from bench.servers import Launch, Role, ServerError, ServerSpec, StartError
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = ("ours", "tuspyserver", "tus-node", "asgi-floor", "socket-floor")
+ORDER = ("ours", "ours-pg", "tuspyserver", "tus-node", "asgi-floor", "socket-floor")
+DEFAULT_SERVERS = tuple(key for key in ORDER if key != "ours-pg")  # ours-pg needs a PostgreSQL
 
 
 def default_cache() -> Path:
@@ -40,26 +44,32 @@ def own_specs(ours_env: dict[str, str] | None = None) -> list[ServerSpec]:
     service = Path(python).with_name("upload-service")
     serve = [str(service)] if service.exists() else [python, "-m", "upload_service"]
     apps = Path(__file__).with_name("apps")
-    return [
-        ServerSpec(
-            key="ours",
-            label="upload_service",
-            role=Role.OURS,
-            argv=(
-                *serve,
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-            ),
-            version=" ".join([_our_version(), *(f"{k}={v}" for k, v in (ours_env or {}).items())]),
-            ready_path="/readyz",
-            env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}"},
-            env_drop_prefix="UPLOAD_",
+    ours = ServerSpec(
+        key="ours",
+        label="upload_service",
+        role=Role.OURS,
+        argv=(
+            *serve,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
         ),
+        version=" ".join([_our_version(), *(f"{k}={v}" for k, v in (ours_env or {}).items())]),
+        ready_path="/readyz",
+        env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}"},
+        env_drop_prefix="UPLOAD_",
+    )
+    # the same server on a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
+    ours_pg = dataclasses.replace(
+        ours, key="ours-pg", label="upload_service (PostgreSQL)", postgres=True
+    )
+    return [
+        ours,
+        ours_pg,
         ServerSpec(
             key="asgi-floor",
             label="asgi-floor",
@@ -118,10 +128,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions, median reported (default 3)")
     parser.add_argument(
         "--only",
-        help="comma-separated scenarios: " + ", ".join([*scenarios.SCENARIOS, *scenarios.ALIASES]),
+        help="comma-separated scenarios: " + ", ".join([*scenarios.NAMES, *scenarios.ALIASES]),
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
-    parser.add_argument("--servers", help="comma-separated subset of: " + ", ".join(ORDER))
+    parser.add_argument(
+        "--servers",
+        help="comma-separated subset of: " + ", ".join(ORDER) + " (default: all but ours-pg)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip installing and running peers")
     parser.add_argument(
         "--ours-env",
@@ -130,6 +143,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=_assignment,
         metavar="UPLOAD_X=V",
         help="a setting for our server (repeatable), e.g. UPLOAD_WRITE_BUFFER=8388608",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=pg.DEFAULT_ADMIN_URL,
+        help="the PostgreSQL server (and an existing database to connect to) where ours-pg and "
+        f"lockwait create their databases (default {pg.DEFAULT_ADMIN_URL})",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="peers, source file, scratch")
     parser.add_argument(
@@ -152,20 +171,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def _selected_scenarios(only: str | None) -> list[str]:
     if not only:
-        return list(scenarios.SCENARIOS)
+        return list(scenarios.NAMES)
     chosen: list[str] = []
     for name in (part.strip() for part in only.split(",") if part.strip()):
         if name in scenarios.ALIASES:
             chosen += scenarios.ALIASES[name]
-        elif name in scenarios.SCENARIOS:
+        elif name in scenarios.NAMES:
             chosen.append(name)
         else:
             raise SystemExit(f"bench: unknown scenario {name!r}")
-    return [name for name in scenarios.SCENARIOS if name in chosen]
+    return [name for name in scenarios.NAMES if name in chosen]
 
 
 def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], list[report.Entry]]:
-    wanted = list(ORDER)
+    wanted = list(DEFAULT_SERVERS)
     if args.servers:
         wanted = [part.strip() for part in args.servers.split(",") if part.strip()]
         unknown = set(wanted) - set(ORDER)
@@ -175,6 +194,16 @@ def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], li
         wanted = [key for key in wanted if key not in ("tuspyserver", "tus-node")]
     specs = {spec.key: spec for spec in own_specs(dict(args.ours_env))}
     entries: dict[str, report.Entry] = {}
+    if "ours-pg" in wanted:
+        spec = specs.pop("ours-pg")
+        try:
+            version = pg.server_version(args.pg_url)
+        except pg.DatabaseError as exc:
+            reason = f"PostgreSQL at {_hide_password(args.pg_url)} unreachable: {exc}"
+            _say(f"bench: {spec.label} unavailable: {reason}")
+            entries[spec.key] = report.Entry(spec.key, spec.label, spec.role, unavailable=reason)
+        else:
+            specs[spec.key] = dataclasses.replace(spec, version=f"{spec.version} on {version}")
     log: list[str] = []
     installers = {"tuspyserver": peers.tuspyserver_peer, "tus-node": peers.node_peer}
     for key, install in installers.items():
@@ -197,27 +226,14 @@ def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], li
     return running, lineup
 
 
-class Noise:
-    """How many cores' worth of CPU went to processes other than this server and this client
-    (curl included) while a measurement ran: a measure of how disturbed it was."""
+def _hide_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.wall = time.monotonic()
-        self.busy = procfs.busy_cpu_seconds()
-        self.server = procfs.cpu_times(server_pid).total
-        self.own = self._own()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def foreign_cores(self) -> float:
-        busy = procfs.busy_cpu_seconds() - self.busy
-        server = procfs.cpu_times(self.server_pid).total - self.server
-        own = self._own() - self.own
-        return max(0.0, busy - server - own) / max(time.monotonic() - self.wall, 1e-9)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def wait_for_idle(limit: float, threshold: float = 0.3) -> float:
@@ -232,6 +248,43 @@ def wait_for_idle(limit: float, threshold: float = 0.3) -> float:
             return busy
 
 
+def _start_reason(exc: StartError, label: str) -> str:
+    """A failed start in one line for the table: the last error its log names (the log's tail is
+    in the message), then the first line of the message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    first = lines[0].removeprefix(f"{label} ").rstrip(":")
+    errors = [line for line in lines[1:] if "Error" in line and "startup failed" not in line]
+    if not errors:
+        return first
+    error = re.sub(r"^[\w.]+\.(?=\w+: )", "", errors[-1])  # module path of the exception class
+    return f"{error} ({first})"
+
+
+@contextmanager
+def _database(spec: ServerSpec, pg_url: str, hint: str) -> Iterator[dict[str, str]]:
+    """The measurement's own settings: a fresh PostgreSQL database for a ``postgres`` spec."""
+    if not spec.postgres:
+        yield {}
+        return
+    with pg.fresh_database(pg_url, f"{spec.key} {hint}") as url:
+        yield {"UPLOAD_DATABASE_URL": url}
+
+
+def _on_one_server(run: Scenario, ctx: Context, launch: Launch) -> Measured:
+    server = launch.start()
+    try:
+        noise = procfs.Noise(server.pid)
+        measured = run(ctx, server)
+        server.check_alive()
+        measured.extras["foreign_cores"] = round(noise.foreign_cores(), 3)
+        return measured
+    finally:
+        server.stop()
+        server.remove_data()
+
+
 def _measure(
     scenario: str,
     spec: ServerSpec,
@@ -239,30 +292,31 @@ def _measure(
     results: report.Results,
     workdir: Path,
     log_path: Path,
+    pg_url: str,
 ) -> str:
-    """Start ``spec``, run ``scenario`` on it, record, stop it; a one-line summary."""
-    run = scenarios.SCENARIOS[scenario]
+    """Start ``spec`` (with its database, if it needs one), run ``scenario`` on it, record, stop
+    it; a one-line summary."""
     try:
-        server = start(spec, workdir, log_path)
-    except ServerError as exc:
-        results.problem(scenario, spec.key, f"start: {exc}".splitlines()[0], unsupported=False)
+        with _database(spec, pg_url, scenario) as env:
+            launch = Launch(spec, workdir, log_path, env)
+            if scenario in scenarios.CLUSTER:
+                measured = lockwait.lockwait(ctx, launch)
+            else:
+                measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
+    except StartError as exc:
+        results.problem(
+            scenario, spec.key, f"start: {_start_reason(exc, spec.label)}", unsupported=False
+        )
         return f"failed to start: {exc}"
-    try:
-        noise = Noise(server.pid)
-        measured = run(ctx, server)
-        server.check_alive()
-        measured.extras["foreign_cores"] = round(noise.foreign_cores(), 3)
     except Unsupported as exc:
         results.problem(scenario, spec.key, str(exc), unsupported=True)
         log_path.unlink(missing_ok=True)
         return f"unsupported: {exc}"
-    except (ClientError, ServerError, OSError, TimeoutError) as exc:
+    except (ClientError, ServerError, OSError, TimeoutError, pg.DatabaseError) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         results.problem(scenario, spec.key, reason, unsupported=False)
         return f"FAILED {reason} (log: {log_path})"
     finally:
-        server.stop()
-        server.remove_data()
         os.sync()
     log_path.unlink(missing_ok=True)  # logs are kept for failed measurements only
     for key, value in measured.values.items():
@@ -285,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine_info = report.machine(REPO, cache)
 
     specs, lineup = _lineup(args, cache)
+    if "lockwait" in chosen and not any(spec.postgres for spec in specs):
+        _say("bench: lockwait measures the file locker only; add ours-pg to --servers for postgres")
     source = ensure_source(cache, config.source_bytes)
     single_source = ensure_source(cache, config.single_bytes)
     ctx = Context(config=config, source=source, single_source=single_source)
@@ -294,14 +350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rep in range(config.reps):
                 shift = rep % len(specs) if specs else 0
                 for spec in specs[shift:] + specs[:shift]:
-                    if scenario == "checksum" and not spec.speaks_tus:
+                    if not scenarios.applies(scenario, spec.role):
                         continue
                     if args.wait_idle > 0:
                         busy = wait_for_idle(args.wait_idle)
                         if busy >= 0.3:
                             _say(f"bench: machine still busy ({busy:.1f} cores), measuring anyway")
                     log_path = logdir / f"{scenario}-{rep + 1}-{spec.key}.log"
-                    summary = _measure(scenario, spec, ctx, results, workdir, log_path)
+                    summary = _measure(scenario, spec, ctx, results, workdir, log_path, args.pg_url)
                     _say(f"[{scenario} {rep + 1}/{config.reps}] {spec.label}: {summary}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

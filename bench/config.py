@@ -23,6 +23,9 @@ class Config:
     slow_uploads: int  # scenario 4
     slow_rate: int  # ... bytes per second each
     slow_seconds: float  # ... how long each is held open
+    lockwait_rate: int  # scenario 7: bytes per second of the PATCH on the replica that is killed
+    lockwait_seconds: float  # ... how long that PATCH would run (it is killed well before)
+    lockwait_timeout: float  # ... seconds after the kill before the other replica is given up on
     request_timeout: float  # seconds before one request is given up
 
     @property
@@ -30,9 +33,19 @@ class Config:
         return int(self.slow_rate * self.slow_seconds)
 
     @property
+    def lockwait_bytes(self) -> int:
+        return int(self.lockwait_rate * self.lockwait_seconds)
+
+    @property
     def source_bytes(self) -> int:
         """The random source file must hold the largest single upload."""
-        return max(self.single_bytes, self.concurrent_bytes, self.latency_bytes, self.slow_bytes)
+        return max(
+            self.single_bytes,
+            self.concurrent_bytes,
+            self.latency_bytes,
+            self.slow_bytes,
+            self.lockwait_bytes,
+        )
 
 
 FULL = Config(
@@ -48,6 +61,9 @@ FULL = Config(
     slow_uploads=32,
     slow_rate=2 * MiB,
     slow_seconds=10.0,
+    lockwait_rate=4 * MiB,
+    lockwait_seconds=10.0,
+    lockwait_timeout=60.0,
     request_timeout=600.0,
 )
 
@@ -64,6 +80,9 @@ SMOKE = Config(
     slow_uploads=4,
     slow_rate=1 * MiB,
     slow_seconds=0.5,
+    lockwait_rate=2 * MiB,
+    lockwait_seconds=4.0,
+    lockwait_timeout=30.0,
     request_timeout=60.0,
 )
 

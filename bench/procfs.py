@@ -9,6 +9,7 @@ the RSS scenario also samples while the load runs.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,33 @@ def busy_cpu_seconds() -> float:
     fields = (PROC / "stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+class Noise:
+    """How many cores' worth of CPU went to processes other than these servers and this client
+    (curl included) while a measurement ran: a measure of how disturbed it was."""
+
+    def __init__(self, *server_pids: int) -> None:
+        self.wall = time.monotonic()
+        self.busy = busy_cpu_seconds()
+        self.servers = {pid: cpu_times(pid).total for pid in server_pids}
+        self.last: dict[int, float] = {}
+        self.own = self._own()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def last_reading(self, pid: int) -> None:
+        """Read ``pid``'s CPU now, before it is killed: a dead process has no counters left."""
+        self.last[pid] = cpu_times(pid).total
+
+    def foreign_cores(self) -> float:
+        busy = busy_cpu_seconds() - self.busy
+        server = sum(
+            self.last.get(pid, cpu_times(pid).total) - before
+            for pid, before in self.servers.items()
+        )
+        own = self._own() - self.own
+        return max(0.0, busy - server - own) / max(time.monotonic() - self.wall, 1e-9)

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.config import Config
-from bench.scenarios import Extra, Metric
+from bench.scenarios import Extra, Metric, applies
 from bench.servers import Role, ServerSpec
 
 # the reference columns of the table, in order; only those in the run's line-up are shown
 REFERENCES = ("asgi-floor", "socket-floor", "tuspyserver", "tus-node")
+# ... and our server on SQLite, when the same server on PostgreSQL is in the line-up too
+VARIANT_REFERENCES = {"ours-pg": "ours"}
 # a measurement beside this much CPU of other processes (in cores) is flagged in the table
 NOISY_CORES = 0.25
 
@@ -102,8 +104,13 @@ class Results:
             if not self._not_applicable(metric, entry)
         ]
 
+    def references(self) -> list[str]:
+        keys = [entry.key for entry in self.lineup]
+        variants = [ref for key, ref in VARIANT_REFERENCES.items() if key in keys and ref in keys]
+        return variants + [ref for ref in REFERENCES if ref in keys]
+
     def _not_applicable(self, metric: Metric, entry: Entry) -> bool:
-        if metric.scenario == "checksum" and entry.role is Role.FLOOR:
+        if not applies(metric.scenario, entry.role):
             return True
         # an unsupported checksum scenario needs one row that says so, not two
         row = self.rows[(metric.key, entry.key)]
@@ -120,7 +127,7 @@ def _number(value: float) -> str:
 
 def _note(row: Row) -> str:
     if row.status == "unavailable":
-        return "not installed (see below)"
+        return "not installed (see below)" if row.server.role is Role.PEER else "see below"
     if row.status == "unsupported":
         return row.unsupported
     notes = [f"{len(row.problems)} of {len(row.problems) + len(row.samples)} reps failed: "
@@ -128,6 +135,12 @@ def _note(row: Row) -> str:
     foreign = [float(extra.get("foreign_cores", 0.0)) for extra in row.extras]
     if foreign and max(foreign) >= NOISY_CORES:
         notes.append(f"other load up to {max(foreign):.1f} cores")
+    if row.metric.scenario == "lockwait" and row.extras:
+        lockers = sorted({str(extra["locker"]) for extra in row.extras if "locker" in extra})
+        notes.append("locker: " + (" / ".join(lockers) or "unknown"))
+        attempts = [int(extra["attempts"]) for extra in row.extras if "attempts" in extra]
+        if row.metric.key == "lockwait.patch" and attempts and max(attempts) > 1:
+            notes.append(f"up to {max(attempts)} attempts (423/409)")
     if row.metric.key == "checksum.on" and row.extras:
         ratios = [float(extra["ratio_on_off"]) for extra in row.extras]
         notes.append(f"{statistics.median(ratios):.2f}x unchecked")
@@ -138,8 +151,7 @@ def _note(row: Row) -> str:
 
 
 def table(results: Results, scenarios: list[str]) -> str:
-    keys = [entry.key for entry in results.lineup]
-    references = [ref for ref in REFERENCES if ref in keys]
+    references = results.references()
     labels = {entry.key: entry.label for entry in results.lineup}
     head = ["scenario", "server", "median", "unit", "min-max"]
     head += [f"vs {labels[ref]}" for ref in references] + ["note"]
@@ -233,7 +245,7 @@ def write_json(
     argv: list[str],
     table_text: str,
 ) -> None:
-    references = [entry.key for entry in results.lineup if entry.key in REFERENCES]
+    references = results.references()
     rows = []
     for row in results.visible_rows(scenarios):
         rows.append(

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import client, procfs
 from bench.client import Connection, Unsupported
 from bench.config import GB, MB, Config, MiB
-from bench.servers import RunningServer
+from bench.servers import Role, RunningServer
 
 Extra = float | int | str
 
@@ -88,6 +88,10 @@ def metrics(config: Config) -> list[Metric]:
         ),
         Metric("checksum.on", "checksum", "6 sha256 on every PATCH", "MB/s", True),
         Metric("checksum.off", "checksum", "6 same PATCHes, no checksum", "MB/s", True),
+        Metric(
+            "lockwait.patch", "lockwait", "7 killed replica's lock: until B's PATCH", "ms", False
+        ),
+        Metric("lockwait.head", "lockwait", "7 killed replica's lock: until B's HEAD", "ms", False),
     ]
 
 
@@ -296,5 +300,18 @@ SCENARIOS: dict[str, Scenario] = {
     "rss": rss,
     "checksum": checksum,
 }
+# scenarios that start their own processes from a servers.Launch (bench/lockwait.py)
+CLUSTER = ("lockwait",)
+NAMES = (*SCENARIOS, *CLUSTER)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
+
+
+def applies(scenario: str, role: Role) -> bool:
+    """Whether ``scenario`` is measured on a server of ``role``: the floors speak no checksums,
+    and only our server has replicas that share uploads."""
+    if scenario == "checksum":
+        return role is not Role.FLOOR
+    if scenario in CLUSTER:
+        return role is Role.OURS
+    return True

@@ -32,6 +32,10 @@ class ServerError(Exception):
     """A server did not start, did not get ready, or died."""
 
 
+class StartError(ServerError):
+    """A server did not start or did not get ready."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
     key: str  # the name on the command line (--servers)
@@ -44,10 +48,7 @@ class ServerSpec:
     probe_path: str = "/healthz"  # the trivial GET of the latency scenario
     env: Mapping[str, str] = field(default_factory=dict)
     env_drop_prefix: str = ""  # variables with this prefix are not passed on
-
-    @property
-    def speaks_tus(self) -> bool:
-        return self.role is not Role.FLOOR
+    postgres: bool = False  # gets a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
 
 
 def free_port() -> int:
@@ -58,11 +59,22 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, spec: ServerSpec, workdir: Path, log_path: Path) -> None:
+    """``env`` adds settings for this process only (after the spec's); ``data_dir`` shares one
+    directory between several processes (the caller deletes it), instead of a fresh one."""
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        workdir: Path,
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.spec = spec
         self.port = free_port()
-        self.data_dir = workdir / f"data-{spec.key}-{self.port}"
-        self.data_dir.mkdir(parents=True)
+        self.data_dir = data_dir or workdir / f"data-{spec.key}-{self.port}"
+        self.data_dir.mkdir(parents=True, exist_ok=data_dir is not None)
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{self.port}"
         argv = [part.format(port=self.port, data=self.data_dir) for part in spec.argv]
@@ -75,6 +87,7 @@ class RunningServer:
         environment.update(
             {key: value.format(data=self.data_dir) for key, value in spec.env.items()}
         )
+        environment.update(env or {})
         with log_path.open("ab") as log:
             # cwd: the data directory, so no .env or node_modules of the repository is picked up
             self.process = subprocess.Popen(
@@ -137,6 +150,18 @@ class RunningServer:
                 f"{self.spec.label} died (exit {self.process.returncode}):\n{self.log_tail()}"
             )
 
+    def kill(self) -> None:
+        """SIGKILL the process and every descendant noted so far (``remember_tree``) at once, as a
+        crash would: no shutdown runs, what it held (flocks, database sessions) only the kernel
+        lets go of. Returns once the process is reaped."""
+        if self.running:
+            os.kill(self.pid, signal.SIGKILL)
+        for pid, started in self._tree.items():
+            if pid != self.pid and started is not None and procfs.start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM by PID, SIGKILL after ``grace``; then any descendant still there, by its PID."""
         if self.running:
@@ -156,23 +181,51 @@ class RunningServer:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def start(spec: ServerSpec, workdir: Path, log_path: Path, attempts: int = 3) -> RunningServer:
+def start(
+    spec: ServerSpec,
+    workdir: Path,
+    log_path: Path,
+    attempts: int = 3,
+    *,
+    env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+) -> RunningServer:
     """A ready server; a process that exits before it is ready (say, because another program took
-    its free port meanwhile) is tried again on another port, up to ``attempts`` times."""
+    its free port meanwhile) is tried again on another port, up to ``attempts`` times. A shared
+    ``data_dir`` is left in place when it fails."""
     for attempt in range(1, attempts + 1):
-        server = RunningServer(spec, workdir, log_path)
+        server = RunningServer(spec, workdir, log_path, env=env, data_dir=data_dir)
         try:
             server.wait_ready()
-        except ServerError:
+        except ServerError as exc:
             exited = not server.running
             server.stop(grace=5)
-            server.remove_data()
+            if data_dir is None:
+                server.remove_data()
             if exited and attempt < attempts:
                 continue
-            raise
+            raise StartError(str(exc)) from exc
         except BaseException:
             server.stop(grace=5)
-            server.remove_data()
+            if data_dir is None:
+                server.remove_data()
             raise
         return server
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start ``spec`` for one measurement: the measurement's own settings (its database),
+    scratch directory and log; a scenario that needs several processes starts them all from it."""
+
+    spec: ServerSpec
+    workdir: Path
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def start(
+        self, *, env: Mapping[str, str] | None = None, data_dir: Path | None = None
+    ) -> RunningServer:
+        merged = {**self.env, **(env or {})}
+        return start(self.spec, self.workdir, self.log_path, env=merged, data_dir=data_dir)

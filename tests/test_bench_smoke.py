@@ -3,6 +3,11 @@
 Tiny sizes, one repetition, our server and the two floors only (peers need npm and PyPI and are
 skipped with ``--no-peers``). No timing assertion: only that the run printed its table and wrote
 JSON with a number for every metric of our server.
+
+A second run covers the PostgreSQL variant (``ours-pg``, and ``lockwait`` with the postgres
+locker) against the server at ``BENCH_PG_URL`` (default: the suite's own). It skips when that
+server is unreachable, except under ``CI=true``, where it fails; and it skips while this checkout's
+upload_service has no ``UPLOAD_LOCKER`` setting, i.e. before its PostgreSQL support is merged.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from bench import pg
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -30,20 +38,24 @@ OUR_METRICS = (
     "cpu.concurrent",
     "checksum.on",
     "checksum.off",
+    "lockwait.patch",
+    "lockwait.head",
 )
 
 
-def _require_curl() -> None:
-    if shutil.which("curl") is not None:
-        return
-    reason = "'curl' is not installed (the suite's single-PATCH scenario uses it)"
+def _missing(reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"{reason}; CI=true, so a missing component is a failure")
     pytest.skip(reason)
 
 
-def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
-    _require_curl()
+def _require_curl() -> None:
+    if shutil.which("curl") is None:
+        _missing("'curl' is not installed (the suite's single-PATCH scenario uses it)")
+
+
+def _run_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """``bench/run --smoke --no-peers ARGS`` into ``tmp_path``; its table and its JSON."""
     results = tmp_path / "results"
     environment = {key: value for key, value in os.environ.items() if not key.startswith("UPLOAD_")}
     done = subprocess.run(
@@ -52,8 +64,7 @@ def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
             str(REPO / "bench" / "run"),
             "--smoke",
             "--no-peers",
-            "--servers",
-            "ours,asgi-floor,socket-floor",
+            *args,
             "--cache-dir",
             str(tmp_path / "cache"),
             "--results-dir",
@@ -68,11 +79,19 @@ def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, f"bench/run exited {done.returncode}:\n{done.stderr[-4000:]}"
-    assert "| upload_service |" in done.stdout, done.stdout
-
     written = sorted(results.glob("*.json"))
     assert len(written) == 1, written
-    document = json.loads(written[0].read_text())
+    document: dict[str, Any] = json.loads(written[0].read_text())
+    assert not (tmp_path / "cache" / "work").exists() or not any(
+        (tmp_path / "cache" / "work").iterdir()
+    ), "scratch data left behind"
+    return done.stdout, document
+
+
+def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
+    _require_curl()
+    table, document = _run_bench(tmp_path, "--servers", "ours,asgi-floor,socket-floor")
+    assert "| upload_service |" in table, table
     assert document["machine"]["nproc"] >= 1
     assert document["servers"]["ours"]["available"] is True
 
@@ -91,6 +110,39 @@ def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
         for key in ("probe_max_ms_on", "probe_p99_ms_on", "probe_max_ms_off"):
             assert extra[key] > 0, extra
     assert rows[("ours", "single")]["ratios"]["asgi-floor"] is not None
-    assert not (tmp_path / "cache" / "work").exists() or not any(
-        (tmp_path / "cache" / "work").iterdir()
-    ), "scratch data left behind"
+    # lockwait: two replicas on one data directory, the file locker; not run on the floors
+    for extra in rows[("ours", "lockwait.patch")]["extras"]:
+        assert extra["locker"].startswith("file"), extra
+        assert extra["received_before_kill"] > 0, extra
+    assert ("asgi-floor", "lockwait.patch") not in rows
+
+
+def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
+    _require_curl()
+    url = os.environ.get("BENCH_PG_URL") or pg.DEFAULT_ADMIN_URL
+    try:
+        pg.server_version(url)
+    except pg.DatabaseError as exc:
+        _missing(f"PostgreSQL at {url} is unreachable ({exc}); set BENCH_PG_URL to use another")
+    from upload_service.settings import Settings
+
+    if "locker" not in Settings.model_fields:
+        pytest.skip(
+            "this upload_service has no UPLOAD_LOCKER setting yet (PostgreSQL support not merged)"
+        )
+    before = set(pg.leftovers(url))
+    table, document = _run_bench(
+        tmp_path, "--only", "single,lockwait", "--servers", "ours,ours-pg", "--pg-url", url
+    )
+    assert "| upload_service (PostgreSQL) |" in table, table
+    assert document["servers"]["ours-pg"]["available"] is True, document["servers"]
+    rows = {(row["server"], row["metric"]): row for row in document["results"]}
+    for server in ("ours", "ours-pg"):
+        for metric in ("single", "cpu.single", "lockwait.patch", "lockwait.head"):
+            row = rows[(server, metric)]
+            assert row["status"] == "ok", row
+            assert row["median"] > 0, row
+    assert rows[("ours-pg", "single")]["ratios"]["ours"] is not None
+    for extra in rows[("ours-pg", "lockwait.patch")]["extras"]:
+        assert extra["locker"] == "postgres", extra
+    assert set(pg.leftovers(url)) <= before, "databases of the run left behind"
