@@ -18,7 +18,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import inspect
 
 from tests.conftest import make_settings
-from upload_service.app import create_app
+from upload_service.app import build_locker, create_app
 from upload_service.cli import main
 from upload_service.db.migrate import (
     SCHEMA_REVISION,
@@ -28,6 +28,8 @@ from upload_service.db.migrate import (
     upgrade,
 )
 from upload_service.db.models import Base
+from upload_service.locking.file import FileLocker
+from upload_service.locking.postgres import PostgresLocker
 from upload_service.settings import ConfigError, Settings, load_settings
 
 WEEK = 7 * 24 * 3600
@@ -104,6 +106,57 @@ def test_an_explicit_database_url_wins(clean_env: Path, monkeypatch: pytest.Monk
     settings = load_settings()
     assert settings.database_url == url
     assert not settings.is_sqlite
+
+
+PG_URL = "postgresql+asyncpg://user@db.example/uploads"
+
+
+@pytest.mark.parametrize(
+    ("env", "locker"),
+    [
+        ({}, FileLocker),  # the embedded default: one host
+        ({"UPLOAD_DATABASE_URL": PG_URL}, PostgresLocker),  # auto: replicas share the database
+        ({"UPLOAD_DATABASE_URL": PG_URL, "UPLOAD_LOCKER": "postgres"}, PostgresLocker),
+        (
+            {"UPLOAD_DATABASE_URL": PG_URL, "UPLOAD_LOCKER": "file", "UPLOAD_SINGLE_NODE": "true"},
+            FileLocker,
+        ),
+        ({"UPLOAD_LOCKER": "file"}, FileLocker),
+    ],
+)
+async def test_the_locker_follows_the_database_unless_told(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], locker: type
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    built = build_locker(load_settings())
+    try:
+        assert isinstance(built, locker)
+    finally:
+        await built.aclose()  # never connected: nothing is built at construction
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"UPLOAD_DATABASE_URL": PG_URL, "UPLOAD_LOCKER": "file"}, ("UPLOAD_SINGLE_NODE",)),
+        ({"UPLOAD_LOCKER": "postgres"}, ("UPLOAD_DATABASE_URL",)),
+        ({"UPLOAD_LOCKER": "redis"}, ()),
+        ({"UPLOAD_LOCK_DEAD_AFTER": "1"}, ()),
+    ],
+)
+def test_a_locker_that_cannot_work_is_refused_at_start(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], names: tuple[str, ...]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    named = "UPLOAD_LOCKER" if "UPLOAD_LOCKER" in env else "UPLOAD_LOCK_DEAD_AFTER"
+    assert named in message
+    assert all(name in message for name in names)
+    assert "\n" not in message
 
 
 def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
@@ -262,6 +315,21 @@ def test_serve_with_an_invalid_setting_fails_fast_naming_it(
     assert name in result.stderr
     assert "Traceback" not in result.stderr
     assert not (clean_env / "data").exists(), "nothing may be created before settings are valid"
+
+
+def test_serve_refuses_the_file_locker_on_a_shared_postgres_database(clean_env: Path) -> None:
+    result = subprocess.run(
+        [str(_script("upload-service")), "serve"],
+        cwd=clean_env,
+        env=_child_env(UPLOAD_DATABASE_URL=PG_URL, UPLOAD_LOCKER="file"),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "UPLOAD_LOCKER=file locks uploads on one host only" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("workers", ["0", "65", "two"])

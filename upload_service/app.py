@@ -24,7 +24,9 @@ from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import ServiceError
 from upload_service.lifecycle import Lifecycle
+from upload_service.locking.base import Locker
 from upload_service.locking.file import FileLocker
+from upload_service.locking.postgres import PostgresLocker
 from upload_service.middleware import MethodOverrideMiddleware, TusResumableMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
@@ -49,6 +51,18 @@ def handler_config(settings: Settings) -> HandlerConfig:
     )
 
 
+def build_locker(settings: Settings) -> Locker:
+    if settings.effective_locker == "postgres":
+        dead_after = settings.lock_dead_after
+        return PostgresLocker(
+            settings.database_url,
+            heartbeat=dead_after / 10,
+            timeout=dead_after / 5,
+            dead_after=dead_after,
+        )
+    return FileLocker(settings.data_dir / "locks")
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings, runner: Runner | None = None
@@ -60,7 +74,7 @@ async def open_services(
         await check_schema(engine)
         repository = SqlUploadRepository(create_sessionmaker(engine))
         store = LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
-        locker = FileLocker(settings.data_dir / "locks")
+        locker = build_locker(settings)
         handler = TusHandler(
             store=store,
             repository=repository,

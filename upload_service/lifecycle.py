@@ -45,6 +45,10 @@ ORPHAN_GRACE = timedelta(minutes=10)
 ORPHAN_BATCH = 500
 
 ASSEMBLY_LOCK_WAIT = 60.0
+# Lock keys of work that runs once across every process and replica (never upload ids: those
+# are 32 hex digits).
+CLEANUP_LOCK = "cleanup"
+RECONCILE_LOCK = "reconcile"
 
 
 def expected_sha256(upload: Upload) -> bytes | None:
@@ -92,19 +96,25 @@ class Lifecycle:
         self._tombstone = timedelta(seconds=tombstone_seconds)
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
-        """The upload's last byte is durable (state ``verifying``). With the streamed ``digest``
-        it is verified on the spot; otherwise verification runs in the background."""
-        if digest is not None:
-            return await self._finish(upload, digest)
-        await self._runner.spawn(partial(self.verify, upload.id), f"verify {upload.id}")
-        return upload
+        """The upload's last byte is durable (state ``verifying``); the caller holds its lock.
+        With the streamed ``digest`` it is verified on the spot; without one the caller calls
+        ``verify_soon`` once it has let go of the lock."""
+        if digest is None:
+            return upload
+        return await self._finish(upload, digest)
+
+    async def verify_soon(self, upload_id: str) -> None:
+        await self._runner.spawn(partial(self.verify, upload_id), f"verify {upload_id}")
 
     async def verify(self, upload_id: str) -> None:
-        upload = await self._repo.get(upload_id)
-        if upload is None or upload.state is not UploadState.VERIFYING:
-            return
-        digest = await self._digest(upload, hashlib.sha256())
-        await self._finish(upload, digest)
+        """Read the stored bytes back for the whole-file digest, under the upload's lock: replicas
+        that both resume a verification hash the file once (the second finds it done)."""
+        async with self._locker.lock(upload_id, wait=ASSEMBLY_LOCK_WAIT, preempt=False):
+            upload = await self._repo.get(upload_id)
+            if upload is None or upload.state is not UploadState.VERIFYING:
+                return
+            digest = await self._digest(upload, hashlib.sha256())
+            await self._finish(upload, digest)
 
     async def _digest(self, upload: Upload, hasher: Hasher) -> bytes:
         if isinstance(self._store, Digester):
@@ -176,14 +186,23 @@ class Lifecycle:
     async def resume(self) -> None:
         """Start-up: finish what a stopped process left half done."""
         for upload in await self._repo.list_by_state(UploadState.VERIFYING):
-            await self._runner.spawn(partial(self.verify, upload.id), f"verify {upload.id}")
+            await self.verify_soon(upload.id)
         for final in await self._repo.list_finals_waiting():
             await self._runner.spawn(partial(self.assemble, final.id), f"assemble {final.id}")
 
     async def expire(self) -> int:
         """Mark unfinished uploads past their expiry ``expired`` and delete their bytes; the row
         stays as a tombstone (requests answer 410) until it is older than the tombstone period,
-        then it is deleted with the other ended uploads'. Uploads being written are left alone."""
+        then it is deleted with the other ended uploads'. Uploads being written are left alone.
+        One pass runs at a time across every process and replica (the others skip theirs)."""
+        try:
+            async with self._locker.lock(CLEANUP_LOCK, wait=0, preempt=False):
+                return await self._expire()
+        except Locked:
+            logger.info("clean-up skipped: another process or replica is running it")
+            return 0
+
+    async def _expire(self) -> int:
         count = 0
         now = self._clock()
         for upload in await self._repo.list_expired(now):

@@ -6,7 +6,7 @@ Only entry points build a ``Settings``; invalid values stop start-up with a mess
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     cleanup_interval: float = Field(default=600.0, gt=0)
     # Worker processes for ``serve`` (one event loop each; uploads are locked across them).
     workers: int = Field(default=1, ge=1, le=64)
+    # Who locks uploads: file (flock, processes of one host), postgres (advisory locks, every
+    # replica on the database), auto (postgres when the database is PostgreSQL, else file).
+    locker: Literal["auto", "file", "postgres"] = "auto"
+    # A PostgreSQL database with the file locker is refused unless this is the only node.
+    single_node: bool = False
+    # postgres locker: a replica that vanished (host down, network cut) holds its uploads' locks
+    # for at most this long; it stops writing itself before then.
+    lock_dead_after: float = Field(default=10.0, ge=2.0, le=600.0)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -68,7 +76,23 @@ class Settings(BaseSettings):
         if not self.database_url:
             path = (self.data_dir / "uploads.db").resolve()
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        if self.locker == "postgres" and self.is_sqlite:
+            raise ValueError(
+                "UPLOAD_LOCKER=postgres needs a PostgreSQL UPLOAD_DATABASE_URL (postgresql+asyncpg://)"
+            )
+        if self.effective_locker == "file" and not self.is_sqlite and not self.single_node:
+            raise ValueError(
+                "UPLOAD_LOCKER=file locks uploads on one host only, but the PostgreSQL database "
+                "may be shared by replicas on several: use UPLOAD_LOCKER=postgres (or auto), or "
+                "set UPLOAD_SINGLE_NODE=true if this host is the only node"
+            )
         return self
+
+    @property
+    def effective_locker(self) -> Literal["file", "postgres"]:
+        if self.locker == "auto":
+            return "file" if self.is_sqlite else "postgres"
+        return self.locker
 
     @property
     def files_dir(self) -> Path:
@@ -89,6 +113,9 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
+            if not err["loc"]:  # a rule across settings: its message names them
+                lines.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             name = "UPLOAD_" + "_".join(str(part) for part in err["loc"]).upper()
             lines.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from exc

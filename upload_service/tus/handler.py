@@ -18,6 +18,7 @@ So the reported offset never exceeds the durable bytes and never moves back past
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,7 @@ from upload_service.errors import (
     StorageError,
     TooLarge,
 )
-from upload_service.lifecycle import Lifecycle, parse_sha256
+from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle, parse_sha256
 from upload_service.locking.base import Lease, Locker
 from upload_service.storage.base import (
     Appender,
@@ -77,6 +78,8 @@ from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
+
+logger = logging.getLogger("upload_service.tus")
 
 CORE_EXTENSIONS = (
     "creation",
@@ -220,6 +223,8 @@ class TusHandler:
                     await self._repo.terminate(upload_id, self._clock())
                     await self._store.delete(key)
                     raise
+            if upload.state is UploadState.VERIFYING:
+                await self.lifecycle.verify_soon(upload_id)
         return TusResponse(201, self._offset_headers(upload), upload_id=upload_id)
 
     async def _create_final(
@@ -348,10 +353,13 @@ class TusHandler:
                 self._check_fits(upload.offset, length, content_length)
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
-            if upload.state is UploadState.RECEIVING:
+            receiving = upload.state is UploadState.RECEIVING
+            if receiving:
                 upload = await self._receive(upload, body, lease, checksum)
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")
+        if (receiving or new_length is not None) and upload.state is UploadState.VERIFYING:
+            await self.lifecycle.verify_soon(upload_id)  # the bytes are read back, lock let go
         return TusResponse(204, self._offset_headers(upload), upload_id=upload_id)
 
     def _check_declared_length(self, upload: Upload, length: int) -> None:
@@ -619,9 +627,18 @@ class TusHandler:
     async def reconcile_all(self) -> int:
         """Start-up: reconcile every upload still receiving, then resume verifications and
         assemblies a stopped process left. Returns how many uploads were reconciled."""
-        uploads = await self._repo.list_by_state(UploadState.RECEIVING)
         reconciled = 0
-        for upload in uploads:
+        try:
+            async with self._locker.lock(RECONCILE_LOCK, wait=0, preempt=False):
+                reconciled = await self._reconcile_receiving()
+        except Locked:
+            logger.info("start-up reconciliation skipped: another process or replica runs it")
+        await self.lifecycle.resume()  # verifications (completed just now too) and assemblies
+        return reconciled
+
+    async def _reconcile_receiving(self) -> int:
+        reconciled = 0
+        for upload in await self._repo.list_by_state(UploadState.RECEIVING):
             try:
                 async with self._locker.lock(upload.id, wait=0, preempt=False):
                     current = await self._repo.get(upload.id)
@@ -630,11 +647,9 @@ class TusHandler:
                         reconciled += 1
                         if current.is_complete and not current.is_final:
                             # killed between the last commit and ``complete``
-                            current = await self._complete(current)
-                            await self.lifecycle.completed(current, None)
+                            await self._complete(current)
             except Locked:
                 continue  # another worker process is writing it: consistent by construction
-        await self.lifecycle.resume()
         return reconciled
 
     async def _reconcile_if_idle(self, upload: Upload) -> Upload:
