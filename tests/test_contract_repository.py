@@ -175,6 +175,28 @@ async def test_a_final_claims_its_parts_in_one_transaction(repo: UploadRepositor
     assert (assembled.state, assembled.offset, assembled.length) == (UploadState.VERIFYING, 20, 20)
 
 
+async def test_commits_of_a_replaced_lock_holder_are_refused(repo: UploadRepository) -> None:
+    await repo.add(new_upload())
+    assert await repo.claim("f" * 32, 5) is None
+    first = await repo.claim(ID, 5)
+    assert first is not None
+    assert first.fence == 5
+    await repo.advance(ID, expected=0, offset=2, now=T1, expires_at=None, fence=5)
+    newer = await repo.claim(ID, 9)  # a newer holder (another replica) took the lock over
+    assert newer is not None
+    assert newer.fence == 9
+    with pytest.raises(Conflict):  # the stale holder can no longer move the offset
+        await repo.advance(ID, expected=2, offset=4, now=T1, expires_at=None, fence=5)
+    with pytest.raises(Conflict):
+        await repo.force_offset(ID, expected=2, offset=0, now=T1, fence=5)
+    with pytest.raises(Conflict):  # nor claim the upload back
+        await repo.claim(ID, 5)
+    assert (await row(repo)).offset == 2
+    moved = await repo.advance(ID, expected=2, offset=4, now=T1, expires_at=None, fence=9)
+    assert moved.offset == 4
+    assert (await repo.claim(ID, 9)) is not None  # claiming again with one's own token is fine
+
+
 async def test_forget_removes_the_row(repo: UploadRepository) -> None:
     await repo.add(new_upload())
     await repo.forget(ID)

@@ -478,6 +478,43 @@ async def test_settle_feeds_the_hashers_before_anything_is_synced(backend: Backe
     assert await _content(backend.store, KEY) == b"head"
 
 
+class Switch:
+    lost = False
+
+
+async def test_no_byte_reaches_the_medium_once_the_fence_is_lost(backend: Backend) -> None:
+    """A holder that lost its lock writes nothing more. What it accepted before may have reached
+    the medium already (a store may write at once); nothing accepted after ever does."""
+    await _stored(backend.store, KEY, b"head")
+    fence = Switch()
+    before = b"accepted before the lock was lost"
+    appender = await backend.store.append(KEY, 4, fence=fence)
+    try:
+        await appender.write(b"kept")
+        assert await appender.sync() == 8
+        await appender.write(before)
+        fence.lost = True
+
+        async def write_and_sync() -> None:  # the refusal may surface from either
+            await appender.write(b"AFTER")
+            await appender.sync()
+
+        with pytest.raises(StorageError, match="lock"):
+            await write_and_sync()
+        with contextlib.suppress(StorageError):
+            await appender.write(b"AFTER")
+        try:
+            durable = await appender.sync()
+        except StorageError:  # a write that failed in the background surfaces once
+            durable = await appender.sync()
+    finally:
+        await appender.aclose()
+    content = await _content(backend.store, KEY)
+    assert content[:8] == b"headkept"
+    assert content == b"headkept" + before[: len(content) - 8]  # a prefix, never AFTER
+    assert durable == len(content)
+
+
 async def test_digest_hashes_the_stored_bytes(backend: Backend) -> None:
     data = _random_bytes(3 * MiB + 17)
     await _stored(backend.store, KEY, data)

@@ -29,7 +29,7 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
-from upload_service.storage.base import Appender, Hasher, StorageKey
+from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.handler import HandlerConfig, TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, http_date
@@ -289,9 +289,13 @@ class BufferingStore(MemoryStore):
         self.fail_fsync = False
 
     async def append(  # type: ignore[override]
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> BufferingAppender:
-        return BufferingAppender(await super().append(key, offset, hashers), self)
+        return BufferingAppender(await super().append(key, offset, hashers, fence), self)
 
 
 @pytest.mark.parametrize(
@@ -478,10 +482,14 @@ class KillableStore:
         return await self._inner.create(upload_id)
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> Appender:
         self._switch.check()
-        inner = await self._inner.append(key, offset, hashers)
+        inner = await self._inner.append(key, offset, hashers, fence)
         return KillableAppender(inner, self._switch)
 
     async def size(self, key: StorageKey) -> int:
@@ -531,10 +539,11 @@ class KillableRepository(SqlUploadRepository):
         offset: int,
         now: datetime,
         expires_at: datetime | None,
+        fence: int | None = None,
     ) -> Upload:
         self._switch.check()
         upload = await super().advance(
-            upload_id, expected=expected, offset=offset, now=now, expires_at=expires_at
+            upload_id, expected=expected, offset=offset, now=now, expires_at=expires_at, fence=fence
         )
         self._switch.commits += 1
         self._switch.acknowledged.append(upload.offset)
@@ -547,10 +556,18 @@ class KillableRepository(SqlUploadRepository):
         await super().set_received(upload_id, received)
 
     async def force_offset(
-        self, upload_id: str, *, expected: int, offset: int, now: datetime
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        fence: int | None = None,
     ) -> Upload:
         self._switch.check()
-        return await super().force_offset(upload_id, expected=expected, offset=offset, now=now)
+        return await super().force_offset(
+            upload_id, expected=expected, offset=offset, now=now, fence=fence
+        )
 
 
 KILL_POINTS = [

@@ -35,6 +35,7 @@ from upload_service.storage.base import (
     Appender,
     Concatenator,
     Digester,
+    Fence,
     Hasher,
     StorageKey,
     TailDiscarder,
@@ -58,10 +59,14 @@ class CoreStore:
         return replace(key, ref=f"ref-{upload_id[:6]}")  # a backend reference the row must keep
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> Appender:
         assert key.ref == f"ref-{key.upload_id[:6]}", "the row did not keep the storage reference"
-        return await self.inner.append(key, offset, hashers)
+        return await self.inner.append(key, offset, hashers, fence)
 
     async def size(self, key: StorageKey) -> int:
         return await self.inner.size(key)
@@ -113,9 +118,13 @@ class PartStore(CoreStore):
         self.finished: list[tuple[str, int]] = []
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> Appender:
-        return PartAppender(await super().append(key, offset, hashers), offset)
+        return PartAppender(await super().append(key, offset, hashers, fence), offset)
 
     async def finish(self, key: StorageKey, length: int) -> None:
         self.finished.append((key.upload_id, length))

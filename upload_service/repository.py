@@ -47,6 +47,13 @@ class UploadRepository(Protocol):
         claimed by a final upload (its assembly still names them)."""
         ...
 
+    async def claim(self, upload_id: str, token: int) -> Upload | None:
+        """A new holder of the upload's lock (fencing ``token`` from a locker that spans hosts)
+        records its token, unless a newer one did already (``Conflict``: this holder was
+        replaced). From then on, commits that carry an older token are refused. None when the
+        upload does not exist."""
+        ...
+
     async def advance(
         self,
         upload_id: str,
@@ -55,10 +62,12 @@ class UploadRepository(Protocol):
         offset: int,
         now: datetime,
         expires_at: datetime | None,
+        fence: int | None = None,
     ) -> Upload:
         """Move the committed offset of a receiving upload from ``expected`` to ``offset``. Every
         byte below ``offset`` must already be durable in storage. Reaching the length does not
-        complete the upload: ``complete`` does, explicitly."""
+        complete the upload: ``complete`` does, explicitly. With ``fence``, only while that is
+        still the token the upload's row was last claimed with."""
         ...
 
     async def declare_length(self, upload_id: str, length: int, now: datetime) -> Upload:
@@ -93,10 +102,16 @@ class UploadRepository(Protocol):
         ...
 
     async def force_offset(
-        self, upload_id: str, *, expected: int, offset: int, now: datetime
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        fence: int | None = None,
     ) -> Upload:
         """Reconciliation only (storage holds fewer durable bytes than committed): lower the
-        offset of a receiving upload from ``expected`` to ``offset``."""
+        offset of a receiving upload from ``expected`` to ``offset`` (fenced like ``advance``)."""
         ...
 
     async def set_received(self, upload_id: str, received: int) -> None:

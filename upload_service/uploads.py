@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -43,6 +43,9 @@ class Upload:
     sha256: str | None = None  # hex digest of the whole file, once verified
     state_changed_at: datetime | None = None
     storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)
+    # fencing token of the last lock holder that claimed it (0: none); lock bookkeeping, not
+    # part of the upload's value: two records of one upload that differ only here are equal
+    fence: int = field(default=0, compare=False)
 
     @property
     def storage(self) -> StorageKey:

@@ -34,6 +34,8 @@ class UploadRow(Base):
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # what Store.create returned beside the id (an object store's multipart upload id)
     storage_ref: Mapped[str] = mapped_column(Text, default="")
+    # fencing token of the last lock holder that claimed the upload; offset commits must carry it
+    fence: Mapped[int] = mapped_column(BigInteger, default=0)
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),

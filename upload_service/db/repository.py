@@ -63,6 +63,7 @@ def _to_upload(row: UploadRow) -> Upload:
         sha256=row.sha256,
         state_changed_at=_aware(row.state_changed_at),
         storage_ref=row.storage_ref,
+        fence=row.fence,
     )
 
 
@@ -85,6 +86,7 @@ def _to_row(upload: Upload) -> UploadRow:
         sha256=upload.sha256,
         state_changed_at=upload.state_changed_at or upload.created_at,
         storage_ref=upload.storage_ref,
+        fence=upload.fence,
     )
 
 
@@ -150,6 +152,17 @@ class SqlUploadRepository:
 
     # -- transitions, each a compare-and-set ----------------------------------------------------
 
+    async def claim(self, upload_id: str, token: int) -> Upload | None:
+        statement = update(UploadRow).where(UploadRow.id == upload_id, UploadRow.fence <= token)
+        try:
+            return await self._execute_one(
+                statement.values(fence=token), "upload was taken over by a newer request"
+            )
+        except Conflict:
+            if await self.get(upload_id) is None:
+                return None
+            raise
+
     async def advance(
         self,
         upload_id: str,
@@ -158,10 +171,11 @@ class SqlUploadRepository:
         offset: int,
         now: datetime,
         expires_at: datetime | None,
+        fence: int | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (_receiving(), UploadRow.upload_offset == expected),
+            (_receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
             "upload changed concurrently; fetch its offset and retry",
             upload_offset=offset,
             received=offset,
@@ -250,11 +264,17 @@ class SqlUploadRepository:
         )
 
     async def force_offset(
-        self, upload_id: str, *, expected: int, offset: int, now: datetime
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        fence: int | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (_receiving(), UploadRow.upload_offset == expected),
+            (_receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
             "upload changed concurrently; fetch its offset and retry",
             upload_offset=offset,
             received=offset,
@@ -324,6 +344,11 @@ class SqlUploadRepository:
 
 def _receiving() -> ColumnElement[bool]:
     return UploadRow.state == UploadState.RECEIVING.value
+
+
+def _fenced(fence: int | None) -> tuple[ColumnElement[bool], ...]:
+    """A commit by a holder whose fencing token is no longer the row's latest is refused."""
+    return () if fence is None else (UploadRow.fence == fence,)
 
 
 def _in(states: tuple[UploadState, ...]) -> ColumnElement[bool]:

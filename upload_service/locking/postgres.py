@@ -29,15 +29,15 @@ The failure story:
 - *PostgreSQL restarted or the session killed* (``pg_terminate_backend``): every lock of the
   session is gone; the connection's close marks every lease lost at once (a close that never
   arrives is the partition above), and the next ``lock`` connects again.
-- *What a stale holder can and cannot do*: "told to stop" is not "stopped". A holder that is in
-  the middle of a write when its lease is lost can finish that write and try to commit it, while
-  a newer holder already writes. Exclusion alone cannot prevent this; the fencing token can, where
-  it is checked: a commit that compares the upload row's last accepted token with its own
-  (``token >= last``, in the same statement) is refused once a newer holder has committed, so a
-  stale holder can never move the committed offset or undo another holder's commit. Until the
-  repository checks tokens, only the holder's prompt stop guards the commit. Bytes a stale holder
-  appends to storage past the committed offset are not counted and the next holder writes over
-  them, but a store that cannot check the token cannot refuse them either.
+- *What a stale holder can and cannot do*: "told to stop" is not "stopped", so the token is
+  checked where it matters. The handler claims the upload's row with its token as soon as it holds
+  the lock (``UploadRepository.claim``: only a newer token replaces the row's), every offset commit
+  carries the token in the same statement, and the store checks ``Lease.lost`` in its writer
+  thread before every write. So a stale holder can never move the committed offset or undo a newer
+  holder's commit, and writes nothing once it knows. What remains: a write already handed to the
+  disk when the session drops, in the milliseconds before the holder hears of it (a partition
+  cannot cause this: the holder stops after ``heartbeat + timeout``, the server frees the lock only
+  after ``dead_after``; only a session killed by an operator or a server restart mid-write can).
 
 Point the locker at the primary, directly or through a session-pooling proxy: a standby hands
 out no transaction ids and shares no advisory locks, and a transaction-pooling proxy would give

@@ -52,6 +52,14 @@ class Hasher(Protocol):
     def digest(self) -> bytes: ...
 
 
+class Fence(Protocol):
+    """What an appender asks before every write: has the writer's lock been lost? (A
+    ``locking.base.Lease`` is one.) Read from the writer's thread, so it must be a plain flag."""
+
+    @property
+    def lost(self) -> bool: ...
+
+
 class Appender(Protocol):
     """Appends one request's bytes to an upload, from the offset it was opened at."""
 
@@ -96,13 +104,20 @@ class Store(Protocol):
         ...
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> Appender:
         """Open the upload for appending at ``offset`` (the committed offset). Bytes stored past
         ``offset`` are uncommitted leftovers of a crash or a failed request: they never become
         part of the upload (the backend drops or overwrites them). Every written byte also goes to
-        each of ``hashers`` (after a write failure they are void). Raises ``NotFound`` if the
-        upload has no storage, ``StorageError`` if it holds fewer than ``offset`` bytes."""
+        each of ``hashers`` (after a write failure they are void). Once ``fence.lost`` is true,
+        no further byte reaches the medium: writes (and the write a sync would do) fail with
+        ``StorageError``, and ``sync`` then reports only the prefix written before. Raises
+        ``NotFound`` if the upload has no storage, ``StorageError`` if it holds fewer than
+        ``offset`` bytes."""
         ...
 
     async def size(self, key: StorageKey) -> int:

@@ -31,7 +31,7 @@ import aiofiles.os
 import anyio.to_thread
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Hasher, StorageKey, check_upload_id
+from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 
 if TYPE_CHECKING:
     from aiofiles.threadpool.binary import AsyncFileIO
@@ -121,6 +121,14 @@ class _WriterState:
     """Shared by one appender's writes, which run one after another in its writer thread."""
 
     failed = False
+    fence: Fence | None = None
+
+
+def _fenced_off(state: _WriterState) -> bool:
+    return state.fence is not None and state.fence.lost
+
+
+_FENCED = "the upload's lock was lost (a newer request owns it)"
 
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -161,6 +169,9 @@ def _write_job(
     file's position), start its writeback. Nothing after a failed job is written."""
     if state.failed:
         raise OSError(errno.EIO, "an earlier write of this request failed")
+    if _fenced_off(state):  # checked in the writer thread, right before the bytes go out
+        state.failed = True
+        raise OSError(errno.ESTALE, _FENCED)
     try:
         _hash_and_write(fd, chunks, hashers, progress)
     except BaseException:
@@ -311,6 +322,7 @@ class LocalAppender:
         hashers: Sequence[Hasher] = (),
         *,
         pool: ThreadPoolExecutor,
+        fence: Fence | None = None,
     ) -> None:
         self._file = file
         # Each digest is fed, in order, by one thread only: the writer's, or the side hasher's.
@@ -329,6 +341,7 @@ class LocalAppender:
         self._writer = _SerialQueue(pool)
         self._side = _SerialQueue(pool)
         self._state = _WriterState()
+        self._state.fence = fence
         self._failed = False  # a write failed: later bytes must never land behind its prefix
 
     @property
@@ -338,6 +351,10 @@ class LocalAppender:
     async def write(self, data: bytes) -> None:
         if self._failed:
             raise StorageError("cannot write upload data: an earlier write failed")
+        if _fenced_off(self._state):
+            self._failed = True
+            self._take_chunks()
+            raise StorageError(f"cannot write upload data: {_FENCED}")
         now = time.monotonic()
         if not self._chunks:
             self._buffered_since = now
@@ -479,7 +496,11 @@ class LocalStore:
         return StorageKey(upload_id)
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> LocalAppender:
         path = self.path(key)
         with _translated("open upload"):
@@ -497,7 +518,9 @@ class LocalStore:
             if isinstance(exc, OSError):
                 raise _storage_error(exc, "open upload") from exc
             raise
-        return LocalAppender(file, offset, self._buffer_size, hashers, pool=self._writers())
+        return LocalAppender(
+            file, offset, self._buffer_size, hashers, pool=self._writers(), fence=fence
+        )
 
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
         with _translated("list uploads"):

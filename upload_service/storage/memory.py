@@ -10,13 +10,19 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Hasher, StorageKey, check_upload_id
+from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 
 
 class MemoryAppender:
     def __init__(
-        self, store: MemoryStore, upload_id: str, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        store: MemoryStore,
+        upload_id: str,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> None:
+        self._fence = fence
         self._store = store
         self._hashers = tuple(hashers)
         self._id = upload_id
@@ -29,6 +35,8 @@ class MemoryAppender:
     async def write(self, data: bytes) -> None:
         if self._store.fail_writes:
             raise StorageError("cannot write upload data: storage is full")
+        if self._fence is not None and self._fence.lost:
+            raise StorageError("cannot write upload data: the upload's lock was lost")
         for hasher in self._hashers:
             hasher.update(data)
         self._store.volatile[self._id] += data
@@ -72,13 +80,17 @@ class MemoryStore:
         return StorageKey(upload_id)
 
     async def append(
-        self, key: StorageKey, offset: int, hashers: Sequence[Hasher] = ()
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
     ) -> MemoryAppender:
         data = self._get(key)
         if len(data) < offset:
             raise StorageError(f"upload data holds {len(data)} bytes, fewer than offset {offset}")
         del data[offset:]
-        return MemoryAppender(self, key.upload_id, offset, hashers)
+        return MemoryAppender(self, key.upload_id, offset, hashers, fence)
 
     async def size(self, key: StorageKey) -> int:
         return len(self._get(key))

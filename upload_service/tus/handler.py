@@ -13,6 +13,11 @@ Crash story of a PATCH (what a kill -9 at each step leaves):
   received again.
 - after the commit: the offset is durable and every byte below it was fsynced before it.
 So the reported offset never exceeds the durable bytes and never moves back past what was reported.
+
+Across replicas (a locker that hands out fencing tokens): the holder claims the upload's row with
+its token before reading it, every commit is refused once a newer holder has claimed the row, and
+once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
+request answers 409 and the client resumes from the committed offset, on whichever replica.
 """
 
 from __future__ import annotations
@@ -133,6 +138,16 @@ class TusResponse:
     upload_id: str | None = None
 
 
+class LeaseLost(Conflict):
+    """This request's lock on the upload was lost (the lock service went away, or a newer
+    request took the upload over): it stopped writing, and nothing more of it is committed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this request lost its lock on the upload; fetch the upload's offset and retry"
+        )
+
+
 class TusHandler:
     def __init__(
         self,
@@ -216,6 +231,7 @@ class TusHandler:
             upload = await self.lifecycle.completed(upload, hashlib.sha256().digest())
         elif with_data:
             async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
+                upload = await self._load_held(upload_id, lease)
                 try:
                     upload = await self._receive(upload, body, lease, checksum)
                 except (TooLarge, ChecksumMismatch):
@@ -337,7 +353,7 @@ class TusHandler:
         check_upload_id(upload_id)
 
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
-            upload = await self._load(upload_id)
+            upload = await self._load_held(upload_id, lease)
             if upload.is_final:
                 raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
             if offset != upload.offset:
@@ -421,7 +437,7 @@ class TusHandler:
         request_digest = None if checksum is None else checksum.hasher()
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
-        appender = await self._store.append(upload.storage, start, hashers)
+        appender = await self._store.append(upload.storage, start, hashers, fence=lease)
         overflow: ServiceError | None = None
         failure: StorageError | None = None
         complete_body = False
@@ -445,7 +461,7 @@ class TusHandler:
                         or now - last_checkpoint >= config.checkpoint_seconds
                     ):
                         with anyio.CancelScope(shield=True):
-                            upload = await self._checkpoint(upload, appender)
+                            upload = await self._checkpoint(upload, appender, lease)
                         last_checkpoint = last_progress = time.monotonic()
                     elif now - last_progress >= config.progress_seconds:
                         with anyio.CancelScope(shield=True):
@@ -464,13 +480,14 @@ class TusHandler:
                 try:
                     if checksum is None:
                         try:
-                            upload = await self._checkpoint(upload, appender)
+                            upload = await self._checkpoint(upload, appender, lease)
                         except StorageError as exc:
                             failure = failure or exc
-                            upload = await self._checkpoint(upload, appender)  # written prefix
+                            # the written prefix
+                            upload = await self._checkpoint(upload, appender, lease)
                     elif complete_body and failure is None and overflow is None:
                         upload, overflow = await self._commit_checked(
-                            upload, appender, checksum, request_digest
+                            upload, appender, lease, checksum, request_digest
                         )
                 finally:
                     await appender.aclose()
@@ -494,6 +511,7 @@ class TusHandler:
         self,
         upload: Upload,
         appender: Appender,
+        lease: Lease,
         checksum: Checksum,
         request_digest: Hasher | None,
     ) -> tuple[Upload, ServiceError | None]:
@@ -512,7 +530,7 @@ class TusHandler:
                 "storage could not make the whole checksummed request durable; resend it"
             )
         if durable != upload.offset:
-            upload = await self._commit(upload, durable)
+            upload = await self._commit(upload, durable, lease)
         return upload, None
 
     async def _discard(self, upload: Upload) -> None:
@@ -523,23 +541,39 @@ class TusHandler:
             await self._store.discard_tail(upload.storage, upload.offset)
         await self._repo.set_received(upload.id, upload.offset)
 
-    async def _checkpoint(self, upload: Upload, appender: Appender) -> Upload:
+    async def _checkpoint(self, upload: Upload, appender: Appender, lease: Lease) -> Upload:
+        if lease.lost:
+            raise LeaseLost()  # before the sync: a lost holder flushes nothing more
         durable = await appender.sync()
         if durable == upload.offset:
             return upload
-        return await self._commit(upload, durable)
+        return await self._commit(upload, durable, lease)
 
-    async def _commit(self, upload: Upload, offset: int) -> Upload:
+    async def _commit(self, upload: Upload, offset: int, lease: Lease) -> Upload:
         """Advance the offset to durable ``offset``; the last byte also completes the upload
-        (a crash between the two leaves it complete but receiving: start-up completes it)."""
+        (a crash between the two leaves it complete but receiving: start-up completes it).
+
+        Fenced: nothing is committed once the lease is lost, and the database refuses a commit
+        whose fencing token a newer holder has replaced (the row check is in the same statement).
+        """
+        if lease.lost:
+            raise LeaseLost()
         now = self._clock()
-        upload = await self._repo.advance(
-            upload.id,
-            expected=upload.offset,
-            offset=offset,
-            now=now,
-            expires_at=self._expiry(now),
-        )
+        try:
+            upload = await self._repo.advance(
+                upload.id,
+                expected=upload.offset,
+                offset=offset,
+                now=now,
+                expires_at=self._expiry(now),
+                fence=lease.token,
+            )
+        except Conflict:
+            if lease.token is not None:
+                current = await self._repo.get(upload.id)
+                if current is not None and current.fence != lease.token:
+                    raise LeaseLost() from None
+            raise
         if upload.is_complete:
             upload = await self._complete(upload)
         return upload
@@ -556,8 +590,8 @@ class TusHandler:
     async def delete(self, upload_id: str, headers: TusHeaders) -> TusResponse:
         check_version(headers.tus_resumable)
         check_upload_id(upload_id)
-        async with self._locker.lock(upload_id, wait=self._config.lock_timeout):
-            upload = await self._load(upload_id, allow_expired=True)
+        async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
+            upload = await self._load_held(upload_id, lease, allow_expired=True)
             if upload.final_id is not None:
                 final = await self._repo.get(upload.final_id)
                 if final is not None and final.state is UploadState.RECEIVING:
@@ -596,7 +630,7 @@ class TusHandler:
 
     # -- reconciliation -------------------------------------------------------------------------
 
-    async def reconcile(self, upload: Upload) -> Upload:
+    async def reconcile(self, upload: Upload, lease: Lease) -> Upload:
         """Make the committed offset and the stored bytes agree (caller holds the lock).
 
         Extra stored bytes were never committed: cut them off. Fewer stored bytes than the offset
@@ -611,7 +645,11 @@ class TusHandler:
                 await self._store.discard_tail(upload.storage, upload.offset)
         elif size < upload.offset:
             upload = await self._repo.force_offset(
-                upload.id, expected=upload.offset, offset=size, now=self._clock()
+                upload.id,
+                expected=upload.offset,
+                offset=size,
+                now=self._clock(),
+                fence=lease.token,
             )
         return upload
 
@@ -640,10 +678,10 @@ class TusHandler:
         reconciled = 0
         for upload in await self._repo.list_by_state(UploadState.RECEIVING):
             try:
-                async with self._locker.lock(upload.id, wait=0, preempt=False):
-                    current = await self._repo.get(upload.id)
+                async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+                    current = await self._claimed(upload.id, lease)
                     if current is not None and current.state is UploadState.RECEIVING:
-                        current = await self.reconcile(current)
+                        current = await self.reconcile(current, lease)
                         reconciled += 1
                         if current.is_complete and not current.is_final:
                             # killed between the last commit and ``complete``
@@ -655,21 +693,42 @@ class TusHandler:
     async def _reconcile_if_idle(self, upload: Upload) -> Upload:
         """HEAD: if no request is writing, make sure the offset is backed by stored bytes."""
         try:
-            async with self._locker.lock(upload.id, wait=0, preempt=False):
-                current = await self._load(upload.id)
+            async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+                current = await self._load_held(upload.id, lease)
                 if (
                     current.state is UploadState.RECEIVING
                     and await self._store.size(current.storage) < current.offset
                 ):
-                    current = await self.reconcile(current)
+                    current = await self.reconcile(current, lease)
                 return current
         except Locked:
             return upload  # a PATCH is running; its committed offset is durable by construction
 
     # -- helpers --------------------------------------------------------------------------------
 
+    async def _claimed(self, upload_id: str, lease: Lease) -> Upload | None:
+        """The upload, read under its lock; a holder with a fencing token claims it first, so
+        commits of any older holder are refused from now on."""
+        if lease.token is None:
+            return await self._repo.get(upload_id)
+        try:
+            return await self._repo.claim(upload_id, lease.token)
+        except Conflict:
+            raise LeaseLost() from None
+
+    async def _load_held(
+        self, upload_id: str, lease: Lease, *, allow_expired: bool = False
+    ) -> Upload:
+        """``_load`` under the upload's lock, claiming it (see ``_claimed``)."""
+        return self._live(
+            await self._claimed(check_upload_id(upload_id), lease), allow_expired=allow_expired
+        )
+
     async def _load(self, upload_id: str, *, allow_expired: bool = False) -> Upload:
         upload = await self._repo.get(check_upload_id(upload_id))
+        return self._live(upload, allow_expired=allow_expired)
+
+    def _live(self, upload: Upload | None, *, allow_expired: bool = False) -> Upload:
         if upload is None:
             raise NotFound("no such upload")
         if upload.state is UploadState.TERMINATED:

@@ -1,4 +1,4 @@
-"""storage reference of each upload (what the store's create returned)
+"""storage reference of each upload, and the fencing token of its lock's last holder
 
 Revision ID: 0003
 Revises: 0002
@@ -19,8 +19,10 @@ depends_on: str | None = None
 def upgrade() -> None:
     with op.batch_alter_table("uploads") as batch:
         batch.add_column(sa.Column("storage_ref", sa.Text(), nullable=False, server_default=""))
+        batch.add_column(sa.Column("fence", sa.BigInteger(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("uploads") as batch:
+        batch.drop_column("fence")
         batch.drop_column("storage_ref")
