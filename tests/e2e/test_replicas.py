@@ -46,6 +46,13 @@ from tests.e2e.support import (
     upload_id_of,
     write_random_file,
 )
+from tests.postgres import (
+    create_database,
+    drop_database,
+    new_database_name,
+    require_postgres,
+    sqlalchemy_url,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,20 +66,33 @@ RACE_SIZE = 4 * MiB
 RACERS = 8
 
 
-@pytest.fixture
-def replica_env(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(params=["postgres", "sqlite"])
+def replica_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment both replicas share: the data directory, the database, the locker.
 
-    Today: one SQLite file in the shared data directory and the default file locker (flock under
-    ``<data>/locks``), which hold for processes on one host. For replicas on several hosts this
-    becomes ``UPLOAD_DATABASE_URL=postgresql+asyncpg://...`` and ``UPLOAD_LOCKER=postgres``; the
-    rest of the module takes whatever this returns.
+    ``postgres``: as replicas on several hosts run, a PostgreSQL database of the test's own and
+    the PostgreSQL locker (advisory locks, release requests by NOTIFY). ``sqlite``: replicas on
+    one host, one SQLite file in the shared data directory and the file locker (flock).
     """
     data = tmp_path / "shared-data"
-    return {
-        "UPLOAD_DATA_DIR": str(data),
-        "UPLOAD_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'uploads.db'}",
-    }
+    if request.param == "sqlite":
+        yield {
+            "UPLOAD_DATA_DIR": str(data),
+            "UPLOAD_DATABASE_URL": f"sqlite+aiosqlite:///{data / 'uploads.db'}",
+            "UPLOAD_LOCKER": "file",
+        }
+        return
+    require_postgres()
+    name = new_database_name("replicas")
+    create_database(name)
+    try:
+        yield {
+            "UPLOAD_DATA_DIR": str(data),
+            "UPLOAD_DATABASE_URL": sqlalchemy_url(name),
+            "UPLOAD_LOCKER": "postgres",
+        }
+    finally:
+        drop_database(name)
 
 
 @dataclass
