@@ -13,6 +13,7 @@ import anyio
 import asyncpg
 import pytest
 
+from tests.postgres import ADMIN_DSN
 from upload_service.errors import Locked, Unavailable
 from upload_service.locking.base import Lease, Locker
 from upload_service.locking.file import FileLocker
@@ -26,9 +27,7 @@ GUARD = 20.0
 
 async def postgres_dsn() -> str:
     """The test cluster's DSN; skips the test when it cannot be reached (fails it under CI)."""
-    dsn = os.environ.get(
-        "UPLOAD_SERVICE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-    )
+    dsn = ADMIN_DSN  # the suite's server (tests/postgres.py): locks need no database of their own
 
     try:
         connection = await asyncpg.connect(dsn, timeout=5)
