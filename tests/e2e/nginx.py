@@ -13,15 +13,13 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.support import free_port, require_tool
+from tests.e2e.support import free_port, require_tool, wait_for_readyz
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CONF = ROOT / "deploy" / "nginx" / "upload_service.conf"
@@ -134,22 +132,7 @@ class Nginx:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until ``/readyz`` answers 200 through nginx (so at least one replica is reachable)."""
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if not self.running:
-                    pytest.fail(f"nginx exited with {self.process.returncode}:\n{self.errors()}")
-                try:
-                    response = client.get(f"{self.base_url}/readyz")
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                else:
-                    if response.status_code == 200:
-                        return
-                    last = f"{response.status_code} {response.text}"
-                time.sleep(0.05)
-        pytest.fail(f"nginx not ready after {timeout}s ({last}):\n{self.errors()}")
+        wait_for_readyz(self.base_url, self.process, "nginx", self.errors, timeout)
 
     def errors(self) -> str:
         try:

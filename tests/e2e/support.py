@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from base64 import b64encode
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -117,6 +117,36 @@ def stored_file(data_dir: Path, upload_id: str) -> Path:
 # -- the server process -------------------------------------------------------------------------
 
 
+def wait_for_readyz(
+    base_url: str,
+    process: subprocess.Popen[bytes],
+    name: str,
+    log: Callable[[], str],
+    timeout: float,
+    *,
+    before: str = "",
+) -> None:
+    """Until ``base_url``'s ``/readyz`` answers 200; fails the test (with ``log()``) when
+    ``process`` exits first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                when = f" {before}" if before else ""
+                pytest.fail(f"{name} exited with {process.returncode}{when}:\n{log()}")
+            try:
+                response = client.get(f"{base_url}/readyz")
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text}"
+            time.sleep(0.05)
+    pytest.fail(f"{name} not ready after {timeout}s ({last}):\n{log()}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -180,25 +210,14 @@ class ServerProcess:
             return ""
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if not self.running:
-                    pytest.fail(
-                        f"server exited with {self.process.returncode} before it was ready:\n"
-                        + self.log_text()
-                    )
-                try:
-                    response = client.get(f"{self.base_url}/readyz")
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                else:
-                    if response.status_code == 200:
-                        return
-                    last = f"{response.status_code} {response.text}"
-                time.sleep(0.05)
-        pytest.fail(f"server not ready after {timeout}s ({last}):\n{self.log_text()}")
+        wait_for_readyz(
+            self.base_url,
+            self.process,
+            "server",
+            self.log_text,
+            timeout,
+            before="before it was ready",
+        )
 
     def kill9(self) -> None:
         """kill -9 by PID, then reap it."""
