@@ -24,6 +24,13 @@ from tests.e2e.support import (
     sha256_file,
     write_random_file,
 )
+from tests.postgres import (
+    create_database,
+    drop_database,
+    new_database_name,
+    require_postgres,
+    sqlalchemy_url,
+)
 
 # At least 200 MiB, and not a multiple of any chunk or buffer size, so the tail is exercised too.
 SOURCE_SIZE = 200 * MiB + 12_345
@@ -62,9 +69,28 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Source:
     return Source(path=path, size=SOURCE_SIZE, sha256=sha256_file(path))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The database of the servers a test starts: the embedded default (SQLite in the data
+    directory), or a PostgreSQL database of the test's own (with the PostgreSQL locker, as
+    ``auto`` picks it), dropped after the servers stopped."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    require_postgres()
+    name = new_database_name("e2e")
+    create_database(name)
+    try:
+        yield {"UPLOAD_DATABASE_URL": sqlalchemy_url(name)}
+    finally:
+        drop_database(name)
+
+
 @pytest.fixture
-def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
+def servers(
+    request: pytest.FixtureRequest, tmp_path: Path, server_database: dict[str, str]
+) -> Iterator[Servers]:
+    started = Servers(tmp_path, server_database)
     request.node.stash[_SERVERS] = started
     try:
         yield started

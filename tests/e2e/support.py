@@ -239,8 +239,9 @@ class ServerProcess:
 class Servers:
     """Starts server processes for one test and stops every one of them (by PID) at the end."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, base_env: Mapping[str, str] | None = None) -> None:
         self._root = root
+        self._base_env = dict(base_env or {})  # every server's, under each start's own env
         self.started: list[ServerProcess] = []
 
     def start(
@@ -256,7 +257,7 @@ class Servers:
             data_dir=data_dir if data_dir is not None else self._root / "data",
             port=port if port is not None else free_port(),
             log_path=self._root / f"server-{len(self.started) + 1}.log",
-            env=env or {},
+            env={**self._base_env, **(env or {})},
             command=command,
         )
         self.started.append(server)

@@ -95,6 +95,12 @@ def replica_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
         drop_database(name)
 
 
+@pytest.fixture
+def server_database() -> dict[str, str]:
+    """Nothing of its own: ``replica_env`` names each replica pair's database and locker."""
+    return {}
+
+
 @dataclass
 class Replicas:
     nginx: Nginx
