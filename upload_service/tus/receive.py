@@ -1,5 +1,7 @@
 """Receiving a request body into an upload: write it through the store's appender, make it
 durable, and advance the committed offset (``Receiver``, used by ``handler.TusHandler``).
+The body is read through a size-limiting ``LimitedBody``; what is committed is one of two
+strategies: checkpointing (no checksum) or all or nothing (``Upload-Checksum``).
 
 The caller holds the upload's lock and has loaded the upload and checked its state and offset;
 the body is read only after that, through a size limit (the bytes the upload has left).
@@ -21,6 +23,7 @@ request answers 409 and the client resumes from the committed offset, on whichev
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -37,6 +40,30 @@ from upload_service.uploads import Upload, UploadState
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
     from upload_service.tus.handler import HandlerConfig
+
+
+class LimitedBody:
+    """The request body, counted and cut at ``limit`` bytes: the chunk that runs past it is
+    truncated and sets ``overflow``, and nothing is read after it."""
+
+    def __init__(self, body: AsyncIterator[bytes], limit: int | None) -> None:
+        self._chunks = aiter(body)
+        self._limit = limit
+        self.received = 0
+        self.overflow: TooLarge | None = None
+
+    def __aiter__(self) -> LimitedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.overflow is not None:
+            raise StopAsyncIteration
+        chunk = await anext(self._chunks)
+        if self._limit is not None and self.received + len(chunk) > self._limit:
+            chunk = chunk[: self._limit - self.received]
+            self.overflow = TooLarge(f"request body exceeds the {self._limit} bytes left")
+        self.received += len(chunk)
+        return chunk
 
 
 class LeaseLost(Conflict):
@@ -91,42 +118,29 @@ class Receiver:
         cuts the stored bytes back to where the request started. Raises ``TooLarge`` when the
         body runs past the upload's length and ``StorageError`` when the store fails.
         """
-        config = self._config
         start = upload.offset
-        limit = self.limit(start, upload.length)
+        reader = LimitedBody(body, self.limit(start, upload.length))
         request_digest = None if checksum is None else checksum.hasher()
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
         appender = await self._store.append(upload.storage, start, hashers, fence=lease)
+        strategy: _Strategy = (
+            _Checkpointing(self, upload, appender, lease)
+            if checksum is None
+            else _AllOrNothing(self, upload, appender, lease, checksum, request_digest)
+        )
         overflow: ServiceError | None = None
         failure: StorageError | None = None
         complete_body = False
-        received = 0
-        last_checkpoint = last_progress = time.monotonic()
         try:
             with anyio.CancelScope() as reading:
                 lease.on_release_request(reading.cancel)
-                async for chunk in body:
-                    if limit is not None and received + len(chunk) > limit:
-                        chunk = chunk[: limit - received]
-                        overflow = TooLarge(f"request body exceeds the {limit} bytes left")
+                async for chunk in reader:
                     with anyio.CancelScope(shield=True):
                         await appender.write(chunk)
-                    received += len(chunk)
-                    if overflow is not None:
+                    if reader.overflow is not None:
                         break
-                    now = time.monotonic()
-                    if checksum is None and (
-                        appender.offset - upload.offset >= config.checkpoint_bytes
-                        or now - last_checkpoint >= config.checkpoint_seconds
-                    ):
-                        with anyio.CancelScope(shield=True):
-                            upload = await self._checkpoint(upload, appender, lease)
-                        last_checkpoint = last_progress = time.monotonic()
-                    elif now - last_progress >= config.progress_seconds:
-                        with anyio.CancelScope(shield=True):
-                            await self._repo.set_received(upload.id, appender.offset)
-                        last_progress = now
+                    await strategy.written()
                 else:
                     complete_body = True
             if reading.cancelled_caught:
@@ -138,23 +152,13 @@ class Receiver:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    if checksum is None:
-                        try:
-                            upload = await self._checkpoint(upload, appender, lease)
-                        except StorageError as exc:
-                            failure = failure or exc
-                            # the written prefix
-                            upload = await self._checkpoint(upload, appender, lease)
-                    elif complete_body and failure is None and overflow is None:
-                        upload, overflow = await self._commit_checked(
-                            upload, appender, lease, checksum, request_digest
-                        )
+                    failure, overflow = await strategy.end(complete_body, failure, reader.overflow)
                 finally:
                     await appender.aclose()
+                upload = strategy.upload
                 if upload.offset != appender.offset or failure is not None:
                     whole = None  # the running digest saw bytes that are not committed
-                if checksum is not None and upload.offset == start and appender.offset != start:
-                    await self._discard(upload)
+                await strategy.closed()
         if whole is not None and upload.state is UploadState.RECEIVING:
             self._digests.put(upload.id, upload.offset, whole)
         if upload.state is UploadState.VERIFYING:  # this request wrote the last byte
@@ -247,3 +251,108 @@ class Receiver:
 
     def expiry(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self._config.expire_after)
+
+
+class _Strategy(ABC):
+    """How one request's written bytes become committed: a step after every chunk written
+    (the last, overflowing one excepted), the end once the body stops (shielded, before the
+    appender closes) and a step after it closed. Every step runs under the upload's lock."""
+
+    def __init__(
+        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
+    ) -> None:
+        self.upload = upload  # the committed upload, advanced by the strategy
+        self._receiver = receiver
+        self._config = receiver._config
+        self._appender = appender
+        self._lease = lease
+        self._last_progress = time.monotonic()
+
+    async def written(self) -> None:
+        await self._progress(time.monotonic())
+
+    async def _progress(self, now: float) -> None:
+        """Show how much arrived (``received``), committing nothing."""
+        if now - self._last_progress >= self._config.progress_seconds:
+            with anyio.CancelScope(shield=True):
+                await self._receiver._repo.set_received(self.upload.id, self._appender.offset)
+            self._last_progress = now
+
+    @abstractmethod
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        """Commit what this strategy keeps of the request; returns the failure and the error to
+        raise after the appender closed (``overflow``: 413, 460, or a request not made durable whole)."""
+
+    async def closed(self) -> None:
+        return None
+
+
+class _Checkpointing(_Strategy):
+    """Without a checksum: commit what is durable every ``checkpoint_bytes`` or
+    ``checkpoint_seconds``, and at the end whatever arrived, even of a cut-off body."""
+
+    def __init__(
+        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
+    ) -> None:
+        super().__init__(receiver, upload, appender, lease)
+        self._last_checkpoint = self._last_progress
+
+    async def written(self) -> None:
+        now = time.monotonic()
+        if (
+            self._appender.offset - self.upload.offset >= self._config.checkpoint_bytes
+            or now - self._last_checkpoint >= self._config.checkpoint_seconds
+        ):
+            with anyio.CancelScope(shield=True):
+                self.upload = await self._receiver._checkpoint(
+                    self.upload, self._appender, self._lease
+                )
+            self._last_checkpoint = self._last_progress = time.monotonic()
+        else:
+            await self._progress(now)
+
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        try:
+            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+        except StorageError as exc:
+            failure = failure or exc
+            # the written prefix
+            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+        return failure, overflow
+
+
+class _AllOrNothing(_Strategy):
+    """With ``Upload-Checksum``: commit nothing until the whole body arrived and its digest
+    matched; otherwise cut the stored bytes back to where the request started."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        upload: Upload,
+        appender: Appender,
+        lease: Lease,
+        checksum: Checksum,
+        request_digest: Hasher | None,
+    ) -> None:
+        super().__init__(receiver, upload, appender, lease)
+        self._start = upload.offset
+        self._checksum = checksum
+        self._request_digest = request_digest
+
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        if complete_body and failure is None and overflow is None:
+            self.upload, overflow = await self._receiver._commit_checked(
+                self.upload, self._appender, self._lease, self._checksum, self._request_digest
+            )
+        return failure, overflow
+
+    async def closed(self) -> None:
+        start = self._start
+        if self.upload.offset == start and self._appender.offset != start:
+            await self._receiver._discard(self.upload)
