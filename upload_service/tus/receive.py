@@ -1,0 +1,358 @@
+"""Receiving a request body into an upload: write it through the store's appender, make it
+durable, and advance the committed offset (``Receiver``, used by ``handler.TusHandler``).
+The body is read through a size-limiting ``LimitedBody``; what is committed is one of two
+strategies: checkpointing (no checksum) or all or nothing (``Upload-Checksum``).
+
+The caller holds the upload's lock and has loaded the upload and checked its state and offset;
+the body is read only after that, through a size limit (the bytes the upload has left).
+
+Crash story of a PATCH (what a kill -9 at each step leaves):
+- while bytes are buffered or in the page cache: the database still holds the last committed offset;
+  the file may be longer; start-up reconciliation and the next ``append`` cut the excess off.
+- after ``Appender.sync`` returned but before the offset commit: the same, the bytes are simply
+  received again.
+- after the commit: the offset is durable and every byte below it was fsynced before it.
+So the reported offset never exceeds the durable bytes and never moves back past what was reported.
+
+Across replicas (a locker that hands out fencing tokens): the holder claims the upload's row with
+its token before reading it, every commit is refused once a newer holder has claimed the row, and
+once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
+request answers 409 and the client resumes from the committed offset, on whichever replica.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+
+from upload_service.errors import ClientGone, Conflict, ServiceError, StorageError, TooLarge
+from upload_service.lifecycle import Lifecycle
+from upload_service.locking.base import Lease
+from upload_service.storage.base import Appender, Finisher, Hasher, Store, TailDiscarder
+from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDigests
+from upload_service.uploads import Upload, UploadState
+
+if TYPE_CHECKING:
+    from upload_service.repository import UploadRepository
+    from upload_service.tus.handler import HandlerConfig
+
+
+class LimitedBody:
+    """The request body, counted and cut at ``limit`` bytes: the chunk that runs past it is
+    truncated and sets ``overflow``, and nothing is read after it."""
+
+    def __init__(self, body: AsyncIterator[bytes], limit: int | None) -> None:
+        self._chunks = aiter(body)
+        self._limit = limit
+        self.received = 0
+        self.overflow: TooLarge | None = None
+
+    def __aiter__(self) -> LimitedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.overflow is not None:
+            raise StopAsyncIteration
+        chunk = await anext(self._chunks)
+        if self._limit is not None and self.received + len(chunk) > self._limit:
+            chunk = chunk[: self._limit - self.received]
+            self.overflow = TooLarge(f"request body exceeds the {self._limit} bytes left")
+        self.received += len(chunk)
+        return chunk
+
+
+class LeaseLost(Conflict):
+    """This request's lock on the upload was lost (the lock service went away, or a newer
+    request took the upload over): it stopped writing, and nothing more of it is committed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this request lost its lock on the upload; fetch the upload's offset and retry"
+        )
+
+
+class Receiver:
+    """Streams request bodies into the store and commits what is durable (caller holds the lock)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        repository: UploadRepository,
+        config: HandlerConfig,
+        clock: Callable[[], datetime],
+        digests: RunningDigests,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self._store = store
+        self._repo = repository
+        self._config = config
+        self._clock = clock
+        self._digests = digests
+        self._lifecycle = lifecycle
+
+    def limit(self, offset: int, length: int | None) -> int | None:
+        if length is not None:
+            return length - offset
+        if self._config.max_size is not None:
+            return self._config.max_size - offset
+        return None
+
+    async def receive(
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        checksum: Checksum | None = None,
+    ) -> Upload:
+        """Stream the body into the store, checkpointing durably; return the committed upload.
+
+        Without a checksum, ends early keeping what was made durable when the client disconnects
+        or another request asks for the upload. With one, the request is all or nothing: nothing
+        is committed before the digest matches, and a mismatch (460), a disconnect or any error
+        cuts the stored bytes back to where the request started. Raises ``TooLarge`` when the
+        body runs past the upload's length and ``StorageError`` when the store fails.
+        """
+        start = upload.offset
+        reader = LimitedBody(body, self.limit(start, upload.length))
+        request_digest = None if checksum is None else checksum.hasher()
+        whole = self._digests.take(upload.id, start)
+        hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
+        appender = await self._store.append(upload.storage, start, hashers, fence=lease)
+        strategy: _Strategy = (
+            _Checkpointing(self, upload, appender, lease)
+            if checksum is None
+            else _AllOrNothing(self, upload, appender, lease, checksum, request_digest)
+        )
+        overflow: ServiceError | None = None
+        failure: StorageError | None = None
+        complete_body = False
+        try:
+            with anyio.CancelScope() as reading:
+                lease.on_release_request(reading.cancel)
+                async for chunk in reader:
+                    with anyio.CancelScope(shield=True):
+                        await appender.write(chunk)
+                    if reader.overflow is not None:
+                        break
+                    await strategy.written()
+                else:
+                    complete_body = True
+            if reading.cancelled_caught:
+                complete_body = False
+        except ClientGone:
+            pass  # keep what arrived (unless checksummed): made durable and committed below
+        except StorageError as exc:
+            failure = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    failure, overflow = await strategy.end(complete_body, failure, reader.overflow)
+                finally:
+                    await appender.aclose()
+                upload = strategy.upload
+                if upload.offset != appender.offset or failure is not None:
+                    whole = None  # the running digest saw bytes that are not committed
+                await strategy.closed()
+        if whole is not None and upload.state is UploadState.RECEIVING:
+            self._digests.put(upload.id, upload.offset, whole)
+        if upload.state is UploadState.VERIFYING:  # this request wrote the last byte
+            upload = await self._lifecycle.completed(
+                upload, None if whole is None else whole.digest()
+            )
+        if failure is not None:
+            raise failure
+        if overflow is not None:
+            raise overflow
+        return upload
+
+    async def _commit_checked(
+        self,
+        upload: Upload,
+        appender: Appender,
+        lease: Lease,
+        checksum: Checksum,
+        request_digest: Hasher | None,
+    ) -> tuple[Upload, ServiceError | None]:
+        """All or nothing: the digest is compared before anything is made durable, and only a
+        request made durable whole is committed."""
+        assert request_digest is not None
+        await appender.settle()
+        if request_digest.digest() != checksum.digest:
+            return upload, ChecksumMismatch(
+                f"{checksum.algorithm} of the request body does not match "
+                "Upload-Checksum; the chunk was discarded"
+            )
+        durable = await appender.sync()
+        if durable != appender.offset:
+            return upload, StorageError(
+                "storage could not make the whole checksummed request durable; resend it"
+            )
+        if durable != upload.offset:
+            upload = await self._commit(upload, durable, lease)
+        return upload, None
+
+    async def _discard(self, upload: Upload) -> None:
+        """Cut a rejected checksummed request's bytes off; the offset never moved. (A store that
+        cannot cut bytes back never made them part of the upload: ``append`` opens at the
+        committed offset.)"""
+        if isinstance(self._store, TailDiscarder):
+            await self._store.discard_tail(upload.storage, upload.offset)
+        await self._repo.set_received(upload.id, upload.offset)
+
+    async def _checkpoint(self, upload: Upload, appender: Appender, lease: Lease) -> Upload:
+        if lease.lost:
+            raise LeaseLost()  # before the sync: a lost holder flushes nothing more
+        durable = await appender.sync()
+        if durable == upload.offset:
+            return upload
+        return await self._commit(upload, durable, lease)
+
+    async def _commit(self, upload: Upload, offset: int, lease: Lease) -> Upload:
+        """Advance the offset to durable ``offset``; the last byte also completes the upload
+        (a crash between the two leaves it complete but receiving: start-up completes it).
+
+        Fenced: nothing is committed once the lease is lost, and the database refuses a commit
+        whose fencing token a newer holder has replaced (the row check is in the same statement).
+        """
+        if lease.lost:
+            raise LeaseLost()
+        now = self._clock()
+        try:
+            upload = await self._repo.advance(
+                upload.id,
+                expected=upload.offset,
+                offset=offset,
+                now=now,
+                expires_at=self.expiry(now),
+                fence=lease.token,
+            )
+        except Conflict:
+            if lease.token is not None:
+                current = await self._repo.get(upload.id)
+                if current is not None and current.fence != lease.token:
+                    raise LeaseLost() from None
+            raise
+        if upload.is_complete:
+            upload = await self.complete(upload)
+        return upload
+
+    async def complete(self, upload: Upload) -> Upload:
+        """Every byte is committed: let the store finish the object, then leave ``receiving``."""
+        if isinstance(self._store, Finisher):
+            assert upload.length is not None
+            await self._store.finish(upload.storage, upload.length)
+        return await self._repo.complete(upload.id, self._clock())
+
+    def expiry(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._config.expire_after)
+
+
+class _Strategy(ABC):
+    """How one request's written bytes become committed: a step after every chunk written
+    (the last, overflowing one excepted), the end once the body stops (shielded, before the
+    appender closes) and a step after it closed. Every step runs under the upload's lock."""
+
+    def __init__(
+        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
+    ) -> None:
+        self.upload = upload  # the committed upload, advanced by the strategy
+        self._receiver = receiver
+        self._config = receiver._config
+        self._appender = appender
+        self._lease = lease
+        self._last_progress = time.monotonic()
+
+    async def written(self) -> None:
+        await self._progress(time.monotonic())
+
+    async def _progress(self, now: float) -> None:
+        """Show how much arrived (``received``), committing nothing."""
+        if now - self._last_progress >= self._config.progress_seconds:
+            with anyio.CancelScope(shield=True):
+                await self._receiver._repo.set_received(self.upload.id, self._appender.offset)
+            self._last_progress = now
+
+    @abstractmethod
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        """Commit what this strategy keeps of the request; returns the failure and the error to
+        raise after the appender closed (``overflow``: 413, 460, or a request not made durable whole)."""
+
+    async def closed(self) -> None:
+        return None
+
+
+class _Checkpointing(_Strategy):
+    """Without a checksum: commit what is durable every ``checkpoint_bytes`` or
+    ``checkpoint_seconds``, and at the end whatever arrived, even of a cut-off body."""
+
+    def __init__(
+        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
+    ) -> None:
+        super().__init__(receiver, upload, appender, lease)
+        self._last_checkpoint = self._last_progress
+
+    async def written(self) -> None:
+        now = time.monotonic()
+        if (
+            self._appender.offset - self.upload.offset >= self._config.checkpoint_bytes
+            or now - self._last_checkpoint >= self._config.checkpoint_seconds
+        ):
+            with anyio.CancelScope(shield=True):
+                self.upload = await self._receiver._checkpoint(
+                    self.upload, self._appender, self._lease
+                )
+            self._last_checkpoint = self._last_progress = time.monotonic()
+        else:
+            await self._progress(now)
+
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        try:
+            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+        except StorageError as exc:
+            failure = failure or exc
+            # the written prefix
+            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+        return failure, overflow
+
+
+class _AllOrNothing(_Strategy):
+    """With ``Upload-Checksum``: commit nothing until the whole body arrived and its digest
+    matched; otherwise cut the stored bytes back to where the request started."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        upload: Upload,
+        appender: Appender,
+        lease: Lease,
+        checksum: Checksum,
+        request_digest: Hasher | None,
+    ) -> None:
+        super().__init__(receiver, upload, appender, lease)
+        self._start = upload.offset
+        self._checksum = checksum
+        self._request_digest = request_digest
+
+    async def end(
+        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
+    ) -> tuple[StorageError | None, ServiceError | None]:
+        if complete_body and failure is None and overflow is None:
+            self.upload, overflow = await self._receiver._commit_checked(
+                self.upload, self._appender, self._lease, self._checksum, self._request_digest
+            )
+        return failure, overflow
+
+    async def closed(self) -> None:
+        start = self._start
+        if self.upload.offset == start and self._appender.offset != start:
+            await self._receiver._discard(self.upload)

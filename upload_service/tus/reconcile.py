@@ -1,0 +1,118 @@
+"""Reconciliation: make the committed offset and the stored bytes agree, on HEAD when no request
+is writing and at start-up for every upload still receiving (see the crash story in
+``receive``: stored bytes past the committed offset were never committed and are cut off)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from upload_service.errors import Locked, NotFound, StorageError
+from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle
+from upload_service.locking.base import Lease, Locker
+from upload_service.storage.base import StorageKey, Store, TailDiscarder
+from upload_service.tus.load import UploadLoader
+from upload_service.tus.receive import Receiver
+from upload_service.uploads import Upload, UploadState
+
+if TYPE_CHECKING:
+    from upload_service.repository import UploadRepository
+
+logger = logging.getLogger("upload_service.tus")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        repository: UploadRepository,
+        locker: Locker,
+        clock: Callable[[], datetime],
+        lifecycle: Lifecycle,
+        loader: UploadLoader,
+        receiver: Receiver,
+    ) -> None:
+        self._store = store
+        self._repo = repository
+        self._locker = locker
+        self._clock = clock
+        self._lifecycle = lifecycle
+        self._loader = loader
+        self._receiver = receiver
+
+    async def reconcile(self, upload: Upload, lease: Lease) -> Upload:
+        """Make the committed offset and the stored bytes agree (caller holds the lock).
+
+        Extra stored bytes were never committed: cut them off. Fewer stored bytes than the offset
+        (storage lost data it had confirmed): lower the offset to what is there, loudly.
+        """
+        try:
+            size = await self._store.size(upload.storage)
+        except NotFound:
+            size = await self._recreate(upload.storage)
+        if size > upload.offset:
+            if isinstance(self._store, TailDiscarder):
+                await self._store.discard_tail(upload.storage, upload.offset)
+        elif size < upload.offset:
+            upload = await self._repo.force_offset(
+                upload.id,
+                expected=upload.offset,
+                offset=size,
+                now=self._clock(),
+                fence=lease.token,
+            )
+        return upload
+
+    async def _recreate(self, key: StorageKey) -> int:
+        """The upload's storage is gone (lost by the medium): start it again, empty, under the
+        same key, or give up on the upload when the store cannot."""
+        fresh = await self._store.create(key.upload_id)
+        if fresh != key:
+            await self._store.delete(fresh)
+            raise StorageError("the upload's storage is gone and cannot be recreated")
+        return 0
+
+    async def reconcile_all(self) -> int:
+        """Start-up: reconcile every upload still receiving, then resume verifications and
+        assemblies a stopped process left. Returns how many uploads were reconciled."""
+        reconciled = 0
+        try:
+            async with self._locker.lock(RECONCILE_LOCK, wait=0, preempt=False):
+                reconciled = await self._reconcile_receiving()
+        except Locked:
+            logger.info("start-up reconciliation skipped: another process or replica runs it")
+        await self._lifecycle.resume()  # verifications (completed just now too) and assemblies
+        return reconciled
+
+    async def _reconcile_receiving(self) -> int:
+        reconciled = 0
+        for upload in await self._repo.list_by_state(UploadState.RECEIVING):
+            try:
+                async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+                    current = await self._loader.claimed(upload.id, lease)
+                    if current is not None and current.state is UploadState.RECEIVING:
+                        current = await self.reconcile(current, lease)
+                        reconciled += 1
+                        if current.is_complete and not current.is_final:
+                            # killed between the last commit and ``complete``
+                            await self._receiver.complete(current)
+            except Locked:
+                continue  # another worker process is writing it: consistent by construction
+        return reconciled
+
+    async def reconcile_if_idle(self, upload: Upload) -> Upload:
+        """HEAD: if no request is writing, make sure the offset is backed by stored bytes."""
+        try:
+            async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+                current = await self._loader.load_held(upload.id, lease)
+                if (
+                    current.state is UploadState.RECEIVING
+                    and await self._store.size(current.storage) < current.offset
+                ):
+                    current = await self.reconcile(current, lease)
+                return current
+        except Locked:
+            return upload  # a PATCH is running; its committed offset is durable by construction
