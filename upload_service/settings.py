@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             path = (self.data_dir / "uploads.db").resolve()
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_locker(self) -> Settings:
         if self.locker == "postgres" and self.is_sqlite:
             raise ValueError(
                 "UPLOAD_LOCKER=postgres needs a PostgreSQL UPLOAD_DATABASE_URL (postgresql+asyncpg://)"
