@@ -1,0 +1,504 @@
+"""Uploads as S3 multipart uploads, in any S3-compatible object store (AWS, MinIO, Cloudflare R2).
+
+An upload is the multipart upload of object ``<prefix><upload_id>``; its UploadId is the key's
+``ref``. Bytes become durable in two ways: every full part of exactly ``part_size`` bytes is an
+uploaded part (all parts but the last have one size, as R2 requires), and the rest, shorter than a
+part, is an "incomplete part" object ``<object>.part.<n>``, where ``n`` is the number the part it
+starts will have (as tusd keeps one). The offset of an upload is therefore ``(n - 1) * part_size``
+plus the size of tail object ``n``; ``finish`` copies that tail in as the last part (server-side),
+completes the upload and checks the object's size.
+
+Crash story (kill -9, or a lost connection, at every step; the committed offset is the database's):
+- Parts uploaded, new tail not yet written: parts past the committed offset exist, but the tail
+  object of the committed offset's slot is still there (a tail is never overwritten by a later
+  slot's; it is deleted only when an appender is opened at an offset that no longer needs it, or at
+  ``finish``), so ``append`` at the committed offset finds parts ``1..k`` and the first bytes of
+  tail ``k+1`` and resumes from them. Part ``k+1``, uploaded past the offset, is simply uploaded
+  again (same number: S3 replaces it); parts past that are left out of ``complete``.
+- Tail written, offset not committed: the tail holds more bytes than the offset needs; ``append``
+  reads back only the committed prefix, and its first ``sync`` rewrites the tail to what it holds.
+- Killed after ``CompleteMultipartUpload``: ``finish`` runs again, finds the object and only checks
+  its size and removes the tail.
+``size`` (used to reconcile) counts contiguous parts plus their tail, so after such a crash it may
+exceed the committed offset (those bytes are never used) but never falls below it.
+
+Memory per upload: at most ``BUFFER_SIZE`` (1 MiB) of received bytes; the part being built
+(< ``part_size``) is spooled to an unlinked temporary file, which parts and tails are uploaded from.
+Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in a worker thread.
+
+Only a finished upload can be read in full: S3 cannot read back the parts of an unfinished
+multipart upload, so ``read`` of an unfinished upload serves only its tail. Not offered: cutting a
+committed offset back (``TailDiscarder``) and concatenation (``Concatenator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import anyio.to_thread
+
+from upload_service.errors import NotFound, StorageError
+from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
+from upload_service.storage.s3client import Body, ObjectClient, Part
+
+KiB = 1024
+MiB = 1024 * KiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+READ_CHUNK = 256 * KiB
+_FENCED = "the upload's lock was lost (a newer request owns it)"
+
+
+def choose_part_size(max_size: int, requested: int = MIN_PART_SIZE) -> int:
+    """The part size for uploads of up to ``max_size`` bytes: ``requested``, or larger (whole
+    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` when no part size
+    S3 allows fits."""
+    if not MIN_PART_SIZE <= requested <= MAX_PART_SIZE:
+        raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {requested}")
+    needed = -(-max_size // MAX_PARTS)
+    if needed <= requested:
+        return requested
+    size = -(-needed // MiB) * MiB
+    if size > MAX_PART_SIZE:
+        raise ValueError(f"an upload of {max_size} bytes does not fit in {MAX_PARTS} parts")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What an unfinished upload has stored: its parts and its tail objects (slot -> size)."""
+
+    upload_id: str
+    part_size: int
+    parts: dict[int, Part]
+    tails: dict[int, int]
+
+    def full_parts(self) -> int:
+        count = 0
+        while count + 1 in self.parts:
+            count += 1
+        return count
+
+    def size(self) -> int:
+        count = self.full_parts()
+        return count * self.part_size + self.tails.get(count + 1, 0)
+
+
+class S3Appender:
+    """Buffers up to ``BUFFER_SIZE`` bytes, then (in a worker thread) hashes them, spools them
+    and uploads every part that fills up; ``sync`` also writes the spooled rest as the tail."""
+
+    BUFFER_SIZE = MiB
+
+    def __init__(
+        self,
+        store: S3Store,
+        obj: str,
+        layout: _Layout,
+        offset: int,
+        spool: IO[bytes],
+        tail_object: int,
+        hashers: Sequence[Hasher],
+        fence: Fence | None,
+    ) -> None:
+        self._store = store
+        self._obj = obj
+        self._upload_id = layout.upload_id
+        self._part_size = layout.part_size
+        self._parts, spooled = divmod(offset, layout.part_size)  # durable full parts
+        self._spool = spool  # the bytes of slot ``parts + 1``
+        self._spooled = spooled
+        self._slot_durable = spooled  # of them, durable in the slot's tail object
+        self._tail_object = tail_object  # that object's size (0: none)
+        self._start = offset
+        self._accepted = 0
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._hashers = tuple(hashers)
+        self._fence = fence
+        self._failed = False
+
+    @property
+    def offset(self) -> int:
+        return self._start + self._accepted
+
+    def _durable(self) -> int:
+        return self._parts * self._part_size + self._slot_durable
+
+    def _fenced_off(self) -> bool:
+        return self._fence is not None and self._fence.lost
+
+    async def write(self, data: bytes) -> None:
+        if self._failed:
+            raise StorageError("cannot write upload data: an earlier write failed")
+        if self._fenced_off():
+            self._fail()
+            raise StorageError(f"cannot write upload data: {_FENCED}")
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._accepted += len(data)
+        if self._buffered >= self.BUFFER_SIZE:
+            await self._flush()
+
+    def _fail(self) -> None:
+        self._failed = True
+        self._chunks, self._buffered = [], 0
+
+    async def _flush(self) -> None:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        if not chunks:
+            return
+        try:
+            await anyio.to_thread.run_sync(self._absorb, chunks)
+        except StorageError:
+            self._fail()
+            raise
+
+    async def settle(self) -> None:
+        if self._failed:
+            raise StorageError("cannot write upload data: an earlier write failed")
+        await self._flush()
+
+    async def sync(self) -> int:
+        if self._failed:
+            return self._durable()  # the failure was raised by the call that met it
+        try:
+            await self._flush()
+            await anyio.to_thread.run_sync(self._write_tail)
+        except StorageError:
+            self._fail()
+            raise
+        return self._durable()
+
+    async def aclose(self) -> None:
+        self._chunks, self._buffered = [], 0
+        await anyio.to_thread.run_sync(self._spool.close)
+
+    # -- in the worker thread ---------------------------------------------------------------------
+
+    def _absorb(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            for hasher in self._hashers:
+                hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                piece = view[: self._part_size - self._spooled]
+                self._spool.seek(self._spooled)
+                self._spool.write(piece)
+                self._spooled += len(piece)
+                view = view[len(piece) :]
+                if self._spooled == self._part_size:
+                    self._upload_part()
+
+    def _check_fence(self) -> None:
+        if self._fenced_off():  # right before bytes go out
+            raise StorageError(f"cannot write upload data: {_FENCED}")
+
+    def _upload_part(self) -> None:
+        self._check_fence()
+        number = self._parts + 1
+        if number > MAX_PARTS:
+            raise StorageError(f"the upload needs more than {MAX_PARTS} parts of its size")
+        self._spool.flush()
+        self._spool.seek(0)
+        store = self._store
+        store.client.upload_part(
+            store.bucket, self._obj, self._upload_id, number, self._spool, self._part_size
+        )
+        self._parts = number
+        self._spool.seek(0)
+        self._spool.truncate()
+        self._spooled = self._slot_durable = self._tail_object = 0
+
+    def _write_tail(self) -> None:
+        if self._spooled == self._slot_durable == self._tail_object:
+            return  # the slot's tail object holds exactly the spooled bytes (or both are empty)
+        self._check_fence()
+        store = self._store
+        key = store.tail_key(self._obj, self._parts + 1)
+        self._spool.flush()
+        self._spool.seek(0)
+        store.client.put_object(store.bucket, key, self._spool, self._spooled)
+        self._slot_durable = self._tail_object = self._spooled
+
+
+class S3Store:
+    """``Store`` + ``Finisher``, ``Digester``, ``OrphanLister`` over an ``ObjectClient``."""
+
+    def __init__(
+        self,
+        client: ObjectClient,
+        bucket: str,
+        prefix: str = "",
+        part_size: int = MIN_PART_SIZE,
+        *,
+        spool_dir: Path | None = None,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {part_size}")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self._spool_dir = spool_dir
+
+    def object_key(self, key: StorageKey | str) -> str:
+        return self.prefix + check_upload_id(key if isinstance(key, str) else key.upload_id)
+
+    @staticmethod
+    def tail_key(obj: str, number: int) -> str:
+        return f"{obj}.part.{number}"
+
+    # -- blocking helpers (worker threads only) ---------------------------------------------------
+
+    def _upload_ids(self, key: StorageKey) -> list[str]:
+        """The multipart upload(s) of ``key``: its ref, or (a key built from the id alone) those
+        S3 lists for its object key."""
+        if key.ref:
+            return [key.ref]
+        obj = self.object_key(key)
+        listed = self.client.list_multipart_uploads(self.bucket, obj)
+        return [upload.upload_id for upload in listed if upload.key == obj]
+
+    def _layout(self, key: StorageKey) -> _Layout:
+        obj = self.object_key(key)
+        ids = self._upload_ids(key)
+        if not ids:
+            raise NotFound("upload data is missing")
+        if len(ids) > 1:
+            raise StorageError("the upload has several multipart uploads; its key names none")
+        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, ids[0])}
+        part_size = parts[1].size if 1 in parts else self.part_size
+        return _Layout(ids[0], part_size, parts, self._tails(obj))
+
+    def _tails(self, obj: str) -> dict[int, int]:
+        tails: dict[int, int] = {}
+        stem = self.tail_key(obj, 0)[:-1]
+        for info in self.client.list_objects(self.bucket, stem):
+            number = info.key[len(stem) :]
+            if number.isdigit():
+                tails[int(number)] = info.size
+        return tails
+
+    def _finished_size(self, obj: str) -> int | None:
+        try:
+            return self.client.head_object(self.bucket, obj)
+        except NotFound:
+            return None
+
+    def _create(self, upload_id: str) -> str:
+        obj = self.object_key(upload_id)
+        existing = self.client.list_multipart_uploads(self.bucket, obj)
+        if self._finished_size(obj) is not None or any(u.key == obj for u in existing):
+            raise StorageError("cannot create upload: it already exists")
+        ref = self.client.create_multipart_upload(self.bucket, obj)
+        # An empty tail: the upload's bytes (none yet) and when they last changed, readable in
+        # listings (some S3 servers report a fixed initiation time).
+        self.client.put_object(self.bucket, self.tail_key(obj, 1), io.BytesIO(b""), 0)
+        return ref
+
+    def _open(self, key: StorageKey, offset: int) -> tuple[_Layout, IO[bytes], int]:
+        obj = self.object_key(key)
+        layout = self._layout(key)
+        full, rest = divmod(offset, layout.part_size)
+        tail = layout.tails.get(full + 1, 0)
+        if any(number not in layout.parts for number in range(1, full + 1)) or tail < rest:
+            raise StorageError(
+                f"upload data holds {layout.size()} bytes, fewer than offset {offset}"
+            )
+        spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 (the appender owns it)
+        try:
+            if rest:
+                self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+            for number in layout.tails:  # tails of other slots than ``offset``'s: not needed
+                if number != full + 1:
+                    self.client.delete_object(self.bucket, self.tail_key(obj, number))
+        except BaseException:
+            spool.close()
+            raise
+        return layout, spool, tail
+
+    def _copy_into(self, spool: IO[bytes], source: str, length: int) -> None:
+        body = self.client.get_object(self.bucket, source, 0, length)
+        try:
+            copied = 0
+            while copied < length:
+                chunk = body.read(min(MiB, length - copied))
+                if not chunk:
+                    raise StorageError("an upload's tail object is shorter than it was")
+                spool.write(chunk)
+                copied += len(chunk)
+        finally:
+            body.close()
+
+    def _size(self, key: StorageKey) -> int:
+        finished = self._finished_size(self.object_key(key))
+        return finished if finished is not None else self._layout(key).size()
+
+    def _source(self, key: StorageKey, start: int, end: int) -> tuple[str, int]:
+        """The object holding bytes ``[start, end)`` and the offset it starts at."""
+        obj = self.object_key(key)
+        finished = self._finished_size(obj)
+        if finished is not None:
+            if end > finished:
+                raise StorageError("upload data is shorter than its offset")
+            return obj, 0
+        layout = self._layout(key)
+        if end > layout.size():
+            raise StorageError("upload data is shorter than its offset")
+        slot_start = layout.full_parts() * layout.part_size
+        if start < slot_start and start < end:
+            raise StorageError("an unfinished upload's uploaded parts cannot be read back")
+        return self.tail_key(obj, layout.full_parts() + 1), slot_start
+
+    def _open_range(self, key: StorageKey, start: int, end: int) -> Body | None:
+        source, base = self._source(key, start, end)
+        if start == end:
+            return None
+        return self.client.get_object(self.bucket, source, start - base, end - base)
+
+    def _digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        size = self._size(key)
+        body = self._open_range(key, 0, size)
+        if body is not None:
+            try:
+                remaining = size
+                while remaining:
+                    chunk = body.read(min(MiB, remaining))
+                    if not chunk:
+                        raise StorageError("upload data is shorter than its offset")
+                    hasher.update(chunk)
+                    remaining -= len(chunk)
+            finally:
+                body.close()
+        return hasher.digest()
+
+    def _finish(self, key: StorageKey, length: int) -> None:
+        obj = self.object_key(key)
+        finished = self._finished_size(obj)
+        if finished is None:
+            self._complete(key, obj, length)
+            finished = self._finished_size(obj)
+        if finished != length:
+            raise StorageError(f"the finished object holds {finished} bytes, not {length}")
+        self._delete_tails(obj)
+
+    def _complete(self, key: StorageKey, obj: str, length: int) -> None:
+        layout = self._layout(key)
+        if length == 0:  # S3 wants at least one part: an empty object instead
+            self.client.put_object(self.bucket, obj, io.BytesIO(b""), 0)
+            self.client.abort_multipart_upload(self.bucket, obj, layout.upload_id)
+            return
+        full, rest = divmod(length, layout.part_size)
+        if any(number not in layout.parts for number in range(1, full + 1)) or (
+            rest and layout.tails.get(full + 1, 0) < rest
+        ):
+            raise StorageError(f"upload data holds {layout.size()} bytes, fewer than {length}")
+        parts = [layout.parts[number] for number in range(1, full + 1)]
+        if rest:
+            tail = self.tail_key(obj, full + 1)
+            etag = self.client.upload_part_copy(
+                self.bucket, obj, layout.upload_id, full + 1, tail, rest
+            )
+            parts.append(Part(full + 1, rest, etag))
+        if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, parts):
+            raise StorageError("object storage did not confirm the finished upload")
+
+    def _delete_tails(self, obj: str) -> None:
+        for number in self._tails(obj):
+            self.client.delete_object(self.bucket, self.tail_key(obj, number))
+
+    def _delete(self, key: StorageKey) -> None:
+        obj = self.object_key(key)
+        for upload_id in self._upload_ids(key):
+            with contextlib.suppress(NotFound):
+                self.client.abort_multipart_upload(self.bucket, obj, upload_id)
+        self.client.delete_object(self.bucket, obj)
+        self._delete_tails(obj)
+
+    def _stored_before(self, moment: datetime) -> list[StorageKey]:
+        """Unfinished uploads initiated before ``moment`` whose tail objects (rewritten at every
+        ``sync``) are all older too: one listing per unfinished upload, none per finished one."""
+        found: list[StorageKey] = []
+        for upload in self.client.list_multipart_uploads(self.bucket, self.prefix):
+            upload_id = upload.key[len(self.prefix) :]
+            try:
+                check_upload_id(upload_id)
+            except NotFound:
+                continue  # not one of ours
+            if upload.initiated >= moment:
+                continue
+            stem = self.tail_key(upload.key, 0)[:-1]
+            tails = self.client.list_objects(self.bucket, stem)
+            if all(info.modified < moment for info in tails):
+                found.append(StorageKey(upload_id, upload.upload_id))
+        return found
+
+    # -- the Store contract -----------------------------------------------------------------------
+
+    async def create(self, upload_id: str) -> StorageKey:
+        check_upload_id(upload_id)
+        ref = await anyio.to_thread.run_sync(self._create, upload_id)
+        return StorageKey(upload_id, ref)
+
+    async def append(
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
+    ) -> S3Appender:
+        obj = self.object_key(key)
+        layout, spool, tail = await anyio.to_thread.run_sync(self._open, key, offset)
+        return S3Appender(self, obj, layout, offset, spool, tail, hashers, fence)
+
+    async def size(self, key: StorageKey) -> int:
+        self.object_key(key)
+        return await anyio.to_thread.run_sync(self._size, key)
+
+    async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        self.object_key(key)
+        body = await anyio.to_thread.run_sync(self._open_range, key, start, end)
+        if body is None:
+            return
+        try:
+            remaining = end - start
+            while remaining > 0:
+                chunk = await anyio.to_thread.run_sync(body.read, min(READ_CHUNK, remaining))
+                if not chunk:
+                    raise StorageError("upload data is shorter than its offset")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await anyio.to_thread.run_sync(body.close)
+
+    async def delete(self, key: StorageKey) -> None:
+        self.object_key(key)
+        await anyio.to_thread.run_sync(self._delete, key)
+
+    async def check(self) -> None:
+        await anyio.to_thread.run_sync(self.client.head_bucket, self.bucket)
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- capabilities -----------------------------------------------------------------------------
+
+    async def finish(self, key: StorageKey, length: int) -> None:
+        self.object_key(key)
+        await anyio.to_thread.run_sync(self._finish, key, length)
+
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        self.object_key(key)
+        return await anyio.to_thread.run_sync(self._digest, key, hasher)
+
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
+        return await anyio.to_thread.run_sync(self._stored_before, moment)
