@@ -7,6 +7,7 @@ Without ``moto_server`` (or if it does not start) the S3 tests skip with the rea
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -17,10 +18,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import boto3
 import pytest
 
 from upload_service.storage.s3client import Boto3ObjectClient
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 REGION = "us-east-1"
 
@@ -82,6 +88,7 @@ def moto_server(log: Path) -> Iterator[str]:
         output.close()
 
 
+@functools.cache  # building a boto3 client takes a while; one client serves every thread
 def client(
     endpoint: str, *, max_attempts: int = 3, connect_timeout: float = 5.0
 ) -> Boto3ObjectClient:
@@ -95,16 +102,19 @@ def client(
     )
 
 
-def new_bucket(endpoint: str) -> str:
-    """A fresh bucket on the server (blocking: call it in a thread from async code)."""
-    import boto3
-
-    name = f"test-{secrets.token_hex(6)}"
-    boto3.session.Session().client(
+@functools.cache
+def _admin(endpoint: str) -> S3Client:
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="test",
         aws_secret_access_key="test",
-    ).create_bucket(Bucket=name)
+    )
+
+
+def new_bucket(endpoint: str) -> str:
+    """A fresh bucket on the server (blocking: call it in a thread from async code)."""
+    name = f"test-{secrets.token_hex(6)}"
+    _admin(endpoint).create_bucket(Bucket=name)
     return name
