@@ -1150,3 +1150,23 @@ async def test_s3_errors_are_translated(s3: S3Store, moto_endpoint: str) -> None
         error = botocore.exceptions.ClientError(cast(Any, response), "UploadPart")
         translated = translate(error, "write upload data")
         assert type(translated) is expected, code
+
+
+class _FullSpool(io.BytesIO):
+    def write(self, data: Any, /) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_s3_a_full_spool_disk_is_a_storage_error(s3: S3Store) -> None:
+    key = await s3.create(UPLOAD_ID)
+    assert await _s3_write(s3, key, 0, b"kept", sync=True) == 4
+    appender = await s3.append(key, 4)
+    try:
+        appender._spool.close()
+        appender._spool = _FullSpool()  # the local disk the part is spooled to is full
+        error, durable = await _failed_write(appender, _random_bytes(2 * MiB))
+    finally:
+        await appender.aclose()
+    assert "No space left" in error.message
+    assert durable == 4
+    assert await _content(s3, key) == b"kept"

@@ -36,12 +36,13 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar, TypeVarTuple, Unpack
 
+import anyio
 import anyio.to_thread
 
 from upload_service.errors import NotFound, StorageError
@@ -54,6 +55,8 @@ MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 READ_CHUNK = 256 * KiB
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 _FENCED = "the upload's lock was lost (a newer request owns it)"
 
 
@@ -157,7 +160,7 @@ class S3Appender:
         if not chunks:
             return
         try:
-            await anyio.to_thread.run_sync(self._absorb, chunks)
+            await self._store.run(self._absorb, chunks)
         except StorageError:
             self._fail()
             raise
@@ -172,7 +175,7 @@ class S3Appender:
             return self._durable()  # the failure was raised by the call that met it
         try:
             await self._flush()
-            await anyio.to_thread.run_sync(self._write_tail)
+            await self._store.run(self._write_tail)
         except StorageError:
             self._fail()
             raise
@@ -180,7 +183,8 @@ class S3Appender:
 
     async def aclose(self) -> None:
         self._chunks, self._buffered = [], 0
-        await anyio.to_thread.run_sync(self._spool.close)
+        with contextlib.suppress(StorageError):  # nothing unsynced was ever reported
+            await self._store.run(self._spool.close)
 
     # -- in the worker thread ---------------------------------------------------------------------
 
@@ -241,6 +245,7 @@ class S3Store:
         part_size: int = MIN_PART_SIZE,
         *,
         spool_dir: Path | None = None,
+        threads: int = 32,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {part_size}")
@@ -249,6 +254,19 @@ class S3Store:
         self.prefix = prefix
         self.part_size = part_size
         self._spool_dir = spool_dir
+        self._threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[[Unpack[Args]], T], *args: *Args) -> T:
+        """``function`` in one of the store's worker threads (its own limit, so slow part uploads
+        never starve the rest of the service's threads). An ``OSError`` here comes from the local
+        spool file, never from S3 (the client translates those)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._threads)
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        except OSError as exc:
+            raise StorageError(f"cannot spool upload data: {exc.strerror or exc}") from exc
 
     def object_key(self, key: StorageKey | str) -> str:
         return self.prefix + check_upload_id(key if isinstance(key, str) else key.upload_id)
@@ -446,7 +464,7 @@ class S3Store:
 
     async def create(self, upload_id: str) -> StorageKey:
         check_upload_id(upload_id)
-        ref = await anyio.to_thread.run_sync(self._create, upload_id)
+        ref = await self.run(self._create, upload_id)
         return StorageKey(upload_id, ref)
 
     async def append(
@@ -457,35 +475,35 @@ class S3Store:
         fence: Fence | None = None,
     ) -> S3Appender:
         obj = self.object_key(key)
-        layout, spool, tail = await anyio.to_thread.run_sync(self._open, key, offset)
+        layout, spool, tail = await self.run(self._open, key, offset)
         return S3Appender(self, obj, layout, offset, spool, tail, hashers, fence)
 
     async def size(self, key: StorageKey) -> int:
         self.object_key(key)
-        return await anyio.to_thread.run_sync(self._size, key)
+        return await self.run(self._size, key)
 
     async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
         self.object_key(key)
-        body = await anyio.to_thread.run_sync(self._open_range, key, start, end)
+        body = await self.run(self._open_range, key, start, end)
         if body is None:
             return
         try:
             remaining = end - start
             while remaining > 0:
-                chunk = await anyio.to_thread.run_sync(body.read, min(READ_CHUNK, remaining))
+                chunk = await self.run(body.read, min(READ_CHUNK, remaining))
                 if not chunk:
                     raise StorageError("upload data is shorter than its offset")
                 remaining -= len(chunk)
                 yield chunk
         finally:
-            await anyio.to_thread.run_sync(body.close)
+            await self.run(body.close)
 
     async def delete(self, key: StorageKey) -> None:
         self.object_key(key)
-        await anyio.to_thread.run_sync(self._delete, key)
+        await self.run(self._delete, key)
 
     async def check(self) -> None:
-        await anyio.to_thread.run_sync(self.client.head_bucket, self.bucket)
+        await self.run(self.client.head_bucket, self.bucket)
 
     async def aclose(self) -> None:
         return None
@@ -494,11 +512,11 @@ class S3Store:
 
     async def finish(self, key: StorageKey, length: int) -> None:
         self.object_key(key)
-        await anyio.to_thread.run_sync(self._finish, key, length)
+        await self.run(self._finish, key, length)
 
     async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
         self.object_key(key)
-        return await anyio.to_thread.run_sync(self._digest, key, hasher)
+        return await self.run(self._digest, key, hasher)
 
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
-        return await anyio.to_thread.run_sync(self._stored_before, moment)
+        return await self.run(self._stored_before, moment)
