@@ -193,7 +193,7 @@ def _break_s3_writes(client: FaultyClient) -> Callable[[str], Callable[[], None]
 
 
 S3_PART = 5 * MiB
-S3_CAPABILITIES: tuple[type, ...] = (Finisher, Digester, OrphanLister)
+S3_CAPABILITIES: tuple[type, ...] = (Finisher, TailDiscarder, Digester, OrphanLister)
 
 
 async def s3_store(endpoint: str, **options: Any) -> tuple[S3Store, FaultyClient]:
@@ -1016,9 +1016,14 @@ async def test_s3_uncommitted_parts_and_tails_are_never_part_of_the_upload(s3: S
     # Part 1 is uploaded while the bytes stream in; the request dies before any sync.
     await _s3_write(s3, key, 100, lost, sync=False)
     assert await anyio.to_thread.run_sync(_s3_parts, s3, key) == [S3_PART]
-    assert await s3.size(key) >= 100  # reconciling never lowers the committed offset
+    assert await s3.size(key) == 100  # part 1 was never synced: it does not count
     # The next request syncs (part 1 again, tail of slot 2), but its offset is never committed.
     assert await _s3_write(s3, key, 100, lost, sync=True) == 100 + len(lost)
+    assert await s3.size(key) == 100 + len(lost)
+    await s3.discard_tail(key, 100)  # reconciliation cuts it back
+    assert await s3.size(key) == 100
+    assert await _content(s3, key) == committed
+    assert await _s3_write(s3, key, 100, lost, sync=True) == 100 + len(lost)  # and again
     rest = _random_bytes(S3_PART + 300, seed=3)
     assert await _s3_write(s3, key, 100, rest, sync=True) == 100 + len(rest)
     await s3.finish(key, 100 + len(rest))

@@ -3,32 +3,37 @@
 An upload is the multipart upload of object ``<prefix><upload_id>``; its UploadId is the key's
 ``ref``. Bytes become durable in two ways: every full part of exactly ``part_size`` bytes is an
 uploaded part (all parts but the last have one size, as R2 requires), and the rest, shorter than a
-part, is an "incomplete part" object ``<object>.part.<n>``, where ``n`` is the number the part it
-starts will have (as tusd keeps one). The offset of an upload is therefore ``(n - 1) * part_size``
-plus the size of tail object ``n``; ``finish`` copies that tail in as the last part (server-side),
-completes the upload and checks the object's size.
+part, is an "incomplete part" object ``<object>.part.<n>`` (as tusd keeps one), where slot ``n`` is
+the number the part it starts will have. Every ``sync`` leaves the tail of its slot (empty at a
+part boundary; ``create`` writes the first), so the durable size is ``(n - 1) * part_size`` plus
+tail ``n``, for the highest slot ``n`` whose parts ``1..n-1`` exist. ``finish`` copies the tail in
+as the last part (server-side), completes the upload and checks the object's size.
 
-Crash story (kill -9, or a lost connection, at every step; the committed offset is the database's):
-- Parts uploaded, new tail not yet written: parts past the committed offset exist, but the tail
-  object of the committed offset's slot is still there (a tail is never overwritten by a later
-  slot's; it is deleted only when an appender is opened at an offset that no longer needs it, or at
-  ``finish``), so ``append`` at the committed offset finds parts ``1..k`` and the first bytes of
-  tail ``k+1`` and resumes from them. Part ``k+1``, uploaded past the offset, is simply uploaded
-  again (same number: S3 replaces it); parts past that are left out of ``complete``.
-- Tail written, offset not committed: the tail holds more bytes than the offset needs; ``append``
-  reads back only the committed prefix, and its first ``sync`` rewrites the tail to what it holds.
-- Killed after ``CompleteMultipartUpload``: ``finish`` runs again, finds the object and only checks
-  its size and removes the tail.
-``size`` (used to reconcile) counts contiguous parts plus their tail, so after such a crash it may
-exceed the committed offset (those bytes are never used) but never falls below it.
+Crash story (kill -9, or a lost connection, at every step; the committed offset is the database's,
+in slot ``k+1``). A tail is never overwritten by another slot's: an old one is deleted only when an
+appender opens at an offset (or ``discard_tail`` cuts to one) that does not need it, or at
+``finish``. So the committed slot's tail always survives, and:
+- Parts uploaded, the new tail not yet written (the request died, or its checksum failed): the
+  highest tail is still slot ``k+1``'s, so ``size`` is the committed offset and the parts past it
+  do not count. ``append`` at the offset reads back the committed tail and uploads part ``k+1``
+  again when it fills (S3 replaces a part of the same number); later stale parts are overwritten or
+  left out of ``CompleteMultipartUpload``, whose part list is ours.
+- New tail written, offset not committed: ``size`` is past the offset; reconciliation's
+  ``discard_tail`` (or the next ``append``) deletes the later tails and cuts slot ``k+1``'s back to
+  the committed prefix, which is read back from it.
+- Killed after ``CompleteMultipartUpload``: ``finish`` runs again, finds the object, checks its
+  size and removes the tails.
+Only when a committed tail itself is lost does ``append``/``discard_tail`` refuse (S3 cannot read
+the parts of an unfinished upload back); ``size`` then falls below the offset and reconciliation
+lowers it, loudly.
 
 Memory per upload: at most ``BUFFER_SIZE`` (1 MiB) of received bytes; the part being built
 (< ``part_size``) is spooled to an unlinked temporary file, which parts and tails are uploaded from.
-Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in a worker thread.
+Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in one of the store's worker
+threads.
 
-Only a finished upload can be read in full: S3 cannot read back the parts of an unfinished
-multipart upload, so ``read`` of an unfinished upload serves only its tail. Not offered: cutting a
-committed offset back (``TailDiscarder``) and concatenation (``Concatenator``).
+Only a finished upload can be read in full: ``read`` of an unfinished upload serves only its tail.
+Not offered: concatenation (``Concatenator``).
 """
 
 from __future__ import annotations
@@ -84,15 +89,23 @@ class _Layout:
     parts: dict[int, Part]
     tails: dict[int, int]
 
-    def full_parts(self) -> int:
+    def slot(self) -> int:
+        """The slot of the latest ``sync``: the highest tail whose earlier parts all exist (every
+        sync leaves its slot's tail, empty or not). Parts past it were never synced. Without
+        any tail (lost): the slot after the contiguous parts."""
+        for number in sorted(self.tails, reverse=True):
+            if all(earlier in self.parts for earlier in range(1, number)):
+                return number
         count = 0
         while count + 1 in self.parts:
             count += 1
-        return count
+        return count + 1
+
+    def slot_start(self) -> int:
+        return (self.slot() - 1) * self.part_size
 
     def size(self) -> int:
-        count = self.full_parts()
-        return count * self.part_size + self.tails.get(count + 1, 0)
+        return self.slot_start() + self.tails.get(self.slot(), 0)
 
 
 class S3Appender:
@@ -120,7 +133,7 @@ class S3Appender:
         self._spool = spool  # the bytes of slot ``parts + 1``
         self._spooled = spooled
         self._slot_durable = spooled  # of them, durable in the slot's tail object
-        self._tail_object = tail_object  # that object's size (0: none)
+        self._tail_object = tail_object  # that object's size (-1: none)
         self._start = offset
         self._accepted = 0
         self._chunks: list[bytes] = []
@@ -220,11 +233,12 @@ class S3Appender:
         self._parts = number
         self._spool.seek(0)
         self._spool.truncate()
-        self._spooled = self._slot_durable = self._tail_object = 0
+        self._spooled = self._slot_durable = 0
+        self._tail_object = -1  # the new slot has no tail yet: the next sync writes one
 
     def _write_tail(self) -> None:
         if self._spooled == self._slot_durable == self._tail_object:
-            return  # the slot's tail object holds exactly the spooled bytes (or both are empty)
+            return  # the slot's tail object holds exactly the spooled bytes
         self._check_fence()
         store = self._store
         key = store.tail_key(self._obj, self._parts + 1)
@@ -235,7 +249,8 @@ class S3Appender:
 
 
 class S3Store:
-    """``Store`` + ``Finisher``, ``Digester``, ``OrphanLister`` over an ``ObjectClient``."""
+    """``Store`` + ``Finisher``, ``TailDiscarder``, ``Digester``, ``OrphanLister`` over an
+    ``ObjectClient``."""
 
     def __init__(
         self,
@@ -327,7 +342,7 @@ class S3Store:
         obj = self.object_key(key)
         layout = self._layout(key)
         full, rest = divmod(offset, layout.part_size)
-        tail = layout.tails.get(full + 1, 0)
+        tail = layout.tails.get(full + 1, -1)
         if any(number not in layout.parts for number in range(1, full + 1)) or tail < rest:
             raise StorageError(
                 f"upload data holds {layout.size()} bytes, fewer than offset {offset}"
@@ -372,10 +387,10 @@ class S3Store:
         layout = self._layout(key)
         if end > layout.size():
             raise StorageError("upload data is shorter than its offset")
-        slot_start = layout.full_parts() * layout.part_size
+        slot_start = layout.slot_start()
         if start < slot_start and start < end:
             raise StorageError("an unfinished upload's uploaded parts cannot be read back")
-        return self.tail_key(obj, layout.full_parts() + 1), slot_start
+        return self.tail_key(obj, layout.slot()), slot_start
 
     def _open_range(self, key: StorageKey, start: int, end: int) -> Body | None:
         source, base = self._source(key, start, end)
@@ -429,6 +444,27 @@ class S3Store:
             parts.append(Part(full + 1, rest, etag))
         if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, parts):
             raise StorageError("object storage did not confirm the finished upload")
+
+    def _discard_tail(self, key: StorageKey, length: int) -> None:
+        obj = self.object_key(key)
+        layout = self._layout(key)
+        if length >= layout.size():
+            return  # never extends
+        full, rest = divmod(length, layout.part_size)
+        tail = layout.tails.get(full + 1, -1)
+        if any(number not in layout.parts for number in range(1, full + 1)) or tail < rest:
+            # Only possible if the tail of a committed offset was lost: S3 cannot read parts back.
+            raise StorageError(f"cannot cut the upload back to {length} bytes: its tail is gone")
+        if tail != rest:
+            with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+                if rest:
+                    self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+                spool.flush()
+                spool.seek(0)
+                self.client.put_object(self.bucket, self.tail_key(obj, full + 1), spool, rest)
+        for number in layout.tails:  # later slots' tails: parts past them are then ignored
+            if number > full + 1:
+                self.client.delete_object(self.bucket, self.tail_key(obj, number))
 
     def _delete_tails(self, obj: str) -> None:
         for number in self._tails(obj):
@@ -513,6 +549,10 @@ class S3Store:
     async def finish(self, key: StorageKey, length: int) -> None:
         self.object_key(key)
         await self.run(self._finish, key, length)
+
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
+        self.object_key(key)
+        await self.run(self._discard_tail, key, length)
 
     async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
         self.object_key(key)
