@@ -193,7 +193,13 @@ def _break_s3_writes(client: FaultyClient) -> Callable[[str], Callable[[], None]
 
 
 S3_PART = 5 * MiB
-S3_CAPABILITIES: tuple[type, ...] = (Finisher, TailDiscarder, Digester, OrphanLister)
+S3_CAPABILITIES: tuple[type, ...] = (
+    Finisher,
+    Concatenator,
+    TailDiscarder,
+    Digester,
+    OrphanLister,
+)
 
 
 async def s3_store(endpoint: str, **options: Any) -> tuple[S3Store, FaultyClient]:
@@ -1175,3 +1181,44 @@ async def test_s3_a_full_spool_disk_is_a_storage_error(s3: S3Store) -> None:
     assert "No space left" in error.message
     assert durable == 4
     assert await _content(s3, key) == b"kept"
+
+
+async def test_s3_concatenation_copies_parts_of_one_size(s3: S3Store) -> None:
+    """Partial uploads of any sizes become parts of exactly the part size: copied by the server
+    where a part lies in one source, spooled where it spans several; a second run (after a
+    crash) only checks the object."""
+    sizes = [3 * MiB, 4 * MiB + 5, 0, 6 * MiB]
+    sources = [_random_bytes(size, seed=number) for number, size in enumerate(sizes)]
+    keys = []
+    for number, data in enumerate(sources):
+        key = await s3.create(f"{number + 1:032x}")
+        await _s3_write(s3, key, 0, data, sync=True)
+        await s3.finish(key, len(data))
+        keys.append(key)
+    final = await s3.create(UPLOAD_ID)
+    copies: list[tuple[int, int]] = []
+    real = s3.client.upload_part_copy
+
+    def spy(*args: Any) -> str:
+        copies.append((args[-2], args[-1]))
+        return real(*args)
+
+    s3.client = cast(Any, _Spy(s3.client, upload_part_copy=spy))
+    expected = b"".join(sources)
+    assert await s3.concatenate(final, keys) == len(expected)
+    assert copies == [(S3_PART * 2 - (7 * MiB + 5), 6 * MiB)]  # the last part, inside one source
+    assert await _content(s3, final) == expected
+    assert await s3.concatenate(final, keys) == len(expected)
+    assert await _content(s3, keys[1]) == sources[1]  # the parts are left as they were
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == sorted(
+        s3.object_key(key) for key in [*keys, final]
+    )
+
+
+class _Spy:
+    def __init__(self, real: object, **replaced: Any) -> None:
+        self._real = real
+        self._replaced = replaced
+
+    def __getattr__(self, name: str) -> Any:
+        return self._replaced.get(name) or getattr(self._real, name)

@@ -359,8 +359,8 @@ class S3Store:
             raise
         return layout, spool, tail
 
-    def _copy_into(self, spool: IO[bytes], source: str, length: int) -> None:
-        body = self.client.get_object(self.bucket, source, 0, length)
+    def _copy_into(self, spool: IO[bytes], source: str, length: int, start: int = 0) -> None:
+        body = self.client.get_object(self.bucket, source, start, start + length)
         try:
             copied = 0
             while copied < length:
@@ -439,11 +439,76 @@ class S3Store:
         if rest:
             tail = self.tail_key(obj, full + 1)
             etag = self.client.upload_part_copy(
-                self.bucket, obj, layout.upload_id, full + 1, tail, rest
+                self.bucket, obj, layout.upload_id, full + 1, tail, 0, rest
             )
             parts.append(Part(full + 1, rest, etag))
         if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, parts):
             raise StorageError("object storage did not confirm the finished upload")
+
+    def _concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
+        """Parts of exactly the part size, each copied by the server from one source where it
+        lies in one, else spooled from the sources it spans; then completed as in ``finish``."""
+        obj = self.object_key(key)
+        sources: list[tuple[str, int, int]] = []  # object, start, end
+        for part in parts:
+            size = self._size(part)
+            source, base = self._source(part, 0, size)
+            if size:
+                sources.append((source, -base, size - base))
+        total = sum(end - start for _source, start, end in sources)
+        finished = self._finished_size(obj)
+        if finished is None:
+            layout = self._layout(key)
+            if total == 0:
+                self._complete(key, obj, 0)
+            else:
+                self._copy_parts(obj, layout, sources)
+            finished = self._finished_size(obj)
+        if finished != total:  # an earlier run (killed after completing) made the same object
+            raise StorageError(f"the concatenated object holds {finished} bytes, not {total}")
+        self._delete_tails(obj)
+        return total
+
+    def _copy_parts(self, obj: str, layout: _Layout, sources: list[tuple[str, int, int]]) -> None:
+        pieces: list[tuple[str, int, int]] = []
+        done: list[Part] = []
+
+        def emit() -> None:
+            number = len(done) + 1
+            length = sum(end - start for _source, start, end in pieces)
+            if len(pieces) == 1:
+                source, start, end = pieces[0]
+                etag = self.client.upload_part_copy(
+                    self.bucket, obj, layout.upload_id, number, source, start, end
+                )
+            else:
+                with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+                    for source, start, end in pieces:
+                        self._copy_into(spool, source, end - start, start)
+                    spool.flush()
+                    spool.seek(0)
+                    etag = self.client.upload_part(
+                        self.bucket, obj, layout.upload_id, number, spool, length
+                    )
+            done.append(Part(number, length, etag))
+            pieces.clear()
+
+        filled = 0
+        for source, start, end in sources:
+            while start < end:
+                take = min(end - start, layout.part_size - filled)
+                pieces.append((source, start, start + take))
+                filled += take
+                start += take
+                if filled == layout.part_size:
+                    emit()
+                    filled = 0
+        if pieces:
+            emit()
+        if len(done) > MAX_PARTS:
+            raise StorageError(f"the concatenation needs more than {MAX_PARTS} parts")
+        if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, done):
+            raise StorageError("object storage did not confirm the concatenated upload")
 
     def _discard_tail(self, key: StorageKey, length: int) -> None:
         obj = self.object_key(key)
@@ -549,6 +614,10 @@ class S3Store:
     async def finish(self, key: StorageKey, length: int) -> None:
         self.object_key(key)
         await self.run(self._finish, key, length)
+
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
+        self.object_key(key)
+        return await self.run(self._concatenate, key, parts)
 
     async def discard_tail(self, key: StorageKey, length: int) -> None:
         self.object_key(key)

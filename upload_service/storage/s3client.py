@@ -70,9 +70,10 @@ class ObjectClient(Protocol):
         ...
 
     def upload_part_copy(
-        self, bucket: str, key: str, upload_id: str, number: int, source: str, length: int
+        self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
     ) -> str:
-        """Part ``number`` := the first ``length`` bytes of object ``source``; its ETag."""
+        """Part ``number`` := bytes ``[start, end)`` of object ``source`` (copied by the
+        server); its ETag."""
         ...
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
@@ -222,16 +223,16 @@ class Boto3ObjectClient:
         return response["ETag"]
 
     def upload_part_copy(
-        self, bucket: str, key: str, upload_id: str, number: int, source: str, length: int
+        self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
     ) -> str:
-        with _translated("finish upload"):
+        with _translated("copy upload data"):
             response = self._client.upload_part_copy(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
                 CopySource={"Bucket": bucket, "Key": source},
-                CopySourceRange=f"bytes=0-{length - 1}",
+                CopySourceRange=f"bytes={start}-{end - 1}",
             )
         return response["CopyPartResult"]["ETag"]
 
