@@ -45,7 +45,8 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
-from upload_service.storage.s3 import MAX_PARTS, S3Appender, S3Store, choose_part_size
+from upload_service.storage.s3 import S3Store, choose_part_size
+from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
 from upload_service.storage.s3client import ObjectClient, translate
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
