@@ -1223,3 +1223,24 @@ class _Spy:
 
     def __getattr__(self, name: str) -> Any:
         return self._replaced.get(name) or getattr(self._real, name)
+
+
+async def test_s3_sync_never_reports_a_slot_whose_tail_failed(s3: S3Store) -> None:
+    """Part 2 went up, then writing its slot's tail failed: ``sync`` reports the last synced
+    offset, which is what ``size`` shows after a restart (never more)."""
+    client = FaultyClient(s3.client)
+    store = S3Store(client, s3.bucket, s3.prefix, S3_PART)
+    key = await store.create(UPLOAD_ID)
+    assert await _s3_write(store, key, 0, b"x" * 10, sync=True) == 10
+    appender = await store.append(key, 10)
+    try:
+        await appender.write(_random_bytes(S3_PART + MiB))  # part 1 goes up at once
+        await appender.settle()
+        client.broken = True  # now the tail of slot 2 cannot be written
+        with pytest.raises(StorageUnavailable):
+            await appender.sync()
+        assert await appender.sync() == 10
+    finally:
+        await appender.aclose()
+    client.broken = False
+    assert await store.size(key) == 10

@@ -45,6 +45,8 @@ class S3Appender:
         self._slot_durable = spooled  # of them, durable in the slot's tail object
         self._tail_object = tail_object  # that object's size (-1: none)
         self._start = offset
+        # What the store's size reports after a crash: a slot counts once its tail is written.
+        self._synced = offset
         self._accepted = 0
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -57,7 +59,7 @@ class S3Appender:
         return self._start + self._accepted
 
     def _durable(self) -> int:
-        return self._parts * self._part_size + self._slot_durable
+        return self._synced
 
     def _fenced_off(self) -> bool:
         return self._fence is not None and self._fence.lost
@@ -148,6 +150,7 @@ class S3Appender:
 
     def _write_tail(self) -> None:
         if self._spooled == self._slot_durable == self._tail_object:
+            self._synced = self._parts * self._part_size + self._spooled
             return  # the slot's tail object holds exactly the spooled bytes
         self._check_fence()
         store = self._store
@@ -156,3 +159,4 @@ class S3Appender:
         self._spool.seek(0)
         store.client.put_object(store.bucket, key, self._spool, self._spooled)
         self._slot_durable = self._tail_object = self._spooled
+        self._synced = self._parts * self._part_size + self._spooled
