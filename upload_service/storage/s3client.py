@@ -164,7 +164,8 @@ class _TranslatedBody:
             return self._body.read(size)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # a failed close of a read stream loses nothing
+        # a failed close of a read stream loses nothing
+        with contextlib.suppress(botocore.exceptions.BotoCoreError, Urllib3Error, OSError):
             self._body.close()
 
 
