@@ -23,6 +23,7 @@ from tests.postgres import (
     require_postgres,
     sqlalchemy_url,
 )
+from tests.s3 import moto_server
 from upload_service.app import create_app
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import upgrade
@@ -36,6 +37,13 @@ TUS = {"Tus-Resumable": "1.0.0"}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's moto S3 server (a separate process), started on first use."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

@@ -9,23 +9,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
+import itertools
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiofiles
 import anyio
+import botocore.exceptions
 import pytest
 
-from upload_service.errors import NotFound, StorageError
+from tests import s3 as moto
+from upload_service.errors import NotFound, StorageError, StorageUnavailable
 from upload_service.storage.base import (
     Appender,
     Concatenator,
@@ -38,6 +45,9 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
+from upload_service.storage.s3 import S3Store, choose_part_size
+from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
+from upload_service.storage.s3client import ObjectClient, translate
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"
@@ -150,7 +160,57 @@ def _break_memory_writes(store: MemoryStore) -> Callable[[str], Callable[[], Non
     return breaker
 
 
-@pytest.fixture(params=["local", "local-tiny-buffer", "memory"])
+class FaultyClient:
+    """An ``ObjectClient`` whose writes (parts, tails) fail as an unreachable endpoint's do while
+    ``broken``; everything else goes to the real client."""
+
+    def __init__(self, real: ObjectClient) -> None:
+        self._real = real
+        self.broken = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._real, name)
+        if name not in ("upload_part", "upload_part_copy", "put_object"):
+            return attribute
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.broken:
+                raise StorageUnavailable("cannot write upload data: object storage is unreachable")
+            return attribute(*args, **kwargs)
+
+        return guarded
+
+
+def _break_s3_writes(client: FaultyClient) -> Callable[[str], Callable[[], None]]:
+    def breaker(_upload_id: str) -> Callable[[], None]:
+        client.broken = True
+
+        def repair() -> None:
+            client.broken = False
+
+        return repair
+
+    return breaker
+
+
+S3_PART = 5 * MiB
+S3_CAPABILITIES: tuple[type, ...] = (
+    Finisher,
+    Concatenator,
+    TailDiscarder,
+    Digester,
+    OrphanLister,
+)
+
+
+async def s3_store(endpoint: str, **options: Any) -> tuple[S3Store, FaultyClient]:
+    """A store on a bucket of its own, through a client whose writes can be broken."""
+    bucket = await anyio.to_thread.run_sync(moto.new_bucket, endpoint)
+    client = FaultyClient(moto.client(endpoint))
+    return S3Store(client, bucket, "uploads/", part_size=S3_PART, **options), client
+
+
+@pytest.fixture(params=["local", "local-tiny-buffer", "memory", "s3"])
 async def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Backend]:
@@ -162,6 +222,9 @@ async def backend(
         buffer_size = 7 if name == "local-tiny-buffer" else 64 * KiB
         local = LocalStore(root, buffer_size=buffer_size)
         result = Backend(name, local, _break_local_writes(monkeypatch, local, errno.EIO), root)
+    elif name == "s3":
+        store, client = await s3_store(request.getfixturevalue("moto_endpoint"))
+        result = Backend(name, store, _break_s3_writes(client), capabilities=S3_CAPABILITIES)
     else:
         memory = MemoryStore()
         result = Backend(name, memory, _break_memory_writes(memory))
@@ -181,8 +244,9 @@ async def _content(store: Store, key: StorageKey) -> bytes:
 
 
 async def _stored(store: Store, key: StorageKey, data: bytes) -> None:
-    """Create the upload holding ``data``, durably."""
-    assert await store.create(key.upload_id) == key
+    """Create the upload holding ``data``, durably. (The suite then names it by ``key``, built
+    from the id alone: a store whose keys carry a reference resolves such a key itself.)"""
+    assert (await store.create(key.upload_id)).upload_id == key.upload_id
     appender = await store.append(key, 0)
     try:
         await appender.write(data)
@@ -371,9 +435,9 @@ async def test_missing_upload_raises_not_found(backend: Backend) -> None:
     with pytest.raises(NotFound):
         await store.size(KEY)
     with pytest.raises(NotFound):
-        await capable(backend, TailDiscarder).discard_tail(KEY, 0)
-    with pytest.raises(NotFound):
         await _read_all(store, KEY, 0, 0)
+    with pytest.raises(NotFound):
+        await capable(backend, TailDiscarder).discard_tail(KEY, 0)
 
 
 async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend) -> None:
@@ -433,8 +497,6 @@ async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
     with pytest.raises(NotFound):
         await store.size(StorageKey(bad_id))
     with pytest.raises(NotFound):
-        await capable(backend, TailDiscarder).discard_tail(StorageKey(bad_id), 0)
-    with pytest.raises(NotFound):
         await _read_all(store, StorageKey(bad_id), 0, 0)
     with pytest.raises(NotFound):
         await store.delete(StorageKey(bad_id))
@@ -443,6 +505,8 @@ async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
     if backend.root is not None:
         assert sorted(path.name for path in backend.root.iterdir()) == [UPLOAD_ID]
     assert await store.size(KEY) == 0
+    with pytest.raises(NotFound):
+        await capable(backend, TailDiscarder).discard_tail(StorageKey(bad_id), 0)
 
 
 async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None:
@@ -873,3 +937,310 @@ async def test_local_check_creates_a_missing_root(tmp_path: Path) -> None:
     root = tmp_path / "a" / "b"
     await LocalStore(root).check()
     assert root.is_dir()
+
+
+# -- S3Store only ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def s3(moto_endpoint: str) -> AsyncIterator[S3Store]:
+    store, _client = await s3_store(moto_endpoint)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def _s3_parts(store: S3Store, key: StorageKey) -> list[int]:
+    return [
+        part.size for part in store.client.list_parts(store.bucket, store.object_key(key), key.ref)
+    ]
+
+
+def _s3_keys(store: S3Store) -> list[str]:
+    return sorted(info.key for info in store.client.list_objects(store.bucket, store.prefix))
+
+
+async def _s3_write(store: S3Store, key: StorageKey, offset: int, data: bytes, sync: bool) -> int:
+    """Append ``data`` at ``offset`` in 256 KiB pieces; ``sync`` or (a crash) only close."""
+    appender = await store.append(key, offset)
+    try:
+        for start in range(0, len(data), 256 * KiB):
+            await appender.write(data[start : start + 256 * KiB])
+        return await appender.sync() if sync else appender.offset
+    finally:
+        await appender.aclose()
+
+
+async def test_s3_parts_of_one_size_a_tail_and_finish(s3: S3Store) -> None:
+    data = _random_bytes(2 * S3_PART + MiB + 123)
+    key = await s3.create(UPLOAD_ID)
+    assert key.upload_id == UPLOAD_ID
+    assert key.ref
+    assert await _s3_write(s3, key, 0, data, sync=True) == len(data)
+    assert await anyio.to_thread.run_sync(_s3_parts, s3, key) == [S3_PART, S3_PART]
+    assert await s3.size(key) == len(data)
+    tail = await _read_all(s3, key, 2 * S3_PART, len(data))  # an unfinished upload: its tail
+    assert b"".join(tail) == data[2 * S3_PART :]
+    with pytest.raises(StorageError, match="cannot be read back"):
+        await _read_all(s3, key, 0, 10)
+
+    await s3.finish(key, len(data))
+    assert await _content(s3, key) == data
+    assert await s3.digest(key, hashlib.sha256()) == hashlib.sha256(data).digest()
+    keys = await anyio.to_thread.run_sync(_s3_keys, s3)
+    assert keys == [s3.object_key(key)]  # no tail object is left
+    await s3.finish(key, len(data))  # again, as after a crash: only checks
+    with pytest.raises(StorageError, match="holds"):
+        await s3.finish(key, len(data) + 1)
+    assert await capable_lister(s3) == []
+    await s3.delete(key)
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == []
+
+
+async def capable_lister(store: S3Store) -> list[StorageKey]:
+    return await store.stored_before(datetime.now(UTC) + timedelta(hours=1))
+
+
+async def test_s3_an_upload_resumes_at_its_offset_across_appenders(s3: S3Store) -> None:
+    data = _random_bytes(2 * S3_PART + 5000)
+    key = await s3.create(UPLOAD_ID)
+    cuts = [0, 100, S3_PART - 1, S3_PART, S3_PART + 77, 2 * S3_PART, len(data)]
+    for start, end in itertools.pairwise(cuts):  # every request its own appender
+        assert await _s3_write(s3, key, start, data[start:end], sync=True) == end
+        assert await s3.size(key) == end
+    await s3.finish(key, len(data))
+    assert await _content(s3, key) == data
+
+
+async def test_s3_uncommitted_parts_and_tails_are_never_part_of_the_upload(s3: S3Store) -> None:
+    """kill -9 after parts went up but before the offset was committed, once before the new
+    tail was written and once after: ``append`` at the committed offset resumes from it."""
+    committed = _random_bytes(100, seed=1)
+    key = await s3.create(UPLOAD_ID)
+    assert await _s3_write(s3, key, 0, committed, sync=True) == 100
+    lost = _random_bytes(S3_PART + 200, seed=2)
+    # Part 1 is uploaded while the bytes stream in; the request dies before any sync.
+    await _s3_write(s3, key, 100, lost, sync=False)
+    assert await anyio.to_thread.run_sync(_s3_parts, s3, key) == [S3_PART]
+    assert await s3.size(key) == 100  # part 1 was never synced: it does not count
+    # The next request syncs (part 1 again, tail of slot 2), but its offset is never committed.
+    assert await _s3_write(s3, key, 100, lost, sync=True) == 100 + len(lost)
+    assert await s3.size(key) == 100 + len(lost)
+    await s3.discard_tail(key, 100)  # reconciliation cuts it back
+    assert await s3.size(key) == 100
+    assert await _content(s3, key) == committed
+    assert await _s3_write(s3, key, 100, lost, sync=True) == 100 + len(lost)  # and again
+    rest = _random_bytes(S3_PART + 300, seed=3)
+    assert await _s3_write(s3, key, 100, rest, sync=True) == 100 + len(rest)
+    await s3.finish(key, 100 + len(rest))
+    assert await _content(s3, key) == committed + rest
+
+
+async def test_s3_an_empty_upload_finishes_as_an_empty_object(s3: S3Store) -> None:
+    key = await s3.create(UPLOAD_ID)
+    await s3.finish(key, 0)
+    assert await s3.size(key) == 0
+    assert await _content(s3, key) == b""
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == [s3.object_key(key)]
+
+
+async def test_s3_the_spool_holds_the_part_being_built_not_memory(
+    s3: S3Store, tmp_path: Path
+) -> None:
+    """Memory per upload stays within the 1 MiB buffer: the rest of a part is in the spool file."""
+    store = S3Store(s3.client, s3.bucket, s3.prefix, S3_PART, spool_dir=tmp_path)
+    key = await store.create(UPLOAD_ID)
+    appender = await store.append(key, 0)
+    try:
+        piece = _random_bytes(64 * KiB)
+        for _ in range(64):  # 4 MiB, below a part: nothing is uploaded yet
+            await appender.write(piece)
+            assert appender._buffered <= S3Appender.BUFFER_SIZE
+        await appender.settle()
+        assert appender._buffered == 0
+        spool = appender._spool
+        assert os.fstat(spool.fileno()).st_size == 4 * MiB  # on disk, under ``spool_dir``
+        if sys.platform == "linux":
+            assert os.readlink(f"/proc/self/fd/{spool.fileno()}").startswith(str(tmp_path))
+        assert await appender.sync() == 4 * MiB
+    finally:
+        await appender.aclose()
+    assert spool.closed
+
+
+async def test_s3_memory_per_upload_is_bounded_whatever_the_part_size(s3: S3Store) -> None:
+    """Two parts and a tail stream through with about 2 MiB allocated at the peak (the 1 MiB
+    buffer, and what botocore reads of a part at a time), not a part's 5 MiB."""
+    key = await s3.create(UPLOAD_ID)
+    piece = _random_bytes(64 * KiB)
+    tracemalloc.start()
+    try:
+        appender = await s3.append(key, 0)
+        try:
+            for _ in range(12 * 16):
+                await appender.write(piece)
+            assert await appender.sync() == 12 * MiB
+        finally:
+            await appender.aclose()
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB
+
+
+def test_s3_part_size_keeps_every_upload_within_10000_parts() -> None:
+    assert choose_part_size(10 * MiB) == 5 * MiB
+    assert choose_part_size(10 * MiB, 8 * MiB) == 8 * MiB
+    for max_size in (48 * 1024 * MiB, 100 * 1024 * MiB, 1024**4, 5 * 1024**4):
+        size = choose_part_size(max_size)
+        assert size % MiB == 0
+        assert size * MAX_PARTS >= max_size
+        assert (size - MiB) * MAX_PARTS < max_size
+    with pytest.raises(ValueError, match="does not fit"):
+        choose_part_size(50 * 1024**4)
+    with pytest.raises(ValueError, match="5 MiB"):
+        choose_part_size(MiB, MiB)
+    with pytest.raises(ValueError, match="5 MiB"):
+        S3Store(cast(ObjectClient, None), "bucket", part_size=MiB)
+
+
+async def test_s3_list_parts_reads_every_page(moto_endpoint: str) -> None:
+    """More than 1,000 parts: ListParts comes in pages, and every one is read."""
+    bucket = await anyio.to_thread.run_sync(moto.new_bucket, moto_endpoint)
+    client = moto.client(moto_endpoint)
+
+    def upload_many() -> list[int]:
+        upload_id = client.create_multipart_upload(bucket, "many")
+
+        def upload(number: int) -> str:
+            return client.upload_part(bucket, "many", upload_id, number, io.BytesIO(b"x"), 1)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(upload, range(1, 1003)))
+        return [part.number for part in client.list_parts(bucket, "many", upload_id)]
+
+    assert await anyio.to_thread.run_sync(upload_many) == list(range(1, 1003))
+
+
+async def test_s3_an_unreachable_endpoint_is_unavailable_with_retry_after() -> None:
+    store = S3Store(moto.client(f"http://127.0.0.1:{_closed_port()}", max_attempts=1), "bucket")
+    for attempt in (store.check(), store.create(UPLOAD_ID), store.size(KEY)):
+        with pytest.raises(StorageUnavailable) as caught:
+            await attempt
+        assert isinstance(caught.value, StorageError)
+        assert caught.value.status == 503
+        assert caught.value.headers["Retry-After"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def test_s3_errors_are_translated(s3: S3Store, moto_endpoint: str) -> None:
+    with pytest.raises(NotFound):
+        await s3.size(StorageKey(UPLOAD_ID, "no-such-upload"))
+    missing = S3Store(moto.client(moto_endpoint), "no-such-bucket")
+    with pytest.raises(StorageError) as caught:
+        await missing.check()
+    assert not isinstance(caught.value, NotFound)
+    for code, status, expected in [
+        ("SlowDown", 503, StorageUnavailable),
+        ("InternalError", 500, StorageUnavailable),
+        ("NoSuchUpload", 404, NotFound),
+        ("NoSuchKey", 404, NotFound),
+        ("AccessDenied", 403, StorageError),
+        ("EntityTooSmall", 400, StorageError),
+    ]:
+        response = {
+            "Error": {"Code": code, "Message": code},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+        error = botocore.exceptions.ClientError(cast(Any, response), "UploadPart")
+        translated = translate(error, "write upload data")
+        assert type(translated) is expected, code
+
+
+class _FullSpool(io.BytesIO):
+    def write(self, data: Any, /) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_s3_a_full_spool_disk_is_a_storage_error(s3: S3Store) -> None:
+    key = await s3.create(UPLOAD_ID)
+    assert await _s3_write(s3, key, 0, b"kept", sync=True) == 4
+    appender = await s3.append(key, 4)
+    try:
+        appender._spool.close()
+        appender._spool = _FullSpool()  # the local disk the part is spooled to is full
+        error, durable = await _failed_write(appender, _random_bytes(2 * MiB))
+    finally:
+        await appender.aclose()
+    assert "No space left" in error.message
+    assert durable == 4
+    assert await _content(s3, key) == b"kept"
+
+
+async def test_s3_concatenation_copies_parts_of_one_size(s3: S3Store) -> None:
+    """Partial uploads of any sizes become parts of exactly the part size: copied by the server
+    where a part lies in one source, spooled where it spans several; a second run (after a
+    crash) only checks the object."""
+    sizes = [3 * MiB, 4 * MiB + 5, 0, 6 * MiB]
+    sources = [_random_bytes(size, seed=number) for number, size in enumerate(sizes)]
+    keys = []
+    for number, data in enumerate(sources):
+        key = await s3.create(f"{number + 1:032x}")
+        await _s3_write(s3, key, 0, data, sync=True)
+        await s3.finish(key, len(data))
+        keys.append(key)
+    final = await s3.create(UPLOAD_ID)
+    copies: list[tuple[int, int]] = []
+    real = s3.client.upload_part_copy
+
+    def spy(*args: Any) -> str:
+        copies.append((args[-2], args[-1]))
+        return real(*args)
+
+    s3.client = cast(Any, _Spy(s3.client, upload_part_copy=spy))
+    expected = b"".join(sources)
+    assert await s3.concatenate(final, keys) == len(expected)
+    assert copies == [(S3_PART * 2 - (7 * MiB + 5), 6 * MiB)]  # the last part, inside one source
+    assert await _content(s3, final) == expected
+    assert await s3.concatenate(final, keys) == len(expected)
+    assert await _content(s3, keys[1]) == sources[1]  # the parts are left as they were
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == sorted(
+        s3.object_key(key) for key in [*keys, final]
+    )
+
+
+class _Spy:
+    def __init__(self, real: object, **replaced: Any) -> None:
+        self._real = real
+        self._replaced = replaced
+
+    def __getattr__(self, name: str) -> Any:
+        return self._replaced.get(name) or getattr(self._real, name)
+
+
+async def test_s3_sync_never_reports_a_slot_whose_tail_failed(s3: S3Store) -> None:
+    """Part 2 went up, then writing its slot's tail failed: ``sync`` reports the last synced
+    offset, which is what ``size`` shows after a restart (never more)."""
+    client = FaultyClient(s3.client)
+    store = S3Store(client, s3.bucket, s3.prefix, S3_PART)
+    key = await store.create(UPLOAD_ID)
+    assert await _s3_write(store, key, 0, b"x" * 10, sync=True) == 10
+    appender = await store.append(key, 10)
+    try:
+        await appender.write(_random_bytes(S3_PART + MiB))  # part 1 goes up at once
+        await appender.settle()
+        client.broken = True  # now the tail of slot 2 cannot be written
+        with pytest.raises(StorageUnavailable):
+            await appender.sync()
+        assert await appender.sync() == 10
+    finally:
+        await appender.aclose()
+    client.broken = False
+    assert await store.size(key) == 10

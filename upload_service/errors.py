@@ -103,5 +103,18 @@ class Unavailable(ServiceError):
     code = "unavailable"
 
 
+class StorageUnavailable(StorageError, Unavailable):
+    """The store cannot be reached right now (connection refused, timeout, 5xx, throttling):
+    a ``StorageError`` to the code that handles storage failures, a 503 with ``Retry-After`` to
+    the client, who may simply try again."""
+
+    status = 503
+    code = "unavailable"
+    RETRY_AFTER = "5"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": self.RETRY_AFTER})
+
+
 class ClientGone(Exception):
     """The client went away mid-body. Not a ServiceError: there is nobody left to answer."""

@@ -1,0 +1,492 @@
+"""Uploads as S3 multipart uploads, in any S3-compatible object store (AWS, MinIO, Cloudflare R2).
+
+An upload is the multipart upload of object ``<prefix><upload_id>``; its UploadId is the key's
+``ref``. Bytes become durable in two ways: every full part of exactly ``part_size`` bytes is an
+uploaded part (all parts but the last have one size, as R2 requires), and the rest, shorter than a
+part, is an "incomplete part" object ``<object>.part.<n>`` (as tusd keeps one), where slot ``n`` is
+the number the part it starts will have. Every ``sync`` leaves the tail of its slot (empty at a
+part boundary; ``create`` writes the first), so the durable size is ``(n - 1) * part_size`` plus
+tail ``n``, for the highest slot ``n`` whose parts ``1..n-1`` exist. ``finish`` copies the tail in
+as the last part (server-side), completes the upload and checks the object's size.
+
+Crash story (kill -9, or a lost connection, at every step; the committed offset is the database's,
+in slot ``k+1``). A tail is never overwritten by another slot's: an old one is deleted only when an
+appender opens at an offset (or ``discard_tail`` cuts to one) that does not need it, or at
+``finish``. So the committed slot's tail always survives, and:
+- Parts uploaded, the new tail not yet written (the request died, or its checksum failed): the
+  highest tail is still slot ``k+1``'s, so ``size`` is the committed offset and the parts past it
+  do not count. ``append`` at the offset reads back the committed tail and uploads part ``k+1``
+  again when it fills (S3 replaces a part of the same number); later stale parts are overwritten or
+  left out of ``CompleteMultipartUpload``, whose part list is ours.
+- New tail written, offset not committed: ``size`` is past the offset; reconciliation's
+  ``discard_tail`` (or the next ``append``) deletes the later tails and cuts slot ``k+1``'s back to
+  the committed prefix, which is read back from it.
+- Killed after ``CompleteMultipartUpload``: ``finish`` runs again, finds the object, checks its
+  size and removes the tails.
+Only when a committed tail itself is lost does ``append``/``discard_tail`` refuse (S3 cannot read
+the parts of an unfinished upload back); ``size`` then falls below the offset and reconciliation
+lowers it, loudly.
+
+Memory per upload: at most ``BUFFER_SIZE`` (1 MiB) of received bytes; the part being built
+(< ``part_size``) is spooled to an unlinked temporary file, which parts and tails are uploaded from.
+Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in one of the store's worker
+threads.
+
+Only a finished upload can be read in full: ``read`` of an unfinished upload serves only its tail.
+Not offered: concatenation (``Concatenator``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TypeVar, TypeVarTuple, Unpack
+
+import anyio
+import anyio.to_thread
+
+from upload_service.errors import NotFound, StorageError
+from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
+from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
+from upload_service.storage.s3client import Body, ObjectClient, Part
+
+KiB = 1024
+MiB = 1024 * KiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+READ_CHUNK = 256 * KiB
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
+
+def choose_part_size(max_size: int, requested: int = MIN_PART_SIZE) -> int:
+    """The part size for uploads of up to ``max_size`` bytes: ``requested``, or larger (whole
+    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` when no part size
+    S3 allows fits."""
+    if not MIN_PART_SIZE <= requested <= MAX_PART_SIZE:
+        raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {requested}")
+    needed = -(-max_size // MAX_PARTS)
+    if needed <= requested:
+        return requested
+    size = -(-needed // MiB) * MiB
+    if size > MAX_PART_SIZE:
+        raise ValueError(f"an upload of {max_size} bytes does not fit in {MAX_PARTS} parts")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What an unfinished upload has stored: its parts and its tail objects (slot -> size)."""
+
+    upload_id: str
+    part_size: int
+    parts: dict[int, Part]
+    tails: dict[int, int]
+
+    def slot(self) -> int:
+        """The slot of the latest ``sync``: the highest tail whose earlier parts all exist (every
+        sync leaves its slot's tail, empty or not). Parts past it were never synced. Without
+        any tail (lost): the slot after the contiguous parts."""
+        for number in sorted(self.tails, reverse=True):
+            if all(earlier in self.parts for earlier in range(1, number)):
+                return number
+        count = 0
+        while count + 1 in self.parts:
+            count += 1
+        return count + 1
+
+    def slot_start(self) -> int:
+        return (self.slot() - 1) * self.part_size
+
+    def size(self) -> int:
+        return self.slot_start() + self.tails.get(self.slot(), 0)
+
+
+class S3Store:
+    """``Store`` + ``Finisher``, ``TailDiscarder``, ``Digester``, ``OrphanLister`` over an
+    ``ObjectClient``."""
+
+    def __init__(
+        self,
+        client: ObjectClient,
+        bucket: str,
+        prefix: str = "",
+        part_size: int = MIN_PART_SIZE,
+        *,
+        spool_dir: Path | None = None,
+        threads: int = 32,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {part_size}")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self._spool_dir = spool_dir
+        self._threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[[Unpack[Args]], T], *args: *Args) -> T:
+        """``function`` in one of the store's worker threads (its own limit, so slow part uploads
+        never starve the rest of the service's threads). An ``OSError`` here comes from the local
+        spool file, never from S3 (the client translates those)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._threads)
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        except OSError as exc:
+            raise StorageError(f"cannot spool upload data: {exc.strerror or exc}") from exc
+
+    def object_key(self, key: StorageKey | str) -> str:
+        return self.prefix + check_upload_id(key if isinstance(key, str) else key.upload_id)
+
+    @staticmethod
+    def tail_key(obj: str, number: int) -> str:
+        return f"{obj}.part.{number}"
+
+    # -- blocking helpers (worker threads only) ---------------------------------------------------
+
+    def _upload_ids(self, key: StorageKey) -> list[str]:
+        """The multipart upload(s) of ``key``: its ref, or (a key built from the id alone) those
+        S3 lists for its object key."""
+        if key.ref:
+            return [key.ref]
+        obj = self.object_key(key)
+        listed = self.client.list_multipart_uploads(self.bucket, obj)
+        return [upload.upload_id for upload in listed if upload.key == obj]
+
+    def _layout(self, key: StorageKey) -> _Layout:
+        obj = self.object_key(key)
+        ids = self._upload_ids(key)
+        if not ids:
+            raise NotFound("upload data is missing")
+        if len(ids) > 1:
+            raise StorageError("the upload has several multipart uploads; its key names none")
+        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, ids[0])}
+        part_size = parts[1].size if 1 in parts else self.part_size
+        return _Layout(ids[0], part_size, parts, self._tails(obj))
+
+    def _tails(self, obj: str) -> dict[int, int]:
+        tails: dict[int, int] = {}
+        stem = self.tail_key(obj, 0)[:-1]
+        for info in self.client.list_objects(self.bucket, stem):
+            number = info.key[len(stem) :]
+            if number.isdigit():
+                tails[int(number)] = info.size
+        return tails
+
+    def _finished_size(self, obj: str) -> int | None:
+        try:
+            return self.client.head_object(self.bucket, obj)
+        except NotFound:
+            return None
+
+    def _create(self, upload_id: str) -> str:
+        obj = self.object_key(upload_id)
+        existing = self.client.list_multipart_uploads(self.bucket, obj)
+        if self._finished_size(obj) is not None or any(u.key == obj for u in existing):
+            raise StorageError("cannot create upload: it already exists")
+        ref = self.client.create_multipart_upload(self.bucket, obj)
+        # An empty tail: the upload's bytes (none yet) and when they last changed, readable in
+        # listings (some S3 servers report a fixed initiation time).
+        self.client.put_object(self.bucket, self.tail_key(obj, 1), io.BytesIO(b""), 0)
+        return ref
+
+    def _open(self, key: StorageKey, offset: int) -> tuple[_Layout, IO[bytes], int]:
+        obj = self.object_key(key)
+        layout = self._layout(key)
+        full, rest = divmod(offset, layout.part_size)
+        tail = layout.tails.get(full + 1, -1)
+        if any(number not in layout.parts for number in range(1, full + 1)) or tail < rest:
+            raise StorageError(
+                f"upload data holds {layout.size()} bytes, fewer than offset {offset}"
+            )
+        spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 (the appender owns it)
+        try:
+            if rest:
+                self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+            for number in layout.tails:  # tails of other slots than ``offset``'s: not needed
+                if number != full + 1:
+                    self.client.delete_object(self.bucket, self.tail_key(obj, number))
+        except BaseException:
+            spool.close()
+            raise
+        return layout, spool, tail
+
+    def _copy_into(self, spool: IO[bytes], source: str, length: int, start: int = 0) -> None:
+        body = self.client.get_object(self.bucket, source, start, start + length)
+        try:
+            copied = 0
+            while copied < length:
+                chunk = body.read(min(MiB, length - copied))
+                if not chunk:
+                    raise StorageError("an upload's tail object is shorter than it was")
+                spool.write(chunk)
+                copied += len(chunk)
+        finally:
+            body.close()
+
+    def _size(self, key: StorageKey) -> int:
+        finished = self._finished_size(self.object_key(key))
+        return finished if finished is not None else self._layout(key).size()
+
+    def _source(self, key: StorageKey, start: int, end: int) -> tuple[str, int]:
+        """The object holding bytes ``[start, end)`` and the offset it starts at."""
+        obj = self.object_key(key)
+        finished = self._finished_size(obj)
+        if finished is not None:
+            if end > finished:
+                raise StorageError("upload data is shorter than its offset")
+            return obj, 0
+        layout = self._layout(key)
+        if end > layout.size():
+            raise StorageError("upload data is shorter than its offset")
+        slot_start = layout.slot_start()
+        if start < slot_start and start < end:
+            raise StorageError("an unfinished upload's uploaded parts cannot be read back")
+        return self.tail_key(obj, layout.slot()), slot_start
+
+    def _open_range(self, key: StorageKey, start: int, end: int) -> Body | None:
+        source, base = self._source(key, start, end)
+        if start == end:
+            return None
+        return self.client.get_object(self.bucket, source, start - base, end - base)
+
+    def _digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        size = self._size(key)
+        body = self._open_range(key, 0, size)
+        if body is not None:
+            try:
+                remaining = size
+                while remaining:
+                    chunk = body.read(min(MiB, remaining))
+                    if not chunk:
+                        raise StorageError("upload data is shorter than its offset")
+                    hasher.update(chunk)
+                    remaining -= len(chunk)
+            finally:
+                body.close()
+        return hasher.digest()
+
+    def _finish(self, key: StorageKey, length: int) -> None:
+        obj = self.object_key(key)
+        finished = self._finished_size(obj)
+        if finished is None:
+            self._complete(key, obj, length)
+            finished = self._finished_size(obj)
+        if finished != length:
+            raise StorageError(f"the finished object holds {finished} bytes, not {length}")
+        self._delete_tails(obj)
+
+    def _complete(self, key: StorageKey, obj: str, length: int) -> None:
+        layout = self._layout(key)
+        if length == 0:  # S3 wants at least one part: an empty object instead
+            self.client.put_object(self.bucket, obj, io.BytesIO(b""), 0)
+            self.client.abort_multipart_upload(self.bucket, obj, layout.upload_id)
+            return
+        full, rest = divmod(length, layout.part_size)
+        if any(number not in layout.parts for number in range(1, full + 1)) or (
+            rest and layout.tails.get(full + 1, 0) < rest
+        ):
+            raise StorageError(f"upload data holds {layout.size()} bytes, fewer than {length}")
+        parts = [layout.parts[number] for number in range(1, full + 1)]
+        if rest:
+            tail = self.tail_key(obj, full + 1)
+            etag = self.client.upload_part_copy(
+                self.bucket, obj, layout.upload_id, full + 1, tail, 0, rest
+            )
+            parts.append(Part(full + 1, rest, etag))
+        if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, parts):
+            raise StorageError("object storage did not confirm the finished upload")
+
+    def _concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
+        """Parts of exactly the part size, each copied by the server from one source where it
+        lies in one, else spooled from the sources it spans; then completed as in ``finish``."""
+        obj = self.object_key(key)
+        sources: list[tuple[str, int, int]] = []  # object, start, end
+        for part in parts:
+            size = self._size(part)
+            source, base = self._source(part, 0, size)
+            if size:
+                sources.append((source, -base, size - base))
+        total = sum(end - start for _source, start, end in sources)
+        finished = self._finished_size(obj)
+        if finished is None:
+            layout = self._layout(key)
+            if total == 0:
+                self._complete(key, obj, 0)
+            else:
+                self._copy_parts(obj, layout, sources)
+            finished = self._finished_size(obj)
+        if finished != total:  # an earlier run (killed after completing) made the same object
+            raise StorageError(f"the concatenated object holds {finished} bytes, not {total}")
+        self._delete_tails(obj)
+        return total
+
+    def _copy_parts(self, obj: str, layout: _Layout, sources: list[tuple[str, int, int]]) -> None:
+        pieces: list[tuple[str, int, int]] = []
+        done: list[Part] = []
+
+        def emit() -> None:
+            number = len(done) + 1
+            length = sum(end - start for _source, start, end in pieces)
+            if len(pieces) == 1:
+                source, start, end = pieces[0]
+                etag = self.client.upload_part_copy(
+                    self.bucket, obj, layout.upload_id, number, source, start, end
+                )
+            else:
+                with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+                    for source, start, end in pieces:
+                        self._copy_into(spool, source, end - start, start)
+                    spool.flush()
+                    spool.seek(0)
+                    etag = self.client.upload_part(
+                        self.bucket, obj, layout.upload_id, number, spool, length
+                    )
+            done.append(Part(number, length, etag))
+            pieces.clear()
+
+        filled = 0
+        for source, start, end in sources:
+            while start < end:
+                take = min(end - start, layout.part_size - filled)
+                pieces.append((source, start, start + take))
+                filled += take
+                start += take
+                if filled == layout.part_size:
+                    emit()
+                    filled = 0
+        if pieces:
+            emit()
+        if len(done) > MAX_PARTS:
+            raise StorageError(f"the concatenation needs more than {MAX_PARTS} parts")
+        if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, done):
+            raise StorageError("object storage did not confirm the concatenated upload")
+
+    def _discard_tail(self, key: StorageKey, length: int) -> None:
+        obj = self.object_key(key)
+        layout = self._layout(key)
+        if length >= layout.size():
+            return  # never extends
+        full, rest = divmod(length, layout.part_size)
+        tail = layout.tails.get(full + 1, -1)
+        if any(number not in layout.parts for number in range(1, full + 1)) or tail < rest:
+            # Only possible if the tail of a committed offset was lost: S3 cannot read parts back.
+            raise StorageError(f"cannot cut the upload back to {length} bytes: its tail is gone")
+        if tail != rest:
+            with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
+                if rest:
+                    self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+                spool.flush()
+                spool.seek(0)
+                self.client.put_object(self.bucket, self.tail_key(obj, full + 1), spool, rest)
+        for number in layout.tails:  # later slots' tails: parts past them are then ignored
+            if number > full + 1:
+                self.client.delete_object(self.bucket, self.tail_key(obj, number))
+
+    def _delete_tails(self, obj: str) -> None:
+        for number in self._tails(obj):
+            self.client.delete_object(self.bucket, self.tail_key(obj, number))
+
+    def _delete(self, key: StorageKey) -> None:
+        obj = self.object_key(key)
+        for upload_id in self._upload_ids(key):
+            with contextlib.suppress(NotFound):
+                self.client.abort_multipart_upload(self.bucket, obj, upload_id)
+        self.client.delete_object(self.bucket, obj)
+        self._delete_tails(obj)
+
+    def _stored_before(self, moment: datetime) -> list[StorageKey]:
+        """Unfinished uploads initiated before ``moment`` whose tail objects (rewritten at every
+        ``sync``) are all older too: one listing per unfinished upload, none per finished one."""
+        found: list[StorageKey] = []
+        for upload in self.client.list_multipart_uploads(self.bucket, self.prefix):
+            upload_id = upload.key[len(self.prefix) :]
+            try:
+                check_upload_id(upload_id)
+            except NotFound:
+                continue  # not one of ours
+            if upload.initiated >= moment:
+                continue
+            stem = self.tail_key(upload.key, 0)[:-1]
+            tails = self.client.list_objects(self.bucket, stem)
+            if all(info.modified < moment for info in tails):
+                found.append(StorageKey(upload_id, upload.upload_id))
+        return found
+
+    # -- the Store contract -----------------------------------------------------------------------
+
+    async def create(self, upload_id: str) -> StorageKey:
+        check_upload_id(upload_id)
+        ref = await self.run(self._create, upload_id)
+        return StorageKey(upload_id, ref)
+
+    async def append(
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
+    ) -> S3Appender:
+        obj = self.object_key(key)
+        layout, spool, tail = await self.run(self._open, key, offset)
+        return S3Appender(
+            self, obj, layout.upload_id, layout.part_size, offset, spool, tail, hashers, fence
+        )
+
+    async def size(self, key: StorageKey) -> int:
+        self.object_key(key)
+        return await self.run(self._size, key)
+
+    async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        self.object_key(key)
+        body = await self.run(self._open_range, key, start, end)
+        if body is None:
+            return
+        try:
+            remaining = end - start
+            while remaining > 0:
+                chunk = await self.run(body.read, min(READ_CHUNK, remaining))
+                if not chunk:
+                    raise StorageError("upload data is shorter than its offset")
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            await self.run(body.close)
+
+    async def delete(self, key: StorageKey) -> None:
+        self.object_key(key)
+        await self.run(self._delete, key)
+
+    async def check(self) -> None:
+        await self.run(self.client.head_bucket, self.bucket)
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- capabilities -----------------------------------------------------------------------------
+
+    async def finish(self, key: StorageKey, length: int) -> None:
+        self.object_key(key)
+        await self.run(self._finish, key, length)
+
+    async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
+        self.object_key(key)
+        return await self.run(self._concatenate, key, parts)
+
+    async def discard_tail(self, key: StorageKey, length: int) -> None:
+        self.object_key(key)
+        await self.run(self._discard_tail, key, length)
+
+    async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
+        self.object_key(key)
+        return await self.run(self._digest, key, hasher)
+
+    async def stored_before(self, moment: datetime) -> list[StorageKey]:
+        return await self.run(self._stored_before, moment)

@@ -1,0 +1,319 @@
+"""The handful of S3 operations ``S3Store`` uses, behind a Protocol of our own, and boto3's.
+
+Every method is synchronous and blocking: ``S3Store`` calls them in worker threads only. The boto3
+implementation is the error boundary for botocore: a missing upload or object is ``NotFound``; an
+endpoint that cannot be reached, a timeout, a 5xx or throttling is ``StorageUnavailable`` (503 with
+``Retry-After``); anything else S3 answers is ``StorageError``. No botocore exception leaves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Protocol
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from upload_service.errors import NotFound, StorageError, StorageUnavailable
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+class Body(Protocol):
+    """An object's bytes as they arrive; ``read`` returns b"" at the end."""
+
+    def read(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class ObjectClient(Protocol):
+    """Blocking S3 operations; each raises ``NotFound``, ``StorageUnavailable`` or
+    ``StorageError`` and nothing else."""
+
+    def create_multipart_upload(self, bucket: str, key: str) -> str:
+        """Returns the new UploadId."""
+        ...
+
+    def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
+    ) -> str:
+        """Uploads ``length`` bytes of ``body`` (from its start) as part ``number``; its ETag."""
+        ...
+
+    def upload_part_copy(
+        self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
+    ) -> str:
+        """Part ``number`` := bytes ``[start, end)`` of object ``source`` (copied by the
+        server); its ETag."""
+        ...
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        """Every part (all pages), by number."""
+        ...
+
+    def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]
+    ) -> str:
+        """The object's ETag."""
+        ...
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None: ...
+
+    def list_multipart_uploads(self, bucket: str, prefix: str) -> list[MultipartUpload]: ...
+
+    def put_object(self, bucket: str, key: str, body: IO[bytes], length: int) -> None: ...
+
+    def get_object(self, bucket: str, key: str, start: int, end: int) -> Body:
+        """Bytes ``[start, end)`` (``end > start``) as a stream; fewer if the object is shorter."""
+        ...
+
+    def head_object(self, bucket: str, key: str) -> int:
+        """The object's size."""
+        ...
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        """Deleting a missing object is not an error."""
+        ...
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]: ...
+
+    def head_bucket(self, bucket: str) -> None: ...
+
+
+_MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}
+_TRANSIENT = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "ServiceUnavailable",
+    "InternalError",
+    "TooManyRequests",
+}
+
+
+def translate(exc: Exception, action: str, *, missing_is_not_found: bool = True) -> Exception:
+    """A botocore (or urllib3) failure as a member of the service's error family."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = str(error.get("Message", "") or code or status)
+        if missing_is_not_found and (code in _MISSING or (status == 404 and not code)):
+            return NotFound("upload data is missing")
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            return StorageUnavailable(f"cannot {action}: object storage is unavailable ({code})")
+        return StorageError(f"cannot {action}: {message}")
+    if isinstance(
+        exc,
+        botocore.exceptions.ConnectionError
+        | botocore.exceptions.HTTPClientError
+        | Urllib3Error
+        | OSError,
+    ):
+        return StorageUnavailable(f"cannot {action}: object storage is unreachable ({exc})")
+    return StorageError(f"cannot {action}: {exc}")
+
+
+@contextlib.contextmanager
+def _translated(action: str, *, missing_is_not_found: bool = True) -> Iterator[None]:
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise translate(exc, action, missing_is_not_found=missing_is_not_found) from exc
+    except (Urllib3Error, OSError) as exc:
+        raise translate(exc, action) from exc
+
+
+class _TranslatedBody:
+    def __init__(self, body: Body) -> None:
+        self._body = body
+
+    def read(self, size: int) -> bytes:
+        with _translated("read upload data"):
+            return self._body.read(size)
+
+    def close(self) -> None:
+        # a failed close of a read stream loses nothing
+        with contextlib.suppress(botocore.exceptions.BotoCoreError, Urllib3Error, OSError):
+            self._body.close()
+
+
+class Boto3ObjectClient:
+    """``ObjectClient`` over one boto3 client (boto3 clients are thread-safe)."""
+
+    def __init__(self, client: S3Client) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_attempts: int = 3,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        path_style: bool = True,
+    ) -> Boto3ObjectClient:
+        config = botocore.config.Config(
+            region_name=region,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            s3={"addressing_style": "path" if path_style else "auto"},
+        )
+        session = boto3.session.Session()  # sessions are not thread-safe: one of our own
+        client = session.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=config,
+        )
+        return cls(client)
+
+    def create_multipart_upload(self, bucket: str, key: str) -> str:
+        with _translated("create upload"):
+            return self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+
+    def upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
+    ) -> str:
+        with _translated("write upload data"):
+            response = self._client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=length,
+            )
+        return response["ETag"]
+
+    def upload_part_copy(
+        self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
+    ) -> str:
+        with _translated("copy upload data"):
+            response = self._client.upload_part_copy(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": bucket, "Key": source},
+                CopySourceRange=f"bytes={start}-{end - 1}",
+            )
+        return response["CopyPartResult"]["ETag"]
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        parts: list[Part] = []
+        with _translated("inspect upload"):
+            pages = self._client.get_paginator("list_parts").paginate(
+                Bucket=bucket, Key=key, UploadId=upload_id
+            )
+            for page in pages:
+                parts.extend(
+                    Part(part["PartNumber"], part["Size"], part["ETag"])
+                    for part in page.get("Parts", [])
+                )
+        return sorted(parts, key=lambda part: part.number)
+
+    def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]
+    ) -> str:
+        completed: list[CompletedPartTypeDef] = [
+            {"PartNumber": part.number, "ETag": part.etag} for part in parts
+        ]
+        with _translated("finish upload"):
+            response = self._client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": completed},
+            )
+        return response.get("ETag", "")
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        with _translated("delete upload"):
+            self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+    def list_multipart_uploads(self, bucket: str, prefix: str) -> list[MultipartUpload]:
+        found: list[MultipartUpload] = []
+        with _translated("list uploads", missing_is_not_found=False):
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for page in pages:
+                found.extend(
+                    MultipartUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+                    for upload in page.get("Uploads", [])
+                )
+        return found
+
+    def put_object(self, bucket: str, key: str, body: IO[bytes], length: int) -> None:
+        with _translated("write upload data"):
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=length)
+
+    def get_object(self, bucket: str, key: str, start: int, end: int) -> Body:
+        with _translated("read upload data"):
+            response = self._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+        return _TranslatedBody(response["Body"])
+
+    def head_object(self, bucket: str, key: str) -> int:
+        with _translated("inspect upload"):
+            return self._client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        with _translated("delete upload", missing_is_not_found=False):
+            self._client.delete_object(Bucket=bucket, Key=key)
+
+    def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        with _translated("list upload data", missing_is_not_found=False):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+            for page in pages:
+                found.extend(
+                    ObjectInfo(item["Key"], item["Size"], item["LastModified"])
+                    for item in page.get("Contents", [])
+                )
+        return found
+
+    def head_bucket(self, bucket: str) -> None:
+        with _translated("reach the bucket", missing_is_not_found=False):
+            self._client.head_bucket(Bucket=bucket)
