@@ -33,7 +33,8 @@ Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in one of 
 threads.
 
 Only a finished upload can be read in full: ``read`` of an unfinished upload serves only its tail.
-Not offered: concatenation (``Concatenator``).
+``concatenate`` builds the final upload's equal-size parts server-side (UploadPartCopy) where a part
+lies within one source object, and spools the parts that span several.
 """
 
 from __future__ import annotations
