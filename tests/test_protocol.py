@@ -15,7 +15,6 @@ from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
     TUS_VERSION,
     ByteRange,
-    Metadata,
     check_offset_content_type,
     check_version,
     decode_metadata,
@@ -25,6 +24,7 @@ from upload_service.tus.protocol import (
     parse_range,
     parse_uint,
 )
+from upload_service.uploads import Metadata
 
 TOKEN_ALPHABET = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

@@ -7,7 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 
 from upload_service.storage.base import StorageKey
-from upload_service.tus.protocol import Metadata
+
+# An upload's metadata: keys to raw values (None: a key given without a value). Only ``tus/``
+# knows how the tus protocol writes it on the wire (``Upload-Metadata``).
+Metadata = dict[str, bytes | None]
 
 
 class UploadState(StrEnum):

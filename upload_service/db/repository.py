@@ -5,6 +5,7 @@ asyncpg): every query the service makes. Each transition is one conditional ``UP
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow
 from upload_service.errors import Conflict, Unavailable
-from upload_service.tus.protocol import decode_metadata, encode_metadata
-from upload_service.uploads import ENDED_STATES, LIVE_STATES, Upload, UploadState
+from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
 
 # What a client is told to wait before retrying while the database is unreachable.
 RETRY_AFTER_SECONDS = 5
@@ -32,6 +32,20 @@ def database_unavailable(exc: BaseException) -> Unavailable:
         f"database unavailable: {reason}"[:300],
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+def _metadata(stored: dict[str, str | None]) -> Metadata:
+    # JSON holds text: raw values (any bytes) are kept base64-encoded, keys as they are
+    return {
+        key: None if value is None else base64.b64decode(value) for key, value in stored.items()
+    }
+
+
+def _metadata_json(metadata: Metadata) -> dict[str, str | None]:
+    return {
+        key: None if value is None else base64.b64encode(value).decode("ascii")
+        for key, value in metadata.items()
+    }
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -51,7 +65,7 @@ def _to_upload(row: UploadRow) -> Upload:
         offset=row.upload_offset,
         received=max(row.received, row.upload_offset),
         state=UploadState(row.state),
-        metadata=decode_metadata(row.metadata_header),
+        metadata=_metadata(row.metadata_json),
         created_at=created,
         updated_at=updated,
         expires_at=_aware(row.expires_at),
@@ -74,7 +88,7 @@ def _to_row(upload: Upload) -> UploadRow:
         upload_offset=upload.offset,
         received=upload.received,
         state=upload.state.value,
-        metadata_header=encode_metadata(upload.metadata),
+        metadata_json=_metadata_json(upload.metadata),
         created_at=upload.created_at,
         updated_at=upload.updated_at,
         expires_at=upload.expires_at,

@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from urllib.parse import urlsplit
 
 from upload_service.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
+from upload_service.uploads import Metadata
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
@@ -82,9 +83,6 @@ def check_offset_content_type(value: str | None) -> None:
     if media_type != OFFSET_CONTENT_TYPE:
         shown = "missing" if not value else repr(value[:60])
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}, got {shown}")
-
-
-Metadata = dict[str, bytes | None]
 
 
 def decode_metadata(header: str) -> Metadata:
