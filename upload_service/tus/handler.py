@@ -219,7 +219,7 @@ class TusHandler:
             upload = await self.lifecycle.completed(upload, hashlib.sha256().digest())
         elif with_data:
             async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
-                upload = await self._loader.load_held(upload_id, lease)
+                upload = await self._loader.hold(upload, lease)
                 try:
                     upload = await self._receiver.receive(upload, body, lease, checksum)
                 except (TooLarge, ChecksumMismatch):
@@ -342,6 +342,7 @@ class TusHandler:
 
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
             upload = await self._loader.load_held(upload_id, lease)
+            loaded_state = upload.state
             if upload.is_final:
                 raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
             if offset != upload.offset:
@@ -357,13 +358,13 @@ class TusHandler:
                 self._check_fits(upload.offset, length, content_length)
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
-            receiving = upload.state is UploadState.RECEIVING
-            if receiving:
+            if upload.state is UploadState.RECEIVING:
                 upload = await self._receiver.receive(upload, body, lease, checksum)
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")
-        if (receiving or new_length is not None) and upload.state is UploadState.VERIFYING:
-            await self.lifecycle.verify_soon(upload_id)  # the bytes are read back, lock let go
+        if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
+            # this request completed it: the bytes are read back now that the lock is let go
+            await self.lifecycle.verify_soon(upload_id)
         return TusResponse(204, self._offset_headers(upload), upload_id=upload_id)
 
     def _check_declared_length(self, upload: Upload, length: int) -> None:

@@ -31,6 +31,13 @@ class UploadLoader:
         except Conflict:
             raise LeaseLost() from None
 
+    async def hold(self, upload: Upload, lease: Lease) -> Upload:
+        """An upload this request has just created, now under its lock: claimed when the lock
+        fences (see ``claimed``), else as it is (nobody else can have changed it)."""
+        if lease.token is None:
+            return upload
+        return self.live(await self.claimed(upload.id, lease))
+
     async def load_held(
         self, upload_id: str, lease: Lease, *, allow_expired: bool = False
     ) -> Upload:
