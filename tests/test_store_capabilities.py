@@ -33,6 +33,7 @@ from upload_service.errors import BadRequest, StorageError
 from upload_service.locking.memory import MemoryLocker
 from upload_service.storage.base import (
     Appender,
+    Checkpointer,
     Concatenator,
     Digester,
     Fence,
@@ -225,3 +226,86 @@ async def test_a_checksummed_request_made_durable_only_in_part_commits_nothing(
     with pytest.raises(StorageError, match="whole checksummed request"):
         await handler.patch(upload_id, replace(at(0), upload_checksum=checksum), chunks(b"abcdef"))
     assert (await committed(handler._repo, upload_id)).offset == 0  # type: ignore[arg-type]
+
+
+class CheckpointAppender(PartAppender):
+    """A ``Checkpointer``: ``checkpoint`` makes only whole parts durable, ``sync`` everything."""
+
+    def __init__(self, inner: Appender, start: int, calls: list[tuple[str, int]]) -> None:
+        super().__init__(inner, start)
+        self._calls = calls
+
+    async def checkpoint(self) -> int:
+        written = await self._inner.sync()
+        durable = written - (written % PART)
+        self._calls.append(("checkpoint", durable))
+        return durable
+
+    async def sync(self) -> int:
+        durable = await self._inner.sync()
+        self._calls.append(("sync", durable))
+        return durable
+
+
+class CheckpointStore(CoreStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+        self.offsets: list[int] = []  # the committed offset at each checkpoint
+
+    async def append(
+        self,
+        key: StorageKey,
+        offset: int,
+        hashers: Sequence[Hasher] = (),
+        fence: Fence | None = None,
+    ) -> Appender:
+        inner = await super().append(key, offset, hashers, fence)
+        return CheckpointAppender(inner, offset, self.calls)
+
+
+def test_the_checkpointing_appender_is_a_checkpointer() -> None:
+    appender = CheckpointAppender(None, 0, [])  # type: ignore[arg-type]
+    assert isinstance(appender, Checkpointer)
+    assert not isinstance(PartAppender(None, 0), Checkpointer)  # type: ignore[arg-type]
+
+
+async def test_checkpoints_mid_request_use_the_cheap_checkpoint_and_the_end_a_full_sync(
+    databases: Databases,
+) -> None:
+    store = CheckpointStore()
+    handler = TusHandler(
+        store=store,
+        repository=databases.repository(),
+        locker=MemoryLocker(),
+        config=replace(CONFIG, checkpoint_bytes=3),
+        clock=Clock(),
+    )
+    upload_id = await create(handler, 20)
+    store.calls.clear()
+    done = await handler.patch(upload_id, at(0), chunks(b"0123456789", size=3))
+    assert offset_of(done) == 10  # the end syncs everything, the tail included
+    # every 3 bytes a checkpoint (whole parts only: 0, 4, 8), then one sync of all 10
+    assert store.calls == [("checkpoint", 0), ("checkpoint", 4), ("checkpoint", 8), ("sync", 10)]
+    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    assert (upload.offset, upload.state) == (10, UploadState.RECEIVING)
+
+
+async def test_a_checkpoint_behind_the_bytes_does_not_checkpoint_on_every_chunk(
+    databases: Databases,
+) -> None:
+    """A checkpoint that commits less than was written (the part is still being built) must not
+    make every following chunk a checkpoint: the cadence counts bytes since the last one."""
+    store = CheckpointStore()
+    handler = TusHandler(
+        store=store,
+        repository=databases.repository(),
+        locker=MemoryLocker(),
+        config=replace(CONFIG, checkpoint_bytes=2),
+        clock=Clock(),
+    )
+    upload_id = await create(handler, 20)
+    store.calls.clear()
+    await handler.patch(upload_id, at(0), chunks(b"012345", size=1))
+    checkpoints = [call for call in store.calls if call[0] == "checkpoint"]
+    assert len(checkpoints) == 3  # after bytes 2, 4 and 6: not after every byte past 2

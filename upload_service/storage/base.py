@@ -5,8 +5,9 @@ A ``Store`` keeps the bytes of uploads; it knows nothing of offsets in the datab
 find the bytes again (an object store's multipart upload id), which the upload's row keeps and
 every later call passes back. What only some backends can do is a separate, runtime-checkable
 capability Protocol (``Finisher``, ``Concatenator``, ``TailDiscarder``, ``Digester``,
-``OrphanLister``); the handler checks for each with ``isinstance``, advertises in
-``Tus-Extension`` only what the configured store supports, and falls back (or refuses) otherwise.
+``OrphanLister``, and ``Checkpointer`` for appenders); the handler checks for each with
+``isinstance``, advertises in ``Tus-Extension`` only what the configured store supports, and falls
+back (or refuses) otherwise.
 
 Callers (the handler) hold the upload's lock around every mutating call, validate ids and offsets
 before calling, and commit offsets to the database only after ``Appender.sync`` has returned them.
@@ -92,6 +93,19 @@ class Appender(Protocol):
 
     async def aclose(self) -> None:
         """Release resources. Bytes not covered by a ``sync`` may be lost."""
+        ...
+
+
+@runtime_checkable
+class Checkpointer(Protocol):
+    """An appender whose full ``sync`` is costly mid-request (an object store re-uploads the part
+    it is building) but which can cheaply make durable some prefix of what was written (the parts
+    already uploaded). The handler calls ``checkpoint`` at its checkpoints during a request and
+    ``sync`` once at the end."""
+
+    async def checkpoint(self) -> int:
+        """Make durable what is cheap to; return the durable end offset, which may lag behind
+        what ``sync`` would return but is committed just the same. Raises as ``sync`` does."""
         ...
 
 

@@ -33,7 +33,14 @@ import anyio
 from upload_service.errors import ClientGone, Conflict, ServiceError, StorageError, TooLarge
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease
-from upload_service.storage.base import Appender, Finisher, Hasher, Store, TailDiscarder
+from upload_service.storage.base import (
+    Appender,
+    Checkpointer,
+    Finisher,
+    Hasher,
+    Store,
+    TailDiscarder,
+)
 from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDigests
 from upload_service.uploads import Upload, UploadState
 
@@ -205,10 +212,17 @@ class Receiver:
             await self._store.discard_tail(upload.storage, upload.offset)
         await self._repo.set_received(upload.id, upload.offset)
 
-    async def _checkpoint(self, upload: Upload, appender: Appender, lease: Lease) -> Upload:
+    async def _checkpoint(
+        self, upload: Upload, appender: Appender, lease: Lease, *, final: bool = True
+    ) -> Upload:
+        """Commit what is durable: all that was written (``final``, or an appender that syncs
+        cheaply), else what a ``Checkpointer`` makes durable cheaply."""
         if lease.lost:
             raise LeaseLost()  # before the sync: a lost holder flushes nothing more
-        durable = await appender.sync()
+        if not final and isinstance(appender, Checkpointer):
+            durable = await appender.checkpoint()
+        else:
+            durable = await appender.sync()
         if durable == upload.offset:
             return upload
         return await self._commit(upload, durable, lease)
@@ -298,17 +312,19 @@ class _Checkpointing(_Strategy):
     ) -> None:
         super().__init__(receiver, upload, appender, lease)
         self._last_checkpoint = self._last_progress
+        self._checkpointed = appender.offset  # bytes accepted at the last checkpoint
 
     async def written(self) -> None:
         now = time.monotonic()
         if (
-            self._appender.offset - self.upload.offset >= self._config.checkpoint_bytes
+            self._appender.offset - self._checkpointed >= self._config.checkpoint_bytes
             or now - self._last_checkpoint >= self._config.checkpoint_seconds
         ):
             with anyio.CancelScope(shield=True):
                 self.upload = await self._receiver._checkpoint(
-                    self.upload, self._appender, self._lease
+                    self.upload, self._appender, self._lease, final=False
                 )
+            self._checkpointed = self._appender.offset
             self._last_checkpoint = self._last_progress = time.monotonic()
         else:
             await self._progress(now)
