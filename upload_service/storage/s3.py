@@ -28,9 +28,10 @@ the parts of an unfinished upload back); ``size`` then falls below the offset an
 lowers it, loudly.
 
 Memory per upload: at most ``BUFFER_SIZE`` (1 MiB) of received bytes; the part being built
-(< ``part_size``) is spooled to an unlinked temporary file, which parts and tails are uploaded from.
-Reads and digests stream in ``READ_CHUNK`` pieces. Every S3 call runs in one of the store's worker
-threads.
+(< ``part_size``) and each part being uploaded (at most ``concurrency`` per upload) are spooled to
+unlinked temporary files, which parts and tails are uploaded from. Reads and digests stream in
+``READ_CHUNK`` pieces. Every S3 call runs in one of the store's worker threads; part uploads in a
+pool of their own (see ``storage/s3_appender.py`` for how parts in flight stay crash-safe).
 
 Only a finished upload can be read in full: ``read`` of an unfinished upload serves only its tail.
 ``concatenate`` builds the final upload's equal-size parts server-side (UploadPartCopy) where a part
@@ -43,6 +44,7 @@ import contextlib
 import io
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +62,7 @@ KiB = 1024
 MiB = 1024 * KiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB  # S3's largest object: 5 TiB
 READ_CHUNK = 256 * KiB
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
@@ -121,6 +124,7 @@ class S3Store:
         *,
         spool_dir: Path | None = None,
         threads: int = 32,
+        concurrency: int = 4,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {part_size}")
@@ -131,6 +135,19 @@ class S3Store:
         self._spool_dir = spool_dir
         self._threads = threads
         self._limiter: anyio.CapacityLimiter | None = None
+        self.concurrency = concurrency  # parts one appender uploads at the same time
+        self._part_threads: ThreadPoolExecutor | None = None
+
+    @property
+    def spool_dir(self) -> Path | None:
+        return self._spool_dir
+
+    def submit(self, function: Callable[[Unpack[Args]], None], *args: *Args) -> Future[None]:
+        """``function`` in one of the store's part-upload threads (a pool apart from ``run``'s,
+        so an appender waiting in ``run`` for its parts never holds up their uploads)."""
+        if self._part_threads is None:
+            self._part_threads = ThreadPoolExecutor(self._threads, "s3-parts")
+        return self._part_threads.submit(function, *args)
 
     async def run(self, function: Callable[[Unpack[Args]], T], *args: *Args) -> T:
         """``function`` in one of the store's worker threads (its own limit, so slow part uploads
@@ -438,7 +455,16 @@ class S3Store:
         obj = self.object_key(key)
         layout, spool, tail = await self.run(self._open, key, offset)
         return S3Appender(
-            self, obj, layout.upload_id, layout.part_size, offset, spool, tail, hashers, fence
+            self,
+            obj,
+            layout.upload_id,
+            layout.part_size,
+            offset,
+            spool,
+            tail,
+            hashers,
+            fence,
+            self.concurrency,
         )
 
     async def size(self, key: StorageKey) -> int:
@@ -469,7 +495,9 @@ class S3Store:
         await self.run(self.client.head_bucket, self.bucket)
 
     async def aclose(self) -> None:
-        return None
+        threads, self._part_threads = self._part_threads, None
+        if threads is not None:  # appenders were closed first: nothing is in flight
+            await anyio.to_thread.run_sync(threads.shutdown)
 
     # -- capabilities -----------------------------------------------------------------------------
 

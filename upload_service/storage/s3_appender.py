@@ -1,12 +1,31 @@
-"""The appender of ``S3Store`` (the layout and the crash story are in ``storage/s3.py``)."""
+"""The appender of ``S3Store`` (the layout and the crash story are in ``storage/s3.py``).
+
+Parts go out while the next ones are being received: each full part is handed, in its own spool
+file, to the store's part-upload threads, at most ``concurrency`` of them at a time per appender
+(a receiving thread waits for the oldest when that many are in flight). Disk per upload is thus at
+most ``concurrency + 1`` parts of spool, memory ``BUFFER_SIZE`` plus what boto3 reads at a time.
+
+What counts as durable is always a contiguous run of confirmed parts followed by the tail of the
+next slot: ``checkpoint`` writes an empty tail after the confirmed parts (cheap, whatever the part
+size), ``sync`` waits for every part in flight and writes the part being built as the tail. Parts
+confirmed past the last tail written do not count after a crash (they are overwritten or left out
+of the completed upload), so an offset committed from either is always true.
+
+Before every part or tail goes out the fence is checked; ``aclose`` cancels parts not yet started
+and waits for those in flight, so nothing of this appender reaches S3 after the caller lets go of
+the upload's lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
+import tempfile
 from collections.abc import Sequence
+from concurrent.futures import CancelledError, Future, wait
 from typing import IO, TYPE_CHECKING
 
-from upload_service.errors import StorageError
+from upload_service.errors import ServiceError, StorageError
 from upload_service.storage.base import Fence, Hasher
 
 if TYPE_CHECKING:
@@ -18,8 +37,9 @@ _FENCED = "the upload's lock was lost (a newer request owns it)"
 
 
 class S3Appender:
-    """Buffers up to ``BUFFER_SIZE`` bytes, then (in a worker thread) hashes them, spools them
-    and uploads every part that fills up; ``sync`` also writes the spooled rest as the tail."""
+    """Buffers up to ``BUFFER_SIZE`` bytes, then (in a worker thread) hashes them, spools them and
+    hands every part that fills up to the part-upload threads; ``sync`` also writes the spooled
+    rest as the tail."""
 
     BUFFER_SIZE = MiB
 
@@ -34,16 +54,20 @@ class S3Appender:
         tail_object: int,
         hashers: Sequence[Hasher],
         fence: Fence | None,
+        concurrency: int = 1,
     ) -> None:
         self._store = store
         self._obj = obj
         self._upload_id = upload_id
         self._part_size = part_size
-        self._parts, spooled = divmod(offset, part_size)  # durable full parts
+        self._parts, spooled = divmod(offset, part_size)  # parts handed out (or durable before)
+        self._confirmed = self._parts  # of them, the contiguous run S3 confirmed
         self._spool = spool  # the bytes of slot ``parts + 1``
         self._spooled = spooled
-        self._slot_durable = spooled  # of them, durable in the slot's tail object
-        self._tail_object = tail_object  # that object's size (-1: none)
+        self._tail_slot = self._parts + 1  # the latest tail written (or found) ...
+        # ... and its size, when it holds exactly the spooled bytes (-1: unknown). A tail found
+        # longer than the offset holds bytes past it that this request may replace.
+        self._tail_size = tail_object if tail_object == spooled else -1
         self._start = offset
         # What the store's size reports after a crash: a slot counts once its tail is written.
         self._synced = offset
@@ -52,14 +76,15 @@ class S3Appender:
         self._buffered = 0
         self._hashers = tuple(hashers)
         self._fence = fence
+        self._concurrency = max(1, concurrency)
+        self._in_flight: dict[int, Future[None]] = {}  # part number -> its upload
+        self._done: set[int] = set()  # parts confirmed out of order, past ``confirmed``
         self._failed = False
+        self._error: StorageError | None = None  # the first part upload that failed
 
     @property
     def offset(self) -> int:
         return self._start + self._accepted
-
-    def _durable(self) -> int:
-        return self._synced
 
     def _fenced_off(self) -> bool:
         return self._fence is not None and self._fence.lost
@@ -95,25 +120,41 @@ class S3Appender:
             raise StorageError("cannot write upload data: an earlier write failed")
         await self._flush()
 
+    async def checkpoint(self) -> int:
+        if self._failed:
+            return self._synced
+        try:
+            await self._flush()
+            await self._store.run(self._mark_confirmed)
+        except StorageError:
+            self._fail()
+            raise
+        return self._synced
+
     async def sync(self) -> int:
         if self._failed:
-            return self._durable()  # the failure was raised by the call that met it
+            # The failure was raised by the call that met it. Parts still in flight may yet be
+            # confirmed: their run is made to count as far as it is contiguous.
+            with contextlib.suppress(StorageError):
+                await self._store.run(self._settle_failed)
+            return self._synced
         try:
             await self._flush()
             await self._store.run(self._write_tail)
         except StorageError:
             self._fail()
             raise
-        return self._durable()
+        return self._synced
 
     async def aclose(self) -> None:
         self._chunks, self._buffered = [], 0
         with contextlib.suppress(StorageError):  # nothing unsynced was ever reported
-            await self._store.run(self._spool.close)
+            await self._store.run(self._close)
 
-    # -- in the worker thread ---------------------------------------------------------------------
+    # -- in worker threads ------------------------------------------------------------------------
 
     def _absorb(self, chunks: list[bytes]) -> None:
+        self._raise_failed_parts()
         for chunk in chunks:
             for hasher in self._hashers:
                 hasher.update(chunk)
@@ -125,38 +166,119 @@ class S3Appender:
                 self._spooled += len(piece)
                 view = view[len(piece) :]
                 if self._spooled == self._part_size:
-                    self._upload_part()
+                    self._hand_out_part()
 
     def _check_fence(self) -> None:
         if self._fenced_off():  # right before bytes go out
             raise StorageError(f"cannot write upload data: {_FENCED}")
 
-    def _upload_part(self) -> None:
-        self._check_fence()
+    def _hand_out_part(self) -> None:
         number = self._parts + 1
         if number > MAX_PARTS:
             raise StorageError(f"the upload needs more than {MAX_PARTS} parts of its size")
-        self._spool.flush()
-        self._spool.seek(0)
-        store = self._store
-        store.client.upload_part(
-            store.bucket, self._obj, self._upload_id, number, self._spool, self._part_size
-        )
+        while len(self._in_flight) >= self._concurrency:
+            self._wait_for_parts(all_of_them=False)
+        spool, self._spool = self._spool, self._new_spool()
+        spool.flush()
+        future = self._store.submit(self._upload_part, number, spool)
+        future.add_done_callback(lambda _done: spool.close())  # also when cancelled unstarted
+        self._in_flight[number] = future
         self._parts = number
-        self._spool.seek(0)
-        self._spool.truncate()
-        self._spooled = self._slot_durable = 0
-        self._tail_object = -1  # the new slot has no tail yet: the next sync writes one
+        self._spooled = 0
 
-    def _write_tail(self) -> None:
-        if self._spooled == self._slot_durable == self._tail_object:
-            self._synced = self._parts * self._part_size + self._spooled
-            return  # the slot's tail object holds exactly the spooled bytes
+    def _new_spool(self) -> IO[bytes]:
+        return tempfile.TemporaryFile(dir=self._store.spool_dir)
+
+    def _upload_part(self, number: int, spool: IO[bytes]) -> None:
+        """In a part-upload thread: send the spooled part, then drop its spool file."""
+        try:
+            self._check_fence()
+            spool.seek(0)
+            store = self._store
+            store.client.upload_part(
+                store.bucket, self._obj, self._upload_id, number, spool, self._part_size
+            )
+        finally:
+            spool.close()
+
+    def _wait_for_parts(self, *, all_of_them: bool) -> None:
+        """Wait for the oldest part in flight (or all); record the confirmed ones; raise the
+        first failure."""
+        if not self._in_flight:
+            return
+        if all_of_them:
+            wait(self._in_flight.values())
+        else:
+            self._in_flight[min(self._in_flight)].exception()  # waits, raises nothing
+        self._reap()
+        self._raise_failed_parts()
+
+    def _reap(self) -> None:
+        """Move finished parts out of flight: confirmed ones extend the contiguous run."""
+        for number, future in list(self._in_flight.items()):
+            if not future.done():
+                continue
+            del self._in_flight[number]
+            try:
+                error = future.exception()
+            except CancelledError:
+                error = StorageError("cannot write upload data: the part upload was cancelled")
+            if error is None:
+                self._done.add(number)
+            elif self._error is None:
+                self._error = _as_storage_error(error)
+        while self._confirmed + 1 in self._done:
+            self._confirmed += 1
+            self._done.discard(self._confirmed)
+
+    def _raise_failed_parts(self) -> None:
+        self._reap()
+        if self._error is not None:
+            raise self._error
+
+    def _put_tail(self, slot: int, body: IO[bytes], size: int) -> None:
         self._check_fence()
         store = self._store
-        key = store.tail_key(self._obj, self._parts + 1)
+        body.seek(0)
+        store.client.put_object(store.bucket, store.tail_key(self._obj, slot), body, size)
+        self._tail_slot, self._tail_size = slot, size
+        self._synced = (slot - 1) * self._part_size + size
+
+    def _mark_confirmed(self) -> None:
+        """``checkpoint``: an empty tail after the confirmed parts, when they grew."""
+        self._raise_failed_parts()
+        if self._confirmed * self._part_size > self._synced:
+            self._put_tail(self._confirmed + 1, io.BytesIO(b""), 0)
+
+    def _write_tail(self) -> None:
+        self._wait_for_parts(all_of_them=True)
+        slot = self._parts + 1
+        if slot == self._tail_slot and self._spooled == self._tail_size:
+            self._synced = (slot - 1) * self._part_size + self._spooled
+            return  # the slot's tail object holds exactly the spooled bytes
         self._spool.flush()
-        self._spool.seek(0)
-        store.client.put_object(store.bucket, key, self._spool, self._spooled)
-        self._slot_durable = self._tail_object = self._spooled
-        self._synced = self._parts * self._part_size + self._spooled
+        self._put_tail(slot, self._spool, self._spooled)
+
+    def _settle_failed(self) -> None:
+        """After a failure: let the parts in flight end, and count the confirmed run."""
+        with contextlib.suppress(StorageError):
+            self._wait_for_parts(all_of_them=True)
+        if self._confirmed * self._part_size > self._synced:
+            self._put_tail(self._confirmed + 1, io.BytesIO(b""), 0)
+
+    def _close(self) -> None:
+        for future in self._in_flight.values():
+            future.cancel()
+        wait(self._in_flight.values())
+        self._in_flight.clear()
+        self._spool.close()
+
+
+def _as_storage_error(error: BaseException) -> StorageError:
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, ServiceError):  # NotFound: the multipart upload is gone
+        return StorageError(f"cannot write upload data: {error.message}")
+    if isinstance(error, OSError):
+        return StorageError(f"cannot spool upload data: {error.strerror or error}")
+    return StorageError(f"cannot write upload data: {error}")
