@@ -47,7 +47,7 @@ from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
 from upload_service.storage.s3 import S3Store, choose_part_size
 from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
-from upload_service.storage.s3client import ObjectClient, translate
+from upload_service.storage.s3client import ObjectClient, Part, translate
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"
@@ -1113,7 +1113,7 @@ async def test_s3_list_parts_reads_every_page(moto_endpoint: str) -> None:
     def upload_many() -> list[int]:
         upload_id = client.create_multipart_upload(bucket, "many")
 
-        def upload(number: int) -> str:
+        def upload(number: int) -> Part:
             return client.upload_part(bucket, "many", upload_id, number, io.BytesIO(b"x"), 1)
 
         with ThreadPoolExecutor(8) as pool:
@@ -1200,7 +1200,7 @@ async def test_s3_concatenation_copies_parts_of_one_size(s3: S3Store) -> None:
     copies: list[tuple[int, int]] = []
     real = s3.client.upload_part_copy
 
-    def spy(*args: Any) -> str:
+    def spy(*args: Any) -> Part:
         copies.append((args[-2], args[-1]))
         return real(*args)
 

@@ -17,7 +17,7 @@ from tests import s3 as moto
 from upload_service.errors import StorageError, StorageUnavailable
 from upload_service.storage.base import Appender, Checkpointer, StorageKey
 from upload_service.storage.s3 import S3Store
-from upload_service.storage.s3client import ObjectClient
+from upload_service.storage.s3client import ObjectClient, Part
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -38,15 +38,15 @@ class ControlledClient:
 
     def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
-    ) -> str:
+    ) -> Part:
         if number in self.hold:
             assert self.hold[number].wait(30), "a held part was never released"
         if number in self.fail:
             raise StorageUnavailable("cannot write upload data: object storage is unreachable")
-        etag = self._real.upload_part(bucket, key, upload_id, number, body, length)
+        part = self._real.upload_part(bucket, key, upload_id, number, body, length)
         with self._lock:
             self.parts_sent.append(number)
-        return etag
+        return part
 
     def put_object(self, bucket: str, key: str, body: IO[bytes], length: int) -> None:
         self._real.put_object(bucket, key, body, length)

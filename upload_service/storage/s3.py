@@ -315,10 +315,11 @@ class S3Store:
         parts = [layout.parts[number] for number in range(1, full + 1)]
         if rest:
             tail = self.tail_key(obj, full + 1)
-            etag = self.client.upload_part_copy(
-                self.bucket, obj, layout.upload_id, full + 1, tail, 0, rest
+            parts.append(
+                self.client.upload_part_copy(
+                    self.bucket, obj, layout.upload_id, full + 1, tail, 0, rest
+                )
             )
-            parts.append(Part(full + 1, rest, etag))
         if not self.client.complete_multipart_upload(self.bucket, obj, layout.upload_id, parts):
             raise StorageError("object storage did not confirm the finished upload")
 
@@ -355,7 +356,7 @@ class S3Store:
             length = sum(end - start for _source, start, end in pieces)
             if len(pieces) == 1:
                 source, start, end = pieces[0]
-                etag = self.client.upload_part_copy(
+                part = self.client.upload_part_copy(
                     self.bucket, obj, layout.upload_id, number, source, start, end
                 )
             else:
@@ -364,10 +365,10 @@ class S3Store:
                         self._copy_into(spool, source, end - start, start)
                     spool.flush()
                     spool.seek(0)
-                    etag = self.client.upload_part(
+                    part = self.client.upload_part(
                         self.bucket, obj, layout.upload_id, number, spool, length
                     )
-            done.append(Part(number, length, etag))
+            done.append(part)
             pieces.clear()
 
         filled = 0

@@ -31,6 +31,7 @@ class Part:
     number: int
     size: int
     etag: str
+    checksum: str = ""  # the part's CRC32 (base64) when the upload has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,15 +66,15 @@ class ObjectClient(Protocol):
 
     def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
-    ) -> str:
-        """Uploads ``length`` bytes of ``body`` (from its start) as part ``number``; its ETag."""
+    ) -> Part:
+        """Uploads ``length`` bytes of ``body`` (from its start) as part ``number``."""
         ...
 
     def upload_part_copy(
         self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
-    ) -> str:
+    ) -> Part:
         """Part ``number`` := bytes ``[start, end)`` of object ``source`` (copied by the
-        server); its ETag."""
+        server)."""
         ...
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
@@ -172,8 +173,9 @@ class _TranslatedBody:
 class Boto3ObjectClient:
     """``ObjectClient`` over one boto3 client (boto3 clients are thread-safe)."""
 
-    def __init__(self, client: S3Client) -> None:
+    def __init__(self, client: S3Client, *, checksums: bool = True) -> None:
         self._client = client
+        self._checksums = checksums
 
     @classmethod
     def connect(
@@ -187,6 +189,7 @@ class Boto3ObjectClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         path_style: bool = True,
+        checksums: bool = True,
     ) -> Boto3ObjectClient:
         config = botocore.config.Config(
             region_name=region,
@@ -203,29 +206,46 @@ class Boto3ObjectClient:
             aws_secret_access_key=secret_access_key,
             config=config,
         )
-        return cls(client)
+        return cls(client, checksums=checksums)
 
     def create_multipart_upload(self, bucket: str, key: str) -> str:
         with _translated("create upload"):
-            return self._client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            if self._checksums:
+                response = self._client.create_multipart_upload(
+                    Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32"
+                )
+            else:
+                response = self._client.create_multipart_upload(Bucket=bucket, Key=key)
+            return response["UploadId"]
 
     def upload_part(
         self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
-    ) -> str:
+    ) -> Part:
         with _translated("write upload data"):
-            response = self._client.upload_part(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-                ContentLength=length,
-            )
-        return response["ETag"]
+            if self._checksums:  # the server checks every part's CRC32 as it arrives
+                response = self._client.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=length,
+                    ChecksumAlgorithm="CRC32",
+                )
+            else:
+                response = self._client.upload_part(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=length,
+                )
+        return Part(number, length, response["ETag"], response.get("ChecksumCRC32", ""))
 
     def upload_part_copy(
         self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
-    ) -> str:
+    ) -> Part:
         with _translated("copy upload data"):
             response = self._client.upload_part_copy(
                 Bucket=bucket,
@@ -235,7 +255,8 @@ class Boto3ObjectClient:
                 CopySource={"Bucket": bucket, "Key": source},
                 CopySourceRange=f"bytes={start}-{end - 1}",
             )
-        return response["CopyPartResult"]["ETag"]
+        result = response["CopyPartResult"]
+        return Part(number, end - start, result["ETag"], result.get("ChecksumCRC32", ""))
 
     def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
         parts: list[Part] = []
@@ -245,7 +266,12 @@ class Boto3ObjectClient:
             )
             for page in pages:
                 parts.extend(
-                    Part(part["PartNumber"], part["Size"], part["ETag"])
+                    Part(
+                        part["PartNumber"],
+                        part["Size"],
+                        part["ETag"],
+                        part.get("ChecksumCRC32", ""),
+                    )
                     for part in page.get("Parts", [])
                 )
         return sorted(parts, key=lambda part: part.number)
@@ -254,7 +280,10 @@ class Boto3ObjectClient:
         self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]
     ) -> str:
         completed: list[CompletedPartTypeDef] = [
-            {"PartNumber": part.number, "ETag": part.etag} for part in parts
+            {"PartNumber": part.number, "ETag": part.etag, "ChecksumCRC32": part.checksum}
+            if part.checksum
+            else {"PartNumber": part.number, "ETag": part.etag}
+            for part in parts
         ]
         with _translated("finish upload"):
             response = self._client.complete_multipart_upload(
