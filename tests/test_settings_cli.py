@@ -18,7 +18,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import inspect
 
 from tests.conftest import make_settings
-from upload_service.app import build_locker, create_app
+from upload_service.app import build_locker, build_store, create_app
 from upload_service.cli import main
 from upload_service.db.migrate import (
     SCHEMA_REVISION,
@@ -31,6 +31,7 @@ from upload_service.db.models import Base
 from upload_service.locking.file import FileLocker
 from upload_service.locking.postgres import PostgresLocker
 from upload_service.settings import ConfigError, Settings, load_settings
+from upload_service.storage.s3 import S3Store
 
 WEEK = 7 * 24 * 3600
 SUBPROCESS_GUARD = 120  # seconds; a hang is a failure, not a measurement
@@ -418,3 +419,75 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
     assert "uploads" not in tables
     upgrade(url)
     assert _revision(database) == head_revision()
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"UPLOAD_STORAGE": "s3"}, "UPLOAD_S3_BUCKET"),
+        ({"UPLOAD_STORAGE": "gcs"}, "UPLOAD_STORAGE"),
+        (
+            {"UPLOAD_STORAGE": "s3", "UPLOAD_S3_BUCKET": "b", "UPLOAD_S3_PART_SIZE": "1048576"},
+            "UPLOAD_S3_PART_SIZE",
+        ),
+        (
+            {"UPLOAD_STORAGE": "s3", "UPLOAD_S3_BUCKET": "b", "UPLOAD_S3_PREFIX": "/abs"},
+            "UPLOAD_S3_PREFIX",
+        ),
+        ({"UPLOAD_S3_CONCURRENCY": "0"}, "UPLOAD_S3_CONCURRENCY"),
+        ({"UPLOAD_S3_ADDRESSING_STYLE": "dns"}, "UPLOAD_S3_ADDRESSING_STYLE"),
+    ],
+)
+def test_storage_that_cannot_work_is_refused_at_start(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert named in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("max_size", "part_size"),
+    [
+        (None, 525 * 1024 * 1024),  # S3's 5 TiB in 10,000 parts
+        (str(10 * 1024**3), 8 * 1024 * 1024),  # the default suffices
+        (str(200 * 1024**3), 21 * 1024 * 1024),
+    ],
+)
+async def test_the_s3_store_is_built_from_the_settings(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, max_size: str | None, part_size: int
+) -> None:
+    monkeypatch.setenv("UPLOAD_STORAGE", "s3")
+    monkeypatch.setenv("UPLOAD_S3_BUCKET", "videos")
+    monkeypatch.setenv("UPLOAD_S3_PREFIX", "uploads/")
+    monkeypatch.setenv("UPLOAD_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("UPLOAD_S3_CONCURRENCY", "3")
+    if max_size is not None:
+        monkeypatch.setenv("UPLOAD_MAX_SIZE", max_size)
+    settings = load_settings()
+    assert settings.s3_path_style  # a custom endpoint: path-style addressing
+    store = await build_store(settings)
+    try:
+        assert isinstance(store, S3Store)
+        assert (store.bucket, store.prefix, store.concurrency) == ("videos", "uploads/", 3)
+        assert store.part_size == part_size
+        assert store.spool_dir == settings.spool_dir
+        assert settings.spool_dir.is_dir()
+    finally:
+        await store.aclose()  # nothing was sent: the client connects on first use
+
+
+def test_aws_itself_gets_virtual_hosted_addressing(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPLOAD_STORAGE", "s3")
+    monkeypatch.setenv("UPLOAD_S3_BUCKET", "videos")
+    assert not load_settings().s3_path_style
+    monkeypatch.setenv("UPLOAD_S3_ADDRESSING_STYLE", "path")
+    assert load_settings().s3_path_style

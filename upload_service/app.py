@@ -30,7 +30,10 @@ from upload_service.locking.postgres import PostgresLocker
 from upload_service.middleware import MethodOverrideMiddleware, TusResumableMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
+from upload_service.storage.base import Store
 from upload_service.storage.local import LocalStore
+from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store, choose_part_size
+from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import HandlerConfig, TusHandler
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS, TUS_VERSION
@@ -63,17 +66,38 @@ def build_locker(settings: Settings) -> Locker:
     return FileLocker(settings.data_dir / "locks")
 
 
+async def build_store(settings: Settings) -> Store:
+    if settings.storage == "s3":
+        await anyio.Path(settings.spool_dir).mkdir(parents=True, exist_ok=True)
+        client = Boto3ObjectClient.connect(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            path_style=settings.s3_path_style,
+            checksums=settings.s3_checksums,
+        )
+        largest = settings.max_size or MAX_OBJECT_SIZE
+        return S3Store(
+            client,
+            settings.s3_bucket,
+            settings.s3_prefix,
+            part_size=choose_part_size(largest, settings.s3_part_size),
+            spool_dir=settings.spool_dir,
+            concurrency=settings.s3_concurrency,
+        )
+    await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
+    return LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
+
+
 @asynccontextmanager
 async def open_services(
     settings: Settings, runner: Runner | None = None
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
-    await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     try:
         await check_schema(engine)
         repository = SqlUploadRepository(create_sessionmaker(engine))
-        store = LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
+        store = await build_store(settings)
         locker = build_locker(settings)
         handler = TusHandler(
             store=store,

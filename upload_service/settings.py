@@ -52,6 +52,24 @@ class Settings(BaseSettings):
     # postgres locker: a replica that vanished (host down, network cut) holds its uploads' locks
     # for at most this long; it stops writing itself before then.
     lock_dead_after: float = Field(default=10.0, ge=2.0, le=600.0)
+    # Where upload bytes live: local (files under data_dir) or s3 (multipart uploads in a bucket
+    # of any S3-compatible object store; credentials from the standard AWS variables or profile).
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_endpoint_url: str | None = None  # MinIO, R2, B2, ...; unset: AWS
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    # All parts but the last have this size; raised (whole MiB) when 10,000 parts would not hold
+    # the largest allowed upload (UPLOAD_MAX_SIZE, else S3's 5 TiB).
+    s3_part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
+    # Parts uploaded at the same time by one PATCH (each spooled to a temporary file of its own).
+    s3_concurrency: int = Field(default=4, ge=1, le=32)
+    # path: https://endpoint/bucket/key (MinIO and most S3-compatible servers); virtual:
+    # https://bucket.endpoint/key; auto: path with UPLOAD_S3_ENDPOINT_URL, else virtual (AWS).
+    # CRC32 of every part, checked by the object store as it arrives (S3, MinIO, R2); turn off
+    # only for a server that rejects checksums.
+    s3_checksums: bool = True
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -91,6 +109,34 @@ class Settings(BaseSettings):
                 "set UPLOAD_SINGLE_NODE=true if this host is the only node"
             )
         return self
+
+    @field_validator("s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_endpoint(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if value.startswith("/") or "//" in value:
+            raise ValueError("must not start with / or contain //")
+        return value
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("UPLOAD_STORAGE=s3 needs UPLOAD_S3_BUCKET (the bucket's name)")
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where the S3 store spools the parts it is building (temporary, unlinked files)."""
+        return self.data_dir / "spool"
+
+    @property
+    def s3_path_style(self) -> bool:
+        style = self.s3_addressing_style
+        return style == "path" or (style == "auto" and self.s3_endpoint_url is not None)
 
     @property
     def effective_locker(self) -> Literal["file", "postgres"]:
