@@ -610,6 +610,40 @@ async def test_concatenate_joins_parts_in_order(backend: Backend) -> None:
         await joiner.concatenate(key, [first, StorageKey("../x")])
 
 
+async def test_a_key_without_its_ref_names_no_unfinished_upload(backend: Backend) -> None:
+    """A store whose keys carry a ref finds an unfinished upload by that ref: the id alone, without
+    the ref ``create`` returned, names no data (``NotFound``), never an upload the store guessed."""
+    store = backend.store
+    data = b"unfinished"
+    key = await _stored(store, UPLOAD_ID, data)
+    if not key.ref:
+        pytest.skip(f"{backend.name}'s keys carry no ref: the id is the whole key")
+    bare = StorageKey(UPLOAD_ID)
+    with pytest.raises(NotFound):
+        await store.size(bare)
+    with pytest.raises(NotFound):
+        await store.append(bare, 0)
+    with pytest.raises(NotFound):
+        await _read_all(store, bare, 0, 0)
+    if isinstance(store, TailDiscarder):
+        with pytest.raises(NotFound):
+            await store.discard_tail(bare, 0)
+    if isinstance(store, Digester):
+        with pytest.raises(NotFound):
+            await store.digest(bare, hashlib.sha256())
+    if isinstance(store, Finisher):
+        with pytest.raises(NotFound):
+            await store.finish(bare, len(data))
+    if isinstance(store, Concatenator):
+        final = await store.create(OTHER_ID)
+        with pytest.raises(NotFound):  # as a part
+            await store.concatenate(final, [bare])
+        with pytest.raises(NotFound):  # as the final upload
+            await store.concatenate(StorageKey(OTHER_ID), [key])
+        assert await store.size(final) == 0
+    assert await _content(store, key) == data  # untouched, and found by its key
+
+
 async def test_check_passes(backend: Backend) -> None:
     await backend.store.check()
 
@@ -1228,6 +1262,43 @@ class _Spy:
 
     def __getattr__(self, name: str) -> Any:
         return self._replaced.get(name) or getattr(self._real, name)
+
+
+async def test_s3_a_key_without_a_ref_is_never_searched_for(s3: S3Store) -> None:
+    """The id alone names a finished object (found by its object key: it needs no ref) and no
+    multipart upload: no call but ``create`` lists multipart uploads, and ``delete`` of such a
+    key removes the object and the tails only."""
+    data = _random_bytes(1000)
+    unfinished = await _stored(s3, UPLOAD_ID, data)
+    finished = await _stored(s3, OTHER_ID, data)
+    await s3.finish(finished, len(data))
+    listings: list[tuple[Any, ...]] = []
+    real = s3.client
+
+    def listing(*args: Any) -> Any:
+        listings.append(args)
+        return real.list_multipart_uploads(*args)
+
+    s3.client = cast(Any, _Spy(real, list_multipart_uploads=listing))
+    done = StorageKey(OTHER_ID)
+    assert await s3.size(done) == len(data)
+    assert await _content(s3, done) == data
+    assert await s3.digest(done, hashlib.sha256()) == hashlib.sha256(data).digest()
+    await s3.finish(done, len(data))  # again, as after a crash: only checks
+    await s3.delete(done)
+    with pytest.raises(NotFound):
+        await s3.size(finished)
+
+    bare = StorageKey(UPLOAD_ID)
+    with pytest.raises(NotFound, match="missing"):
+        await s3.size(bare)
+    await s3.delete(bare)  # no ref: no multipart upload to abort, only the objects
+    assert listings == []
+    s3.client = real
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == []  # the tail is gone
+    assert await capable_lister(s3) == [unfinished]  # the multipart upload is not
+    await s3.delete(unfinished)
+    assert await capable_lister(s3) == []
 
 
 async def test_s3_sync_never_reports_a_slot_whose_tail_failed(s3: S3Store) -> None:
