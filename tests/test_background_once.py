@@ -126,14 +126,15 @@ async def test_start_up_reconciliation_is_skipped_while_another_replica_runs_it(
     store, (first, second) = replicas
     upload_id = await create(first.handler, 100)
     await first.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    appender = await store.append(StorageKey(upload_id), 10)
+    key = (await first.handler.get(upload_id)).storage
+    appender = await store.append(key, 10)
     await appender.write(b"never committed")
     await appender.sync()
     async with first.locker.lock(RECONCILE_LOCK, wait=GUARD, preempt=False):
         assert await second.handler.reconcile_all() == 0
-        assert await store.size(StorageKey(upload_id)) == 25
+        assert await store.size(key) == 25
     assert await second.handler.reconcile_all() == 1
-    assert await store.size(StorageKey(upload_id)) == 10
+    assert await store.size(key) == 10
 
 
 async def test_a_verification_both_replicas_resume_hashes_the_file_once(

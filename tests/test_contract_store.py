@@ -51,8 +51,9 @@ from upload_service.storage.s3client import ObjectClient, Part, translate
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"
-KEY = StorageKey(UPLOAD_ID)
-OTHER = StorageKey(OTHER_ID)
+# An upload is named by the key its store's ``create`` returned (as the handler names it by the key
+# on its row). Only an upload that was never created has no such key: this one stands for it.
+MISSING = StorageKey(OTHER_ID)
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -243,16 +244,18 @@ async def _content(store: Store, key: StorageKey) -> bytes:
     return b"".join(await _read_all(store, key, 0, size))
 
 
-async def _stored(store: Store, key: StorageKey, data: bytes) -> None:
-    """Create the upload holding ``data``, durably. (The suite then names it by ``key``, built
-    from the id alone: a store whose keys carry a reference resolves such a key itself.)"""
-    assert (await store.create(key.upload_id)).upload_id == key.upload_id
+async def _stored(store: Store, upload_id: str, data: bytes) -> StorageKey:
+    """Create the upload holding ``data``, durably; return the key ``create`` returned, which
+    names the upload from then on."""
+    key = await store.create(upload_id)
+    assert key.upload_id == upload_id
     appender = await store.append(key, 0)
     try:
         await appender.write(data)
         assert await appender.sync() == len(data)
     finally:
         await appender.aclose()
+    return key
 
 
 def _random_bytes(size: int, seed: int = 7) -> bytes:
@@ -283,17 +286,17 @@ async def _failed_write(appender: Appender, data: bytes) -> tuple[StorageError, 
 
 
 async def test_create_makes_an_empty_upload(backend: Backend) -> None:
-    await backend.store.create(UPLOAD_ID)
-    assert await backend.store.size(KEY) == 0
-    assert await _read_all(backend.store, KEY, 0, 0) == []
+    key = await backend.store.create(UPLOAD_ID)
+    assert await backend.store.size(key) == 0
+    assert await _read_all(backend.store, key, 0, 0) == []
 
 
 async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> None:
     store = backend.store
-    await store.create(UPLOAD_ID)
+    key = await store.create(UPLOAD_ID)
     first, second, third = _random_bytes(100, 1), _random_bytes(300 * KiB, 2), b"tail"
 
-    appender = await store.append(KEY, 0)
+    appender = await store.append(key, 0)
     try:
         await appender.write(first)
         assert await appender.sync() == 100
@@ -301,20 +304,20 @@ async def test_append_then_sync_returns_durable_offsets(backend: Backend) -> Non
         assert await appender.sync() == 100 + len(second)
     finally:
         await appender.aclose()
-    assert await store.size(KEY) == 100 + len(second)
+    assert await store.size(key) == 100 + len(second)
 
-    resumed = await store.append(KEY, 100 + len(second))
+    resumed = await store.append(key, 100 + len(second))
     try:
         await resumed.write(third)
         assert await resumed.sync() == 100 + len(second) + 4
     finally:
         await resumed.aclose()
-    assert await _content(store, KEY) == first + second + third
+    assert await _content(store, key) == first + second + third
 
 
 async def test_sync_without_writes_returns_the_start(backend: Backend) -> None:
-    await _stored(backend.store, KEY, b"abcdef")
-    appender = await backend.store.append(KEY, 6)
+    key = await _stored(backend.store, UPLOAD_ID, b"abcdef")
+    appender = await backend.store.append(key, 6)
     try:
         assert await appender.sync() == 6
     finally:
@@ -323,8 +326,8 @@ async def test_sync_without_writes_returns_the_start(backend: Backend) -> None:
 
 async def test_offset_counts_buffered_bytes(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, KEY, b"12345")
-    appender = await store.append(KEY, 5)
+    key = await _stored(store, UPLOAD_ID, b"12345")
+    appender = await store.append(key, 5)
     try:
         assert appender.offset == 5
         await appender.write(b"abc")
@@ -340,25 +343,25 @@ async def test_offset_counts_buffered_bytes(backend: Backend) -> None:
 async def test_append_at_an_offset_cuts_the_leftovers_past_it(backend: Backend) -> None:
     store = backend.store
     data = _random_bytes(100)
-    await _stored(store, KEY, data)
+    key = await _stored(store, UPLOAD_ID, data)
 
-    appender = await store.append(KEY, 40)  # bytes 40..99 were never committed
+    appender = await store.append(key, 40)  # bytes 40..99 were never committed
     try:
         assert appender.offset == 40
         assert await appender.sync() == 40
-        assert await store.size(KEY) == 40
+        assert await store.size(key) == 40
         await appender.write(b"new")
         assert await appender.sync() == 43
     finally:
         await appender.aclose()
-    assert await _content(store, KEY) == data[:40] + b"new"
+    assert await _content(store, key) == data[:40] + b"new"
 
 
 async def test_append_beyond_the_stored_size_raises(backend: Backend) -> None:
-    await _stored(backend.store, KEY, b"0123456789")
+    key = await _stored(backend.store, UPLOAD_ID, b"0123456789")
     with pytest.raises(StorageError, match="fewer than offset 11"):
-        await backend.store.append(KEY, 11)
-    assert await _content(backend.store, KEY) == b"0123456789"
+        await backend.store.append(key, 11)
+    assert await _content(backend.store, key) == b"0123456789"
 
 
 async def test_the_backend_offers_exactly_the_capabilities_it_claims(backend: Backend) -> None:
@@ -369,27 +372,27 @@ async def test_the_backend_offers_exactly_the_capabilities_it_claims(backend: Ba
 async def test_discard_tail(backend: Backend) -> None:
     discarder = capable(backend, TailDiscarder)
     data = _random_bytes(1000)
-    await _stored(backend.store, KEY, data)
-    await discarder.discard_tail(KEY, 300)
-    assert await backend.store.size(KEY) == 300
-    assert await _content(backend.store, KEY) == data[:300]
-    await discarder.discard_tail(KEY, 0)
-    assert await backend.store.size(KEY) == 0
+    key = await _stored(backend.store, UPLOAD_ID, data)
+    await discarder.discard_tail(key, 300)
+    assert await backend.store.size(key) == 300
+    assert await _content(backend.store, key) == data[:300]
+    await discarder.discard_tail(key, 0)
+    assert await backend.store.size(key) == 0
 
 
 async def test_discard_tail_never_extends(backend: Backend) -> None:
     """A store must never invent bytes: cutting "back" to more than it holds changes nothing."""
-    await _stored(backend.store, KEY, b"abc")
-    await capable(backend, TailDiscarder).discard_tail(KEY, 10)
-    assert await backend.store.size(KEY) == 3
-    assert await _content(backend.store, KEY) == b"abc"
+    key = await _stored(backend.store, UPLOAD_ID, b"abc")
+    await capable(backend, TailDiscarder).discard_tail(key, 10)
+    assert await backend.store.size(key) == 3
+    assert await _content(backend.store, key) == b"abc"
 
 
 async def test_create_never_overwrites_an_existing_upload(backend: Backend) -> None:
-    await _stored(backend.store, KEY, b"precious")
+    key = await _stored(backend.store, UPLOAD_ID, b"precious")
     with pytest.raises(StorageError):
         await backend.store.create(UPLOAD_ID)
-    assert await _content(backend.store, KEY) == b"precious"
+    assert await _content(backend.store, key) == b"precious"
 
 
 @pytest.mark.parametrize(
@@ -407,8 +410,8 @@ async def test_read_returns_exact_ranges_in_bounded_pieces(
     backend: Backend, start: int, end: int
 ) -> None:
     data = _random_bytes(600 * KiB)
-    await _stored(backend.store, KEY, data)
-    pieces = await _read_all(backend.store, KEY, start, end)
+    key = await _stored(backend.store, UPLOAD_ID, data)
+    pieces = await _read_all(backend.store, key, start, end)
     assert b"".join(pieces) == data[start:end]
     assert all(0 < len(piece) <= MiB for piece in pieces)
     if end - start == 600 * KiB:
@@ -416,28 +419,28 @@ async def test_read_returns_exact_ranges_in_bounded_pieces(
 
 
 async def test_read_past_the_stored_bytes_raises(backend: Backend) -> None:
-    await _stored(backend.store, KEY, b"short")
+    key = await _stored(backend.store, UPLOAD_ID, b"short")
     with pytest.raises(StorageError):
-        await _read_all(backend.store, KEY, 0, 6)
+        await _read_all(backend.store, key, 0, 6)
 
 
 async def test_uploads_are_independent(backend: Backend) -> None:
-    await _stored(backend.store, KEY, b"one")
-    await _stored(backend.store, OTHER, b"other")
-    await backend.store.delete(KEY)
-    assert await _content(backend.store, OTHER) == b"other"
+    key = await _stored(backend.store, UPLOAD_ID, b"one")
+    other = await _stored(backend.store, OTHER_ID, b"other")
+    await backend.store.delete(key)
+    assert await _content(backend.store, other) == b"other"
 
 
 async def test_missing_upload_raises_not_found(backend: Backend) -> None:
     store = backend.store
     with pytest.raises(NotFound):
-        await store.append(KEY, 0)
+        await store.append(MISSING, 0)
     with pytest.raises(NotFound):
-        await store.size(KEY)
+        await store.size(MISSING)
     with pytest.raises(NotFound):
-        await _read_all(store, KEY, 0, 0)
+        await _read_all(store, MISSING, 0, 0)
     with pytest.raises(NotFound):
-        await capable(backend, TailDiscarder).discard_tail(KEY, 0)
+        await capable(backend, TailDiscarder).discard_tail(MISSING, 0)
 
 
 async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend) -> None:
@@ -460,14 +463,14 @@ async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend
 
 async def test_delete_is_idempotent(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, KEY, b"bytes")
-    await store.delete(KEY)
+    key = await _stored(store, UPLOAD_ID, b"bytes")
+    await store.delete(key)
     with pytest.raises(NotFound):
-        await store.size(KEY)
-    await store.delete(KEY)
-    await store.delete(OTHER)  # never created
+        await store.size(key)
+    await store.delete(key)
+    await store.delete(MISSING)  # never created
     with pytest.raises(NotFound):
-        await store.size(OTHER)
+        await store.size(MISSING)
 
 
 def _tree(directory: Path, skip: Path | None) -> dict[str, bytes | None]:
@@ -487,7 +490,7 @@ async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
     store = backend.store
     (tmp_path / "x").write_bytes(b"sentinel")
     (tmp_path / ("a" * 29)).write_bytes(b"sentinel")
-    await store.create(UPLOAD_ID)  # the root exists and holds a real upload
+    key = await store.create(UPLOAD_ID)  # the root exists and holds a real upload
     before = _tree(tmp_path, backend.root)
 
     with pytest.raises(NotFound):
@@ -504,16 +507,16 @@ async def test_malformed_ids_raise_not_found_and_touch_nothing_outside_the_root(
     assert _tree(tmp_path, backend.root) == before
     if backend.root is not None:
         assert sorted(path.name for path in backend.root.iterdir()) == [UPLOAD_ID]
-    assert await store.size(KEY) == 0
+    assert await store.size(key) == 0
     with pytest.raises(NotFound):
         await capable(backend, TailDiscarder).discard_tail(StorageKey(bad_id), 0)
 
 
 async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None:
     data = _random_bytes(300 * KiB)
-    await _stored(backend.store, KEY, b"head")
+    key = await _stored(backend.store, UPLOAD_ID, b"head")
     hasher = hashlib.sha256()
-    appender = await backend.store.append(KEY, 4, [hasher])
+    appender = await backend.store.append(key, 4, [hasher])
     try:
         for start in range(0, len(data), 1000):
             await appender.write(data[start : start + 1000])
@@ -526,9 +529,9 @@ async def test_hashers_see_every_written_byte_in_order(backend: Backend) -> None
 async def test_settle_feeds_the_hashers_before_anything_is_synced(backend: Backend) -> None:
     """The handler checks a request's digest after ``settle`` and only then syncs."""
     data = _random_bytes(300 * KiB + 3)
-    await _stored(backend.store, KEY, b"head")
+    key = await _stored(backend.store, UPLOAD_ID, b"head")
     hasher = hashlib.sha1()
-    appender = await backend.store.append(KEY, 4, [hasher])
+    appender = await backend.store.append(key, 4, [hasher])
     try:
         for start in range(0, len(data), 7000):
             await appender.write(data[start : start + 7000])
@@ -537,9 +540,9 @@ async def test_settle_feeds_the_hashers_before_anything_is_synced(backend: Backe
         assert appender.offset == 4 + len(data)
     finally:
         await appender.aclose()
-    resumed = await backend.store.append(KEY, 4)  # never synced, never committed: not kept
+    resumed = await backend.store.append(key, 4)  # never synced, never committed: not kept
     await resumed.aclose()
-    assert await _content(backend.store, KEY) == b"head"
+    assert await _content(backend.store, key) == b"head"
 
 
 class Switch:
@@ -549,10 +552,10 @@ class Switch:
 async def test_no_byte_reaches_the_medium_once_the_fence_is_lost(backend: Backend) -> None:
     """A holder that lost its lock writes nothing more. What it accepted before may have reached
     the medium already (a store may write at once); nothing accepted after ever does."""
-    await _stored(backend.store, KEY, b"head")
+    key = await _stored(backend.store, UPLOAD_ID, b"head")
     fence = Switch()
     before = b"accepted before the lock was lost"
-    appender = await backend.store.append(KEY, 4, fence=fence)
+    appender = await backend.store.append(key, 4, fence=fence)
     try:
         await appender.write(b"kept")
         assert await appender.sync() == 8
@@ -573,7 +576,7 @@ async def test_no_byte_reaches_the_medium_once_the_fence_is_lost(backend: Backen
             durable = await appender.sync()
     finally:
         await appender.aclose()
-    content = await _content(backend.store, KEY)
+    content = await _content(backend.store, key)
     assert content[:8] == b"headkept"
     assert content == b"headkept" + before[: len(content) - 8]  # a prefix, never AFTER
     assert durable == len(content)
@@ -581,31 +584,64 @@ async def test_no_byte_reaches_the_medium_once_the_fence_is_lost(backend: Backen
 
 async def test_digest_hashes_the_stored_bytes(backend: Backend) -> None:
     data = _random_bytes(3 * MiB + 17)
-    await _stored(backend.store, KEY, data)
+    key = await _stored(backend.store, UPLOAD_ID, data)
     digester = capable(backend, Digester)
-    digest = await digester.digest(KEY, hashlib.sha256())
+    digest = await digester.digest(key, hashlib.sha256())
     assert digest == hashlib.sha256(data).digest()
     with pytest.raises(NotFound):
-        await digester.digest(OTHER, hashlib.sha256())
+        await digester.digest(MISSING, hashlib.sha256())
 
 
 async def test_concatenate_joins_parts_in_order(backend: Backend) -> None:
     store = backend.store
     joiner = capable(backend, Concatenator)
-    first, second, third = (StorageKey(digit * 32) for digit in "123")
-    await _stored(store, first, b"alpha-")
-    await _stored(store, second, _random_bytes(200 * KiB))
-    await _stored(store, third, b"")
-    await store.create(UPLOAD_ID)
-    length = await joiner.concatenate(KEY, [second, first, third, first])
+    first = await _stored(store, "1" * 32, b"alpha-")
+    second = await _stored(store, "2" * 32, _random_bytes(200 * KiB))
+    third = await _stored(store, "3" * 32, b"")
+    key = await store.create(UPLOAD_ID)
+    length = await joiner.concatenate(key, [second, first, third, first])
     expected = _random_bytes(200 * KiB) + b"alpha-alpha-"
     assert length == len(expected)
-    assert await _content(store, KEY) == expected
+    assert await _content(store, key) == expected
     assert await _content(store, first) == b"alpha-"  # parts are left as they were
     with pytest.raises(NotFound):
-        await joiner.concatenate(KEY, [first, OTHER])
+        await joiner.concatenate(key, [first, MISSING])
     with pytest.raises(NotFound):
-        await joiner.concatenate(KEY, [first, StorageKey("../x")])
+        await joiner.concatenate(key, [first, StorageKey("../x")])
+
+
+async def test_a_key_without_its_ref_names_no_unfinished_upload(backend: Backend) -> None:
+    """A store whose keys carry a ref finds an unfinished upload by that ref: the id alone, without
+    the ref ``create`` returned, names no data (``NotFound``), never an upload the store guessed."""
+    store = backend.store
+    data = b"unfinished"
+    key = await _stored(store, UPLOAD_ID, data)
+    if not key.ref:
+        pytest.skip(f"{backend.name}'s keys carry no ref: the id is the whole key")
+    bare = StorageKey(UPLOAD_ID)
+    with pytest.raises(NotFound):
+        await store.size(bare)
+    with pytest.raises(NotFound):
+        await store.append(bare, 0)
+    with pytest.raises(NotFound):
+        await _read_all(store, bare, 0, 0)
+    if isinstance(store, TailDiscarder):
+        with pytest.raises(NotFound):
+            await store.discard_tail(bare, 0)
+    if isinstance(store, Digester):
+        with pytest.raises(NotFound):
+            await store.digest(bare, hashlib.sha256())
+    if isinstance(store, Finisher):
+        with pytest.raises(NotFound):
+            await store.finish(bare, len(data))
+    if isinstance(store, Concatenator):
+        final = await store.create(OTHER_ID)
+        with pytest.raises(NotFound):  # as a part
+            await store.concatenate(final, [bare])
+        with pytest.raises(NotFound):  # as the final upload
+            await store.concatenate(StorageKey(OTHER_ID), [key])
+        assert await store.size(final) == 0
+    assert await _content(store, key) == data  # untouched, and found by its key
 
 
 async def test_check_passes(backend: Backend) -> None:
@@ -614,8 +650,8 @@ async def test_check_passes(backend: Backend) -> None:
 
 async def test_a_failed_write_is_not_counted_by_sync(backend: Backend) -> None:
     store = backend.store
-    await _stored(store, KEY, b"committed")
-    appender = await store.append(KEY, 9)
+    key = await _stored(store, UPLOAD_ID, b"committed")
+    appender = await store.append(key, 9)
     try:
         await appender.write(b"-durable")
         assert await appender.sync() == 17
@@ -625,24 +661,24 @@ async def test_a_failed_write_is_not_counted_by_sync(backend: Backend) -> None:
     finally:
         await appender.aclose()
     repair()
-    assert (await _content(store, KEY))[:17] == b"committed-durable"
+    assert (await _content(store, key))[:17] == b"committed-durable"
     # The next request resumes at the durable offset and cuts whatever the failure left.
-    resumed = await store.append(KEY, 17)
+    resumed = await store.append(key, 17)
     try:
         await resumed.write(b"!")
         assert await resumed.sync() == 18
     finally:
         await resumed.aclose()
-    assert await _content(store, KEY) == b"committed-durable!"
+    assert await _content(store, key) == b"committed-durable!"
 
 
 async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Backend) -> None:
     """The medium fails, the caller stops writing, the medium recovers before the final ``sync``:
     whatever ``sync`` then reports must be exactly the bytes sent, with no gap inside."""
     store = backend.store
-    await store.create(UPLOAD_ID)
+    key = await store.create(UPLOAD_ID)
     sent = b""
-    appender = await store.append(KEY, 0)
+    appender = await store.append(key, 0)
     try:
         repair = backend.break_writes(UPLOAD_ID)
         failed = False
@@ -665,7 +701,7 @@ async def test_after_a_transient_failure_sync_reports_a_true_prefix(backend: Bac
     finally:
         await appender.aclose()
     assert durable <= len(sent)
-    assert (await _content(store, KEY))[:durable] == sent[:durable]
+    assert (await _content(store, key))[:durable] == sent[:durable]
 
 
 # -- LocalStore only -------------------------------------------------------------------------------
@@ -689,9 +725,10 @@ async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Pa
     digests = {upload_id: (hashlib.sha256(), hashlib.sha1()) for upload_id in ids}
     try:
         appenders = {}
+        keys = {}
         for upload_id in ids:
-            await store.create(upload_id)
-            appenders[upload_id] = await store.append(StorageKey(upload_id), 0, digests[upload_id])
+            keys[upload_id] = await store.create(upload_id)
+            appenders[upload_id] = await store.append(keys[upload_id], 0, digests[upload_id])
         for start in range(0, 701 * KiB, 50 * KiB):  # interleaved, as concurrent requests are
             for upload_id in ids:
                 await appenders[upload_id].write(sources[upload_id][start : start + 50 * KiB])
@@ -704,7 +741,7 @@ async def test_local_uploads_share_a_bounded_pool_of_writer_threads(tmp_path: Pa
         await store.aclose()
     for upload_id in ids:
         data = sources[upload_id]
-        assert await _content(store, StorageKey(upload_id)) == data
+        assert await _content(store, keys[upload_id]) == data
         whole, request = digests[upload_id]
         assert whole.digest() == hashlib.sha256(data).digest()
         assert request.digest() == hashlib.sha1(data).digest()
@@ -735,8 +772,8 @@ async def test_local_writer_threads_yield_the_cpu_to_the_event_loop(
     store = LocalStore(tmp_path / "store", buffer_size=64 * KiB, writer_nice=nice)
     probe = _PriorityProbe()
     try:
-        await store.create(UPLOAD_ID)
-        appender = await store.append(KEY, 0, (probe,))
+        key = await store.create(UPLOAD_ID)
+        appender = await store.append(key, 0, (probe,))
         try:
             for _ in range(4):
                 await appender.write(b"v" * 64 * KiB)
@@ -756,8 +793,8 @@ async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
     """Memory per upload follows its rate: a buffer older than ``MAX_BUFFER_AGE`` goes to the
     disk with the next piece, full or not; a young one waits until it is full."""
     monkeypatch.setattr(LocalAppender, "MAX_BUFFER_AGE", max_age)
-    await local.create(UPLOAD_ID)
-    appender = await local.append(KEY, 0)
+    key = await local.create(UPLOAD_ID)
+    appender = await local.append(key, 0)
     try:
         for piece in (b"a" * 100, b"b" * 100, b"c" * 100):
             await appender.write(piece)
@@ -767,7 +804,7 @@ async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
         assert await appender.sync() == 300
     finally:
         await appender.aclose()
-    assert await _content(local, KEY) == b"a" * 100 + b"b" * 100 + b"c" * 100
+    assert await _content(local, key) == b"a" * 100 + b"b" * 100 + b"c" * 100
 
 
 async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is_not_counted(
@@ -775,8 +812,8 @@ async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is
 ) -> None:
     """The OS takes half of a buffer, then the disk fails: ``sync`` never reports more than the
     bytes that reached the file, and what it reports reads back exactly."""
-    await local.create(UPLOAD_ID)
-    appender = await local.append(KEY, 0)
+    key = await local.create(UPLOAD_ID)
+    appender = await local.append(key, 0)
     data = _random_bytes(200 * KiB)
     try:
         await appender.write(b"x" * 10)
@@ -792,14 +829,14 @@ async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is
         assert durable == 10 + 50 * KiB  # exactly the prefix the OS took
     finally:
         await appender.aclose()
-    assert (await _content(local, KEY))[:durable] == (b"x" * 10 + data)[:durable]
+    assert (await _content(local, key))[:durable] == (b"x" * 10 + data)[:durable]
 
 
 async def test_local_enospc_is_reported_as_storage_full(
     local: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await local.create(UPLOAD_ID)
-    appender = await local.append(KEY, 0)
+    key = await local.create(UPLOAD_ID)
+    appender = await local.append(key, 0)
     try:
         DiskFaults(monkeypatch, local.path(UPLOAD_ID), errno.ENOSPC)
         error, durable = await _failed_write(appender, _random_bytes(100 * KiB))
@@ -815,7 +852,7 @@ async def test_local_read_failures_are_storage_errors(
     local: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _random_bytes(600 * KiB)
-    await _stored(local, KEY, data)
+    key = await _stored(local, UPLOAD_ID, data)
     real_open = aiofiles.open
 
     async def failing_open(*args: Any, **kwargs: Any) -> Any:
@@ -838,7 +875,7 @@ async def test_local_read_failures_are_storage_errors(
     received: list[bytes] = []
 
     async def download() -> None:
-        async for piece in local.read(KEY, 0, len(data)):
+        async for piece in local.read(key, 0, len(data)):
             received.append(piece)
 
     with pytest.raises(StorageError, match="Input/output error"):
@@ -850,8 +887,9 @@ async def test_local_read_failures_are_storage_errors(
 async def test_local_open_failures_on_read_are_storage_errors(local: LocalStore) -> None:
     await local.check()
     local.path(UPLOAD_ID).mkdir()  # something that is not an upload's file sits in its place
+    key = StorageKey(UPLOAD_ID)  # never created; a LocalStore key is the id alone
     with pytest.raises(StorageError):
-        await _read_all(local, KEY, 0, 1)
+        await _read_all(local, key, 0, 1)
 
 
 async def test_local_enospc_on_create_is_reported_as_storage_full(
@@ -906,18 +944,18 @@ async def test_local_a_really_full_disk_is_storage_full_and_keeps_a_true_prefix(
     root.mkdir()
     with _tmpfs(root, "size=256k"):
         store = LocalStore(root, buffer_size=64 * KiB)
-        await store.create(UPLOAD_ID)
+        key = await store.create(UPLOAD_ID)
         data = _random_bytes(2 * MiB)
-        appender = await store.append(KEY, 0)
+        appender = await store.append(key, 0)
         try:
             error, durable = await _failed_write(appender, data)
         finally:
             await appender.aclose()
         assert "storage is full" in error.message
         assert 0 < durable <= 256 * KiB
-        assert await _content(store, KEY) == data[: await store.size(KEY)]
-        assert (await _content(store, KEY))[:durable] == data[:durable]
-        await store.delete(KEY)
+        assert await _content(store, key) == data[: await store.size(key)]
+        assert (await _content(store, key))[:durable] == data[:durable]
+        await store.delete(key)
 
 
 async def test_local_check_fails_on_a_read_only_root(read_only_dir: Path) -> None:
@@ -1125,7 +1163,8 @@ async def test_s3_list_parts_reads_every_page(moto_endpoint: str) -> None:
 
 async def test_s3_an_unreachable_endpoint_is_unavailable_with_retry_after() -> None:
     store = S3Store(moto.client(f"http://127.0.0.1:{_closed_port()}", max_attempts=1), "bucket")
-    for attempt in (store.check(), store.create(UPLOAD_ID), store.size(KEY)):
+    key = StorageKey(UPLOAD_ID, "upload-id")  # as a row keeps it: create cannot reach S3 either
+    for attempt in (store.check(), store.create(UPLOAD_ID), store.size(key)):
         with pytest.raises(StorageUnavailable) as caught:
             await attempt
         assert isinstance(caught.value, StorageError)
@@ -1223,6 +1262,43 @@ class _Spy:
 
     def __getattr__(self, name: str) -> Any:
         return self._replaced.get(name) or getattr(self._real, name)
+
+
+async def test_s3_a_key_without_a_ref_is_never_searched_for(s3: S3Store) -> None:
+    """The id alone names a finished object (found by its object key: it needs no ref) and no
+    multipart upload: no call but ``create`` lists multipart uploads, and ``delete`` of such a
+    key removes the object and the tails only."""
+    data = _random_bytes(1000)
+    unfinished = await _stored(s3, UPLOAD_ID, data)
+    finished = await _stored(s3, OTHER_ID, data)
+    await s3.finish(finished, len(data))
+    listings: list[tuple[Any, ...]] = []
+    real = s3.client
+
+    def listing(*args: Any) -> Any:
+        listings.append(args)
+        return real.list_multipart_uploads(*args)
+
+    s3.client = cast(Any, _Spy(real, list_multipart_uploads=listing))
+    done = StorageKey(OTHER_ID)
+    assert await s3.size(done) == len(data)
+    assert await _content(s3, done) == data
+    assert await s3.digest(done, hashlib.sha256()) == hashlib.sha256(data).digest()
+    await s3.finish(done, len(data))  # again, as after a crash: only checks
+    await s3.delete(done)
+    with pytest.raises(NotFound):
+        await s3.size(finished)
+
+    bare = StorageKey(UPLOAD_ID)
+    with pytest.raises(NotFound, match="missing"):
+        await s3.size(bare)
+    await s3.delete(bare)  # no ref: no multipart upload to abort, only the objects
+    assert listings == []
+    s3.client = real
+    assert await anyio.to_thread.run_sync(_s3_keys, s3) == []  # the tail is gone
+    assert await capable_lister(s3) == [unfinished]  # the multipart upload is not
+    await s3.delete(unfinished)
+    assert await capable_lister(s3) == []
 
 
 async def test_s3_sync_never_reports_a_slot_whose_tail_failed(s3: S3Store) -> None:

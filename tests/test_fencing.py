@@ -16,7 +16,6 @@ from tests.conftest import Databases
 from tests.test_contract_locker import postgres_dsn
 from tests.test_handler import CONFIG, Clock, KiB, MiB, at, chunks, committed, create, offset_of
 from upload_service.locking.postgres import PostgresLocker
-from upload_service.storage.base import StorageKey
 from upload_service.storage.local import LocalStore
 from upload_service.tus.handler import LeaseLost, TusHandler
 from upload_service.uploads import UploadState
@@ -89,7 +88,7 @@ async def test_a_holder_that_lost_its_lock_stops_and_the_upload_goes_on_elsewher
         assert done.state is UploadState.READY
         assert done.sha256 == hashlib.sha256(data).hexdigest()
         assert done.fence > upload.fence  # the newer holder claimed it with a newer token
-        stored = b"".join([piece async for piece in store.read(StorageKey(upload_id), 0, LENGTH)])
+        stored = b"".join([piece async for piece in store.read(done.storage, 0, LENGTH)])
         assert stored == data
     finally:
         for locker in lockers:

@@ -138,6 +138,11 @@ async def committed(repository: SqlUploadRepository, upload_id: str) -> Upload:
     return upload
 
 
+async def key_of(world: World, upload_id: str) -> StorageKey:
+    """The storage key the upload's row keeps: what the store's ``create`` returned."""
+    return (await committed(world.repository, upload_id)).storage
+
+
 def offset_of(response: TusResponse) -> int:
     return int(response.headers["Upload-Offset"])
 
@@ -175,7 +180,7 @@ async def test_client_gone_midway_commits_exactly_the_durable_bytes(world: World
     assert (await committed(world.repository, upload_id)).offset == received
     assert bytes(world.store.durable[upload_id]) == data[:received]
     world.store.crash()  # what was committed survives a crash right after the response
-    assert await world.store.size(StorageKey(upload_id)) == received
+    assert await world.store.size(await key_of(world, upload_id)) == received
     assert not world.locker.held(upload_id)
 
     resumed = await world.handler.patch(upload_id, at(received), chunks(data[received:]))
@@ -621,9 +626,7 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
     assert upload.offset <= len(durable), "an offset beyond the durable bytes was reported"
     assert upload.offset >= acknowledged, "reconciliation went back past a committed offset"
     assert upload.offset == acknowledged  # an honest store loses nothing it synced
-    assert (
-        await memory.size(StorageKey(upload_id)) == upload.offset
-    )  # uncommitted leftovers are cut
+    assert await memory.size(upload.storage) == upload.offset  # uncommitted leftovers are cut
     assert durable[: upload.offset] == data[: upload.offset]
     head = await restarted.handler.head(upload_id, tus())
     assert offset_of(head) == upload.offset
@@ -641,8 +644,8 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
 # -- reconciliation -------------------------------------------------------------------------------
 
 
-async def _put_uncommitted(store: MemoryStore, upload_id: str, offset: int, data: bytes) -> None:
-    appender = await store.append(StorageKey(upload_id), offset)
+async def _put_uncommitted(store: MemoryStore, key: StorageKey, offset: int, data: bytes) -> None:
+    appender = await store.append(key, offset)
     await appender.write(data)
     await appender.sync()
     await appender.aclose()
@@ -651,9 +654,10 @@ async def _put_uncommitted(store: MemoryStore, upload_id: str, offset: int, data
 async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await _put_uncommitted(world.store, upload_id, 10, b"never committed")
+    key = await key_of(world, upload_id)
+    await _put_uncommitted(world.store, key, 10, b"never committed")
     assert await world.handler.reconcile_all() == 1
-    assert await world.store.size(StorageKey(upload_id)) == 10
+    assert await world.store.size(key) == 10
     assert bytes(world.store.durable[upload_id]) == b"0123456789"
     assert (await committed(world.repository, upload_id)).offset == 10
 
@@ -661,7 +665,8 @@ async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None
 async def test_reconcile_lowers_the_offset_when_storage_holds_fewer_bytes(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.discard_tail(StorageKey(upload_id), 4)  # storage lost bytes it had confirmed
+    key = await key_of(world, upload_id)
+    await world.store.discard_tail(key, 4)  # storage lost bytes it had confirmed
     assert await world.handler.reconcile_all() == 1
     upload = await committed(world.repository, upload_id)
     assert (upload.offset, upload.received) == (4, 4)
@@ -671,7 +676,7 @@ async def test_reconcile_lowers_the_offset_when_storage_holds_fewer_bytes(world:
 async def test_head_reconciles_an_offset_storage_cannot_back(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.discard_tail(StorageKey(upload_id), 7)
+    await world.store.discard_tail(await key_of(world, upload_id), 7)
     assert offset_of(await world.handler.head(upload_id, tus())) == 7
     assert (await committed(world.repository, upload_id)).offset == 7
 
@@ -679,9 +684,10 @@ async def test_head_reconciles_an_offset_storage_cannot_back(world: World) -> No
 async def test_reconcile_recreates_missing_storage_at_offset_zero(world: World) -> None:
     upload_id = await create(world.handler, 100)
     await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    await world.store.delete(StorageKey(upload_id))
+    key = await key_of(world, upload_id)
+    await world.store.delete(key)
     assert await world.handler.reconcile_all() == 1
-    assert await world.store.size(StorageKey(upload_id)) == 0
+    assert await world.store.size(key) == 0
     assert (await committed(world.repository, upload_id)).offset == 0
     resumed = await world.handler.patch(upload_id, at(0), chunks(b"again"))
     assert offset_of(resumed) == 5
@@ -691,7 +697,7 @@ async def test_start_up_completes_an_upload_killed_between_its_last_commit_and_c
     world: World,
 ) -> None:
     upload_id = await create(world.handler, 10)
-    await _put_uncommitted(world.store, upload_id, 0, b"0123456789")
+    await _put_uncommitted(world.store, await key_of(world, upload_id), 0, b"0123456789")
     await world.repository.advance(upload_id, expected=0, offset=10, now=T0, expires_at=None)
     assert (await committed(world.repository, upload_id)).state is UploadState.RECEIVING
     assert await world.handler.reconcile_all() == 1
@@ -759,7 +765,7 @@ async def test_a_terminated_upload_is_gone(world: World) -> None:
     response = await world.handler.delete(upload_id, tus())
     assert response.status == 204
     with pytest.raises(NotFound):
-        await world.store.size(StorageKey(upload_id))
+        await world.store.size(await key_of(world, upload_id))
     with pytest.raises(Gone, match="terminated"):
         await world.handler.head(upload_id, tus())
     with pytest.raises(Gone, match="terminated"):

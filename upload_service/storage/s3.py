@@ -33,6 +33,11 @@ unlinked temporary files, which parts and tails are uploaded from. Reads and dig
 ``READ_CHUNK`` pieces. Every S3 call runs in one of the store's worker threads; part uploads in a
 pool of their own (see ``storage/s3_appender.py`` for how parts in flight stay crash-safe).
 
+A key without a ref (built from the id alone) names no multipart upload: S3 is never searched for
+one (that would cost calls, be ambiguous, and hide a caller that lost the ref). For an unfinished
+upload such a key finds no data (``NotFound``); a finished object needs no ref and is found by its
+object key; ``delete`` of such a key removes the object and the tails only.
+
 Only a finished upload can be read in full: ``read`` of an unfinished upload serves only its tail.
 ``concatenate`` builds the final upload's equal-size parts server-side (UploadPartCopy) where a part
 lies within one source object, and spools the parts that span several.
@@ -169,25 +174,15 @@ class S3Store:
 
     # -- blocking helpers (worker threads only) ---------------------------------------------------
 
-    def _upload_ids(self, key: StorageKey) -> list[str]:
-        """The multipart upload(s) of ``key``: its ref, or (a key built from the id alone) those
-        S3 lists for its object key."""
-        if key.ref:
-            return [key.ref]
-        obj = self.object_key(key)
-        listed = self.client.list_multipart_uploads(self.bucket, obj)
-        return [upload.upload_id for upload in listed if upload.key == obj]
-
     def _layout(self, key: StorageKey) -> _Layout:
-        obj = self.object_key(key)
-        ids = self._upload_ids(key)
-        if not ids:
+        """The unfinished upload's multipart upload (the key's ref) and tails. ``NotFound`` for a
+        key without a ref: it names no multipart upload (S3 is never asked to guess one)."""
+        if not key.ref:
             raise NotFound("upload data is missing")
-        if len(ids) > 1:
-            raise StorageError("the upload has several multipart uploads; its key names none")
-        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, ids[0])}
+        obj = self.object_key(key)
+        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, key.ref)}
         part_size = parts[1].size if 1 in parts else self.part_size
-        return _Layout(ids[0], part_size, parts, self._tails(obj))
+        return _Layout(key.ref, part_size, parts, self._tails(obj))
 
     def _tails(self, obj: str) -> dict[int, int]:
         tails: dict[int, int] = {}
@@ -414,10 +409,11 @@ class S3Store:
             self.client.delete_object(self.bucket, self.tail_key(obj, number))
 
     def _delete(self, key: StorageKey) -> None:
+        """Abort the key's multipart upload (if it has a ref), delete the object and the tails."""
         obj = self.object_key(key)
-        for upload_id in self._upload_ids(key):
+        if key.ref:
             with contextlib.suppress(NotFound):
-                self.client.abort_multipart_upload(self.bucket, obj, upload_id)
+                self.client.abort_multipart_upload(self.bucket, obj, key.ref)
         self.client.delete_object(self.bucket, obj)
         self._delete_tails(obj)
 
