@@ -482,9 +482,9 @@ class KillableStore:
         self._inner = inner
         self._switch = switch
 
-    async def create(self, upload_id: str) -> StorageKey:
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         self._switch.check()
-        return await self._inner.create(upload_id)
+        return await self._inner.create(upload_id, length)
 
     async def append(
         self,

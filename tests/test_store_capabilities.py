@@ -54,9 +54,11 @@ class CoreStore:
 
     def __init__(self) -> None:
         self.inner = MemoryStore()
+        self.lengths: dict[str, int | None] = {}  # the length hint create was given, by upload
 
-    async def create(self, upload_id: str) -> StorageKey:
-        key = await self.inner.create(upload_id)
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
+        self.lengths[upload_id] = length
+        key = await self.inner.create(upload_id, length)
         return replace(key, ref=f"ref-{upload_id[:6]}")  # a backend reference the row must keep
 
     async def append(
@@ -309,3 +311,11 @@ async def test_a_checkpoint_behind_the_bytes_does_not_checkpoint_on_every_chunk(
     await handler.patch(upload_id, at(0), chunks(b"012345", size=1))
     checkpoints = [call for call in store.calls if call[0] == "checkpoint"]
     assert len(checkpoints) == 3  # after bytes 2, 4 and 6: not after every byte past 2
+
+
+async def test_create_is_told_the_upload_length_when_it_is_known(databases: Databases) -> None:
+    store = CoreStore()
+    handler = handler_over(store, databases)
+    known = await create(handler, 123)
+    deferred = await create(handler, None)
+    assert store.lengths == {known: 123, deferred: None}

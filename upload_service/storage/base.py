@@ -112,9 +112,10 @@ class Checkpointer(Protocol):
 class Store(Protocol):
     """The core every backend has."""
 
-    async def create(self, upload_id: str) -> StorageKey:
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         """Create empty, durable storage for a new upload; the key goes on the upload's row.
-        Raises ``StorageError``."""
+        ``length`` is the upload's final size when known (None: deferred), a hint a backend may
+        size its storage by (an object store's part size). Raises ``StorageError``."""
         ...
 
     async def append(

@@ -487,7 +487,7 @@ class LocalStore:
     def path(self, key: StorageKey | str) -> Path:
         return self._root / check_upload_id(key if isinstance(key, str) else key.upload_id)
 
-    async def create(self, upload_id: str) -> StorageKey:
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         path = self.path(upload_id)
         try:
             await anyio.to_thread.run_sync(_create_file, path)

@@ -71,7 +71,7 @@ class MemoryStore:
     def crash(self) -> None:
         self.volatile = {key: bytearray(value) for key, value in self.durable.items()}
 
-    async def create(self, upload_id: str) -> StorageKey:
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         if check_upload_id(upload_id) in self.volatile:
             raise StorageError("cannot create upload: it already exists")  # as O_EXCL does
         self.volatile[upload_id] = bytearray()

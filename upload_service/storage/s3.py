@@ -437,7 +437,7 @@ class S3Store:
 
     # -- the Store contract -----------------------------------------------------------------------
 
-    async def create(self, upload_id: str) -> StorageKey:
+    async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         check_upload_id(upload_id)
         ref = await self.run(self._create, upload_id)
         return StorageKey(upload_id, ref)

@@ -212,7 +212,7 @@ class TusHandler:
             concat=None if concat is None else "partial",
         )
         # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
-        key = await self._store.create(upload_id)
+        key = await self._store.create(upload_id, upload.length)
         upload = replace(upload, storage_ref=key.ref)
         await self._repo.add(upload)
         if complete:
@@ -260,7 +260,7 @@ class TusHandler:
             concat="final",
             parts=part_ids,
         )
-        key = await self._store.create(final.id)
+        key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
         try:
             await self._repo.add_final(final)

@@ -52,7 +52,7 @@ class Reconciler:
         try:
             size = await self._store.size(upload.storage)
         except NotFound:
-            size = await self._recreate(upload.storage)
+            size = await self._recreate(upload.storage, upload.length)
         if size > upload.offset:
             if isinstance(self._store, TailDiscarder):
                 await self._store.discard_tail(upload.storage, upload.offset)
@@ -66,10 +66,10 @@ class Reconciler:
             )
         return upload
 
-    async def _recreate(self, key: StorageKey) -> int:
+    async def _recreate(self, key: StorageKey, length: int | None) -> int:
         """The upload's storage is gone (lost by the medium): start it again, empty, under the
         same key, or give up on the upload when the store cannot."""
-        fresh = await self._store.create(key.upload_id)
+        fresh = await self._store.create(key.upload_id, length)
         if fresh != key:
             await self._store.delete(fresh)
             raise StorageError("the upload's storage is gone and cannot be recreated")
