@@ -45,7 +45,7 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
-from upload_service.storage.s3 import S3Store, choose_part_size
+from upload_service.storage.s3 import S3Store, choose_part_size, parse_ref
 from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
 from upload_service.storage.s3client import ObjectClient, Part, translate
 
@@ -195,6 +195,7 @@ def _break_s3_writes(client: FaultyClient) -> Callable[[str], Callable[[], None]
 
 
 S3_PART = 5 * MiB
+S3_MAX = MAX_PARTS * S3_PART  # the largest upload: deferred lengths get S3_PART parts too
 S3_CAPABILITIES: tuple[type, ...] = (
     Finisher,
     Concatenator,
@@ -208,6 +209,7 @@ async def s3_store(endpoint: str, **options: Any) -> tuple[S3Store, FaultyClient
     """A store on a bucket of its own, through a client whose writes can be broken."""
     bucket = await anyio.to_thread.run_sync(moto.new_bucket, endpoint)
     client = FaultyClient(moto.client(endpoint))
+    options.setdefault("max_size", S3_MAX)
     return S3Store(client, bucket, "uploads/", part_size=S3_PART, **options), client
 
 
@@ -451,10 +453,12 @@ async def test_stored_before_lists_uploads_by_their_last_change(backend: Backend
     other = await store.create("f" * 32)
     after = datetime.now(UTC) + timedelta(hours=1)
     assert await lister.stored_before(before) == []
-    listed = await lister.stored_before(after)
-    assert sorted(listed, key=str) == sorted([key, other], key=str)
-    await store.delete(other)
-    assert await lister.stored_before(after) == [key]
+    listed = {found.upload_id: found for found in await lister.stored_before(after)}
+    assert sorted(listed) == sorted([key.upload_id, other.upload_id])
+    await store.delete(listed[other.upload_id])  # what the sweep does: delete by the listed key
+    assert [found.upload_id for found in await lister.stored_before(after)] == [key.upload_id]
+    with pytest.raises(NotFound):
+        await store.size(other)  # gone, as its own key sees it
     if backend.root is not None:  # files that cannot be uploads are never listed
         (backend.root / "notes.txt").write_text("not an upload")
         (backend.root / ("A" * 32)).write_text("not an id either")
@@ -990,9 +994,9 @@ async def s3(moto_endpoint: str) -> AsyncIterator[S3Store]:
 
 
 def _s3_parts(store: S3Store, key: StorageKey) -> list[int]:
-    return [
-        part.size for part in store.client.list_parts(store.bucket, store.object_key(key), key.ref)
-    ]
+    multipart_id, _part_size = parse_ref(key.ref)
+    obj = store.object_key(key)
+    return [part.size for part in store.client.list_parts(store.bucket, obj, multipart_id)]
 
 
 def _s3_keys(store: S3Store) -> list[str]:
@@ -1083,11 +1087,47 @@ async def test_s3_an_empty_upload_finishes_as_an_empty_object(s3: S3Store) -> No
     assert await anyio.to_thread.run_sync(_s3_keys, s3) == [s3.object_key(key)]
 
 
+async def test_s3_each_upload_gets_the_part_size_its_length_needs(
+    s3: S3Store, moto_endpoint: str
+) -> None:
+    """The configured part size, raised only for an upload too long for 10,000 of them; a
+    deferred length gets what the largest allowed upload needs. The key records it, so every
+    later call (and every replica) cuts parts the same way."""
+    store = S3Store(s3.client, s3.bucket, s3.prefix, S3_PART, max_size=200 * 1024 * MiB)
+    short = await store.create(UPLOAD_ID, 12 * MiB)
+    assert parse_ref(short.ref)[1] == S3_PART
+    assert parse_ref((await store.create(OTHER_ID, None)).ref)[1] == 21 * MiB
+    long_id = "cd" * 16
+    key = await store.create(long_id, MAX_PARTS * 6 * MiB)  # 6 MiB parts
+    assert parse_ref(key.ref)[1] == 6 * MiB
+    data = _random_bytes(13 * MiB + 5)
+    assert await _s3_write(store, key, 0, data[: 7 * MiB], sync=True) == 7 * MiB
+    assert await _s3_write(store, key, 7 * MiB, data[7 * MiB :], sync=True) == len(data)
+    assert await anyio.to_thread.run_sync(_s3_parts, store, key) == [6 * MiB, 6 * MiB]
+    assert await store.size(key) == len(data)
+    await store.finish(key, len(data))
+    assert await _content(store, key) == data
+    with pytest.raises(StorageError, match="larger than S3's largest object"):
+        await store.create("ef" * 16, 6 * 1024 * 1024 * MiB)  # past S3's 5 TiB
+
+
+async def test_s3_a_ref_without_a_part_size_takes_it_from_the_first_part(s3: S3Store) -> None:
+    """Keys made before part sizes were recorded: the first part's size, else the store's."""
+    key = await s3.create(UPLOAD_ID)
+    multipart_id, _part_size = parse_ref(key.ref)
+    bare = StorageKey(UPLOAD_ID, multipart_id)
+    data = _random_bytes(S3_PART + 100)
+    assert await _s3_write(s3, bare, 0, data, sync=True) == len(data)
+    assert await s3.size(bare) == len(data)
+    await s3.finish(bare, len(data))
+    assert await _content(s3, bare) == data
+
+
 async def test_s3_the_spool_holds_the_part_being_built_not_memory(
     s3: S3Store, tmp_path: Path
 ) -> None:
     """Memory per upload stays within the 1 MiB buffer: the rest of a part is in the spool file."""
-    store = S3Store(s3.client, s3.bucket, s3.prefix, S3_PART, spool_dir=tmp_path)
+    store = S3Store(s3.client, s3.bucket, s3.prefix, S3_PART, spool_dir=tmp_path, max_size=S3_MAX)
     key = await store.create(UPLOAD_ID)
     appender = await store.append(key, 0)
     try:
@@ -1135,8 +1175,9 @@ def test_s3_part_size_keeps_every_upload_within_10000_parts() -> None:
         assert size % MiB == 0
         assert size * MAX_PARTS >= max_size
         assert (size - MiB) * MAX_PARTS < max_size
-    with pytest.raises(ValueError, match="does not fit"):
-        choose_part_size(50 * 1024**4)
+    for too_large in (5 * 1024**4 + 1, 50 * 1024**4):  # past S3's largest object
+        with pytest.raises(ValueError, match="larger than S3's largest object"):
+            choose_part_size(too_large)
     with pytest.raises(ValueError, match="5 MiB"):
         choose_part_size(MiB, MiB)
     with pytest.raises(ValueError, match="5 MiB"):
@@ -1296,7 +1337,10 @@ async def test_s3_a_key_without_a_ref_is_never_searched_for(s3: S3Store) -> None
     assert listings == []
     s3.client = real
     assert await anyio.to_thread.run_sync(_s3_keys, s3) == []  # the tail is gone
-    assert await capable_lister(s3) == [unfinished]  # the multipart upload is not
+    listed = await capable_lister(s3)  # the multipart upload is not
+    assert [(key.upload_id, parse_ref(key.ref)[0]) for key in listed] == [
+        (unfinished.upload_id, parse_ref(unfinished.ref)[0])
+    ]
     await s3.delete(unfinished)
     assert await capable_lister(s3) == []
 
@@ -1305,7 +1349,7 @@ async def test_s3_sync_never_reports_a_slot_whose_tail_failed(s3: S3Store) -> No
     """Part 2 went up, then writing its slot's tail failed: ``sync`` reports the last synced
     offset, which is what ``size`` shows after a restart (never more)."""
     client = FaultyClient(s3.client)
-    store = S3Store(client, s3.bucket, s3.prefix, S3_PART)
+    store = S3Store(client, s3.bucket, s3.prefix, S3_PART, max_size=S3_MAX)
     key = await store.create(UPLOAD_ID)
     assert await _s3_write(store, key, 0, b"x" * 10, sync=True) == 10
     appender = await store.append(key, 10)

@@ -17,6 +17,7 @@ from tests import s3 as moto
 from upload_service.errors import StorageError, StorageUnavailable
 from upload_service.storage.base import Appender, Checkpointer, StorageKey
 from upload_service.storage.s3 import S3Store
+from upload_service.storage.s3_appender import MAX_PARTS
 from upload_service.storage.s3client import ObjectClient, Part
 
 MiB = 1024 * 1024
@@ -61,7 +62,9 @@ class ControlledClient:
 async def s3(moto_endpoint: str) -> AsyncIterator[tuple[S3Store, ControlledClient]]:
     bucket = await anyio.to_thread.run_sync(moto.new_bucket, moto_endpoint)
     client = ControlledClient(moto.client(moto_endpoint))
-    store = S3Store(client, bucket, "uploads/", part_size=PART, concurrency=3)
+    store = S3Store(
+        client, bucket, "uploads/", part_size=PART, concurrency=3, max_size=MAX_PARTS * PART
+    )
     try:
         yield store, client
     finally:

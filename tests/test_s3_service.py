@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 PART = 5 * MiB
 PREFIX = "videos/"
 
@@ -252,7 +253,7 @@ async def test_clean_up_aborts_multipart_uploads_no_row_names(
     behind: clean-up aborts it (and its tails) once it is older than the grace period, and
     leaves those of real uploads alone."""
     client = moto.client(moto_endpoint)
-    store = S3Store(client, bucket, PREFIX, part_size=PART, spool_dir=tmp_path)
+    store = S3Store(client, bucket, PREFIX, part_size=PART, spool_dir=tmp_path, max_size=GiB)
     clock = Clock(datetime.now(UTC))
     handler = TusHandler(
         store=store,

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import inspect
 
 from tests.conftest import make_settings
-from upload_service.app import build_locker, build_store, create_app
+from upload_service.app import build_locker, build_store, create_app, handler_config
 from upload_service.cli import main
 from upload_service.db.migrate import (
     SCHEMA_REVISION,
@@ -453,15 +453,16 @@ def test_storage_that_cannot_work_is_refused_at_start(
 
 
 @pytest.mark.parametrize(
-    ("max_size", "part_size"),
+    ("max_size", "deferred_part_size"),
     [
         (None, 525 * 1024 * 1024),  # S3's 5 TiB in 10,000 parts
         (str(10 * 1024**3), 8 * 1024 * 1024),  # the default suffices
         (str(200 * 1024**3), 21 * 1024 * 1024),
+        (str(6 * 1024**4), 525 * 1024 * 1024),  # never past S3's largest object
     ],
 )
 async def test_the_s3_store_is_built_from_the_settings(
-    clean_env: Path, monkeypatch: pytest.MonkeyPatch, max_size: str | None, part_size: int
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, max_size: str | None, deferred_part_size: int
 ) -> None:
     monkeypatch.setenv("UPLOAD_STORAGE", "s3")
     monkeypatch.setenv("UPLOAD_S3_BUCKET", "videos")
@@ -476,7 +477,12 @@ async def test_the_s3_store_is_built_from_the_settings(
     try:
         assert isinstance(store, S3Store)
         assert (store.bucket, store.prefix, store.concurrency) == ("videos", "uploads/", 3)
-        assert store.part_size == part_size
+        assert store.part_size == 8 * 1024 * 1024  # UPLOAD_S3_PART_SIZE's default
+        # each upload's own: by its length, or for a deferred one by the largest allowed
+        assert store.part_size_for(2 * 1024**3) == 8 * 1024 * 1024
+        assert store.part_size_for(100 * 1024**3) == 11 * 1024 * 1024
+        assert store.part_size_for(None) == deferred_part_size
+        assert handler_config(settings).max_size == min(int(max_size or 5 * 1024**4), 5 * 1024**4)
         assert store.spool_dir == settings.spool_dir
         assert settings.spool_dir.is_dir()
     finally:

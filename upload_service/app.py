@@ -32,7 +32,7 @@ from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
 from upload_service.storage.local import LocalStore
-from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store, choose_part_size
+from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store
 from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import HandlerConfig, TusHandler
@@ -43,9 +43,16 @@ from upload_service.tus.routes import tus_allowed_methods
 logger = logging.getLogger("upload_service")
 
 
+def max_upload_size(settings: Settings) -> int | None:
+    """``UPLOAD_MAX_SIZE``; on S3 at most its largest object (5 TiB), also when unset."""
+    if settings.storage == "s3":
+        return min(settings.max_size or MAX_OBJECT_SIZE, MAX_OBJECT_SIZE)
+    return settings.max_size
+
+
 def handler_config(settings: Settings) -> HandlerConfig:
     return HandlerConfig(
-        max_size=settings.max_size,
+        max_size=max_upload_size(settings),
         expire_after=settings.expire_after,
         checkpoint_bytes=settings.checkpoint_bytes,
         checkpoint_seconds=settings.checkpoint_seconds,
@@ -75,14 +82,14 @@ async def build_store(settings: Settings) -> Store:
             path_style=settings.s3_path_style,
             checksums=settings.s3_checksums,
         )
-        largest = settings.max_size or MAX_OBJECT_SIZE
         return S3Store(
             client,
             settings.s3_bucket,
             settings.s3_prefix,
-            part_size=choose_part_size(largest, settings.s3_part_size),
+            part_size=settings.s3_part_size,
             spool_dir=settings.spool_dir,
             concurrency=settings.s3_concurrency,
+            max_size=max_upload_size(settings) or MAX_OBJECT_SIZE,
         )
     await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
     return LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
@@ -93,6 +100,7 @@ async def open_services(
     settings: Settings, runner: Runner | None = None
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
+    await anyio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     try:
         await check_schema(engine)

@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None  # MinIO, R2, B2, ...; unset: AWS
     s3_region: str = "us-east-1"
     s3_prefix: str = ""
-    # All parts but the last have this size; raised (whole MiB) when 10,000 parts would not hold
-    # the largest allowed upload (UPLOAD_MAX_SIZE, else S3's 5 TiB).
+    # All parts of an upload but the last have one size: this, raised (whole MiB) for an upload
+    # too long for 10,000 of them (by its Upload-Length; for a deferred length, by the largest
+    # allowed upload, UPLOAD_MAX_SIZE, else S3's 5 TiB).
     s3_part_size: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * 1024 * MiB)
     # Parts uploaded at the same time by one PATCH (each spooled to a temporary file of its own).
     s3_concurrency: int = Field(default=4, ge=1, le=32)

@@ -194,5 +194,6 @@ class OrphanLister(Protocol):
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
         """Keys of every upload whose bytes were last changed before ``moment``: the candidates
         of the sweep for bytes that no upload row names (a crash between creating an upload's
-        storage and inserting its row leaves such bytes)."""
+        storage and inserting its row leaves such bytes). A key found this way may lack what only
+        ``create`` knew (an S3 upload's part size), but ``delete`` removes the bytes by it."""
         ...

@@ -1,12 +1,15 @@
 """Uploads as S3 multipart uploads, in any S3-compatible object store (AWS, MinIO, Cloudflare R2).
 
-An upload is the multipart upload of object ``<prefix><upload_id>``; its UploadId is the key's
-``ref``. Bytes become durable in two ways: every full part of exactly ``part_size`` bytes is an
-uploaded part (all parts but the last have one size, as R2 requires), and the rest, shorter than a
-part, is an "incomplete part" object ``<object>.part.<n>`` (as tusd keeps one), where slot ``n`` is
-the number the part it starts will have. Every ``sync`` leaves the tail of its slot (empty at a
-part boundary; ``create`` writes the first), so the durable size is ``(n - 1) * part_size`` plus
-tail ``n``, for the highest slot ``n`` whose parts ``1..n-1`` exist. ``finish`` copies the tail in
+An upload is the multipart upload of object ``<prefix><upload_id>``; the key's ``ref`` is
+``<part size>:<UploadId>``. The part size is the upload's own, chosen at ``create`` from its
+length (the configured size, raised only as far as 10,000 parts need; for a deferred length, the
+size that fits the largest allowed upload), so a short video never gets the parts a 5 TiB upload
+needs. Bytes become durable in two ways: every full part of exactly that size is an uploaded part
+(all parts but the last have one size, as R2 requires), and the rest, shorter than a part, is an
+"incomplete part" object ``<object>.part.<n>`` (as tusd keeps one), where slot ``n`` is the
+number the part it starts will have. Every ``sync`` leaves the tail of its slot (empty at a part
+boundary; ``create`` writes the first), so the durable size is ``(n - 1) * part_size`` plus tail
+``n``, for the highest slot ``n`` whose parts ``1..n-1`` exist. ``finish`` copies the tail in
 as the last part (server-side), completes the upload and checks the object's size.
 
 Crash story (kill -9, or a lost connection, at every step; the committed offset is the database's,
@@ -73,19 +76,28 @@ T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
 
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """A key's ref: the multipart UploadId and the upload's part size (None: not recorded)."""
+    size, separator, upload_id = ref.partition(":")
+    if separator and size.isdigit():
+        return upload_id, int(size)
+    return ref, None
+
+
 def choose_part_size(max_size: int, requested: int = MIN_PART_SIZE) -> int:
     """The part size for uploads of up to ``max_size`` bytes: ``requested``, or larger (whole
-    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` when no part size
-    S3 allows fits."""
+    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` past S3's largest
+    object."""
     if not MIN_PART_SIZE <= requested <= MAX_PART_SIZE:
         raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {requested}")
+    if max_size > MAX_OBJECT_SIZE:
+        raise ValueError(
+            f"an upload of {max_size} bytes is larger than S3's largest object (5 TiB)"
+        )
     needed = -(-max_size // MAX_PARTS)
     if needed <= requested:
         return requested
-    size = -(-needed // MiB) * MiB
-    if size > MAX_PART_SIZE:
-        raise ValueError(f"an upload of {max_size} bytes does not fit in {MAX_PARTS} parts")
-    return size
+    return -(-needed // MiB) * MiB  # at most 525 MiB: 5 TiB fits in 10,000 parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +142,15 @@ class S3Store:
         spool_dir: Path | None = None,
         threads: int = 32,
         concurrency: int = 4,
+        max_size: int = MAX_OBJECT_SIZE,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {part_size}")
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
-        self.part_size = part_size
+        self.part_size = part_size  # the smallest part size; each upload's is ``part_size_for``
+        self.max_size = max_size  # the largest upload allowed: sizes parts of deferred lengths
         self._spool_dir = spool_dir
         self._threads = threads
         self._limiter: anyio.CapacityLimiter | None = None
@@ -177,12 +191,14 @@ class S3Store:
     def _layout(self, key: StorageKey) -> _Layout:
         """The unfinished upload's multipart upload (the key's ref) and tails. ``NotFound`` for a
         key without a ref: it names no multipart upload (S3 is never asked to guess one)."""
-        if not key.ref:
+        upload_id, part_size = parse_ref(key.ref)
+        if not upload_id:
             raise NotFound("upload data is missing")
         obj = self.object_key(key)
-        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, key.ref)}
-        part_size = parts[1].size if 1 in parts else self.part_size
-        return _Layout(key.ref, part_size, parts, self._tails(obj))
+        parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, upload_id)}
+        if part_size is None:
+            part_size = parts[1].size if 1 in parts else self.part_size
+        return _Layout(upload_id, part_size, parts, self._tails(obj))
 
     def _tails(self, obj: str) -> dict[int, int]:
         tails: dict[int, int] = {}
@@ -411,9 +427,10 @@ class S3Store:
     def _delete(self, key: StorageKey) -> None:
         """Abort the key's multipart upload (if it has a ref), delete the object and the tails."""
         obj = self.object_key(key)
-        if key.ref:
+        upload_id, _part_size = parse_ref(key.ref)
+        if upload_id:
             with contextlib.suppress(NotFound):
-                self.client.abort_multipart_upload(self.bucket, obj, key.ref)
+                self.client.abort_multipart_upload(self.bucket, obj, upload_id)
         self.client.delete_object(self.bucket, obj)
         self._delete_tails(obj)
 
@@ -437,10 +454,19 @@ class S3Store:
 
     # -- the Store contract -----------------------------------------------------------------------
 
+    def part_size_for(self, length: int | None) -> int:
+        """An upload's part size: the configured one, raised (whole MiB) only as far as its
+        length, or for a deferred length the largest allowed upload, needs in 10,000 parts."""
+        try:
+            return choose_part_size(self.max_size if length is None else length, self.part_size)
+        except ValueError as exc:
+            raise StorageError(f"cannot create upload: {exc}") from exc
+
     async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         check_upload_id(upload_id)
-        ref = await self.run(self._create, upload_id)
-        return StorageKey(upload_id, ref)
+        part_size = self.part_size_for(length)
+        multipart_id = await self.run(self._create, upload_id)
+        return StorageKey(upload_id, f"{part_size}:{multipart_id}")
 
     async def append(
         self,
