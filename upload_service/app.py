@@ -76,12 +76,14 @@ def build_locker(settings: Settings) -> Locker:
 async def build_store(settings: Settings) -> Store:
     if settings.storage == "s3":
         await anyio.Path(settings.spool_dir).mkdir(parents=True, exist_ok=True)
-        client = Boto3ObjectClient.connect(
+        connect = partial(  # boto3 reads its service models from disk: not on the loop
+            Boto3ObjectClient.connect,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             path_style=settings.s3_path_style,
             checksums=settings.s3_checksums,
         )
+        client = await anyio.to_thread.run_sync(connect)
         return S3Store(
             client,
             settings.s3_bucket,

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import s3 as moto
 from tests.e2e.support import (
     Servers,
     Source,
@@ -42,11 +43,28 @@ DEBUG_MODE_LINE = "asyncio debug mode is on"
 THRESHOLD = 0.1  # seconds
 
 
+@pytest.fixture(params=["local", "s3"])
+def storage_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The server's storage: the local disk, or a fresh bucket on the moto server (every boto3
+    call must stay off the loop too)."""
+    if request.param == "local":
+        return {}
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    return {
+        "UPLOAD_STORAGE": "s3",
+        "UPLOAD_S3_BUCKET": moto.new_bucket(endpoint),
+        "UPLOAD_S3_ENDPOINT_URL": endpoint,
+        "UPLOAD_MAX_SIZE": str(1024**3),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+
+
 def test_no_callback_blocks_the_loop_during_uploads(
-    servers: Servers, source: Source, http: httpx.Client
+    servers: Servers, source: Source, http: httpx.Client, storage_env: dict[str, str]
 ) -> None:
     require_tool("curl")
-    server = servers.start(env={"PYTHONASYNCIODEBUG": "1"})
+    server = servers.start(env={"PYTHONASYNCIODEBUG": "1", **storage_env})
     assert DEBUG_MODE_LINE in server.log_text(), "the server's loop is not in debug mode"
 
     # One 200 MiB PATCH from curl while tuspy sends the same file as a second upload in 50 MiB
