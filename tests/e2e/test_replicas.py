@@ -4,10 +4,11 @@ directory, or (``s3``) a bucket, each replica then having a data directory of it
 
 Through nginx: a chunked upload whose PATCHes land on both replicas assembles byte for byte; a
 replica killed with SIGKILL mid-PATCH costs only that request, and the upload resumes on the other
-one; PATCHes racing on both replicas never interleave. No request but the one the kill cut gets a
-5xx: nginx retries a refused connection on the other replica, and nothing else. Every finished
-upload's stored bytes are checked where the store keeps them (on S3: the object read back with
-boto3, no tail objects or multipart uploads left, and no upload bytes on either replica's disk).
+one; PATCHes racing on both replicas never interleave; a DELETE leaves nothing stored. No request
+but the one the kill cut gets a 5xx: nginx retries a refused connection on the other replica, and
+nothing else. Every finished upload's stored bytes are checked where the store keeps them (on S3:
+the object read back with boto3, no tail objects or multipart uploads left, and no upload bytes on
+either replica's disk).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ SERVER_ENV = {"UPLOAD_CHECKPOINT_SECONDS": "0.25"}
 RACE_ROUNDS = 6
 RACE_SIZE = 4 * MiB
 RACERS = 8
+# The DELETE test's uploads: one left unfinished after two parts and a bit, one finished.
+TERMINATED_PREFIX = 2 * 5 * MiB + 12_345
+TERMINATED_SIZE = 7 * MiB + 321
 
 
 # The S3 replicas: parts of 5 MiB (S3's smallest) so that even small uploads have several, and a
@@ -303,6 +307,15 @@ def assert_no_server_errors(
     assert failed == [], f"5xx through nginx: {failed}"
 
 
+def stored(replicas: Replicas, upload_id: str) -> list[str]:
+    """Everything stored of ``upload_id``: on S3 what the bucket holds of it, else the files named
+    after it under the shared data directory's ``files/``."""
+    if replicas.bucket is not None:
+        return replicas.bucket.contents(upload_id)
+    files = replicas.data_dirs[0] / "files"
+    return sorted(str(path.relative_to(files)) for path in files.rglob(f"{upload_id}*"))
+
+
 def stored_bytes(replicas: Replicas, upload_id: str) -> bytes:
     """What the store holds of an upload no longer than one S3 part: its file in the shared data
     directory; on S3 its object once finished, else its first tail object (no part is uploaded
@@ -518,4 +531,45 @@ def test_racing_patches_on_both_replicas_never_interleave(
         assert length == RACE_SIZE
         assert digest in {sha256(body) for body in bodies}
         assert_stored(replicas, upload_id, digest, length)
+    assert_no_server_errors(replicas, statuses)
+
+
+def test_termination_through_nginx_leaves_nothing_stored(
+    replicas: Replicas, source: Source, client: httpx.Client, statuses: Statuses
+) -> None:
+    """DELETE through nginx of an unfinished upload (on S3: uploaded parts and a tail object) and
+    of a finished one: whichever replica answers removes every byte the other one stored."""
+    unfinished = create_upload(client, replicas.base_url, source.size)
+    response = patch_range(client, unfinished, source, 0, TERMINATED_PREFIX)
+    assert response.status_code == 204, response.text
+    finished = create_upload(client, replicas.base_url, TERMINATED_SIZE)
+    response = patch_range(client, finished, source, 0, TERMINATED_SIZE)
+    assert response.status_code == 204, response.text
+    expected = (sha256_file(source.path, TERMINATED_SIZE), TERMINATED_SIZE)
+    assert download_sha256(client, finished) == expected
+    assert_stored(replicas, upload_id_of(finished), *expected)
+
+    unfinished_id = upload_id_of(unfinished)
+    before = stored(replicas, unfinished_id)
+    if replicas.bucket is not None:  # what the DELETE has to remove: parts and a tail
+        bucket = replicas.bucket
+        key = bucket.object_key(unfinished_id)
+        full = TERMINATED_PREFIX // S3_PART_SIZE
+        assert f"{key}.part.{full + 1}" in before, before
+        uploads = s3.multipart_uploads(bucket.endpoint, bucket.name, key)
+        assert [found for found, _ref in uploads] == [key], uploads
+        parts = s3.part_sizes(bucket.endpoint, bucket.name, key, uploads[0][1])
+        assert parts == dict.fromkeys(range(1, full + 1), S3_PART_SIZE), parts
+    else:
+        assert before, "the unfinished upload has no file"
+
+    for url in (unfinished, finished):
+        response = client.delete(url, headers=TUS)
+        assert response.status_code == 204, response.text
+        assert client.head(url, headers=TUS).status_code in (404, 410)
+        assert stored(replicas, upload_id_of(url)) == [], f"left after DELETE {url}"
+    if replicas.bucket is not None:
+        assert s3.object_keys(replicas.bucket.endpoint, replicas.bucket.name) == []
+        assert s3.multipart_uploads(replicas.bucket.endpoint, replicas.bucket.name) == []
+        assert_no_local_bytes(replicas)
     assert_no_server_errors(replicas, statuses)
