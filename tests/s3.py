@@ -8,6 +8,7 @@ Without ``moto_server`` (or if it does not start) the S3 tests skip with the rea
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import secrets
 import shutil
@@ -103,7 +104,9 @@ def client(
 
 
 @functools.cache
-def _admin(endpoint: str) -> S3Client:
+def admin(endpoint: str) -> S3Client:
+    """A plain boto3 client (not the service's), to set up buckets and to read back what the
+    service stored."""
     return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
@@ -116,5 +119,51 @@ def _admin(endpoint: str) -> S3Client:
 def new_bucket(endpoint: str) -> str:
     """A fresh bucket on the server (blocking: call it in a thread from async code)."""
     name = f"test-{secrets.token_hex(6)}"
-    _admin(endpoint).create_bucket(Bucket=name)
+    admin(endpoint).create_bucket(Bucket=name)
     return name
+
+
+def object_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    """Every object key in ``bucket`` starting with ``prefix`` (all pages)."""
+    pages = admin(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def multipart_uploads(endpoint: str, bucket: str, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, UploadId) of every multipart upload in ``bucket`` not yet completed or aborted whose
+    key starts with ``prefix`` (all pages)."""
+    paginator = admin(endpoint).get_paginator("list_multipart_uploads")
+    pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
+    return [(item["Key"], item["UploadId"]) for page in pages for item in page.get("Uploads", [])]
+
+
+def part_sizes(endpoint: str, bucket: str, key: str, upload_id: str) -> dict[int, int]:
+    """Part number -> size of the parts uploaded so far to a multipart upload (all pages)."""
+    paginator = admin(endpoint).get_paginator("list_parts")
+    pages = paginator.paginate(Bucket=bucket, Key=key, UploadId=upload_id)
+    return {part["PartNumber"]: part["Size"] for page in pages for part in page.get("Parts", [])}
+
+
+def object_sha256(endpoint: str, bucket: str, key: str) -> tuple[str, int, str]:
+    """(sha256, bytes read, ETag) of object ``key``, streamed from the server."""
+    response = admin(endpoint).get_object(Bucket=bucket, Key=key)
+    digest = hashlib.sha256()
+    total = 0
+    body = response["Body"]
+    try:
+        for piece in body.iter_chunks(1024 * 1024):
+            digest.update(piece)
+            total += len(piece)
+    finally:
+        body.close()
+    assert total == response["ContentLength"], f"{key}: read {total} of {response['ContentLength']}"
+    return digest.hexdigest(), total, response["ETag"].strip('"')
+
+
+def empty_bucket(endpoint: str, bucket: str) -> None:
+    """Abort every multipart upload and delete every object (frees the server's memory)."""
+    s3 = admin(endpoint)
+    for key, upload_id in multipart_uploads(endpoint, bucket):
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    for key in object_keys(endpoint, bucket):
+        s3.delete_object(Bucket=bucket, Key=key)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
+
+from upload_service.settings import Settings, load_settings
+from upload_service.storage.s3 import MAX_OBJECT_SIZE, choose_part_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,8 +70,37 @@ def test_dockerfile_runs_the_console_script_as_non_root_on_all_interfaces() -> N
 
 
 def interpolated(value: str) -> str:
-    """``value`` as compose renders it when no variable is set (``${NAME:-default}``)."""
-    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+    """``value`` as compose renders it when no variable is set (``${NAME:-default}``; ``$$`` is a
+    literal ``$``, left for the container's shell)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value).replace("$$", "$")
+
+
+def interpolated_env(service: dict[str, Any]) -> dict[str, str]:
+    return {key: interpolated(str(value)) for key, value in service.get("environment", {}).items()}
+
+
+def service_by_image(data: dict[str, Any], image: str) -> tuple[str, dict[str, Any]]:
+    """The one service running ``image`` (any tag)."""
+    found = [
+        (name, service)
+        for name, service in data["services"].items()
+        if re.fullmatch(rf"{re.escape(image)}(:[\w.-]+)?", service.get("image", ""))
+    ]
+    assert len(found) == 1, f"expected one {image} service: {[name for name, _ in found]}"
+    return found[0]
+
+
+def replica_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """The settings a replica builds from its compose environment (nothing else: no ``UPLOAD_*``
+    of this process, no ``.env``)."""
+    env = interpolated_env(next(iter(replica_services(compose()).values())))
+    for key in list(os.environ):
+        if key.startswith("UPLOAD_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
 
 
 def image_services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -84,7 +119,9 @@ def nginx_upstream_servers() -> list[str]:
     return re.findall(r"^\s*server\s+(\S+?)[\s;]", block["body"], flags=re.MULTILINE)
 
 
-def test_compose_runs_two_replicas_of_the_image_on_shared_state() -> None:
+def test_compose_runs_two_replicas_of_the_image_each_with_a_disk_of_its_own() -> None:
+    """The replicas share the database and the bucket, no disk: each mounts a volume of its own
+    (for its spool) at its data directory, as replicas on several hosts would."""
     data = compose()
     replicas = replica_services(data)
     assert len(replicas) == 2, sorted(replicas)
@@ -95,11 +132,18 @@ def test_compose_runs_two_replicas_of_the_image_on_shared_state() -> None:
     environments = [service["environment"] for service in replicas.values()]
     assert environments[0] == environments[1], "the replicas must be configured alike"
     env = environments[0]
-    mounts = [service["volumes"] for service in replicas.values()]
-    assert mounts[0] == mounts[1]
-    volume, _, mount = mounts[0][0].partition(":")
-    assert mount == env["UPLOAD_DATA_DIR"]
-    assert volume in data["volumes"], "the data directory must be a named (shared) volume"
+    volumes = []
+    for name, service in replicas.items():
+        assert len(service["volumes"]) == 1, f"{name}: {service['volumes']}"
+        volume, _, mount = service["volumes"][0].partition(":")
+        assert mount == env["UPLOAD_DATA_DIR"], f"{name} mounts {volume} at {mount}"
+        assert volume in data["volumes"], f"{name}: {volume} must be a named volume"
+        volumes.append(volume)
+    assert len(set(volumes)) == len(volumes), f"the replicas share a volume: {volumes}"
+    for name, service in data["services"].items():
+        mounted = {entry.partition(":")[0] for entry in service.get("volumes", [])}
+        shared = mounted & set(volumes)
+        assert name in replicas or not shared, f"{name} mounts a replica's volume: {shared}"
     for name, service in replicas.items():
         assert "ports" not in service, f"{name}: only nginx is published"
         # uvicorn's graceful shutdown (30 s) must fit in the stop grace period
@@ -107,6 +151,12 @@ def test_compose_runs_two_replicas_of_the_image_on_shared_state() -> None:
         check = " ".join(service["healthcheck"]["test"])
         assert f":{env['UPLOAD_PORT']}/readyz" in check, f"{name} health check: {check}"
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_publishes_only_nginx() -> None:
+    data = compose()
+    published = sorted(name for name, service in data["services"].items() if "ports" in service)
+    assert published == ["nginx"]
 
 
 def test_compose_replicas_share_postgresql_for_data_and_locks() -> None:
@@ -128,6 +178,87 @@ def test_compose_replicas_share_postgresql_for_data_and_locks() -> None:
     assert mount == "/var/lib/postgresql/data"
     assert volume in data["volumes"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+
+
+def test_compose_replicas_keep_the_bytes_in_the_minio_bucket(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The replicas' environment names real settings, and builds an S3 store on MinIO's bucket
+    with MinIO's credentials."""
+    data = compose()
+    env = next(iter(replica_services(data).values()))["environment"]
+    fields = set(Settings.model_fields)
+    unknown = [key for key in env if key.startswith("UPLOAD_") and key[7:].lower() not in fields]
+    assert unknown == [], f"no such settings: {unknown}"
+    for key in ("UPLOAD_STORAGE", "UPLOAD_S3_ENDPOINT_URL", "UPLOAD_S3_BUCKET"):
+        assert key in env, f"the replicas do not set {key}"
+
+    settings = replica_settings(monkeypatch, tmp_path)
+    assert settings.storage == "s3"
+    assert settings.s3_path_style, "MinIO is addressed by path"
+    endpoint = urlsplit(str(settings.s3_endpoint_url))
+    minio_name, minio = service_by_image(data, "minio/minio")
+    assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", minio_name, 9000)
+    minio_env = interpolated_env(minio)
+    replica_env = interpolated_env(next(iter(replica_services(data).values())))
+    assert (replica_env["AWS_ACCESS_KEY_ID"], replica_env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio_env["MINIO_ROOT_USER"],
+        minio_env["MINIO_ROOT_PASSWORD"],
+    )
+    assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses shorter passwords"
+    assert "${MINIO_ROOT_PASSWORD:-" in env["AWS_SECRET_ACCESS_KEY"], "a variable, not a constant"
+    # The largest upload fits in 10,000 parts of the default size: no part sized for 5 TiB.
+    assert settings.max_size is not None
+    assert settings.max_size <= MAX_OBJECT_SIZE
+    assert choose_part_size(settings.max_size, settings.s3_part_size) == settings.s3_part_size
+
+
+def test_compose_minio_keeps_its_data_on_a_volume_and_reports_health() -> None:
+    data = compose()
+    _name, minio = service_by_image(data, "minio/minio")
+    command = minio["command"]
+    assert command[0] == "server"
+    volume, _, mount = minio["volumes"][0].partition(":")
+    assert mount == command[1], f"MinIO serves {command[1]}, the volume is at {mount}"
+    assert volume in data["volumes"]
+    check = minio["healthcheck"]["test"]
+    assert check[0] == "CMD"
+    assert check[1:] == ["mc", "ready", "local"], "the image has no curl; mc ready asks MinIO"
+    assert minio.get("restart") == "unless-stopped"
+
+
+def bucket_commands(service: dict[str, Any]) -> list[list[str]]:
+    """The commands the bucket service's shell runs (``&&``-separated), as the shell expands
+    them from the service's environment."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = service["command"]
+    env = interpolated_env(service)
+    expanded = re.sub(r"\$\$\{?(\w+)\}?", lambda match: env[match[1]], script)
+    return [shlex.split(part) for part in expanded.split("&&")]
+
+
+def test_compose_creates_the_bucket_once_before_the_replicas() -> None:
+    data = compose()
+    minio_name, minio = service_by_image(data, "minio/minio")
+    name, service = service_by_image(data, "minio/mc")
+    assert service.get("restart", "no") == "no", "a one-shot service must not be restarted"
+    assert service["depends_on"][minio_name]["condition"] == "service_healthy"
+    commands = bucket_commands(service)
+    assert [command[:3] for command in commands] == [
+        ["mc", "alias", "set"],
+        ["mc", "mb", "--ignore-existing"],
+    ]
+    alias, url, user, password = commands[0][3:]
+    minio_env = interpolated_env(minio)
+    assert url == f"http://{minio_name}:9000"
+    assert (user, password) == (minio_env["MINIO_ROOT_USER"], minio_env["MINIO_ROOT_PASSWORD"])
+    (target,) = commands[1][3:]
+    replica_env = interpolated_env(next(iter(replica_services(data).values())))
+    assert target == f"{alias}/{replica_env['UPLOAD_S3_BUCKET']}"
+    for replica, replica_service in replica_services(data).items():
+        waits = replica_service["depends_on"]
+        assert waits[name]["condition"] == "service_completed_successfully", replica
+        assert waits[minio_name]["condition"] == "service_healthy", replica
 
 
 def test_compose_migrates_once_before_the_replicas() -> None:
