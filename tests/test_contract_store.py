@@ -1147,24 +1147,43 @@ async def test_s3_the_spool_holds_the_part_being_built_not_memory(
     assert spool.closed
 
 
-async def test_s3_memory_per_upload_is_bounded_whatever_the_part_size(s3: S3Store) -> None:
-    """Two parts and a tail stream through with about 2 MiB allocated at the peak (the 1 MiB
-    buffer, and what botocore reads of a part at a time), not a part's 5 MiB."""
-    key = await s3.create(UPLOAD_ID)
+async def _peak_memory_of_an_upload(store: S3Store, upload_id: str, size: int) -> int:
+    key = await store.create(upload_id, size)
     piece = _random_bytes(64 * KiB)
     tracemalloc.start()
     try:
-        appender = await s3.append(key, 0)
+        appender = await store.append(key, 0)
         try:
-            for _ in range(12 * 16):
+            for _ in range(size // len(piece)):
                 await appender.write(piece)
-            assert await appender.sync() == 12 * MiB
+            assert await appender.sync() == size
         finally:
             await appender.aclose()
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 * MiB
+    return peak
+
+
+async def test_s3_memory_per_upload_is_bounded_whatever_the_part_size(s3: S3Store) -> None:
+    """Parts and a tail stream through with a few MiB allocated at the peak: the 1 MiB buffer
+    plus what botocore reads at a time of each part in flight (``concurrency`` of them), never a
+    part. Twice the part size (and twice the bytes) stays within the same bound."""
+    stores = [
+        S3Store(s3.client, s3.bucket, s3.prefix, part, concurrency=2, max_size=S3_MAX)
+        for part in (8 * MiB, 16 * MiB)
+    ]
+    try:
+        small = await _peak_memory_of_an_upload(stores[0], UPLOAD_ID, 2 * 8 * MiB + 2 * MiB)
+        large = await _peak_memory_of_an_upload(stores[1], OTHER_ID, 2 * 16 * MiB + 2 * MiB)
+    finally:
+        for store in stores:
+            await store.aclose()
+    bound = S3Appender.BUFFER_SIZE + 2 * 2 * MiB  # the buffer, two parts in flight
+    assert bound < 8 * MiB  # so neither upload ever held a part (of 8 or of 16 MiB)
+    assert small < bound, (small, bound)
+    assert large < bound, (large, bound)
+    print(f"peak allocated: {small} bytes (8 MiB parts), {large} bytes (16 MiB parts)")
 
 
 def test_s3_part_size_keeps_every_upload_within_10000_parts() -> None:

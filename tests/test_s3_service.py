@@ -44,7 +44,7 @@ PREFIX = "videos/"
 
 
 def _admin(endpoint: str) -> S3Client:
-    return moto._admin(endpoint)
+    return moto.admin(endpoint)
 
 
 def _keys(endpoint: str, bucket: str) -> list[str]:
