@@ -60,7 +60,9 @@ def own_specs(ours_env: dict[str, str] | None = None) -> list[ServerSpec]:
         ),
         version=" ".join([_our_version(), *(f"{k}={v}" for k, v in (ours_env or {}).items())]),
         ready_path="/readyz",
-        env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}"},
+        # PYTHONPATH: this checkout's upload_service, whatever checkout the .venv's editable
+        # install (which the console script imports through) points at
+        env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}", "PYTHONPATH": str(REPO)},
         env_drop_prefix="UPLOAD_",
     )
     # the same server on a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
