@@ -26,6 +26,7 @@ class Role(Enum):
     OURS = "ours"
     PEER = "peer"
     FLOOR = "floor"
+    HELPER = "helper"  # not measured: what a measured server needs (moto's S3 for ours-s3)
 
 
 class ServerError(Exception):
@@ -47,7 +48,7 @@ class ServerSpec:
     ready_path: str = "/healthz"
     probe_path: str = "/healthz"  # the trivial GET of the latency scenario
     env: Mapping[str, str] = field(default_factory=dict)
-    env_drop_prefix: str = ""  # variables with this prefix are not passed on
+    env_drop_prefix: str | tuple[str, ...] = ""  # variables with this prefix are not passed on
     postgres: bool = False  # gets a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
 
 
