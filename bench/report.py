@@ -20,8 +20,9 @@ from bench.servers import Role, ServerSpec
 
 # the reference columns of the table, in order; only those in the run's line-up are shown
 REFERENCES = ("asgi-floor", "socket-floor", "tuspyserver", "tus-node")
-# ... and our server on SQLite, when the same server on PostgreSQL is in the line-up too
-VARIANT_REFERENCES = {"ours-pg": "ours"}
+# ... and our server on SQLite and local files, when the same server on PostgreSQL or on S3 is in
+# the line-up too
+VARIANT_REFERENCES = {"ours-pg": "ours", "ours-s3": "ours"}
 # a measurement beside this much CPU of other processes (in cores) is flagged in the table
 NOISY_CORES = 0.25
 
@@ -107,7 +108,7 @@ class Results:
     def references(self) -> list[str]:
         keys = [entry.key for entry in self.lineup]
         variants = [ref for key, ref in VARIANT_REFERENCES.items() if key in keys and ref in keys]
-        return variants + [ref for ref in REFERENCES if ref in keys]
+        return list(dict.fromkeys(variants)) + [ref for ref in REFERENCES if ref in keys]
 
     def _not_applicable(self, metric: Metric, entry: Entry) -> bool:
         if not applies(metric.scenario, entry.role):
