@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import lockwait, peers, pg, procfs, report, s3, scenarios
+from bench import lockwait, peers, pg, procfs, report, s3, s3upload, scenarios
 from bench.client import ClientError, Unsupported
 from bench.config import S3_MAX_SIZE, MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
@@ -32,6 +32,7 @@ DEFAULT_SERVERS = tuple(key for key in ORDER if key not in VARIANTS)
 # the scenarios that start their servers themselves, from the measurement's Launch
 LAUNCHED: dict[str, Callable[[Context, Launch], Measured]] = {
     "lockwait": lockwait.lockwait,
+    "s3": s3upload.s3_vs_boto3,
 }
 
 
@@ -229,7 +230,9 @@ def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], li
         if s3.moto_executable() is None:
             reason = "moto_server is not installed (pip install 'moto[server]')"
             _say(f"bench: {spec.label} unavailable: {reason}")
-            entries[spec.key] = report.Entry(spec.key, spec.label, spec.role, unavailable=reason)
+            entries[spec.key] = report.Entry(
+                spec.key, spec.label, spec.role, unavailable=reason, s3=True
+            )
         else:
             version = f"{spec.version} on moto_server ({s3.versions()})"
             specs[spec.key] = dataclasses.replace(spec, version=version)
@@ -382,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs, lineup = _lineup(args, cache)
     if "lockwait" in chosen and not any(spec.postgres for spec in specs):
         _say("bench: lockwait measures the file locker only; add ours-pg to --servers for postgres")
+    if "s3" in chosen and not any(spec.s3 for spec in specs):
+        _say("bench: s3 runs on ours-s3 only; add it to --servers (it is not in the default)")
     source = ensure_source(cache, config.source_bytes)
     single_source = ensure_source(cache, config.single_bytes)
     ctx = Context(config=config, source=source, single_source=single_source)
@@ -391,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rep in range(config.reps):
                 shift = rep % len(specs) if specs else 0
                 for spec in specs[shift:] + specs[:shift]:
-                    if not scenarios.applies(scenario, spec.role):
+                    if not scenarios.applies(scenario, spec.role, s3=spec.s3):
                         continue
                     if args.wait_idle > 0:
                         busy = wait_for_idle(args.wait_idle)
