@@ -15,19 +15,25 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import lockwait, peers, pg, procfs, report, scenarios
+from bench import lockwait, peers, pg, procfs, report, s3, s3upload, scenarios
 from bench.client import ClientError, Unsupported
-from bench.config import MiB, build_config
+from bench.config import S3_MAX_SIZE, MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
 from bench.servers import Launch, Role, ServerError, ServerSpec, StartError
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = ("ours", "ours-pg", "tuspyserver", "tus-node", "asgi-floor", "socket-floor")
-DEFAULT_SERVERS = tuple(key for key in ORDER if key != "ours-pg")  # ours-pg needs a PostgreSQL
+ORDER = ("ours", "ours-pg", "ours-s3", "tuspyserver", "tus-node", "asgi-floor", "socket-floor")
+VARIANTS = ("ours-pg", "ours-s3")  # need a PostgreSQL, moto: not in the default line-up
+DEFAULT_SERVERS = tuple(key for key in ORDER if key not in VARIANTS)
+# the scenarios that start their servers themselves, from the measurement's Launch
+LAUNCHED: dict[str, Callable[[Context, Launch], Measured]] = {
+    "lockwait": lockwait.lockwait,
+    "s3": s3upload.s3_vs_boto3,
+}
 
 
 def default_cache() -> Path:
@@ -60,16 +66,30 @@ def own_specs(ours_env: dict[str, str] | None = None) -> list[ServerSpec]:
         ),
         version=" ".join([_our_version(), *(f"{k}={v}" for k, v in (ours_env or {}).items())]),
         ready_path="/readyz",
-        env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}"},
+        # PYTHONPATH: this checkout's upload_service, whatever checkout the .venv's editable
+        # install (which the console script imports through) points at
+        env={**(ours_env or {}), "UPLOAD_DATA_DIR": "{data}", "PYTHONPATH": str(REPO)},
         env_drop_prefix="UPLOAD_",
     )
     # the same server on a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
     ours_pg = dataclasses.replace(
         ours, key="ours-pg", label="upload_service (PostgreSQL)", postgres=True
     )
+    # ... and on an S3 store: a moto server and a fresh bucket per measurement (UPLOAD_S3_*,
+    # AWS_*); UPLOAD_MAX_SIZE keeps the parts at 8 MiB (S3's 5 TiB would make them 525 MiB)
+    s3_defaults = {"UPLOAD_MAX_SIZE": str(S3_MAX_SIZE), "UPLOAD_S3_PREFIX": "uploads/"}
+    ours_s3 = dataclasses.replace(
+        ours,
+        key="ours-s3",
+        label="upload_service (S3)",
+        env={**s3_defaults, **ours.env, **s3.CLIENT_ENV},
+        env_drop_prefix=("UPLOAD_", "AWS_"),
+        s3=True,
+    )
     return [
         ours,
         ours_pg,
+        ours_s3,
         ServerSpec(
             key="asgi-floor",
             label="asgi-floor",
@@ -133,7 +153,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
     parser.add_argument(
         "--servers",
-        help="comma-separated subset of: " + ", ".join(ORDER) + " (default: all but ours-pg)",
+        help=f"comma-separated subset of: {', '.join(ORDER)} (default: all but "
+        f"{' and '.join(VARIANTS)})",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip installing and running peers")
     parser.add_argument(
@@ -204,6 +225,17 @@ def _lineup(args: argparse.Namespace, cache: Path) -> tuple[list[ServerSpec], li
             entries[spec.key] = report.Entry(spec.key, spec.label, spec.role, unavailable=reason)
         else:
             specs[spec.key] = dataclasses.replace(spec, version=f"{spec.version} on {version}")
+    if "ours-s3" in wanted:
+        spec = specs.pop("ours-s3")
+        if s3.moto_executable() is None:
+            reason = "moto_server is not installed (pip install 'moto[server]')"
+            _say(f"bench: {spec.label} unavailable: {reason}")
+            entries[spec.key] = report.Entry(
+                spec.key, spec.label, spec.role, unavailable=reason, s3=True
+            )
+        else:
+            version = f"{spec.version} on moto_server ({s3.versions()})"
+            specs[spec.key] = dataclasses.replace(spec, version=version)
     log: list[str] = []
     installers = {"tuspyserver": peers.tuspyserver_peer, "tus-node": peers.node_peer}
     for key, install in installers.items():
@@ -263,22 +295,35 @@ def _start_reason(exc: StartError, label: str) -> str:
 
 
 @contextmanager
-def _database(spec: ServerSpec, pg_url: str, hint: str) -> Iterator[dict[str, str]]:
-    """The measurement's own settings: a fresh PostgreSQL database for a ``postgres`` spec."""
-    if not spec.postgres:
-        yield {}
-        return
-    with pg.fresh_database(pg_url, f"{spec.key} {hint}") as url:
-        yield {"UPLOAD_DATABASE_URL": url}
+def _launch(
+    spec: ServerSpec, pg_url: str, hint: str, workdir: Path, log_path: Path
+) -> Iterator[Launch]:
+    """How to start ``spec`` for this measurement, with what it needs of its own: a fresh
+    PostgreSQL database for a ``postgres`` spec, a moto server with a fresh bucket for an ``s3``
+    spec; all of it removed after."""
+    with ExitStack() as stack:
+        env: dict[str, str] = {}
+        target = None
+        if spec.postgres:
+            url = stack.enter_context(pg.fresh_database(pg_url, f"{spec.key} {hint}"))
+            env["UPLOAD_DATABASE_URL"] = url
+        if spec.s3:
+            target = stack.enter_context(s3.fresh_target(workdir, log_path))
+            env.update(target.server_env())
+        yield Launch(spec, workdir, log_path, env, s3=target)
 
 
 def _on_one_server(run: Scenario, ctx: Context, launch: Launch) -> Measured:
     server = launch.start()
     try:
-        noise = procfs.Noise(server.pid)
+        noise = procfs.Noise(server.pid, *launch.helper_pids)
+        moto = launch.s3.pid if launch.s3 is not None else None
+        moto_before = procfs.cpu_times(moto).total if moto is not None else 0.0
         measured = run(ctx, server)
         server.check_alive()
         measured.extras["foreign_cores"] = round(noise.foreign_cores(), 3)
+        if moto is not None:  # the object store's share of the work
+            measured.extras["moto_cpu_s"] = procfs.cpu_times(moto).total - moto_before
         return measured
     finally:
         server.stop()
@@ -294,13 +339,12 @@ def _measure(
     log_path: Path,
     pg_url: str,
 ) -> str:
-    """Start ``spec`` (with its database, if it needs one), run ``scenario`` on it, record, stop
-    it; a one-line summary."""
+    """Start ``spec`` (with its database or its moto server, if it needs one), run ``scenario``
+    on it, record, stop it; a one-line summary."""
     try:
-        with _database(spec, pg_url, scenario) as env:
-            launch = Launch(spec, workdir, log_path, env)
-            if scenario in scenarios.CLUSTER:
-                measured = lockwait.lockwait(ctx, launch)
+        with _launch(spec, pg_url, scenario, workdir, log_path) as launch:
+            if scenario in LAUNCHED:
+                measured = LAUNCHED[scenario](ctx, launch)
             else:
                 measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
     except StartError as exc:
@@ -312,7 +356,7 @@ def _measure(
         results.problem(scenario, spec.key, str(exc), unsupported=True)
         log_path.unlink(missing_ok=True)
         return f"unsupported: {exc}"
-    except (ClientError, ServerError, OSError, TimeoutError, pg.DatabaseError) as exc:
+    except (ClientError, ServerError, OSError, TimeoutError, pg.DatabaseError, s3.S3Error) as exc:
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
         results.problem(scenario, spec.key, reason, unsupported=False)
         return f"FAILED {reason} (log: {log_path})"
@@ -341,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     specs, lineup = _lineup(args, cache)
     if "lockwait" in chosen and not any(spec.postgres for spec in specs):
         _say("bench: lockwait measures the file locker only; add ours-pg to --servers for postgres")
+    if "s3" in chosen and not any(spec.s3 for spec in specs):
+        _say("bench: s3 runs on ours-s3 only; add it to --servers (it is not in the default)")
     source = ensure_source(cache, config.source_bytes)
     single_source = ensure_source(cache, config.single_bytes)
     ctx = Context(config=config, source=source, single_source=single_source)
@@ -350,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rep in range(config.reps):
                 shift = rep % len(specs) if specs else 0
                 for spec in specs[shift:] + specs[:shift]:
-                    if not scenarios.applies(scenario, spec.role):
+                    if not scenarios.applies(scenario, spec.role, s3=spec.s3):
                         continue
                     if args.wait_idle > 0:
                         busy = wait_for_idle(args.wait_idle)

@@ -166,6 +166,37 @@ def chunk_checksums(path: Path, size: int, chunk: int) -> list[str]:
     return digests
 
 
+@dataclass(frozen=True, slots=True)
+class FileDigests:
+    """What a file's bytes hash to: its sha256, and the MD5s S3 makes its ETag of."""
+
+    size: int
+    sha256: str  # hex
+    md5: str  # hex, of the whole file: the ETag of a single PutObject
+    part_size: int
+    part_md5s: tuple[bytes, ...]  # of every ``part_size`` piece
+
+    def multipart_etag(self) -> str:
+        """The ETag of a completed multipart upload of parts of ``part_size``: the MD5 of the
+        parts' MD5s, then ``-<number of parts>``."""
+        joined = hashlib.md5(b"".join(self.part_md5s), usedforsecurity=False)
+        return f"{joined.hexdigest()}-{len(self.part_md5s)}"
+
+
+def file_digests(path: Path, part_size: int) -> FileDigests:
+    whole = hashlib.sha256()
+    whole_md5 = hashlib.md5(usedforsecurity=False)
+    parts: list[bytes] = []
+    size = 0
+    with path.open("rb") as stream:
+        while piece := stream.read(part_size):
+            whole.update(piece)
+            whole_md5.update(piece)
+            parts.append(hashlib.md5(piece, usedforsecurity=False).digest())
+            size += len(piece)
+    return FileDigests(size, whole.hexdigest(), whole_md5.hexdigest(), part_size, tuple(parts))
+
+
 def chunked_upload(
     conn: Connection,
     path: str,

@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 MB = 1_000_000
 GB = 1_000_000_000
+# UPLOAD_MAX_SIZE of ours-s3: small enough that its S3 store keeps UPLOAD_S3_PART_SIZE's default
+# 8 MiB parts (10,000 of them must hold the largest upload; S3's 5 TiB would need 525 MiB parts)
+S3_MAX_SIZE = 10 * GiB
+# ... those 8 MiB, which are also the parts of boto3's default TransferConfig (scenario 8, s3)
+S3_PART_SIZE = 8 * MiB
 
 
 @dataclass(frozen=True, slots=True)

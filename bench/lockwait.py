@@ -158,12 +158,14 @@ def _resume_on(ctx: Context, server: RunningServer, path: str, killed_at: float)
         conn.close()
 
 
-def _measure(ctx: Context, a: RunningServer, b: RunningServer) -> Measured:
+def _measure(
+    ctx: Context, a: RunningServer, b: RunningServer, helpers: tuple[int, ...]
+) -> Measured:
     size = ctx.config.lockwait_bytes
     with Connection(a.base_url, ctx.config.request_timeout) as conn:
         path = client.create(conn, a.spec.files_path, size)
     upload_id = path.rstrip("/").rsplit("/", 1)[-1]
-    noise = procfs.Noise(a.pid, b.pid)
+    noise = procfs.Noise(a.pid, b.pid, *helpers)
     patch = _DoomedPatch(ctx, a, path, size)
     patch.start()
     try:
@@ -205,7 +207,7 @@ def lockwait(ctx: Context, launch: Launch) -> Measured:
         replicas.append(a)
         b = launch.start(env=env, data_dir=shared)
         replicas.append(b)
-        measured = _measure(ctx, a, b)
+        measured = _measure(ctx, a, b, launch.helper_pids)
     finally:
         for replica in reversed(replicas):
             replica.stop()

@@ -20,8 +20,9 @@ from bench.servers import Role, ServerSpec
 
 # the reference columns of the table, in order; only those in the run's line-up are shown
 REFERENCES = ("asgi-floor", "socket-floor", "tuspyserver", "tus-node")
-# ... and our server on SQLite, when the same server on PostgreSQL is in the line-up too
-VARIANT_REFERENCES = {"ours-pg": "ours"}
+# ... and our server on SQLite and local files, when the same server on PostgreSQL or on S3 is in
+# the line-up too
+VARIANT_REFERENCES = {"ours-pg": "ours", "ours-s3": "ours"}
 # a measurement beside this much CPU of other processes (in cores) is flagged in the table
 NOISY_CORES = 0.25
 
@@ -35,10 +36,11 @@ class Entry:
     role: Role
     version: str = ""
     unavailable: str = ""  # the reason, when it could not be installed
+    s3: bool = False  # our server on an S3 store
 
     @classmethod
     def of(cls, spec: ServerSpec) -> Entry:
-        return cls(spec.key, spec.label, spec.role, spec.version)
+        return cls(spec.key, spec.label, spec.role, spec.version, s3=spec.s3)
 
 
 @dataclass(slots=True)
@@ -107,10 +109,10 @@ class Results:
     def references(self) -> list[str]:
         keys = [entry.key for entry in self.lineup]
         variants = [ref for key, ref in VARIANT_REFERENCES.items() if key in keys and ref in keys]
-        return variants + [ref for ref in REFERENCES if ref in keys]
+        return list(dict.fromkeys(variants)) + [ref for ref in REFERENCES if ref in keys]
 
     def _not_applicable(self, metric: Metric, entry: Entry) -> bool:
-        if not applies(metric.scenario, entry.role):
+        if not applies(metric.scenario, entry.role, s3=entry.s3):
             return True
         # an unsupported checksum scenario needs one row that says so, not two
         row = self.rows[(metric.key, entry.key)]
@@ -141,6 +143,8 @@ def _note(row: Row) -> str:
         attempts = [int(extra["attempts"]) for extra in row.extras if "attempts" in extra]
         if row.metric.key == "lockwait.patch" and attempts and max(attempts) > 1:
             notes.append(f"up to {max(attempts)} attempts (423/409)")
+    if row.metric.scenario == "s3" and row.extras:
+        notes += _s3_notes(row)
     if row.metric.key == "checksum.on" and row.extras:
         ratios = [float(extra["ratio_on_off"]) for extra in row.extras]
         notes.append(f"{statistics.median(ratios):.2f}x unchecked")
@@ -148,6 +152,29 @@ def _note(row: Row) -> str:
         if stalls:
             notes.append(f"GET max {statistics.median(stalls):.1f} ms meanwhile")
     return "; ".join(notes)
+
+
+def _median_of(row: Row, key: str) -> float | None:
+    values = [float(extra[key]) for extra in row.extras if key in extra]
+    return statistics.median(values) if values else None
+
+
+def _s3_notes(row: Row) -> list[str]:
+    """Where the S3 scenario's time went: moto's CPU (and the client's) per GB, the ratios."""
+    key = row.metric.key
+    notes = []
+    if key == "s3.ratio":
+        notes.append("per repetition: " + ", ".join(f"{value:.2f}" for value in row.samples))
+    for name, prefix in (("s3.ours", ""), ("s3.boto3", "boto3_")):
+        if key != name:
+            continue
+        moto = _median_of(row, f"{prefix}moto_cpu_s_per_gb")
+        own = _median_of(row, f"{prefix}client_cpu_s_per_gb")
+        if moto is not None:
+            notes.append(f"moto {moto:.2f} CPU-s/GB")
+        if own is not None:
+            notes.append(f"{'boto3' if prefix else 'curl'} {own:.2f} CPU-s/GB")
+    return notes
 
 
 def table(results: Results, scenarios: list[str]) -> str:
@@ -161,7 +188,7 @@ def table(results: Results, scenarios: list[str]) -> str:
         arrow = "↑" if row.metric.higher_is_better else "↓"
         cells = [
             row.metric.label,
-            row.server.label,
+            row.metric.subject or row.server.label,
             _number(median) if median is not None else row.status,
             f"{row.metric.unit} {arrow}",
             f"{_number(min(row.samples))}-{_number(max(row.samples))}" if row.samples else "",
@@ -253,6 +280,7 @@ def write_json(
                 "metric": row.metric.key,
                 "scenario": row.metric.scenario,
                 "server": row.server.key,
+                "subject": row.metric.subject or row.server.label,
                 "status": row.status,
                 "median": row.median,
                 "min": min(row.samples) if row.samples else None,

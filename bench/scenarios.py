@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import client, procfs
 from bench.client import Connection, Unsupported
-from bench.config import GB, MB, Config, MiB
+from bench.config import GB, MB, S3_PART_SIZE, Config, MiB
 from bench.servers import Role, RunningServer
 
 Extra = float | int | str
@@ -31,6 +31,7 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
+    subject: str = ""  # what the row measures when not the server (shown in the server column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +46,19 @@ class Context:
     source: Path  # random bytes, at least config.source_bytes long
     single_source: Path  # exactly config.single_bytes long (curl -T sends a whole file)
     _checksums: list[str] | None = None
+    _digests: client.FileDigests | None = None
 
     def checksums(self) -> list[str]:
         if self._checksums is None:
             size, chunk = self.config.single_bytes, self.config.chunk_bytes
             self._checksums = client.chunk_checksums(self.source, size, chunk)
         return self._checksums
+
+    def single_digests(self) -> client.FileDigests:
+        """sha256 and S3 ETags of ``single_source`` (read once, outside any measurement)."""
+        if self._digests is None:
+            self._digests = client.file_digests(self.single_source, S3_PART_SIZE)
+        return self._digests
 
 
 Scenario = Callable[[Context, RunningServer], Measured]
@@ -64,10 +72,9 @@ def metrics(config: Config) -> list[Metric]:
     c = config
     n, each = c.concurrent_uploads, _mib(c.concurrent_bytes)
     load = f"{c.latency_uploads} uploads running"
+    single = _mib(c.single_bytes)
     return [
-        Metric(
-            "single", "single", f"1 one PATCH of {_mib(c.single_bytes)} (curl -T)", "MB/s", True
-        ),
+        Metric("single", "single", f"1 one PATCH of {single} (curl -T)", "MB/s", True),
         Metric(
             "chunked", "chunked", f"1 {_mib(c.chunk_bytes)} PATCHes, one connection", "MB/s", True
         ),
@@ -92,6 +99,19 @@ def metrics(config: Config) -> list[Metric]:
             "lockwait.patch", "lockwait", "7 killed replica's lock: until B's PATCH", "ms", False
         ),
         Metric("lockwait.head", "lockwait", "7 killed replica's lock: until B's HEAD", "ms", False),
+        Metric("s3.ours", "s3", f"8 S3: one PATCH of {single} (curl -T), until 204", "MB/s", True),
+        Metric("s3.ready", "s3", "8 S3: the same, until GET shows ready", "MB/s", True),
+        Metric(
+            "s3.boto3",
+            "s3",
+            f"8 S3: upload_file of the same {single}",
+            "MB/s",
+            True,
+            subject="boto3 (default TransferConfig)",
+        ),
+        Metric("s3.ratio", "s3", "8 S3: service / boto3, per repetition", "x", True),
+        Metric("s3.rss", "s3", "8 S3: server peak RSS, one PATCH", "MiB", False),
+        Metric("s3.cpu", "s3", "8 S3: server CPU per GB, one PATCH", "s/GB", False),
     ]
 
 
@@ -300,18 +320,23 @@ SCENARIOS: dict[str, Scenario] = {
     "rss": rss,
     "checksum": checksum,
 }
-# scenarios that start their own processes from a servers.Launch (bench/lockwait.py)
+# scenarios that start their own processes from a servers.Launch: replicas (bench/lockwait.py) ...
 CLUSTER = ("lockwait",)
-NAMES = (*SCENARIOS, *CLUSTER)  # the order of a run and of the table
+# ... and our server on S3 beside boto3's own upload to the same moto server (bench/s3upload.py)
+S3 = ("s3",)
+NAMES = (*SCENARIOS, *CLUSTER, *S3)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
 
 
-def applies(scenario: str, role: Role) -> bool:
-    """Whether ``scenario`` is measured on a server of ``role``: the floors speak no checksums,
-    and only our server has replicas that share uploads."""
+def applies(scenario: str, role: Role, *, s3: bool = False) -> bool:
+    """Whether ``scenario`` is measured on a server of ``role`` (``s3``: our server on an S3
+    store): the floors speak no checksums, only our server has replicas that share uploads, and
+    the S3 comparison needs the S3 store."""
     if scenario == "checksum":
         return role is not Role.FLOOR
     if scenario in CLUSTER:
         return role is Role.OURS
+    if scenario in S3:
+        return s3
     return True

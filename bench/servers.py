@@ -18,14 +18,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import procfs
+
+if TYPE_CHECKING:
+    from bench.s3 import S3Target
 
 
 class Role(Enum):
     OURS = "ours"
     PEER = "peer"
     FLOOR = "floor"
+    HELPER = "helper"  # not measured: what a measured server needs (moto's S3 for ours-s3)
 
 
 class ServerError(Exception):
@@ -47,8 +52,9 @@ class ServerSpec:
     ready_path: str = "/healthz"
     probe_path: str = "/healthz"  # the trivial GET of the latency scenario
     env: Mapping[str, str] = field(default_factory=dict)
-    env_drop_prefix: str = ""  # variables with this prefix are not passed on
+    env_drop_prefix: str | tuple[str, ...] = ""  # variables with this prefix are not passed on
     postgres: bool = False  # gets a fresh PostgreSQL database per measurement (UPLOAD_DATABASE_URL)
+    s3: bool = False  # gets a moto server and a fresh bucket per measurement (UPLOAD_S3_*)
 
 
 def free_port() -> int:
@@ -216,13 +222,21 @@ def start(
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """How to start ``spec`` for one measurement: the measurement's own settings (its database),
-    scratch directory and log; a scenario that needs several processes starts them all from it."""
+    """How to start ``spec`` for one measurement: the measurement's own settings (its database,
+    its bucket), scratch directory and log; a scenario that needs several processes starts them
+    all from it."""
 
     spec: ServerSpec
     workdir: Path
     log_path: Path
     env: Mapping[str, str] = field(default_factory=dict)
+    s3: S3Target | None = None  # the moto server and bucket of an ``s3`` spec
+
+    @property
+    def helper_pids(self) -> tuple[int, ...]:
+        """Processes the measured server works with on this machine (moto): their CPU is not
+        other load."""
+        return () if self.s3 is None else (self.s3.pid,)
 
     def start(
         self, *, env: Mapping[str, str] | None = None, data_dir: Path | None = None

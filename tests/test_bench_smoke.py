@@ -8,6 +8,10 @@ A second run covers the PostgreSQL variant (``ours-pg``, and ``lockwait`` with t
 locker) against the server at ``BENCH_PG_URL`` (default: the suite's own). It skips when that
 server is unreachable, except under ``CI=true``, where it fails; and it skips while this checkout's
 upload_service has no ``UPLOAD_LOCKER`` setting, i.e. before its PostgreSQL support is merged.
+
+A third covers the S3 variant (``ours-s3``, on a moto server the bench starts) and the ``s3``
+scenario, which compares it with boto3's own ``upload_file``; it skips without ``moto_server``
+(fails under ``CI=true``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from bench import pg
+from bench import pg, s3
+from bench.config import MiB
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -146,3 +151,57 @@ def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
     for extra in rows[("ours-pg", "lockwait.patch")]["extras"]:
         assert extra["locker"] == "postgres", extra
     assert set(pg.leftovers(url)) <= before, "databases of the run left behind"
+
+
+def _processes_in(directory: Path) -> list[str]:
+    """Processes whose working directory lies under ``directory`` (the bench starts every server
+    in a data directory of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = (entry / "cwd").resolve(strict=True)
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, RuntimeError):
+            continue
+        if cwd.is_relative_to(directory.resolve()):
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def test_bench_smoke_on_s3(tmp_path: Path) -> None:
+    _require_curl()
+    if s3.moto_executable() is None:
+        _missing("moto_server is not installed (pip install 'moto[server]')")
+    table, document = _run_bench(tmp_path, "--only", "single,s3", "--servers", "ours,ours-s3")
+    assert "| upload_service (S3) |" in table, table
+    assert "| boto3 (default TransferConfig) |" in table, table
+    assert document["servers"]["ours-s3"]["available"] is True, document["servers"]
+    rows = {(row["server"], row["metric"]): row for row in document["results"]}
+    for metric in ("single", "cpu.single"):
+        row = rows[("ours-s3", metric)]
+        assert row["status"] == "ok", row
+        assert row["median"] > 0, row
+    assert rows[("ours-s3", "single")]["ratios"]["ours"] is not None
+    for metric in ("s3.ours", "s3.ready", "s3.boto3", "s3.ratio", "s3.rss", "s3.cpu"):
+        row = rows[("ours-s3", metric)]
+        assert row["status"] == "ok", row
+        assert isinstance(row["median"], float), row
+        assert row["median"] > 0, row
+        assert ("ours", metric) not in rows, "the S3 comparison runs on the S3 variant only"
+    ours, boto3, ratio = (rows[("ours-s3", key)] for key in ("s3.ours", "s3.boto3", "s3.ratio"))
+    for mine, theirs, quotient in zip(
+        ours["samples"], boto3["samples"], ratio["samples"], strict=True
+    ):
+        assert quotient == pytest.approx(mine / theirs), (mine, theirs, quotient)
+    assert rows[("ours-s3", "s3.rss")]["median"] > 20, "peak RSS in MiB of a Python server"
+    for extra in ours["extras"]:
+        # both objects checked in the bucket: size and the ETag of the file's 8 MiB parts
+        assert extra["etag_checked"] == 1, extra
+        assert extra["boto3_etag_checked"] == 1, extra
+        assert extra["part_size"] == extra["boto3_part_size"] == 8 * MiB, extra
+        assert extra["boto3_threads"] == 10, extra
+        assert extra["moto_cpu_s_per_gb"] > 0, extra
+        assert extra["boto3_moto_cpu_s_per_gb"] > 0, extra
+    assert not _processes_in(tmp_path), "processes of the run left behind"
