@@ -52,6 +52,7 @@ RESPONSE_HEADERS = (
     "Accept-Ranges",
     "Repr-Digest",
     "Digest",
+    "ETag",
 )
 
 _UINT = re.compile(r"[0-9]{1,19}")

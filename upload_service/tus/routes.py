@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import re
-import unicodedata
 from collections.abc import AsyncIterator
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from upload_service.errors import ClientGone, RangeNotSatisfiable
+from upload_service.errors import ClientGone
 from upload_service.services import Services, get_services
+from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
-from upload_service.tus.protocol import TUS_VERSION, parse_range
-from upload_service.uploads import Upload
 
 router = APIRouter()
 
@@ -102,57 +97,24 @@ async def delete(upload_id: str, handler: HandlerDep, headers: HeadersDep) -> Re
 @router.get("/files/{upload_id}", name="tus_upload")
 async def download(upload_id: str, request: Request, handler: HandlerDep) -> Response:
     upload = await handler.downloadable(upload_id)
-    size = upload.length or 0
-    try:
-        wanted = parse_range(request.headers.get("range"), size)
-    except ValueError:
-        raise RangeNotSatisfiable(
-            f"Range {request.headers.get('range', '')[:60]!r} lies outside the {size} bytes",
-            headers={"Content-Range": f"bytes */{size}"},
-        ) from None
-    headers = {
-        "Tus-Resumable": TUS_VERSION,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(upload),
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, no-transform",
-    }
-    if upload.sha256 is not None:
-        encoded = base64.b64encode(bytes.fromhex(upload.sha256)).decode("ascii")
-        headers["Repr-Digest"] = f"sha-256=:{encoded}:"  # RFC 9530
-        headers["Digest"] = f"sha-256={encoded}"  # RFC 3230, for older clients
-    start, end, status = 0, size, 200
-    if wanted is not None:
-        start, end, status = wanted.start, wanted.end + 1, 206
-        headers["Content-Range"] = f"bytes {wanted.start}-{wanted.end}/{size}"
-    headers["Content-Length"] = str(end - start)
+    result = prepare(upload, download_headers(request))
+    if result.span is None:
+        return Response(status_code=result.status, headers=result.headers)
     return StreamingResponse(
-        handler.read(upload, start, end),
-        status_code=status,
-        headers=headers,
-        media_type=content_type(upload),
+        handler.read(upload, *result.span), status_code=result.status, headers=result.headers
     )
 
 
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*")
-_UNSAFE_FILENAME = re.compile(r'[\x00-\x1f\x7f"\\/:*?<>|;%]')
+def download_headers(request: Request) -> DownloadHeaders:
+    def joined(name: str) -> str | None:
+        # repeated fields are one comma-separated list (RFC 9110 section 5.3); a date or a single
+        # validator given twice then fails to parse and is ignored
+        values = request.headers.getlist(name)
+        return ", ".join(values) if values else None
 
-
-def content_type(upload: Upload) -> str:
-    for key in ("filetype", "contentType", "type", "mimeType"):
-        raw = upload.metadata.get(key)
-        if raw:
-            value = raw.decode("utf-8", errors="replace").strip()
-            if _MEDIA_TYPE.fullmatch(value):
-                return value
-    return "application/octet-stream"
-
-
-def content_disposition(upload: Upload) -> str:
-    """``attachment`` with an ASCII fallback and an RFC 6266 ``filename*`` for the real name."""
-    raw = upload.metadata.get("filename") or upload.metadata.get("name") or b""
-    name = raw.decode("utf-8", errors="replace")
-    name = re.split(r"[/\\]", name)[-1].strip().strip(".") or upload.id
-    name = _UNSAFE_FILENAME.sub("_", unicodedata.normalize("NFC", name))[:200]
-    ascii_name = name.encode("ascii", errors="replace").decode("ascii").replace("?", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+    return DownloadHeaders(
+        range=request.headers.get("range"),
+        if_none_match=joined("if-none-match"),
+        if_modified_since=joined("if-modified-since"),
+        if_range=joined("if-range"),
+    )
