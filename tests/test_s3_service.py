@@ -1,7 +1,8 @@
 """The service on ``UPLOAD_STORAGE=s3``, over HTTP, against the real moto server: uploads in
-chunks and checksums end up as one object in the bucket, downloads with Range stream from it,
-termination and clean-up leave nothing behind, and an unreachable bucket is a 503, never a wrong
-offset. (The store's own behaviour is in the contract suite, tests/test_contract_store.py.)"""
+chunks and checksums end up as one object in the bucket, downloads (Range, validators,
+conditionals) stream from it, termination and clean-up leave nothing behind, and an unreachable
+bucket is a 503, never a wrong offset. (The store's own behaviour is in the contract suite,
+tests/test_contract_store.py.)"""
 
 from __future__ import annotations
 
@@ -153,6 +154,43 @@ async def test_a_download_with_range_streams_from_the_bucket(served: Served) -> 
     assert ranged.status_code == 206
     assert ranged.content == data[PART - 10 :]
     assert ranged.headers["Content-Range"] == f"bytes {PART - 10}-{len(data) - 1}/{len(data)}"
+
+
+async def test_a_download_from_the_bucket_is_safe_and_cache_friendly(served: Served) -> None:
+    client = served.client
+    data = _data(PART + 99, seed=7)
+    metadata = "filetype " + base64.b64encode(b"video/mp4").decode()
+    metadata += ",filename " + base64.b64encode("clip été.mp4".encode()).decode()
+    upload_id = await create(client, len(data), metadata=metadata, body=data)
+    assert (await _ready(client, upload_id))["state"] == "ready"
+    whole = await client.get(f"/files/{upload_id}")
+    assert whole.status_code == 200
+    assert whole.content == data
+    etag = f'"sha256-{hashlib.sha256(data).hexdigest()}"'
+    assert whole.headers["ETag"] == etag
+    assert whole.headers["Content-Type"] == "video/mp4"
+    assert whole.headers["Content-Disposition"] == (
+        "inline; filename=\"clip _t_.mp4\"; filename*=UTF-8''clip%20%C3%A9t%C3%A9.mp4"
+    )
+    assert whole.headers["X-Content-Type-Options"] == "nosniff"
+    assert whole.headers["Content-Security-Policy"] == "sandbox"
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    since = whole.headers["Last-Modified"]
+    for conditions in ({"If-None-Match": etag}, {"If-Modified-Since": since}):
+        cached = await client.get(f"/files/{upload_id}", headers=conditions)
+        assert cached.status_code == 304
+        assert cached.content == b""
+        assert cached.headers["ETag"] == etag
+    resumed = await client.get(
+        f"/files/{upload_id}", headers={"Range": f"bytes={PART}-", "If-Range": etag}
+    )
+    assert resumed.status_code == 206
+    assert resumed.content == data[PART:]
+    changed = await client.get(
+        f"/files/{upload_id}", headers={"Range": f"bytes={PART}-", "If-Range": '"other"'}
+    )
+    assert changed.status_code == 200
+    assert changed.content == data
 
 
 async def test_a_wrong_checksum_changes_nothing_and_the_right_one_is_kept(

@@ -1,4 +1,6 @@
-"""HTTP tests: GET /files/{id} (download, Range, Content-Disposition, Content-Type) and CORS."""
+"""HTTP tests: GET /files/{id} (download, Range, Content-Disposition, Content-Type, the headers
+that keep user content from running as a page) and CORS. Caching and conditional requests:
+test_tus_download_cache.py."""
 
 from __future__ import annotations
 
@@ -24,16 +26,19 @@ def b64(value: str | bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-_DISPOSITION = re.compile(r'attachment; filename="([^"\\]*)"; filename\*=UTF-8' "''" r"([!-~]+)")
+_DISPOSITION = re.compile(
+    r'(attachment|inline); filename="([^"\\]*)"; filename\*=UTF-8' "''" r"([!-~]+)"
+)
 
 
 def disposition_params(header: str) -> dict[str, str]:
-    """The two names of ``attachment; filename="..."; filename*=UTF-8''...`` (format checked)."""
+    """The kind and the two names of ``attachment; filename="..."; filename*=UTF-8''...`` (or
+    ``inline; ...``), format checked; ``filename*`` is decoded."""
     match = _DISPOSITION.fullmatch(header)
     assert match is not None, header
-    ascii_name, encoded = match.groups()
+    kind, ascii_name, encoded = match.groups()
     assert encoded == quote(unquote(encoded, errors="strict"), safe="")
-    return {"filename": ascii_name, "filename*": unquote(encoded, errors="strict")}
+    return {"kind": kind, "filename": ascii_name, "filename*": unquote(encoded, errors="strict")}
 
 
 async def finished(
@@ -250,6 +255,104 @@ async def test_content_type_comes_from_valid_filetype_only(
 async def test_filetype_without_value_is_octet_stream(client: httpx.AsyncClient) -> None:
     upload_id = await finished(client, metadata="filetype")
     response = await client.get(f"/files/{upload_id}")
+    assert response.headers["Content-Type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize(
+    "filetype",
+    [
+        "text/html",
+        "Text/HTML",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "application/javascript",
+        "text/javascript",
+        "application/ecmascript",
+        "text/xml",
+        "application/xml",
+        "application/rss+xml",
+        "text/xsl",
+        "multipart/x-mixed-replace",
+    ],
+)
+async def test_active_types_are_served_as_an_octet_stream_attachment(
+    client: httpx.AsyncClient, filetype: str
+) -> None:
+    data = b"<script>alert(document.domain)</script>"
+    upload_id = await finished(
+        client, data, metadata=f"filetype {b64(filetype)},filename {b64('x.html')}"
+    )
+    response = await client.get(f"/files/{upload_id}")
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["Content-Type"] == "application/octet-stream"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert disposition_params(response.headers["Content-Disposition"])["kind"] == "attachment"
+
+
+@pytest.mark.parametrize(
+    "filetype", ["video/mp4", "video/webm", "audio/mpeg", "image/png", "image/jpeg", "Video/MP4"]
+)
+async def test_audio_video_and_raster_images_are_inline(
+    client: httpx.AsyncClient, filetype: str
+) -> None:
+    upload_id = await finished(client, metadata=f"filetype {b64(filetype)},filename {b64('clip')}")
+    response = await client.get(f"/files/{upload_id}")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == filetype.lower()
+    assert response.headers["Content-Disposition"] == (
+        "inline; filename=\"clip\"; filename*=UTF-8''clip"
+    )
+    # a bare sandbox: default-src 'none' would stop the browser's own media page from loading it
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "filetype", ["application/pdf", "text/plain", "application/zip", "application/json"]
+)
+async def test_other_valid_types_are_kept_but_attachments(
+    client: httpx.AsyncClient, filetype: str
+) -> None:
+    upload_id = await finished(client, metadata=f"filetype {b64(filetype)}")
+    response = await client.get(f"/files/{upload_id}")
+    assert response.headers["Content-Type"] == filetype
+    assert disposition_params(response.headers["Content-Disposition"])["kind"] == "attachment"
+    assert response.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+
+
+async def test_inline_video_keeps_a_unicode_filename_with_quotes_safe(
+    client: httpx.AsyncClient,
+) -> None:
+    name = 'le "film" d\'été 🎬\r\n.mp4'
+    metadata = f"filetype {b64('video/mp4')},filename {b64(name)}"
+    upload_id = await finished(client, metadata=metadata)
+    response = await client.get(f"/files/{upload_id}", headers={"Range": "bytes=0-3"})
+    assert response.status_code == 206
+    assert response.content == DATA[:4]
+    header = response.headers["Content-Disposition"]
+    assert header == (
+        'inline; filename="le _film_ d\'_t_ ___.mp4"; '
+        "filename*=UTF-8''le%20_film_%20d%27%C3%A9t%C3%A9%20%F0%9F%8E%AC__.mp4"
+    )
+    params = disposition_params(header)
+    assert params["filename*"] == "le _film_ d'été 🎬__.mp4"
+
+
+async def test_the_name_key_is_used_without_filename(client: httpx.AsyncClient) -> None:
+    upload_id = await finished(client, metadata=f"name {b64('notes.txt')}")
+    response = await client.get(f"/files/{upload_id}")
+    assert disposition_params(response.headers["Content-Disposition"])["filename"] == "notes.txt"
+
+
+@pytest.mark.parametrize("filetype", ["video/mp4é", "vidéo/mp4", "video/mp4🎬", "text/html;x=1"])
+async def test_a_type_with_non_ascii_or_parameters_is_octet_stream(
+    client: httpx.AsyncClient, filetype: str
+) -> None:
+    upload_id = await finished(client, metadata=f"filetype {b64(filetype)}")
+    response = await client.get(f"/files/{upload_id}")
+    assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/octet-stream"
 
 
