@@ -17,6 +17,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from upload_service.proxy import TrustedProxies
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.s3 import MAX_OBJECT_SIZE, choose_part_size
 
@@ -180,6 +181,16 @@ def test_compose_replicas_share_postgresql_for_data_and_locks() -> None:
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
 
 
+def test_compose_replicas_trust_nginx_on_the_compose_network_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    trusted = TrustedProxies(replica_settings(monkeypatch, tmp_path).trusted_proxies)
+    for nginx in ("172.18.0.5", "192.168.48.3", "10.5.0.2"):  # Docker's default address pools
+        assert nginx in trusted
+    assert "203.0.113.7" not in trusted
+    assert not trusted.everyone
+
+
 def test_compose_replicas_keep_the_bytes_in_the_minio_bucket(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -317,9 +328,14 @@ def test_shared_nginx_config_streams_and_retries_only_unreachable_replicas() -> 
     assert "error" in retry
     assert "non_idempotent" not in retry, "a PATCH the replica may have acted on is not resent"
     assert not [condition for condition in retry if condition.startswith("http_")]
-    headers = re.findall(r"proxy_set_header\s+(\S+)", text)
-    for header in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"):
-        assert header in headers
+    headers = dict(re.findall(r"^\s*proxy_set_header\s+(\S+)\s+(.*?);", text, flags=re.MULTILINE))
+    assert headers["Host"] == "$http_host"
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Forwarded-Host"] == "$http_host"
+    # The replicas trust nginx: what it does not set, a client must not be able to send through it.
+    for cleared in ("Forwarded", "X-Forwarded-Prefix", "X-Forwarded-Port"):
+        assert headers[cleared] == '""', f"{cleared} is passed on from the client"
     # Who listens and where the replicas are is the includer's business.
     assert "listen" not in directives
     assert not re.search(r"^\s*upstream\s", text, flags=re.MULTILINE)

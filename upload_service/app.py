@@ -27,7 +27,13 @@ from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Locker
 from upload_service.locking.file import FileLocker
 from upload_service.locking.postgres import PostgresLocker
-from upload_service.middleware import MethodOverrideMiddleware, TusResumableMiddleware
+from upload_service.middleware import (
+    MethodOverrideMiddleware,
+    TusResumableMiddleware,
+    route_path,
+    under,
+)
+from upload_service.proxy import ProxyHeadersMiddleware, TrustedProxies
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
@@ -58,6 +64,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         checkpoint_seconds=settings.checkpoint_seconds,
         progress_seconds=settings.progress_seconds,
         lock_timeout=settings.lock_timeout,
+        relative_location=settings.relative_location,
     )
 
 
@@ -170,11 +177,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    app.include_router(tus_router)
+    app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
-    app.add_exception_handler(ServiceError, _render_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _render_http_error)  # type: ignore[arg-type]
-    app.add_middleware(TusResumableMiddleware)
+    errors = ErrorRenderer(resolved.base_path)
+    app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
+    app.add_middleware(TusResumableMiddleware, base_path=resolved.base_path)
     app.add_middleware(MethodOverrideMiddleware)
     if resolved.cors_origins:
         app.add_middleware(
@@ -185,6 +193,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=list(RESPONSE_HEADERS),
             max_age=86400,
         )
+    # Outermost: every layer inside sees the scheme, host, prefix and client the proxy reported.
+    app.add_middleware(ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.trusted_proxies))
     return app
 
 
@@ -201,22 +211,28 @@ def _honour_asyncio_debug() -> None:
         asyncio.get_running_loop().set_debug(True)
 
 
-async def _render_error(request: Request, exc: ServiceError) -> Response:
-    if exc.status >= 500:
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    if request.url.path.startswith("/files"):
-        headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
-        return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
-    body = {"error": {"code": exc.code, "message": exc.message}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+class ErrorRenderer:
+    """The one exception handler family: tus paths get a one-line text body and
+    ``Tus-Resumable``, the JSON API a JSON body."""
 
+    def __init__(self, base_path: str) -> None:
+        self.base_path = base_path
 
-async def _render_http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    """Routing errors (unknown path, method) in the same one family and format as ours."""
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405 and request.url.path.startswith("/files"):
-        headers["Allow"] = ", ".join(tus_allowed_methods(request.url.path))
-    message = f"{request.method} is not allowed here" if exc.status_code == 405 else exc.detail
-    return await _render_error(
-        request, ServiceError(message, status=exc.status_code, code="http_error", headers=headers)
-    )
+    async def service_error(self, request: Request, exc: ServiceError) -> Response:
+        if exc.status >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        if under(route_path(request.scope), self.base_path):
+            headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
+            return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
+        body = {"error": {"code": exc.code, "message": exc.message}}
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    async def http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
+        """Routing errors (unknown path, method) in the same one family and format as ours."""
+        headers = dict(exc.headers or {})
+        path = route_path(request.scope)
+        if exc.status_code == 405 and under(path, self.base_path):
+            headers["Allow"] = ", ".join(tus_allowed_methods(path, self.base_path))
+        message = f"{request.method} is not allowed here" if exc.status_code == 405 else exc.detail
+        error = ServiceError(message, status=exc.status_code, code="http_error", headers=headers)
+        return await self.service_error(request, error)

@@ -74,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         log_level=args.log_level,
         workers=args.workers if args.workers is not None else settings.workers,
+        # Off: the app's ProxyHeadersMiddleware believes proxies (UPLOAD_TRUSTED_PROXIES) and
+        # also reads Forwarded and X-Forwarded-Host/-Port/-Prefix, which uvicorn's ignores.
         proxy_headers=False,
         timeout_graceful_shutdown=30,
     )

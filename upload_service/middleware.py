@@ -9,6 +9,20 @@ from upload_service.tus.protocol import TUS_VERSION
 _OVERRIDABLE = {"PATCH", "DELETE", "HEAD", "GET", "POST", "OPTIONS"}
 
 
+def route_path(scope: Scope) -> str:
+    """The path below ``root_path`` (a proxy's prefix), as Starlette routes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
+
+
+def under(path: str, base_path: str) -> bool:
+    """``path`` is ``base_path`` itself or lies below it."""
+    return path == base_path or path.startswith(base_path + "/")
+
+
 class MethodOverrideMiddleware:
     """Honour ``X-HTTP-Method-Override`` (tus 1.0.0: clients behind restrictive proxies use it)."""
 
@@ -27,14 +41,14 @@ class MethodOverrideMiddleware:
 
 
 class TusResumableMiddleware:
-    """Every response under the tus prefix carries ``Tus-Resumable``, errors and 405s included."""
+    """Every response under the tus base path carries ``Tus-Resumable``, errors and 405s too."""
 
-    def __init__(self, app: ASGIApp, prefix: str = "/files") -> None:
+    def __init__(self, app: ASGIApp, base_path: str = "/files") -> None:
         self.app = app
-        self.prefix = prefix
+        self.base_path = base_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or not under(route_path(scope), self.base_path):
             await self.app(scope, receive, send)
             return
 

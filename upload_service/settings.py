@@ -5,6 +5,8 @@ Only entry points build a ``Settings``; invalid values stop start-up with a mess
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +14,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+_BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+_TAKEN_PATHS = ("/api", "/healthz", "/readyz")  # the JSON endpoints' own paths
 
 
 class Settings(BaseSettings):
@@ -71,12 +75,54 @@ class Settings(BaseSettings):
     # only for a server that rejects checksums.
     s3_checksums: bool = True
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # Peers (IPs or CIDRs, or *) whose Forwarded / X-Forwarded-* headers are believed. Loopback by
+    # default, as uvicorn's own default: a proxy on this host (nginx terminating TLS) just works.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
+    # Location on creation as a path (/files/<id>) instead of an absolute URL.
+    relative_location: bool = False
+    # Where the tus endpoint is mounted (under any prefix a proxy announces).
+    base_path: str = "/files"
 
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        checked = []
+        for entry in value:
+            if entry == "*":
+                checked.append(entry)
+                continue
+            try:
+                checked.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a CIDR network or *") from None
+        return tuple(checked)
+
+    @field_validator("base_path")
+    @classmethod
+    def _check_base_path(cls, value: str) -> str:
+        if not _BASE_PATH.fullmatch(value) or any(
+            segment in (".", "..") for segment in value.split("/")
+        ):
+            raise ValueError(
+                "must be a path like /files: start with /, no trailing /, no // or .., "
+                "letters, digits and -._~ only"
+            )
+        if any(value == taken or value.startswith(taken + "/") for taken in _TAKEN_PATHS):
+            raise ValueError(f"must not be or lie under {', '.join(_TAKEN_PATHS)}")
         return value
 
     @field_validator("database_url")

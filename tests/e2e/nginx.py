@@ -1,6 +1,7 @@
 """A real nginx on a loopback port in front of server processes, configured with the repository's
 ``deploy/nginx/upload_service.conf`` unchanged: this module writes only the top level around it
-(paths under the test's directory, the listening port, the upstream naming the replicas).
+(paths under the test's directory, the listening port and, for TLS, a self-signed certificate, the
+upstream naming the replicas).
 
 The access log records, for every request, which replica(s) nginx tried and what each answered.
 """
@@ -12,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,15 +63,53 @@ class Access:
         )
 
 
-def render_conf(directory: Path, port: int, upstreams: Sequence[str]) -> str:
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A self-signed certificate for 127.0.0.1 (and ``localhost``), made with openssl."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Certificate:
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / "cert.pem", directory / "key.pem"
+        subprocess.run(
+            [
+                require_tool("openssl"),
+                *("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+                *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cls(cert=cert, key=key)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this certificate only."""
+        return ssl.create_default_context(cafile=str(self.cert))
+
+
+def render_conf(
+    directory: Path, port: int, upstreams: Sequence[str], tls: Certificate | None = None
+) -> str:
     """The top-level nginx.conf of a test: everything under ``directory``, one worker, listening
-    on 127.0.0.1 only, the shared file included inside the ``server`` block as it is."""
+    on 127.0.0.1 only (with TLS when given a certificate), the shared file included inside the
+    ``server`` block as it is."""
     servers = "\n".join(
         # max_fails=0: nginx keeps trying a dead replica first in its turn, so every such request
         # exercises the retry of a refused connection on the other replica.
         f"        server {address} max_fails=0;"
         for address in upstreams
     )
+    listen = f"listen 127.0.0.1:{port};"
+    if tls is not None:
+        listen = (
+            f"listen 127.0.0.1:{port} ssl;\n"
+            f"        ssl_certificate {tls.cert};\n"
+            f"        ssl_certificate_key {tls.key};"
+        )
     return f"""\
 worker_processes 1;
 pid {directory}/nginx.pid;
@@ -93,7 +133,7 @@ http {{
     }}
 
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         include {SHARED_CONF};
     }}
 }}
@@ -103,13 +143,16 @@ http {{
 class Nginx:
     """``nginx -c FILE -g 'daemon off;'`` as a child process, stopped by PID."""
 
-    def __init__(self, directory: Path, upstreams: Sequence[str]) -> None:
+    def __init__(
+        self, directory: Path, upstreams: Sequence[str], tls: Certificate | None = None
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.conf = directory / "nginx.conf"
-        self.conf.write_text(render_conf(directory, self.port, upstreams))
+        self.conf.write_text(render_conf(directory, self.port, upstreams, tls))
         self.error_log = directory / "error.log"
         self.access_log = directory / "access.log"
         argv = [
@@ -132,7 +175,8 @@ class Nginx:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until ``/readyz`` answers 200 through nginx (so at least one replica is reachable)."""
-        wait_for_readyz(self.base_url, self.process, "nginx", self.errors, timeout)
+        verify = self.tls.client_context() if self.tls is not None else True
+        wait_for_readyz(self.base_url, self.process, "nginx", self.errors, timeout, verify=verify)
 
     def errors(self) -> str:
         try:

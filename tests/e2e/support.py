@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -125,12 +126,13 @@ def wait_for_readyz(
     timeout: float,
     *,
     before: str = "",
+    verify: ssl.SSLContext | bool = True,
 ) -> None:
     """Until ``base_url``'s ``/readyz`` answers 200; fails the test (with ``log()``) when
     ``process`` exits first or the timeout passes."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
-    with httpx.Client(timeout=2.0) as client:
+    with httpx.Client(timeout=2.0, verify=verify) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 when = f" {before}" if before else ""

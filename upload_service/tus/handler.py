@@ -45,6 +45,7 @@ from upload_service.tus.checksum import (
     parse_checksum,
 )
 from upload_service.tus.concat import check_parts
+from upload_service.tus.endpoint import NO_ENDPOINT, Endpoint
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
@@ -56,7 +57,6 @@ from upload_service.tus.protocol import (
     http_date,
     parse_concat,
     parse_uint,
-    upload_id_from_url,
 )
 from upload_service.tus.receive import LeaseLost as LeaseLost  # re-exported: part of this API
 from upload_service.tus.receive import Receiver
@@ -94,6 +94,7 @@ class HandlerConfig:
     checkpoint_seconds: float = 2.0
     progress_seconds: float = 0.5
     lock_timeout: float = 3.0
+    relative_location: bool = False  # Location on creation: a path instead of an absolute URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,10 @@ class TusHandler:
 
     # -- creation -------------------------------------------------------------------------------
 
-    async def create(self, headers: TusHeaders, body: AsyncIterator[bytes]) -> TusResponse:
+    async def create(
+        self, headers: TusHeaders, body: AsyncIterator[bytes], endpoint: Endpoint = NO_ENDPOINT
+    ) -> TusResponse:
+        """A new upload (201 with its ``Location`` under ``endpoint``)."""
         check_version(headers.tus_resumable)
         concat = parse_concat(headers.upload_concat)
         if concat is not None and not isinstance(self._store, Concatenator):
@@ -188,7 +192,7 @@ class TusHandler:
             parse_sha256(metadata["sha256"] or b"")
         with_data = _media_type(headers.content_type) == OFFSET_CONTENT_TYPE
         if concat is not None and concat.final:
-            return await self._create_final(headers, concat.urls, metadata, with_data)
+            return await self._create_final(headers, concat.urls, metadata, with_data, endpoint)
         length = self._creation_length(headers)
         checksum = _checksum(headers) if with_data else None
         content_length = _content_length(headers)
@@ -229,7 +233,12 @@ class TusHandler:
                     raise
             if upload.state is UploadState.VERIFYING:
                 await self.lifecycle.verify_soon(upload_id)
-        return TusResponse(201, self._offset_headers(upload), upload_id=upload_id)
+        response = self._offset_headers(upload)
+        response["Location"] = self._location(endpoint, upload_id)
+        return TusResponse(201, response, upload_id=upload_id)
+
+    def _location(self, endpoint: Endpoint, upload_id: str) -> str:
+        return endpoint.url(upload_id, relative=self._config.relative_location)
 
     async def _create_final(
         self,
@@ -237,12 +246,13 @@ class TusHandler:
         urls: tuple[str, ...],
         metadata: dict[str, bytes | None],
         with_data: bool,
+        endpoint: Endpoint,
     ) -> TusResponse:
         if headers.upload_length is not None or headers.upload_defer_length is not None:
             raise BadRequest("a final upload takes its length from its parts: omit Upload-Length")
         if with_data:
             raise BadRequest("a final upload cannot carry data")
-        part_ids = tuple(upload_id_from_url(url) for url in urls)
+        part_ids = tuple(endpoint.upload_id(url) for url in urls)
         length = check_parts(part_ids, await self._repo.get_many(part_ids), self._clock())
         if length is not None:
             self._check_max_size(length)
@@ -268,7 +278,8 @@ class TusHandler:
             await self._store.delete(key)
             raise BadRequest(exc.message) from exc
         await self.lifecycle.assemble_soon(final.id)
-        return TusResponse(201, {"Tus-Resumable": TUS_VERSION}, upload_id=final.id)
+        created = {"Tus-Resumable": TUS_VERSION, "Location": self._location(endpoint, final.id)}
+        return TusResponse(201, created, upload_id=final.id)
 
     def _creation_length(self, headers: TusHeaders) -> int | None:
         if headers.upload_length is not None and headers.upload_defer_length is not None:
@@ -291,7 +302,9 @@ class TusHandler:
 
     # -- status ---------------------------------------------------------------------------------
 
-    async def head(self, upload_id: str, headers: TusHeaders) -> TusResponse:
+    async def head(
+        self, upload_id: str, headers: TusHeaders, endpoint: Endpoint = NO_ENDPOINT
+    ) -> TusResponse:
         check_version(headers.tus_resumable)
         upload = await self._loader.load(upload_id)
         if upload.state is UploadState.RECEIVING:
@@ -300,7 +313,7 @@ class TusHandler:
         response["Cache-Control"] = "no-store"
         if upload.is_final:
             response["Upload-Concat"] = "final;" + " ".join(
-                f"/files/{part}" for part in upload.parts
+                endpoint.url(part, relative=True) for part in upload.parts
             )
             if upload.state is UploadState.RECEIVING:
                 del response["Upload-Offset"]  # not assembled yet: there is no offset to resume

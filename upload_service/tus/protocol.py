@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from urllib.parse import urlsplit
 
 from upload_service.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
 from upload_service.uploads import Metadata
@@ -185,9 +184,6 @@ class Concat:
     urls: tuple[str, ...] = ()
 
 
-_UPLOAD_PATH = re.compile(r"(?:.*/)?files/([0-9a-f]{32})/?")
-
-
 def parse_concat(value: str | None) -> Concat | None:
     if value is None:
         return None
@@ -201,11 +197,3 @@ def parse_concat(value: str | None) -> Concat | None:
     if not urls:
         raise BadRequest("Upload-Concat: final lists no partial uploads")
     return Concat(final=True, urls=urls)
-
-
-def upload_id_from_url(url: str) -> str:
-    """The upload id in an absolute or relative URL of this server's tus endpoint."""
-    match = _UPLOAD_PATH.fullmatch(urlsplit(url).path)
-    if match is None:
-        raise BadRequest(f"Upload-Concat names {url[:100]!r}, which is not an upload URL")
-    return match.group(1)

@@ -1,4 +1,7 @@
-"""Thin adapters between HTTP (FastAPI/Starlette) and the tus handler: parse, call, render."""
+"""Thin adapters between HTTP (FastAPI/Starlette) and the tus handler: parse, call, render.
+
+The router's paths are relative: the app mounts it at ``UPLOAD_BASE_PATH``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from upload_service.errors import ClientGone
 from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
+from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
 
 router = APIRouter()
@@ -43,6 +47,19 @@ def tus_headers(request: Request) -> TusHeaders:
 HeadersDep = Annotated[TusHeaders, Depends(tus_headers)]
 
 
+def tus_endpoint(request: Request) -> Endpoint:
+    """The endpoint as this request's client sees it (scheme, host and prefix after any trusted
+    proxy's headers were applied to the scope)."""
+    base = request.base_url  # origin + root_path
+    return Endpoint(
+        path=base.path.rstrip("/") + get_services(request).settings.base_path,
+        origin=f"{base.scheme}://{base.netloc}",
+    )
+
+
+EndpointDep = Annotated[Endpoint, Depends(tus_endpoint)]
+
+
 async def request_body(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
@@ -52,8 +69,8 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
         raise ClientGone from None
 
 
-def tus_allowed_methods(path: str) -> tuple[str, ...]:
-    if path.rstrip("/") == "/files":
+def tus_allowed_methods(route_path: str, base_path: str) -> tuple[str, ...]:
+    if route_path.rstrip("/") == base_path:
         return ("OPTIONS", "POST")
     return ("OPTIONS", "HEAD", "PATCH", "DELETE", "GET")
 
@@ -62,39 +79,39 @@ def render(result: TusResponse) -> Response:
     return Response(status_code=result.status, headers=result.headers)
 
 
-@router.options("/files/")
-@router.options("/files/{upload_id}")
+@router.options("/")
+@router.options("/{upload_id}")
 async def options(handler: HandlerDep) -> Response:
     return render(handler.options())
 
 
-@router.post("/files/")
-async def create(request: Request, handler: HandlerDep, headers: HeadersDep) -> Response:
-    result = await handler.create(headers, request_body(request))
-    assert result.upload_id is not None
-    response = render(result)
-    response.headers["Location"] = str(request.url_for("tus_upload", upload_id=result.upload_id))
-    return response
+@router.post("/")
+async def create(
+    request: Request, handler: HandlerDep, headers: HeadersDep, endpoint: EndpointDep
+) -> Response:
+    return render(await handler.create(headers, request_body(request), endpoint))
 
 
-@router.head("/files/{upload_id}")
-async def head(upload_id: str, handler: HandlerDep, headers: HeadersDep) -> Response:
-    return render(await handler.head(upload_id, headers))
+@router.head("/{upload_id}")
+async def head(
+    upload_id: str, handler: HandlerDep, headers: HeadersDep, endpoint: EndpointDep
+) -> Response:
+    return render(await handler.head(upload_id, headers, endpoint))
 
 
-@router.patch("/files/{upload_id}")
+@router.patch("/{upload_id}")
 async def patch(
     upload_id: str, request: Request, handler: HandlerDep, headers: HeadersDep
 ) -> Response:
     return render(await handler.patch(upload_id, headers, request_body(request)))
 
 
-@router.delete("/files/{upload_id}")
+@router.delete("/{upload_id}")
 async def delete(upload_id: str, handler: HandlerDep, headers: HeadersDep) -> Response:
     return render(await handler.delete(upload_id, headers))
 
 
-@router.get("/files/{upload_id}", name="tus_upload")
+@router.get("/{upload_id}", name="tus_upload")
 async def download(upload_id: str, request: Request, handler: HandlerDep) -> Response:
     upload = await handler.downloadable(upload_id)
     result = prepare(upload, download_headers(request))
