@@ -58,6 +58,8 @@ def handler_config(settings: Settings) -> HandlerConfig:
         checkpoint_seconds=settings.checkpoint_seconds,
         progress_seconds=settings.progress_seconds,
         lock_timeout=settings.lock_timeout,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        max_metadata_keys=settings.max_metadata_keys,
     )
 
 

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     database_url: str = ""
     max_size: int | None = Field(default=None, gt=0)
     expire_after: int = Field(default=7 * 24 * 3600, gt=0)
+    # Caps on Upload-Metadata at creation: the raw header value's length and its number of keys
+    # (the metadata is stored and echoed on every HEAD).
+    max_metadata_bytes: int = Field(default=4096, gt=0, le=1 * MiB)
+    max_metadata_keys: int = Field(default=32, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)

@@ -94,6 +94,8 @@ class HandlerConfig:
     checkpoint_seconds: float = 2.0
     progress_seconds: float = 0.5
     lock_timeout: float = 3.0
+    max_metadata_bytes: int = 4096
+    max_metadata_keys: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,11 @@ class TusHandler:
         concat = parse_concat(headers.upload_concat)
         if concat is not None and not isinstance(self._store, Concatenator):
             raise BadRequest("concatenation is not supported by this server's storage")
-        metadata = decode_metadata(headers.upload_metadata or "")
+        metadata = decode_metadata(
+            headers.upload_metadata or "",
+            max_bytes=self._config.max_metadata_bytes,
+            max_keys=self._config.max_metadata_keys,
+        )
         if metadata.get("sha256") is not None:
             parse_sha256(metadata["sha256"] or b"")
         with_data = _media_type(headers.content_type) == OFFSET_CONTENT_TYPE

@@ -85,12 +85,24 @@ def check_offset_content_type(value: str | None) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}, got {shown}")
 
 
-def decode_metadata(header: str) -> Metadata:
-    """Decode ``Upload-Metadata`` strictly: unique keys, no spaces or commas, valid base64 values."""
+def decode_metadata(
+    header: str, *, max_bytes: int | None = None, max_keys: int | None = None
+) -> Metadata:
+    """Decode ``Upload-Metadata`` strictly: unique keys, no spaces or commas, valid base64 values;
+    at most ``max_bytes`` of raw header value (checked before any decoding) and ``max_keys`` keys.
+    """
     result: Metadata = {}
+    # Header values arrive as latin-1 text: one character per byte on the wire.
+    if max_bytes is not None and len(header) > max_bytes:
+        raise BadRequest(
+            f"Upload-Metadata is {len(header)} bytes, more than the {max_bytes} allowed"
+        )
     if not header.strip():
         return result
-    for raw_pair in header.split(","):
+    pairs = header.split(",")
+    if max_keys is not None and len(pairs) > max_keys:
+        raise BadRequest(f"Upload-Metadata has {len(pairs)} keys, more than the {max_keys} allowed")
+    for raw_pair in pairs:
         pair = raw_pair.strip()
         parts = pair.split(" ")
         if not pair or len(parts) > 2:
