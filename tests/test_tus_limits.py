@@ -1,4 +1,4 @@
-"""HTTP tests: the caps on ``Upload-Metadata``."""
+"""HTTP tests: the caps on ``Upload-Metadata`` and tus headers repeated with different values."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.tus_http_helpers import (
     create,
     head,
     reason,
+    record,
     serve,
     snapshot,
     stored_files,
@@ -107,3 +108,116 @@ async def test_a_final_upload_with_metadata_over_the_cap_creates_nothing(
     assert reason(response) == "Upload-Metadata has 40 keys, more than the 32 allowed"
     assert await count_uploads(services) == 1
     assert await snapshot(services, part_id) == before
+
+
+# -- repeated headers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        ([("Upload-Length", "5"), ("Upload-Length", "6")], "Upload-Length"),
+        (
+            [("Upload-Defer-Length", "1"), ("Upload-Defer-Length", "2")],
+            "Upload-Defer-Length",
+        ),
+        (
+            [("Upload-Length", "5"), ("Upload-Metadata", "a YQ=="), ("Upload-Metadata", "b Yg==")],
+            "Upload-Metadata",
+        ),
+        (
+            [("Upload-Length", "5"), ("Upload-Concat", "partial"), ("Upload-Concat", "final;/x")],
+            "Upload-Concat",
+        ),
+        ([("Upload-Length", "5"), ("Tus-Resumable", "0.2.2")], "Tus-Resumable"),
+        (
+            [("Upload-Length", "5"), ("Content-Type", OFFSET_CT), ("Content-Type", "text/plain")],
+            "Content-Type",
+        ),
+    ],
+)
+async def test_a_creation_header_repeated_with_another_value_is_400(
+    client: httpx.AsyncClient, services: Services, headers: list[tuple[str, str]], name: str
+) -> None:
+    response = await post(client, headers)
+    assert response.status_code == 400
+    assert reason(response) == f"{name} is sent 2 times with different values"
+    await assert_nothing_created(services)
+
+
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        ([("Upload-Offset", "0"), ("Upload-Offset", "3")], "Upload-Offset"),
+        (
+            [("Upload-Offset", "0"), ("Content-Type", "application/octet-stream")],
+            "Content-Type",
+        ),
+        (
+            [
+                ("Upload-Offset", "0"),
+                ("Upload-Checksum", "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="),
+                ("Upload-Checksum", "sha1 qvTGHdzF6KLavt4PO0gs2a6pQ00="),
+            ],
+            "Upload-Checksum",
+        ),
+        (
+            [("Upload-Offset", "0"), ("Upload-Length", "3"), ("Upload-Length", "4")],
+            "Upload-Length",
+        ),
+        ([("Upload-Offset", "0"), ("Tus-Resumable", "1.0.1")], "Tus-Resumable"),
+    ],
+)
+async def test_a_patch_header_repeated_with_another_value_is_400_and_changes_nothing(
+    client: httpx.AsyncClient, services: Services, headers: list[tuple[str, str]], name: str
+) -> None:
+    upload_id = await create(client, None)
+    before = await snapshot(services, upload_id)
+    response = await client.patch(
+        f"/files/{upload_id}",
+        headers=[*TUS.items(), ("Content-Type", OFFSET_CT), *headers],
+        content=b"abc",
+    )
+    assert response.status_code == 400
+    assert reason(response) == f"{name} is sent 2 times with different values"
+    assert await snapshot(services, upload_id) == before
+
+
+async def test_a_header_repeated_three_times_says_so(client: httpx.AsyncClient) -> None:
+    response = await post(
+        client, [("Upload-Length", "5"), ("Upload-Length", "5"), ("Upload-Length", "7")]
+    )
+    assert response.status_code == 400
+    assert reason(response) == "Upload-Length is sent 3 times with different values"
+
+
+async def test_identical_repeats_count_once(client: httpx.AsyncClient, services: Services) -> None:
+    response = await post(
+        client,
+        [
+            ("Tus-Resumable", "1.0.0"),
+            ("Upload-Length", "5"),
+            ("Upload-Length", "5"),
+            ("Upload-Metadata", "a YQ=="),
+            ("Upload-Metadata", "a YQ=="),
+        ],
+    )
+    assert response.status_code == 201, response.text
+    upload_id = response.headers["Location"].rsplit("/", 1)[1]
+    upload = await record(services, upload_id)
+    assert upload.length == 5
+    assert upload.metadata == {"a": b"a"}
+
+    patched = await client.patch(
+        f"/files/{upload_id}",
+        headers=[
+            *TUS.items(),
+            ("Content-Type", OFFSET_CT),
+            ("Content-Type", OFFSET_CT),
+            ("Upload-Offset", "0"),
+            ("Upload-Offset", "0"),
+        ],
+        content=b"hello",
+    )
+    assert patched.status_code == 204, patched.text
+    assert (await record(services, upload_id)).offset == 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -83,6 +84,17 @@ def check_offset_content_type(value: str | None) -> None:
     if media_type != OFFSET_CONTENT_TYPE:
         shown = "missing" if not value else repr(value[:60])
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}, got {shown}")
+
+
+def single_header(name: str, values: Sequence[str]) -> str | None:
+    """The one value of a request header sent once, or repeated with the same value; a header
+    repeated with different values is a 400 naming it (which one counts would be a guess)."""
+    if not values:
+        return None
+    first = values[0]
+    if any(value != first for value in values[1:]):
+        raise BadRequest(f"{name} is sent {len(values)} times with different values")
+    return first
 
 
 def decode_metadata(
