@@ -60,6 +60,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         lock_timeout=settings.lock_timeout,
         max_metadata_bytes=settings.max_metadata_bytes,
         max_metadata_keys=settings.max_metadata_keys,
+        allowed_types=settings.allowed_types,
     )
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from upload_service.tus.content_types import parse_allowed_types
+
 MiB = 1024 * 1024
 
 
@@ -31,6 +33,9 @@ class Settings(BaseSettings):
     # (the metadata is stored and echoed on every HEAD).
     max_metadata_bytes: int = Field(default=4096, gt=0, le=1 * MiB)
     max_metadata_keys: int = Field(default=32, gt=0)
+    # Media types an upload may have: comma-separated, wildcards like video/*; empty: any type.
+    # Checked against the declared type (Upload-Metadata filetype) and the file's first bytes.
+    allowed_types: Annotated[tuple[str, ...], NoDecode] = ()
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
@@ -81,6 +86,15 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_types", mode="before")
+    @classmethod
+    def _parse_allowed_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_allowed_types(value)
+        if isinstance(value, list | tuple):
+            return parse_allowed_types(",".join(str(item) for item in value))
         return value
 
     @field_validator("database_url")
