@@ -83,6 +83,11 @@ def test_defaults(clean_env: Path) -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
     assert settings.files_dir == Path("./data/files")
     assert settings.is_sqlite
+    assert (settings.max_metadata_bytes, settings.max_metadata_keys) == (4096, 32)
+    assert settings.allowed_types == ()
+    config = handler_config(settings)
+    assert (config.max_metadata_bytes, config.max_metadata_keys) == (4096, 32)
+    assert config.allowed_types == ()
 
 
 def test_environment_variables(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,6 +192,11 @@ def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
         ("UPLOAD_LOCK_TIMEOUT", "-1"),
         ("UPLOAD_WORKERS", "0"),
         ("UPLOAD_WORKERS", "many"),
+        ("UPLOAD_MAX_METADATA_BYTES", "0"),
+        ("UPLOAD_MAX_METADATA_BYTES", "big"),
+        ("UPLOAD_MAX_METADATA_KEYS", "0"),
+        ("UPLOAD_ALLOWED_TYPES", "video"),
+        ("UPLOAD_ALLOWED_TYPES", "video/mp4,,video/webm"),
     ],
 )
 def test_an_invalid_value_is_a_config_error_naming_the_variable(

@@ -65,6 +65,9 @@ def handler_config(settings: Settings) -> HandlerConfig:
         progress_seconds=settings.progress_seconds,
         lock_timeout=settings.lock_timeout,
         relative_location=settings.relative_location,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        max_metadata_keys=settings.max_metadata_keys,
+        allowed_types=settings.allowed_types,
     )
 
 

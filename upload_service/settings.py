@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from upload_service.tus.content_types import parse_allowed_types
+
 MiB = 1024 * 1024
 _BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
 _TAKEN_PATHS = ("/api", "/healthz", "/readyz")  # the JSON endpoints' own paths
@@ -31,6 +33,13 @@ class Settings(BaseSettings):
     database_url: str = ""
     max_size: int | None = Field(default=None, gt=0)
     expire_after: int = Field(default=7 * 24 * 3600, gt=0)
+    # Caps on Upload-Metadata at creation: the raw header value's length and its number of keys
+    # (the metadata is stored and echoed on every HEAD).
+    max_metadata_bytes: int = Field(default=4096, gt=0, le=1 * MiB)
+    max_metadata_keys: int = Field(default=32, gt=0)
+    # Media types an upload may have: comma-separated, wildcards like video/*; empty: any type.
+    # Checked against the declared type (Upload-Metadata filetype) and the file's first bytes.
+    allowed_types: Annotated[tuple[str, ...], NoDecode] = ()
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
@@ -123,6 +132,15 @@ class Settings(BaseSettings):
             )
         if any(value == taken or value.startswith(taken + "/") for taken in _TAKEN_PATHS):
             raise ValueError(f"must not be or lie under {', '.join(_TAKEN_PATHS)}")
+        return value
+
+    @field_validator("allowed_types", mode="before")
+    @classmethod
+    def _parse_allowed_types(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_allowed_types(value)
+        if isinstance(value, list | tuple):
+            return parse_allowed_types(",".join(str(item) for item in value))
         return value
 
     @field_validator("database_url")

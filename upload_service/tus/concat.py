@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from upload_service.errors import BadRequest
+from upload_service.errors import BadRequest, UnsupportedMediaType
+from upload_service.storage.base import Store
 from upload_service.uploads import LIVE_STATES, Upload
 
 
@@ -33,3 +34,24 @@ def check_parts(
     if any(length is None for length in lengths):
         return None
     return sum(length or 0 for length in lengths)
+
+
+async def first_bytes(store: Store, parts: Sequence[Upload], size: int) -> bytes:
+    """The first ``size`` bytes of the concatenation of ``parts`` (fewer if it is shorter), read
+    from the parts that hold them, which must be complete (else 415: the type of the file
+    cannot be checked yet)."""
+    chunks: list[bytes] = []
+    wanted = size
+    for part in parts:
+        if wanted <= 0:
+            break
+        if part.length is None or not part.is_complete:
+            raise UnsupportedMediaType(
+                f"partial upload {part.id} holds the file's first bytes and must be complete "
+                "before the final upload is created, so that the file's type can be checked"
+            )
+        take = min(wanted, part.length)
+        if take:
+            chunks.extend([chunk async for chunk in store.read(part.storage, 0, take)])
+        wanted -= take
+    return b"".join(chunks)

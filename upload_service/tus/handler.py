@@ -44,7 +44,8 @@ from upload_service.tus.checksum import (
     RunningDigests,
     parse_checksum,
 )
-from upload_service.tus.concat import check_parts
+from upload_service.tus.concat import check_parts, first_bytes
+from upload_service.tus.content_types import AllowedTypes, ContentRules
 from upload_service.tus.endpoint import NO_ENDPOINT, Endpoint
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
@@ -61,6 +62,7 @@ from upload_service.tus.protocol import (
 from upload_service.tus.receive import LeaseLost as LeaseLost  # re-exported: part of this API
 from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
+from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
@@ -95,6 +97,9 @@ class HandlerConfig:
     progress_seconds: float = 0.5
     lock_timeout: float = 3.0
     relative_location: bool = False  # Location on creation: a path instead of an absolute URL
+    max_metadata_bytes: int = 4096
+    max_metadata_keys: int = 32
+    allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,7 @@ class TusHandler:
         config: HandlerConfig,
         clock: Callable[[], datetime] = utcnow,
         runner: Runner | None = None,
+        sniffer: Sniffer | None = None,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -136,6 +142,7 @@ class TusHandler:
         self._config = config
         self._clock = clock
         self._digests = RunningDigests()
+        self._rules = ContentRules(AllowedTypes(config.allowed_types), sniffer or MagicSniffer())
         self.lifecycle = Lifecycle(
             store=store,
             repository=repository,
@@ -187,9 +194,14 @@ class TusHandler:
         concat = parse_concat(headers.upload_concat)
         if concat is not None and not isinstance(self._store, Concatenator):
             raise BadRequest("concatenation is not supported by this server's storage")
-        metadata = decode_metadata(headers.upload_metadata or "")
+        metadata = decode_metadata(
+            headers.upload_metadata or "",
+            max_bytes=self._config.max_metadata_bytes,
+            max_keys=self._config.max_metadata_keys,
+        )
         if metadata.get("sha256") is not None:
             parse_sha256(metadata["sha256"] or b"")
+        self._rules.check_declared(metadata)
         with_data = _media_type(headers.content_type) == OFFSET_CONTENT_TYPE
         if concat is not None and concat.final:
             return await self._create_final(headers, concat.urls, metadata, with_data, endpoint)
@@ -198,6 +210,10 @@ class TusHandler:
         content_length = _content_length(headers)
         if with_data and content_length is not None:
             self._check_fits(0, length, content_length)
+        if with_data and concat is None and self._rules.restricted:
+            # the file's first bytes are checked before anything is created
+            limit = self._receiver.limit(0, length)
+            body = await self._receiver.checked_head(body, self._rules, limit)
 
         now = self._clock()
         upload_id = uuid.uuid4().hex
@@ -253,9 +269,15 @@ class TusHandler:
         if with_data:
             raise BadRequest("a final upload cannot carry data")
         part_ids = tuple(endpoint.upload_id(url) for url in urls)
-        length = check_parts(part_ids, await self._repo.get_many(part_ids), self._clock())
+        parts = await self._repo.get_many(part_ids)
+        length = check_parts(part_ids, parts, self._clock())
         if length is not None:
             self._check_max_size(length)
+        if self._rules.restricted:  # the final's first bytes are its first parts'
+            head = await first_bytes(
+                self._store, [parts[part_id] for part_id in part_ids], self._rules.head_size
+            )
+            await self._rules.check_head(head, short=False)
         now = self._clock()
         final = Upload(
             id=uuid.uuid4().hex,
@@ -372,13 +394,23 @@ class TusHandler:
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
             if upload.state is UploadState.RECEIVING:
-                upload = await self._receiver.receive(upload, body, lease, checksum)
+                upload = await self._receiver.receive(
+                    upload, body, lease, checksum, rules=self._first_bytes_rules(upload)
+                )
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")
         if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
             # this request completed it: the bytes are read back now that the lock is let go
             await self.lifecycle.verify_soon(upload_id)
         return TusResponse(204, self._offset_headers(upload), upload_id=upload_id)
+
+    def _first_bytes_rules(self, upload: Upload) -> ContentRules | None:
+        """The rules that check this request's first bytes: only with allowed types configured,
+        at offset 0 (the file's start), and not for a partial upload, whose bytes may lie in the
+        middle of the file (a final upload checks its first part's first bytes instead)."""
+        if not self._rules.restricted or upload.offset != 0 or upload.is_partial:
+            return None
+        return self._rules
 
     def _check_declared_length(self, upload: Upload, length: int) -> None:
         if upload.length is not None:

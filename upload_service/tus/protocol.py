@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -85,12 +86,35 @@ def check_offset_content_type(value: str | None) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {OFFSET_CONTENT_TYPE}, got {shown}")
 
 
-def decode_metadata(header: str) -> Metadata:
-    """Decode ``Upload-Metadata`` strictly: unique keys, no spaces or commas, valid base64 values."""
+def single_header(name: str, values: Sequence[str]) -> str | None:
+    """The one value of a request header sent once, or repeated with the same value; a header
+    repeated with different values is a 400 naming it (which one counts would be a guess)."""
+    if not values:
+        return None
+    first = values[0]
+    if any(value != first for value in values[1:]):
+        raise BadRequest(f"{name} is sent {len(values)} times with different values")
+    return first
+
+
+def decode_metadata(
+    header: str, *, max_bytes: int | None = None, max_keys: int | None = None
+) -> Metadata:
+    """Decode ``Upload-Metadata`` strictly: unique keys, no spaces or commas, valid base64 values;
+    at most ``max_bytes`` of raw header value (checked before any decoding) and ``max_keys`` keys.
+    """
     result: Metadata = {}
+    # Header values arrive as latin-1 text: one character per byte on the wire.
+    if max_bytes is not None and len(header) > max_bytes:
+        raise BadRequest(
+            f"Upload-Metadata is {len(header)} bytes, more than the {max_bytes} allowed"
+        )
     if not header.strip():
         return result
-    for raw_pair in header.split(","):
+    pairs = header.split(",")
+    if max_keys is not None and len(pairs) > max_keys:
+        raise BadRequest(f"Upload-Metadata has {len(pairs)} keys, more than the {max_keys} allowed")
+    for raw_pair in pairs:
         pair = raw_pair.strip()
         parts = pair.split(" ")
         if not pair or len(parts) > 2:

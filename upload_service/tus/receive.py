@@ -42,6 +42,8 @@ from upload_service.storage.base import (
     TailDiscarder,
 )
 from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDigests
+from upload_service.tus.content_types import ContentRules
+from upload_service.tus.sniff import HeadReader
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
@@ -116,6 +118,8 @@ class Receiver:
         body: AsyncIterator[bytes],
         lease: Lease,
         checksum: Checksum | None = None,
+        *,
+        rules: ContentRules | None = None,
     ) -> Upload:
         """Stream the body into the store, checkpointing durably; return the committed upload.
 
@@ -124,7 +128,13 @@ class Receiver:
         is committed before the digest matches, and a mismatch (460), a disconnect or any error
         cuts the stored bytes back to where the request started. Raises ``TooLarge`` when the
         body runs past the upload's length and ``StorageError`` when the store fails.
+
+        With ``rules`` (the request that carries offset 0), the file's first bytes are read and
+        their type checked before the store is touched: ``UnsupportedMediaType`` stores nothing.
         """
+        if rules is not None:
+            limit = self.limit(upload.offset, upload.length)
+            body = await self.checked_head(body, rules, limit, lease)
         start = upload.offset
         reader = LimitedBody(body, self.limit(start, upload.length))
         request_digest = None if checksum is None else checksum.hasher()
@@ -177,6 +187,26 @@ class Receiver:
         if overflow is not None:
             raise overflow
         return upload
+
+    async def checked_head(
+        self,
+        body: AsyncIterator[bytes],
+        rules: ContentRules,
+        limit: int | None,
+        lease: Lease | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Read a file's first bytes (as many as the sniffer looks at, or what the request
+        carries if it ends or breaks before) and check their type (``UnsupportedMediaType``);
+        return the body, those bytes included. A short first request is judged on what it
+        carried: no byte is stored unchecked. ``limit``: the bytes the upload has left."""
+        size = rules.head_size if limit is None else min(rules.head_size, limit)
+        reader = HeadReader(body, size)
+        with anyio.CancelScope() as reading:
+            if lease is not None:
+                lease.on_release_request(reading.cancel)
+            await reader.read()
+        await rules.check_head(reader.head[:size], short=reader.received < size)
+        return reader.rest()
 
     async def _commit_checked(
         self,

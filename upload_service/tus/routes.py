@@ -17,6 +17,7 @@ from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
+from upload_service.tus.protocol import single_header
 
 router = APIRouter()
 
@@ -30,17 +31,21 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def tus_headers(request: Request) -> TusHeaders:
-    get = request.headers.get
+    """The request's tus headers, each sent once or repeated identically (else 400)."""
+
+    def get(name: str) -> str | None:
+        return single_header(name, request.headers.getlist(name))
+
     return TusHeaders(
-        tus_resumable=get("tus-resumable"),
-        content_type=get("content-type"),
-        content_length=get("content-length"),
-        upload_length=get("upload-length"),
-        upload_defer_length=get("upload-defer-length"),
-        upload_offset=get("upload-offset"),
-        upload_metadata=get("upload-metadata"),
-        upload_checksum=get("upload-checksum"),
-        upload_concat=get("upload-concat"),
+        tus_resumable=get("Tus-Resumable"),
+        content_type=get("Content-Type"),
+        content_length=get("Content-Length"),
+        upload_length=get("Upload-Length"),
+        upload_defer_length=get("Upload-Defer-Length"),
+        upload_offset=get("Upload-Offset"),
+        upload_metadata=get("Upload-Metadata"),
+        upload_checksum=get("Upload-Checksum"),
+        upload_concat=get("Upload-Concat"),
     )
 
 
