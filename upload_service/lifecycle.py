@@ -24,6 +24,7 @@ from functools import partial
 import anyio.to_thread
 
 from upload_service.errors import BadRequest, Conflict, Locked
+from upload_service.events import NO_EVENTS, Events
 from upload_service.locking.base import Locker
 from upload_service.repository import UploadRepository
 from upload_service.storage.base import (
@@ -86,6 +87,7 @@ class Lifecycle:
         clock: Callable[[], datetime],
         max_size: int | None = None,
         tombstone_seconds: float = 7 * 24 * 3600,
+        events: Events = NO_EVENTS,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -94,6 +96,7 @@ class Lifecycle:
         self._clock = clock
         self._max_size = max_size
         self._tombstone = timedelta(seconds=tombstone_seconds)
+        self._events = events
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
         """The upload's last byte is durable (state ``verifying``); the caller holds its lock.
@@ -136,6 +139,10 @@ class Lifecycle:
                 result = await self._repo.mark_ready(upload.id, digest.hex(), now)
         except Conflict:
             return upload  # someone else finished (or ended) it meanwhile
+        if result.state is UploadState.READY:
+            self._events.finished()
+        elif result.state is UploadState.FAILED:
+            self._events.failed()
         if result.final_id is not None:
             await self._runner.spawn(partial(self.assemble, result.final_id), "assemble final")
         return result
@@ -182,6 +189,7 @@ class Lifecycle:
 
     async def _fail(self, upload_id: str, reason: str) -> None:
         await self._repo.fail(upload_id, reason, self._clock(), only_from=(UploadState.RECEIVING,))
+        self._events.failed()
 
     async def resume(self) -> None:
         """Start-up: finish what a stopped process left half done."""
@@ -220,6 +228,7 @@ class Lifecycle:
                 continue
             if current.final_id is not None:
                 await self.assemble(current.final_id)  # fails the final: a part expired
+        self._events.expired(count)
         purged = await self._purge(self._clock() - self._tombstone)
         swept = await self._sweep_orphans(self._clock() - ORPHAN_GRACE)
         if count or purged or swept:

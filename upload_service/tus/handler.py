@@ -29,6 +29,7 @@ from upload_service.errors import (
     ServiceError,
     TooLarge,
 )
+from upload_service.events import NO_EVENTS, Events
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Lease, Locker
 from upload_service.storage.base import (
@@ -135,12 +136,14 @@ class TusHandler:
         clock: Callable[[], datetime] = utcnow,
         runner: Runner | None = None,
         sniffer: Sniffer | None = None,
+        events: Events = NO_EVENTS,
     ) -> None:
         self._store = store
         self._repo = repository
         self._locker = locker
         self._config = config
         self._clock = clock
+        self._events = events
         self._digests = RunningDigests()
         self._rules = ContentRules(AllowedTypes(config.allowed_types), sniffer or MagicSniffer())
         self.lifecycle = Lifecycle(
@@ -151,6 +154,7 @@ class TusHandler:
             clock=clock,
             max_size=config.max_size,
             tombstone_seconds=config.expire_after,
+            events=events,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._receiver = Receiver(
@@ -203,6 +207,8 @@ class TusHandler:
             parse_sha256(metadata["sha256"] or b"")
         self._rules.check_declared(metadata)
         with_data = _media_type(headers.content_type) == OFFSET_CONTENT_TYPE
+        if with_data:
+            body = self._counted(body)
         if concat is not None and concat.final:
             return await self._create_final(headers, concat.urls, metadata, with_data, endpoint)
         length = self._creation_length(headers)
@@ -235,13 +241,15 @@ class TusHandler:
         key = await self._store.create(upload_id, upload.length)
         upload = replace(upload, storage_ref=key.ref)
         await self._repo.add(upload)
+        self._events.created()
         if complete:
             upload = await self.lifecycle.completed(upload, hashlib.sha256().digest())
         elif with_data:
             async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
                 upload = await self._loader.hold(upload, lease)
                 try:
-                    upload = await self._receiver.receive(upload, body, lease, checksum)
+                    with self._events.receiving():
+                        upload = await self._receiver.receive(upload, body, lease, checksum)
                 except (TooLarge, ChecksumMismatch):
                     # The client never learns this upload's URL from an error: leave nothing.
                     await self._repo.terminate(upload_id, self._clock())
@@ -299,6 +307,7 @@ class TusHandler:
         except Conflict as exc:
             await self._store.delete(key)
             raise BadRequest(exc.message) from exc
+        self._events.created()
         await self.lifecycle.assemble_soon(final.id)
         created = {"Tus-Resumable": TUS_VERSION, "Location": self._location(endpoint, final.id)}
         return TusResponse(201, created, upload_id=final.id)
@@ -374,6 +383,7 @@ class TusHandler:
         content_length = _content_length(headers)
         checksum = _checksum(headers)
         check_upload_id(upload_id)
+        body = self._counted(body)
 
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
             upload = await self._loader.load_held(upload_id, lease)
@@ -394,9 +404,10 @@ class TusHandler:
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
             if upload.state is UploadState.RECEIVING:
-                upload = await self._receiver.receive(
-                    upload, body, lease, checksum, rules=self._first_bytes_rules(upload)
-                )
+                with self._events.receiving():
+                    upload = await self._receiver.receive(
+                        upload, body, lease, checksum, rules=self._first_bytes_rules(upload)
+                    )
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")
         if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
@@ -463,6 +474,7 @@ class TusHandler:
             if upload.is_final and upload.state is UploadState.RECEIVING:
                 await self._repo.release_parts(upload_id)  # they may join another final
             await self._store.delete(upload.storage)
+        self._events.terminated()
         return TusResponse(204, {"Tus-Resumable": TUS_VERSION})
 
     # -- download -------------------------------------------------------------------------------
@@ -499,11 +511,31 @@ class TusHandler:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def _counted(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        return _CountedBody(body, self._events)
+
     def _offset_headers(self, upload: Upload) -> dict[str, str]:
         headers = {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(upload.offset)}
         if upload.expires_at is not None and upload.state is UploadState.RECEIVING:
             headers["Upload-Expires"] = http_date(upload.expires_at)
         return headers
+
+
+class _CountedBody:
+    """Reports every chunk of a request body as it is read (not an async generator: one left
+    unfinished when a request ends early would be finalised later, outside the request)."""
+
+    def __init__(self, body: AsyncIterator[bytes], events: Events) -> None:
+        self._body = body
+        self._events = events
+
+    def __aiter__(self) -> _CountedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._body.__anext__()
+        self._events.received(len(chunk))
+        return chunk
 
 
 def _checksum(headers: TusHeaders) -> Checksum | None:
