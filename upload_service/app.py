@@ -23,10 +23,14 @@ from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import ServiceError
+from upload_service.events import NO_EVENTS, Events
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Locker
 from upload_service.locking.file import FileLocker
+from upload_service.locking.metered import MeteredLocker
 from upload_service.locking.postgres import PostgresLocker
+from upload_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from upload_service.metrics import PrometheusMetrics, RequestMetrics, measure_loop_lag
 from upload_service.middleware import (
     MethodOverrideMiddleware,
     TusResumableMiddleware,
@@ -109,7 +113,7 @@ async def build_store(settings: Settings) -> Store:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, runner: Runner | None = None
+    settings: Settings, runner: Runner | None = None, events: Events = NO_EVENTS
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
     await anyio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -118,13 +122,16 @@ async def open_services(
         await check_schema(engine)
         repository = SqlUploadRepository(create_sessionmaker(engine))
         store = await build_store(settings)
-        locker = build_locker(settings)
+        locker: Locker = build_locker(settings)
+        if events is not NO_EVENTS:
+            locker = MeteredLocker(locker, events)
         handler = TusHandler(
             store=store,
             repository=repository,
             locker=locker,
             config=handler_config(settings),
             runner=runner,
+            events=events,
         )
         try:
             yield Services(
@@ -153,13 +160,15 @@ async def expire_periodically(lifecycle: Lifecycle, interval: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     resolved = settings if settings is not None else load_settings()
+    metrics = _build_metrics(resolved)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _honour_asyncio_debug()
         runner = TaskRunner()
         # Background work stops (runner) before what it uses closes (services).
-        async with open_services(resolved, runner) as services, runner.running():
+        events: Events = NO_EVENTS if metrics is None else metrics
+        async with open_services(resolved, runner, events) as services, runner.running():
             reconciled = await services.handler.reconcile_all()
             logger.info("reconciled %d unfinished uploads with storage", reconciled)
             if asyncio.get_running_loop().get_debug():
@@ -168,9 +177,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runner.start_service(
                 partial(expire_periodically, lifecycle, resolved.cleanup_interval), "clean-up"
             )
+            if metrics is not None:
+                runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
             app.state.services = services
             app.state.runner = runner
-            yield
+            try:
+                yield
+            finally:
+                if metrics is not None:
+                    metrics.close()
 
     app = FastAPI(
         title="upload_service",
@@ -185,6 +200,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
+    if metrics is not None:
+        app.add_route(
+            "/metrics", MetricsEndpoint(metrics).get, methods=["GET"], include_in_schema=False
+        )
+        # Innermost: MethodOverrideMiddleware copies the scope, and the router's route is read here.
+        app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(TusResumableMiddleware, base_path=resolved.base_path)
     app.add_middleware(MethodOverrideMiddleware)
     if resolved.cors_origins:
@@ -199,6 +220,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost: every layer inside sees the scheme, host, prefix and client the proxy reported.
     app.add_middleware(ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.trusted_proxies))
     return app
+
+
+def _build_metrics(settings: Settings) -> PrometheusMetrics | None:
+    if not settings.metrics:
+        return None
+    return PrometheusMetrics()
+
+
+class MetricsEndpoint:
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    async def get(self, request: Request) -> Response:
+        # Multi-process mode reads one file per worker and metric: not on the loop.
+        body = await anyio.to_thread.run_sync(self.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 def _honour_asyncio_debug() -> None:

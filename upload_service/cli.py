@@ -64,6 +64,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers > 1 and settings.metrics:
+        _prepare_multiprocess_metrics(settings)
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,
@@ -73,13 +76,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http="httptools",
         lifespan="on",
         log_level=args.log_level,
-        workers=args.workers if args.workers is not None else settings.workers,
+        workers=workers,
         # Off: the app's ProxyHeadersMiddleware believes proxies (UPLOAD_TRUSTED_PROXIES) and
         # also reads Forwarded and X-Forwarded-Host/-Port/-Prefix, which uvicorn's ignores.
         proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _prepare_multiprocess_metrics(settings: Settings) -> None:
+    """Workers write their metrics to files in a directory of this run's, added up at /metrics.
+    The variable is set before any worker imports prometheus_client (they inherit it); values a
+    previous run left are wiped, or its counters would be counted again."""
+    import os
+    import shutil
+
+    from upload_service.metrics import MULTIPROC_ENV
+
+    directory = settings.data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory.resolve())
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from upload_service.tus.content_types import parse_allowed_types
 
 MiB = 1024 * 1024
 _BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
-_TAKEN_PATHS = ("/api", "/healthz", "/readyz")  # the JSON endpoints' own paths
+_TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics")  # the other endpoints' own paths
 
 
 class Settings(BaseSettings):
@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     relative_location: bool = False
     # Where the tus endpoint is mounted (under any prefix a proxy announces).
     base_path: str = "/files"
+    # Prometheus metrics at GET /metrics (added up across workers with --workers N).
+    metrics: bool = True
 
     @field_validator("cors_origins", mode="before")
     @classmethod
