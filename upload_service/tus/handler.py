@@ -486,6 +486,12 @@ class TusHandler:
     def read(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
         return self._store.read(upload.storage, start, end)
 
+    def drain(self) -> int:
+        """Shutdown: ask every running PATCH (and creation with data), and every later one, to
+        let go as a preempting request would: each makes its bytes durable, commits and answers
+        with its offset. Returns how many were running."""
+        return self._receiver.drain()
+
     # -- reconciliation -------------------------------------------------------------------------
 
     async def reconcile(self, upload: Upload, lease: Lease) -> Upload:
