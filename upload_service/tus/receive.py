@@ -112,6 +112,10 @@ class Receiver:
         self._running: set[Lease] = set()
         self._draining = False
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
     def drain(self) -> int:
         """Ask every running receive, and every later one, to let go of its upload as a
         preempting request would: each commits what is durable and answers. Returns how many
