@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from tests.conftest import Databases
@@ -822,3 +823,54 @@ async def test_deferred_length_is_declared_once(world: World) -> None:
     assert offset_of(done) == 5
     upload = await committed(world.repository, upload_id)
     assert (upload.length, upload.state) == (5, UploadState.READY)
+
+
+async def test_drain_makes_every_running_patch_commit_and_answer(world: World) -> None:
+    uploads = [payload(10 * CHUNK), payload(8 * CHUNK)]
+    ids = [await create(world.handler, len(data)) for data in uploads]
+    answered: dict[str, TusResponse] = {}
+    stalled = [anyio.Event() for _ in ids]
+
+    def stalling(data: bytes, sent: int, event: anyio.Event) -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes]:
+            for piece in pieces(data[:sent]):
+                yield piece
+            event.set()
+            await anyio.sleep_forever()  # a slow client, mid-body
+            yield b"never"
+
+        return body()
+
+    async def run(upload_id: str, body: AsyncIterator[bytes]) -> None:
+        answered[upload_id] = await world.handler.patch(upload_id, at(0), body)
+
+    sent = [3 * CHUNK + 7, 5 * CHUNK]
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as group:
+            for upload_id, data, count, event in zip(ids, uploads, sent, stalled, strict=True):
+                group.start_soon(run, upload_id, stalling(data, count, event))
+            for event in stalled:
+                await event.wait()
+            assert world.handler.drain() == 2
+    for upload_id, data, count in zip(ids, uploads, sent, strict=True):
+        assert answered[upload_id].status == 204
+        assert offset_of(answered[upload_id]) == count
+        assert (await committed(world.repository, upload_id)).offset == count
+        assert bytes(world.store.durable[upload_id]) == data[:count]
+
+
+async def test_a_patch_after_drain_lets_go_at_once(world: World) -> None:
+    data = payload(4 * CHUNK)
+    upload_id = await create(world.handler, len(data))
+    assert world.handler.drain() == 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield data[:CHUNK]
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(GUARD):
+        response = await world.handler.patch(upload_id, at(0), endless())
+    assert response.status == 204
+    assert offset_of(response) <= CHUNK  # at most the chunk in hand before the first await
+    assert (await committed(world.repository, upload_id)).offset == offset_of(response)

@@ -192,6 +192,8 @@ def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
         ("UPLOAD_LOCK_TIMEOUT", "-1"),
         ("UPLOAD_WORKERS", "0"),
         ("UPLOAD_WORKERS", "many"),
+        ("UPLOAD_SHUTDOWN_GRACE", "0"),
+        ("UPLOAD_SHUTDOWN_GRACE", "soon"),
         ("UPLOAD_MAX_METADATA_BYTES", "0"),
         ("UPLOAD_MAX_METADATA_BYTES", "big"),
         ("UPLOAD_MAX_METADATA_KEYS", "0"),

@@ -1,4 +1,7 @@
-"""Shutdown while background work is inside the database.
+"""Shutdown: the drain hook the app hands the server, and background work inside the database.
+
+The drain hook (lifespan state ``DRAIN``) is what ``serving.DrainingHttpToolsProtocol`` calls as
+uvicorn's shutdown begins; the end-to-end test ``tests/e2e/test_shutdown.py`` sends the signal.
 
 The clean-up task runs every millisecond here, so the lifespan's exit cancels it in the middle of a
 statement more often than not. A cancellation must never reach SQLAlchemy mid-statement: it then
@@ -18,6 +21,8 @@ import pytest
 from tests.conftest import make_settings
 from tests.integrity_helpers import running, status
 from tests.tus_http_helpers import create
+from upload_service.app import DRAIN, create_app
+from upload_service.services import Services
 
 pytestmark = pytest.mark.anyio
 
@@ -45,3 +50,17 @@ async def test_shutdown_mid_statement_leaves_nothing_pending(
         for _ in range(3):
             await anyio.lowlevel.checkpoint()  # anything about to finish, finishes
         assert pending_tasks(before) == []
+
+
+async def test_the_lifespan_hands_the_server_a_drain_hook(
+    data_dir: Path, database_url: str
+) -> None:
+    application = create_app(make_settings(data_dir, database_url))
+    async with application.router.lifespan_context(application) as state:
+        assert state is not None
+        services: Services = application.state.services
+        assert not services.handler.draining
+        drain = state[DRAIN]
+        drain()
+        drain()  # every connection's shutdown calls it: harmless again
+        assert services.handler.draining

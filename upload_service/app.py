@@ -52,6 +52,8 @@ from upload_service.tus.routes import tus_allowed_methods
 
 logger = logging.getLogger("upload_service")
 
+DRAIN = "upload_service.drain"  # lifespan state: called with no arguments as shutdown begins
+
 
 def max_upload_size(settings: Settings) -> int | None:
     """``UPLOAD_MAX_SIZE``; on S3 at most its largest object (5 TiB), also when unset."""
@@ -158,12 +160,18 @@ async def expire_periodically(lifecycle: Lifecycle, interval: float) -> None:
             logger.error("clean-up failed: %s", exc.message)
 
 
+def drain_uploads(handler: TusHandler) -> None:
+    """Shutdown: every running PATCH commits what it received and answers (``TusHandler.drain``)."""
+    if not handler.draining:
+        logger.info("shutting down: %d running uploads asked to commit and answer", handler.drain())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     resolved = settings if settings is not None else load_settings()
     metrics = _build_metrics(resolved)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         _honour_asyncio_debug()
         runner = TaskRunner()
         # Background work stops (runner) before what it uses closes (services).
@@ -182,7 +190,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = services
             app.state.runner = runner
             try:
-                yield
+                # The server calls this as its shutdown begins (``serving``): before it waits for
+                # requests, not after, as the lifespan's own exit would.
+                yield {DRAIN: partial(drain_uploads, services.handler)}
             finally:
                 if metrics is not None:
                     metrics.close()

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from upload_service.settings import ConfigError, Settings, load_settings
 
@@ -59,7 +60,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _exit_cleanly(_signal: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     settings = _settings()
@@ -67,20 +74,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else settings.workers
     if workers > 1 and settings.metrics:
         _prepare_multiprocess_metrics(settings)
+    # uvicorn raises the signal it shut down for again when it is done (the default action kills
+    # the process): a drained, finished shutdown exits 0.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_cleanly)
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, draining running uploads as shutdown begins; imported where the app is.
+        http="upload_service.serving:DrainingHttpToolsProtocol",
         lifespan="on",
         log_level=args.log_level,
         workers=workers,
         # Off: the app's ProxyHeadersMiddleware believes proxies (UPLOAD_TRUSTED_PROXIES) and
         # also reads Forwarded and X-Forwarded-Host/-Port/-Prefix, which uvicorn's ignores.
         proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_grace,
     )
     return 0
 

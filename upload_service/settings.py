@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     lock_timeout: float = Field(default=3.0, ge=0)
     # How often the background clean-up expires unfinished uploads past their expiry (seconds).
     cleanup_interval: float = Field(default=600.0, gt=0)
+    # SIGTERM/SIGINT: running PATCHes are asked to commit and answer at once; requests still
+    # running after this many seconds are cancelled (their durable bytes survive), then it exits.
+    shutdown_grace: int = Field(default=10, ge=1, le=3600)
     # Worker processes for ``serve`` (one event loop each; uploads are locked across them).
     workers: int = Field(default=1, ge=1, le=64)
     # Who locks uploads: file (flock, processes of one host), postgres (advisory locks, every

@@ -498,6 +498,16 @@ class TusHandler:
     def read(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
         return self._store.read(upload.storage, start, end)
 
+    @property
+    def draining(self) -> bool:
+        return self._receiver.draining
+
+    def drain(self) -> int:
+        """Shutdown: ask every running PATCH (and creation with data), and every later one, to
+        let go as a preempting request would: each makes its bytes durable, commits and answers
+        with its offset. Returns how many were running."""
+        return self._receiver.drain()
+
     # -- reconciliation -------------------------------------------------------------------------
 
     async def reconcile(self, upload: Upload, lease: Lease) -> Upload:

@@ -18,13 +18,18 @@ Across replicas (a locker that hands out fencing tokens): the holder claims the 
 its token before reading it, every commit is refused once a newer holder has claimed the row, and
 once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
 request answers 409 and the client resumes from the committed offset, on whichever replica.
+
+Shutdown (``Receiver.drain``): every running receive is asked to let go through the release path a
+preempting request uses, so it makes what it received durable, commits and answers; a receive that
+starts after the drain lets go at once.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -104,6 +109,32 @@ class Receiver:
         self._clock = clock
         self._digests = digests
         self._lifecycle = lifecycle
+        self._running: set[Lease] = set()
+        self._draining = False
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> int:
+        """Ask every running receive, and every later one, to let go of its upload as a
+        preempting request would: each commits what is durable and answers. Returns how many
+        were running. Safe to call more than once."""
+        self._draining = True
+        running = list(self._running)
+        for lease in running:
+            lease.request_release()
+        return len(running)
+
+    @contextmanager
+    def _registered(self, lease: Lease) -> Iterator[None]:
+        self._running.add(lease)
+        try:
+            if self._draining:
+                lease.request_release()
+            yield
+        finally:
+            self._running.discard(lease)
 
     def limit(self, offset: int, length: int | None) -> int | None:
         if length is not None:
@@ -132,6 +163,17 @@ class Receiver:
         With ``rules`` (the request that carries offset 0), the file's first bytes are read and
         their type checked before the store is touched: ``UnsupportedMediaType`` stores nothing.
         """
+        with self._registered(lease):
+            return await self._receive(upload, body, lease, checksum, rules)
+
+    async def _receive(
+        self,
+        upload: Upload,
+        body: AsyncIterator[bytes],
+        lease: Lease,
+        checksum: Checksum | None,
+        rules: ContentRules | None,
+    ) -> Upload:
         if rules is not None:
             limit = self.limit(upload.offset, upload.length)
             body = await self.checked_head(body, rules, limit, lease)
