@@ -6,6 +6,7 @@ which each test copies (a fresh file per test, migrations exercised, no per-test
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +38,16 @@ TUS = {"Tus-Resumable": "1.0.0"}
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No inherited ``UPLOAD_*`` variables and a working directory without a ``.env``."""
+    for name in list(os.environ):
+        if name.upper().startswith("UPLOAD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

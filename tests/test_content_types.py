@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,16 +15,6 @@ from upload_service.tus.content_types import AllowedTypes, ContentRules, parse_a
 from upload_service.tus.sniff import HeadReader, MagicSniffer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No inherited ``UPLOAD_*`` variables and a working directory without a ``.env``."""
-    for name in list(os.environ):
-        if name.upper().startswith("UPLOAD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize(

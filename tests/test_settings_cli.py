@@ -37,16 +37,6 @@ WEEK = 7 * 24 * 3600
 SUBPROCESS_GUARD = 120  # seconds; a hang is a failure, not a measurement
 
 
-@pytest.fixture
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No inherited ``UPLOAD_*`` variables and a working directory without a ``.env``."""
-    for name in list(os.environ):
-        if name.upper().startswith("UPLOAD_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _child_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("UPLOAD_")}
     env.update(values)

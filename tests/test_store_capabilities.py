@@ -43,7 +43,7 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
-from upload_service.tus.handler import TusHandler
+from upload_service.tus.handler import HandlerConfig, TusHandler
 from upload_service.uploads import UploadState
 
 PART = 4  # the "part size" of the prefix-durable store below
@@ -133,12 +133,14 @@ class PartStore(CoreStore):
         self.finished.append((key.upload_id, length))
 
 
-def handler_over(store: CoreStore | MemoryStore, databases: Databases) -> TusHandler:
+def handler_over(
+    store: CoreStore | MemoryStore, databases: Databases, config: HandlerConfig = CONFIG
+) -> TusHandler:
     return TusHandler(
         store=store,
         repository=databases.repository(),
         locker=MemoryLocker(),
-        config=CONFIG,
+        config=config,
         clock=Clock(),
     )
 
@@ -276,13 +278,7 @@ async def test_checkpoints_mid_request_use_the_cheap_checkpoint_and_the_end_a_fu
     databases: Databases,
 ) -> None:
     store = CheckpointStore()
-    handler = TusHandler(
-        store=store,
-        repository=databases.repository(),
-        locker=MemoryLocker(),
-        config=replace(CONFIG, checkpoint_bytes=3),
-        clock=Clock(),
-    )
+    handler = handler_over(store, databases, replace(CONFIG, checkpoint_bytes=3))
     upload_id = await create(handler, 20)
     store.calls.clear()
     done = await handler.patch(upload_id, at(0), chunks(b"0123456789", size=3))
@@ -299,13 +295,7 @@ async def test_a_checkpoint_behind_the_bytes_does_not_checkpoint_on_every_chunk(
     """A checkpoint that commits less than was written (the part is still being built) must not
     make every following chunk a checkpoint: the cadence counts bytes since the last one."""
     store = CheckpointStore()
-    handler = TusHandler(
-        store=store,
-        repository=databases.repository(),
-        locker=MemoryLocker(),
-        config=replace(CONFIG, checkpoint_bytes=2),
-        clock=Clock(),
-    )
+    handler = handler_over(store, databases, replace(CONFIG, checkpoint_bytes=2))
     upload_id = await create(handler, 20)
     store.calls.clear()
     await handler.patch(upload_id, at(0), chunks(b"012345", size=1))

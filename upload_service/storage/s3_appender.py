@@ -247,6 +247,9 @@ class S3Appender:
     def _mark_confirmed(self) -> None:
         """``checkpoint``: an empty tail after the confirmed parts, when they grew."""
         self._raise_failed_parts()
+        self._mark_run()
+
+    def _mark_run(self) -> None:
         if self._confirmed * self._part_size > self._synced:
             self._put_tail(self._confirmed + 1, io.BytesIO(b""), 0)
 
@@ -263,8 +266,7 @@ class S3Appender:
         """After a failure: let the parts in flight end, and count the confirmed run."""
         with contextlib.suppress(StorageError):
             self._wait_for_parts(all_of_them=True)
-        if self._confirmed * self._part_size > self._synced:
-            self._put_tail(self._confirmed + 1, io.BytesIO(b""), 0)
+        self._mark_run()
 
     def _close(self) -> None:
         for future in self._in_flight.values():
