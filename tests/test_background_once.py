@@ -28,6 +28,7 @@ from upload_service.storage.base import Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tasks import TaskRunner
 from upload_service.tus.handler import TusHandler
+from upload_service.tus.request import TusRequest
 from upload_service.uploads import UploadState
 
 GUARD = 20.0
@@ -114,10 +115,10 @@ async def test_clean_up_is_skipped_while_another_replica_runs_it(
     )
     async with first.locker.lock(CLEANUP_LOCK, wait=GUARD, preempt=False):
         assert await second.handler.lifecycle.expire() == 0  # skipped: nothing touched
-        upload = await second.handler.get(upload_id)
+        upload = await second.handler.get(TusRequest(upload_id))
         assert upload.state is UploadState.RECEIVING
     assert await second.handler.lifecycle.expire() == 1
-    assert (await second.handler.get(upload_id)).state is UploadState.EXPIRED
+    assert (await second.handler.get(TusRequest(upload_id))).state is UploadState.EXPIRED
 
 
 async def test_start_up_reconciliation_is_skipped_while_another_replica_runs_it(
@@ -125,8 +126,8 @@ async def test_start_up_reconciliation_is_skipped_while_another_replica_runs_it(
 ) -> None:
     store, (first, second) = replicas
     upload_id = await create(first.handler, 100)
-    await first.handler.patch(upload_id, at(0), chunks(b"0123456789"))
-    key = (await first.handler.get(upload_id)).storage
+    await first.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789"))
+    key = (await first.handler.get(TusRequest(upload_id))).storage
     appender = await store.append(key, 10)
     await appender.write(b"never committed")
     await appender.sync()
@@ -142,9 +143,9 @@ async def test_a_verification_both_replicas_resume_hashes_the_file_once(
 ) -> None:
     store, (first, second) = replicas
     upload_id = await create(first.handler, 6)
-    await first.handler.patch(upload_id, at(0), chunks(b"abc"))
+    await first.handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     first.handler._digests.drop(upload_id)  # the running digest is lost: the file is read back
-    await first.handler.patch(upload_id, at(3), chunks(b"def"))
+    await first.handler.patch(TusRequest(upload_id, at(3)), chunks(b"def"))
     with anyio.fail_after(GUARD):
         await store.started.wait()
     with anyio.fail_after(GUARD):
@@ -157,7 +158,7 @@ async def test_a_verification_both_replicas_resume_hashes_the_file_once(
             store.release.set()
         await first.runner.wait_idle()
         await second.runner.wait_idle()
-    upload = await first.handler.get(upload_id)
+    upload = await first.handler.get(TusRequest(upload_id))
     assert (upload.state, upload.sha256) == (
         UploadState.READY,
         hashlib.sha256(b"abcdef").hexdigest(),

@@ -18,6 +18,7 @@ from tests.test_handler import CONFIG, Clock, KiB, MiB, at, chunks, committed, c
 from upload_service.locking.postgres import PostgresLocker
 from upload_service.storage.local import LocalStore
 from upload_service.tus.handler import LeaseLost, TusHandler
+from upload_service.tus.request import TusRequest
 from upload_service.uploads import UploadState
 
 GUARD = 20.0
@@ -59,7 +60,7 @@ async def test_a_holder_that_lost_its_lock_stops_and_the_upload_goes_on_elsewher
 
         async def first_patch() -> None:
             try:
-                await first.patch(upload_id, at(0), first_body())
+                await first.patch(TusRequest(upload_id, at(0)), first_body())
             except LeaseLost as exc:
                 outcome.append(exc)
 
@@ -81,7 +82,7 @@ async def test_a_holder_that_lost_its_lock_stops_and_the_upload_goes_on_elsewher
         assert upload.offset == MiB  # the checkpoint before the loss, nothing after
         assert upload.state is UploadState.RECEIVING
         resumed = await second.patch(
-            upload_id, at(upload.offset), chunks(data[upload.offset :], 64 * KiB)
+            TusRequest(upload_id, at(upload.offset)), chunks(data[upload.offset :], 64 * KiB)
         )
         assert offset_of(resumed) == LENGTH
         done = await committed(databases.repository(), upload_id)

@@ -34,6 +34,7 @@ from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.handler import HandlerConfig, TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, http_date
+from upload_service.tus.request import TusRequest
 from upload_service.uploads import Upload, UploadState
 
 KiB = 1024
@@ -127,7 +128,7 @@ def pieces(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
 
 async def create(handler: TusHandler, length: int | None) -> str:
     values = {"upload_length": str(length)} if length is not None else {"upload_defer_length": "1"}
-    response = await handler.create(tus(**values), empty())
+    response = await handler.create(TusRequest(headers=tus(**values)), empty())
     assert response.status == 201
     assert response.upload_id is not None
     return response.upload_id
@@ -154,7 +155,7 @@ def offset_of(response: TusResponse) -> int:
 async def test_patch_stores_durably_and_completes(world: World) -> None:
     data = payload(3 * CHUNK + 5)
     upload_id = await create(world.handler, len(data))
-    response = await world.handler.patch(upload_id, at(0), chunks(data))
+    response = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(data))
     assert response.status == 204
     assert offset_of(response) == len(data)
     upload = await committed(world.repository, upload_id)
@@ -175,7 +176,7 @@ async def test_client_gone_midway_commits_exactly_the_durable_bytes(world: World
         yield data[5 * CHUNK : 5 * CHUNK + 100]  # part of a network read, then the reset
         raise ClientGone
 
-    response = await world.handler.patch(upload_id, at(0), vanishing())
+    response = await world.handler.patch(TusRequest(upload_id, at(0)), vanishing())
     received = 5 * CHUNK + 100
     assert offset_of(response) == received
     assert (await committed(world.repository, upload_id)).offset == received
@@ -184,7 +185,9 @@ async def test_client_gone_midway_commits_exactly_the_durable_bytes(world: World
     assert await world.store.size(await key_of(world, upload_id)) == received
     assert not world.locker.held(upload_id)
 
-    resumed = await world.handler.patch(upload_id, at(received), chunks(data[received:]))
+    resumed = await world.handler.patch(
+        TusRequest(upload_id, at(received)), chunks(data[received:])
+    )
     assert offset_of(resumed) == len(data)
     assert bytes(world.store.durable[upload_id]) == data
 
@@ -200,7 +203,7 @@ async def test_checkpoints_commit_the_offset_every_checkpoint_bytes(world: World
             seen.append((upload.offset, len(world.store.durable[upload_id])))
             yield piece
 
-    response = await world.handler.patch(upload_id, at(0), observed())
+    response = await world.handler.patch(TusRequest(upload_id, at(0)), observed())
     per_checkpoint = MiB // CHUNK
     # Before chunk i, the checkpoints after chunks 16, 32 and 48 have been fsynced and committed.
     assert seen == [((i // per_checkpoint) * MiB,) * 2 for i in range(len(seen))]
@@ -222,7 +225,7 @@ async def test_progress_is_visible_before_bytes_are_committed(databases: Databas
             seen.append((upload.offset, upload.received))
             yield piece
 
-    await world.handler.patch(upload_id, at(0), observed())
+    await world.handler.patch(TusRequest(upload_id, at(0)), observed())
     assert seen == [(0, i * CHUNK) for i in range(8)]
     upload = await committed(world.repository, upload_id)
     assert (upload.offset, upload.received) == (len(data), len(data))
@@ -239,15 +242,17 @@ async def test_storage_error_commits_the_good_prefix_then_raises(world: World) -
             yield piece
 
     with pytest.raises(StorageError, match="storage is full"):
-        await world.handler.patch(upload_id, at(0), failing_disk())
+        await world.handler.patch(TusRequest(upload_id, at(0)), failing_disk())
     assert (await committed(world.repository, upload_id)).offset == 3 * CHUNK
     assert bytes(world.store.durable[upload_id]) == data[: 3 * CHUNK]
     assert not world.locker.held(upload_id)
 
     world.store.fail_writes = False
-    head = await world.handler.head(upload_id, tus())
+    head = await world.handler.head(TusRequest(upload_id, tus()))
     assert offset_of(head) == 3 * CHUNK
-    resumed = await world.handler.patch(upload_id, at(3 * CHUNK), chunks(data[3 * CHUNK :]))
+    resumed = await world.handler.patch(
+        TusRequest(upload_id, at(3 * CHUNK)), chunks(data[3 * CHUNK :])
+    )
     assert offset_of(resumed) == len(data)
     assert bytes(world.store.durable[upload_id]) == data
 
@@ -330,7 +335,7 @@ async def test_a_failed_sync_commits_only_what_is_durable(
             yield piece
 
     with pytest.raises(StorageError):
-        await world.handler.patch(upload_id, at(0), failing_disk())
+        await world.handler.patch(TusRequest(upload_id, at(0)), failing_disk())
     upload = await committed(world.repository, upload_id)
     assert upload.offset == durable
     assert bytes(store.durable[upload_id])[:durable] == data[:durable]
@@ -338,7 +343,7 @@ async def test_a_failed_sync_commits_only_what_is_durable(
     assert not world.locker.held(upload_id)
 
     setattr(store, failure, False)
-    resumed = await world.handler.patch(upload_id, at(durable), chunks(data[durable:]))
+    resumed = await world.handler.patch(TusRequest(upload_id, at(durable)), chunks(data[durable:]))
     assert offset_of(resumed) == len(data)
     assert bytes(store.durable[upload_id]) == data
 
@@ -346,7 +351,7 @@ async def test_a_failed_sync_commits_only_what_is_durable(
 async def test_a_body_longer_than_the_upload_commits_what_fits_then_raises(world: World) -> None:
     upload_id = await create(world.handler, 10)
     with pytest.raises(TooLarge):
-        await world.handler.patch(upload_id, at(0), chunks(b"0123456789abcde"))
+        await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789abcde"))
     upload = await committed(world.repository, upload_id)
     assert upload.offset == 10
     assert upload.state is not UploadState.RECEIVING
@@ -355,7 +360,7 @@ async def test_a_body_longer_than_the_upload_commits_what_fits_then_raises(world
 
 async def test_a_wrong_offset_is_rejected_before_the_body_is_read(world: World) -> None:
     upload_id = await create(world.handler, 100)
-    await world.handler.patch(upload_id, at(0), chunks(b"12345"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"12345"))
     started = False
 
     async def body() -> AsyncIterator[bytes]:
@@ -365,7 +370,7 @@ async def test_a_wrong_offset_is_rejected_before_the_body_is_read(world: World) 
 
     for wrong in (0, 4, 6):
         with pytest.raises(OffsetMismatch, match="does not match the upload's offset 5"):
-            await world.handler.patch(upload_id, at(wrong), body())
+            await world.handler.patch(TusRequest(upload_id, at(wrong)), body())
     assert not started
     assert (await committed(world.repository, upload_id)).offset == 5
     assert bytes(world.store.volatile[upload_id]) == b"12345"
@@ -385,13 +390,15 @@ async def test_a_second_patch_preempts_a_stalled_one(world: World) -> None:
         yield b"never"
 
     async def run_first() -> None:
-        first.append(await world.handler.patch(upload_id, at(0), stalling()))
+        first.append(await world.handler.patch(TusRequest(upload_id, at(0)), stalling()))
 
     with anyio.fail_after(GUARD):
         async with anyio.create_task_group() as group:
             group.start_soon(run_first)
             await stalled.wait()
-            second = await world.handler.patch(upload_id, at(2 * CHUNK), chunks(data[2 * CHUNK :]))
+            second = await world.handler.patch(
+                TusRequest(upload_id, at(2 * CHUNK)), chunks(data[2 * CHUNK :])
+            )
     assert offset_of(first[0]) == 2 * CHUNK
     assert offset_of(second) == len(data)
     assert bytes(world.store.durable[upload_id]) == data
@@ -411,13 +418,13 @@ async def test_head_during_a_patch_neither_waits_nor_preempts(world: World) -> N
             yield piece
 
     async def run_first() -> None:
-        first.append(await world.handler.patch(upload_id, at(0), pausing()))
+        first.append(await world.handler.patch(TusRequest(upload_id, at(0)), pausing()))
 
     with anyio.fail_after(GUARD):
         async with anyio.create_task_group() as group:
             group.start_soon(run_first)
             await stalled.wait()
-            head = await world.handler.head(upload_id, tus())
+            head = await world.handler.head(TusRequest(upload_id, tus()))
             assert offset_of(head) == 0  # only committed bytes are reported
             go.set()
     assert offset_of(first[0]) == len(data)
@@ -615,7 +622,7 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
             yield piece
 
     with pytest.raises(Killed):
-        await doomed.patch(upload_id, at(0), body())
+        await doomed.patch(TusRequest(upload_id, at(0)), body())
     assert switch.dead
 
     # Restart: a new process with a new engine and locker over what survived.
@@ -629,13 +636,13 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
     assert upload.offset == acknowledged  # an honest store loses nothing it synced
     assert await memory.size(upload.storage) == upload.offset  # uncommitted leftovers are cut
     assert durable[: upload.offset] == data[: upload.offset]
-    head = await restarted.handler.head(upload_id, tus())
+    head = await restarted.handler.head(TusRequest(upload_id, tus()))
     assert offset_of(head) == upload.offset
 
     rest = payload(length - len(data), seed=2)
     whole = data + rest
     resumed = await restarted.handler.patch(
-        upload_id, at(upload.offset), chunks(whole[upload.offset :])
+        TusRequest(upload_id, at(upload.offset)), chunks(whole[upload.offset :])
     )
     assert offset_of(resumed) == length
     assert bytes(memory.durable[upload_id]) == whole
@@ -654,7 +661,7 @@ async def _put_uncommitted(store: MemoryStore, key: StorageKey, offset: int, dat
 
 async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None:
     upload_id = await create(world.handler, 100)
-    await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789"))
     key = await key_of(world, upload_id)
     await _put_uncommitted(world.store, key, 10, b"never committed")
     assert await world.handler.reconcile_all() == 1
@@ -665,32 +672,32 @@ async def test_reconcile_cuts_stored_bytes_past_the_offset(world: World) -> None
 
 async def test_reconcile_lowers_the_offset_when_storage_holds_fewer_bytes(world: World) -> None:
     upload_id = await create(world.handler, 100)
-    await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789"))
     key = await key_of(world, upload_id)
     await world.store.discard_tail(key, 4)  # storage lost bytes it had confirmed
     assert await world.handler.reconcile_all() == 1
     upload = await committed(world.repository, upload_id)
     assert (upload.offset, upload.received) == (4, 4)
-    assert offset_of(await world.handler.head(upload_id, tus())) == 4
+    assert offset_of(await world.handler.head(TusRequest(upload_id, tus()))) == 4
 
 
 async def test_head_reconciles_an_offset_storage_cannot_back(world: World) -> None:
     upload_id = await create(world.handler, 100)
-    await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789"))
     await world.store.discard_tail(await key_of(world, upload_id), 7)
-    assert offset_of(await world.handler.head(upload_id, tus())) == 7
+    assert offset_of(await world.handler.head(TusRequest(upload_id, tus()))) == 7
     assert (await committed(world.repository, upload_id)).offset == 7
 
 
 async def test_reconcile_recreates_missing_storage_at_offset_zero(world: World) -> None:
     upload_id = await create(world.handler, 100)
-    await world.handler.patch(upload_id, at(0), chunks(b"0123456789"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789"))
     key = await key_of(world, upload_id)
     await world.store.delete(key)
     assert await world.handler.reconcile_all() == 1
     assert await world.store.size(key) == 0
     assert (await committed(world.repository, upload_id)).offset == 0
-    resumed = await world.handler.patch(upload_id, at(0), chunks(b"again"))
+    resumed = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"again"))
     assert offset_of(resumed) == 5
 
 
@@ -710,7 +717,7 @@ async def test_start_up_completes_an_upload_killed_between_its_last_commit_and_c
 async def test_reconcile_all_looks_only_at_unfinished_uploads(world: World) -> None:
     receiving = [await create(world.handler, 10), await create(world.handler, None)]
     finished = await create(world.handler, 3)
-    await world.handler.patch(finished, at(0), chunks(b"abc"))
+    await world.handler.patch(TusRequest(finished, at(0)), chunks(b"abc"))
     await create(world.handler, 0)  # complete at creation
     assert await world.handler.reconcile_all() == len(receiving)
 
@@ -722,29 +729,31 @@ async def test_an_upload_expires_after_expire_after_since_its_last_commit(
     databases: Databases,
 ) -> None:
     world = make_world(databases, replace(CONFIG, expire_after=60))
-    created = await world.handler.create(tus(upload_length="10"), empty())
+    created = await world.handler.create(TusRequest(headers=tus(upload_length="10")), empty())
     assert created.headers["Upload-Expires"] == http_date(T0 + timedelta(seconds=60))
     assert created.upload_id is not None
     upload_id = created.upload_id
 
     world.clock.advance(30)
-    patched = await world.handler.patch(upload_id, at(0), chunks(b"1234"))
+    patched = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"1234"))
     assert patched.headers["Upload-Expires"] == http_date(T0 + timedelta(seconds=90))
 
     world.clock.advance(59)  # T0 + 89
-    head = await world.handler.head(upload_id, tus())
+    head = await world.handler.head(TusRequest(upload_id, tus()))
     assert offset_of(head) == 4
     assert head.headers["Upload-Expires"] == "Tue, 01 Jan 2030 12:01:30 GMT"
 
     world.clock.advance(1)  # T0 + 90: the moment it expires
     with pytest.raises(Gone, match="expired"):
-        await world.handler.head(upload_id, tus())
+        await world.handler.head(TusRequest(upload_id, tus()))
     with pytest.raises(Gone, match="expired"):
-        await world.handler.patch(upload_id, at(4), chunks(b"5678"))
+        await world.handler.patch(TusRequest(upload_id, at(4)), chunks(b"5678"))
     assert (await committed(world.repository, upload_id)).offset == 4
     assert bytes(world.store.durable[upload_id]) == b"1234"
 
-    deleted = await world.handler.delete(upload_id, tus())  # clean-up of expired uploads
+    deleted = await world.handler.delete(
+        TusRequest(upload_id, tus())
+    )  # clean-up of expired uploads
     assert deleted.status == 204
     assert (await committed(world.repository, upload_id)).state is UploadState.TERMINATED
 
@@ -752,29 +761,29 @@ async def test_an_upload_expires_after_expire_after_since_its_last_commit(
 async def test_a_finished_upload_never_expires(databases: Databases) -> None:
     world = make_world(databases, replace(CONFIG, expire_after=60))
     upload_id = await create(world.handler, 3)
-    done = await world.handler.patch(upload_id, at(0), chunks(b"abc"))
+    done = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     assert "Upload-Expires" not in done.headers
     world.clock.advance(365 * 24 * 3600)
-    head = await world.handler.head(upload_id, tus())
+    head = await world.handler.head(TusRequest(upload_id, tus()))
     assert offset_of(head) == 3
-    assert (await world.handler.downloadable(upload_id)).offset == 3
+    assert (await world.handler.downloadable(TusRequest(upload_id))).offset == 3
 
 
 async def test_a_terminated_upload_is_gone(world: World) -> None:
     upload_id = await create(world.handler, 10)
-    await world.handler.patch(upload_id, at(0), chunks(b"12345"))
-    response = await world.handler.delete(upload_id, tus())
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"12345"))
+    response = await world.handler.delete(TusRequest(upload_id, tus()))
     assert response.status == 204
     with pytest.raises(NotFound):
         await world.store.size(await key_of(world, upload_id))
     with pytest.raises(Gone, match="terminated"):
-        await world.handler.head(upload_id, tus())
+        await world.handler.head(TusRequest(upload_id, tus()))
     with pytest.raises(Gone, match="terminated"):
-        await world.handler.patch(upload_id, at(5), chunks(b"67890"))
+        await world.handler.patch(TusRequest(upload_id, at(5)), chunks(b"67890"))
     with pytest.raises(Gone, match="terminated"):
-        await world.handler.downloadable(upload_id)
+        await world.handler.downloadable(TusRequest(upload_id))
     with pytest.raises(Gone, match="terminated"):
-        await world.handler.delete(upload_id, tus())
+        await world.handler.delete(TusRequest(upload_id, tus()))
     upload = await committed(world.repository, upload_id)
     assert upload.state is UploadState.TERMINATED
     assert upload.offset == 5
@@ -810,16 +819,16 @@ async def test_a_patch_never_overwrites_an_offset_moved_under_it(world: World) -
             yield piece
 
     with pytest.raises(Conflict):
-        await world.handler.patch(upload_id, at(0), interrupted())
+        await world.handler.patch(TusRequest(upload_id, at(0)), interrupted())
     assert (await committed(world.repository, upload_id)).offset == 7
     assert not world.locker.held(upload_id)
 
 
 async def test_deferred_length_is_declared_once(world: World) -> None:
     upload_id = await create(world.handler, None)
-    await world.handler.patch(upload_id, at(0), chunks(b"abc"))
+    await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     headers = replace(at(3), upload_length="5")
-    done = await world.handler.patch(upload_id, headers, chunks(b"de"))
+    done = await world.handler.patch(TusRequest(upload_id, headers), chunks(b"de"))
     assert offset_of(done) == 5
     upload = await committed(world.repository, upload_id)
     assert (upload.length, upload.state) == (5, UploadState.READY)
@@ -842,7 +851,7 @@ async def test_drain_makes_every_running_patch_commit_and_answer(world: World) -
         return body()
 
     async def run(upload_id: str, body: AsyncIterator[bytes]) -> None:
-        answered[upload_id] = await world.handler.patch(upload_id, at(0), body)
+        answered[upload_id] = await world.handler.patch(TusRequest(upload_id, at(0)), body)
 
     sent = [3 * CHUNK + 7, 5 * CHUNK]
     with anyio.fail_after(GUARD):
@@ -870,7 +879,7 @@ async def test_a_patch_after_drain_lets_go_at_once(world: World) -> None:
             await anyio.lowlevel.checkpoint()
 
     with anyio.fail_after(GUARD):
-        response = await world.handler.patch(upload_id, at(0), endless())
+        response = await world.handler.patch(TusRequest(upload_id, at(0)), endless())
     assert response.status == 204
     assert offset_of(response) <= CHUNK  # at most the chunk in hand before the first await
     assert (await committed(world.repository, upload_id)).offset == offset_of(response)

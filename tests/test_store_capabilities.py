@@ -44,6 +44,7 @@ from upload_service.storage.base import (
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
 from upload_service.tus.handler import HandlerConfig, TusHandler
+from upload_service.tus.request import TusRequest
 from upload_service.uploads import UploadState
 
 PART = 4  # the "part size" of the prefix-durable store below
@@ -160,7 +161,9 @@ async def test_without_concatenation_it_is_neither_advertised_nor_accepted(
     assert "concatenation-unfinished" not in extensions
     assert {"creation", "termination", "checksum", "expiration"} <= set(extensions)
     with pytest.raises(BadRequest, match="concatenation is not supported"):
-        await handler.create(tus(upload_length="5", upload_concat="partial"), empty())
+        await handler.create(
+            TusRequest(headers=tus(upload_length="5", upload_concat="partial")), empty()
+        )
 
     full = handler_over(MemoryStore(), databases)  # the memory store has every capability
     assert "concatenation" in full.options().headers["Tus-Extension"].split(",")
@@ -175,9 +178,9 @@ async def test_a_core_store_keeps_the_reference_and_verifies_by_reading(
     upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
     assert upload.storage_ref == f"ref-{upload_id[:6]}"
     # two requests: the second opens a new appender, so no digest was kept running across them
-    await handler.patch(upload_id, at(0), chunks(b"abc"))
+    await handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     handler._digests.drop(upload_id)
-    await handler.patch(upload_id, at(3), chunks(b"def"))
+    await handler.patch(TusRequest(upload_id, at(3)), chunks(b"def"))
     upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
     assert upload.state is UploadState.READY
     assert upload.sha256 == hashlib.sha256(b"abcdef").hexdigest()
@@ -190,14 +193,18 @@ async def test_a_checksum_mismatch_changes_nothing_on_a_store_that_cannot_cut_ba
     store = CoreStore()
     handler = handler_over(store, databases)
     upload_id = await create(handler, 10)
-    await handler.patch(upload_id, at(0), chunks(b"01234"))
+    await handler.patch(TusRequest(upload_id, at(0)), chunks(b"01234"))
     wrong = "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()
     with pytest.raises(ChecksumMismatch):
-        await handler.patch(upload_id, replace(at(5), upload_checksum=wrong), chunks(b"56789"))
+        await handler.patch(
+            TusRequest(upload_id, replace(at(5), upload_checksum=wrong)), chunks(b"56789")
+        )
     assert (await committed(handler._repo, upload_id)).offset == 5  # type: ignore[arg-type]
     assert bytes(store.inner.durable[upload_id]) == b"01234"  # nothing of it was made durable
     right = "sha1 " + base64.b64encode(hashlib.sha1(b"56789").digest()).decode()
-    done = await handler.patch(upload_id, replace(at(5), upload_checksum=right), chunks(b"56789"))
+    done = await handler.patch(
+        TusRequest(upload_id, replace(at(5), upload_checksum=right)), chunks(b"56789")
+    )
     assert offset_of(done) == 10
 
 
@@ -207,12 +214,12 @@ async def test_only_the_durable_prefix_is_committed_and_finish_comes_before_veri
     store = PartStore()
     handler = handler_over(store, databases)
     upload_id = await create(handler, 2 * PART)
-    first = await handler.patch(upload_id, at(0), chunks(b"0123456"))
+    first = await handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456"))
     assert offset_of(first) == PART  # 7 bytes written, one whole part durable
     upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
     assert (upload.offset, upload.received, upload.state) == (4, 4, UploadState.RECEIVING)
     assert store.finished == []
-    second = await handler.patch(upload_id, at(PART), chunks(b"4567"))
+    second = await handler.patch(TusRequest(upload_id, at(PART)), chunks(b"4567"))
     assert offset_of(second) == 2 * PART
     assert store.finished == [(upload_id, 2 * PART)]
     upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
@@ -228,7 +235,9 @@ async def test_a_checksummed_request_made_durable_only_in_part_commits_nothing(
     upload_id = await create(handler, 10)
     checksum = "sha1 " + base64.b64encode(hashlib.sha1(b"abcdef").digest()).decode()
     with pytest.raises(StorageError, match="whole checksummed request"):
-        await handler.patch(upload_id, replace(at(0), upload_checksum=checksum), chunks(b"abcdef"))
+        await handler.patch(
+            TusRequest(upload_id, replace(at(0), upload_checksum=checksum)), chunks(b"abcdef")
+        )
     assert (await committed(handler._repo, upload_id)).offset == 0  # type: ignore[arg-type]
 
 
@@ -281,7 +290,7 @@ async def test_checkpoints_mid_request_use_the_cheap_checkpoint_and_the_end_a_fu
     handler = handler_over(store, databases, replace(CONFIG, checkpoint_bytes=3))
     upload_id = await create(handler, 20)
     store.calls.clear()
-    done = await handler.patch(upload_id, at(0), chunks(b"0123456789", size=3))
+    done = await handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456789", size=3))
     assert offset_of(done) == 10  # the end syncs everything, the tail included
     # every 3 bytes a checkpoint (whole parts only: 0, 4, 8), then one sync of all 10
     assert store.calls == [("checkpoint", 0), ("checkpoint", 4), ("checkpoint", 8), ("sync", 10)]
@@ -298,7 +307,7 @@ async def test_a_checkpoint_behind_the_bytes_does_not_checkpoint_on_every_chunk(
     handler = handler_over(store, databases, replace(CONFIG, checkpoint_bytes=2))
     upload_id = await create(handler, 20)
     store.calls.clear()
-    await handler.patch(upload_id, at(0), chunks(b"012345", size=1))
+    await handler.patch(TusRequest(upload_id, at(0)), chunks(b"012345", size=1))
     checkpoints = [call for call in store.calls if call[0] == "checkpoint"]
     assert len(checkpoints) == 3  # after bytes 2, 4 and 6: not after every byte past 2
 

@@ -46,7 +46,7 @@ from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store
 from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import HandlerConfig, TusHandler
-from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS, TUS_VERSION
+from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
 
@@ -272,8 +272,10 @@ class ErrorRenderer:
         if exc.status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         if under(route_path(request.scope), self.base_path):
-            headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
-            return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=headers)
+            # Tus-Resumable comes from TusResumableMiddleware, as on every tus response
+            return PlainTextResponse(
+                exc.message + "\n", status_code=exc.status, headers=exc.headers
+            )
         body = {"error": {"code": exc.code, "message": exc.message}}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 

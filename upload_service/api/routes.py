@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from upload_service.errors import ServiceError
 from upload_service.services import Services, get_services
 from upload_service.tus.protocol import metadata_text
+from upload_service.tus.request import TusRequest
+from upload_service.tus.routes import PrincipalDep
 from upload_service.uploads import Upload
 
 router = APIRouter()
@@ -50,8 +52,9 @@ class Health(BaseModel):
 
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadOut)
-async def get_upload(upload_id: str, services: ServicesDep) -> UploadOut:
-    return UploadOut.of(await services.handler.get(upload_id))
+async def get_upload(upload_id: str, services: ServicesDep, principal: PrincipalDep) -> UploadOut:
+    request = TusRequest(upload_id=upload_id, principal=principal)
+    return UploadOut.of(await services.handler.get(request))
 
 
 @router.get("/healthz", response_model=Health)

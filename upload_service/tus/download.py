@@ -26,7 +26,7 @@ from upload_service.tus.conditional import (
     not_modified,
     range_allowed,
 )
-from upload_service.tus.protocol import TUS_VERSION, http_date, parse_range
+from upload_service.tus.protocol import http_date, parse_range
 from upload_service.uploads import Upload
 
 OCTET_STREAM = "application/octet-stream"
@@ -89,7 +89,6 @@ def prepare(upload: Upload, request: DownloadHeaders) -> Download:
     validators = validators_of(upload)
     conditions = Conditions(request.if_none_match, request.if_modified_since, request.if_range)
     headers = {
-        "Tus-Resumable": TUS_VERSION,
         "ETag": str(validators.etag),
         "Cache-Control": _CACHE_CONTROL,
     }

@@ -1,4 +1,6 @@
-"""Loading an upload for a request: it exists and is live, read under its lock and claimed."""
+"""Loading an upload for a request: the one place that checks that it exists, that the caller
+may reach it (another owner's upload does not exist for them) and that it is live; under the
+upload's lock, read and claimed."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from upload_service.errors import Conflict, Gone, NotFound
 from upload_service.locking.base import Lease
 from upload_service.storage.base import check_upload_id
 from upload_service.tus.receive import LeaseLost
+from upload_service.tus.request import Principal, TusRequest
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
@@ -39,16 +42,29 @@ class UploadLoader:
         return self.live(await self.claimed(upload.id, lease))
 
     async def load_held(
-        self, upload_id: str, lease: Lease, *, allow_expired: bool = False
+        self, request: TusRequest, lease: Lease, *, allow_expired: bool = False
     ) -> Upload:
         """``load`` under the upload's lock, claiming it (see ``claimed``)."""
-        return self.live(
-            await self.claimed(check_upload_id(upload_id), lease), allow_expired=allow_expired
-        )
+        upload = await self.claimed(check_upload_id(request.target), lease)
+        return self.live(self.reachable(upload, request.principal), allow_expired=allow_expired)
 
-    async def load(self, upload_id: str, *, allow_expired: bool = False) -> Upload:
-        upload = await self._repo.get(check_upload_id(upload_id))
-        return self.live(upload, allow_expired=allow_expired)
+    async def load(self, request: TusRequest, *, allow_expired: bool = False) -> Upload:
+        """The live upload the request names (not under its lock)."""
+        return self.live(await self.found(request), allow_expired=allow_expired)
+
+    async def found(self, request: TusRequest) -> Upload:
+        """The upload the request names, in any state (the JSON API shows ended ones too)."""
+        upload = self.reachable(
+            await self._repo.get(check_upload_id(request.target)), request.principal
+        )
+        if upload is None:
+            raise NotFound("no such upload")
+        return upload
+
+    @staticmethod
+    def reachable(upload: Upload | None, principal: Principal) -> Upload | None:
+        """The upload if the caller may reach it; None (no such upload) otherwise."""
+        return upload
 
     def live(self, upload: Upload | None, *, allow_expired: bool = False) -> Upload:
         if upload is None:

@@ -107,7 +107,7 @@ class Reconciler:
         """HEAD: if no request is writing, make sure the offset is backed by stored bytes."""
         try:
             async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
-                current = await self._loader.load_held(upload.id, lease)
+                current = self._loader.live(await self._loader.claimed(upload.id, lease))
                 if (
                     current.state is UploadState.RECEIVING
                     and await self._store.size(current.storage) < current.offset

@@ -18,6 +18,7 @@ from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import single_header
+from upload_service.tus.request import ANONYMOUS, Principal, TusRequest
 
 router = APIRouter()
 
@@ -84,6 +85,29 @@ def render(result: TusResponse) -> Response:
     return Response(status_code=result.status, headers=result.headers)
 
 
+def request_principal(request: Request) -> Principal:
+    """The caller, as authentication established it (anonymous while the service runs open)."""
+    return ANONYMOUS
+
+
+PrincipalDep = Annotated[Principal, Depends(request_principal)]
+
+
+def tus_request(
+    request: Request, headers: HeadersDep, endpoint: EndpointDep, principal: PrincipalDep
+) -> TusRequest:
+    """The one value the handler reads of a request, besides its body."""
+    return TusRequest(
+        upload_id=request.path_params.get("upload_id"),
+        headers=headers,
+        principal=principal,
+        endpoint=endpoint,
+    )
+
+
+RequestDep = Annotated[TusRequest, Depends(tus_request)]
+
+
 @router.options("/")
 @router.options("/{upload_id}")
 async def options(handler: HandlerDep) -> Response:
@@ -91,34 +115,28 @@ async def options(handler: HandlerDep) -> Response:
 
 
 @router.post("/")
-async def create(
-    request: Request, handler: HandlerDep, headers: HeadersDep, endpoint: EndpointDep
-) -> Response:
-    return render(await handler.create(headers, request_body(request), endpoint))
+async def create(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
+    return render(await handler.create(tus, request_body(request)))
 
 
 @router.head("/{upload_id}")
-async def head(
-    upload_id: str, handler: HandlerDep, headers: HeadersDep, endpoint: EndpointDep
-) -> Response:
-    return render(await handler.head(upload_id, headers, endpoint))
+async def head(handler: HandlerDep, tus: RequestDep) -> Response:
+    return render(await handler.head(tus))
 
 
 @router.patch("/{upload_id}")
-async def patch(
-    upload_id: str, request: Request, handler: HandlerDep, headers: HeadersDep
-) -> Response:
-    return render(await handler.patch(upload_id, headers, request_body(request)))
+async def patch(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
+    return render(await handler.patch(tus, request_body(request)))
 
 
 @router.delete("/{upload_id}")
-async def delete(upload_id: str, handler: HandlerDep, headers: HeadersDep) -> Response:
-    return render(await handler.delete(upload_id, headers))
+async def delete(handler: HandlerDep, tus: RequestDep) -> Response:
+    return render(await handler.delete(tus))
 
 
 @router.get("/{upload_id}", name="tus_upload")
-async def download(upload_id: str, request: Request, handler: HandlerDep) -> Response:
-    upload = await handler.downloadable(upload_id)
+async def download(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
+    upload = await handler.downloadable(tus)
     result = prepare(upload, download_headers(request))
     if result.span is None:
         return Response(status_code=result.status, headers=result.headers)

@@ -1,0 +1,279 @@
+"""Creating uploads (the creation, creation-with-upload, creation-defer-length and
+concatenation extensions), and what creation shares with PATCH.
+
+Crash story: the store's file (or multipart upload) is made first, then the row. A crash in
+between leaves an orphan the clean-up task removes, never a row without bytes. A creation with
+data then receives the body exactly as a PATCH does (``receive.Receiver``); when that body is
+refused (too large, wrong checksum) the client never learned the upload's URL, so the row is
+terminated and the bytes deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from upload_service.errors import BadRequest, Conflict, TooLarge
+from upload_service.events import Events
+from upload_service.lifecycle import Lifecycle, parse_sha256
+from upload_service.locking.base import Locker
+from upload_service.storage.base import Concatenator, Store
+from upload_service.tus.checksum import Checksum, ChecksumMismatch, parse_checksum
+from upload_service.tus.concat import check_parts, first_bytes
+from upload_service.tus.content_types import ContentRules
+from upload_service.tus.load import UploadLoader
+from upload_service.tus.protocol import (
+    OFFSET_CONTENT_TYPE,
+    check_version,
+    decode_metadata,
+    http_date,
+    parse_concat,
+    parse_uint,
+)
+from upload_service.tus.receive import Receiver
+from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.uploads import Metadata, Upload, UploadState
+
+if TYPE_CHECKING:
+    from upload_service.repository import UploadRepository
+    from upload_service.tus.handler import HandlerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TusResponse:
+    status: int
+    headers: dict[str, str]
+    upload_id: str | None = None
+
+
+class Creator:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        repository: UploadRepository,
+        locker: Locker,
+        config: HandlerConfig,
+        clock: Callable[[], datetime],
+        events: Events,
+        rules: ContentRules,
+        lifecycle: Lifecycle,
+        loader: UploadLoader,
+        receiver: Receiver,
+    ) -> None:
+        self._store = store
+        self._repo = repository
+        self._locker = locker
+        self._config = config
+        self._clock = clock
+        self._events = events
+        self._rules = rules
+        self._lifecycle = lifecycle
+        self._loader = loader
+        self._receiver = receiver
+
+    async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
+        """A new upload (201 with its ``Location`` under the request's endpoint)."""
+        headers = request.headers
+        check_version(headers.tus_resumable)
+        concat = parse_concat(headers.upload_concat)
+        if concat is not None and not isinstance(self._store, Concatenator):
+            raise BadRequest("concatenation is not supported by this server's storage")
+        metadata = decode_metadata(
+            headers.upload_metadata or "",
+            max_bytes=self._config.max_metadata_bytes,
+            max_keys=self._config.max_metadata_keys,
+        )
+        if metadata.get("sha256") is not None:
+            parse_sha256(metadata["sha256"] or b"")
+        self._rules.check_declared(metadata)
+        with_data = media_type(headers.content_type) == OFFSET_CONTENT_TYPE
+        if with_data:
+            body = CountedBody(body, self._events)
+        if concat is not None and concat.final:
+            return await self._create_final(request, concat.urls, metadata, with_data)
+        length = self._creation_length(headers)
+        checksum = request_checksum(headers) if with_data else None
+        content_length = request_content_length(headers)
+        if with_data and content_length is not None:
+            check_fits(self._receiver, 0, length, content_length)
+        if with_data and concat is None and self._rules.restricted:
+            # the file's first bytes are checked before anything is created
+            limit = self._receiver.limit(0, length)
+            body = await self._receiver.checked_head(body, self._rules, limit)
+
+        now = self._clock()
+        upload_id = uuid.uuid4().hex
+        complete = length == 0
+        upload = Upload(
+            id=upload_id,
+            length=length,
+            offset=0,
+            received=0,
+            state=UploadState.VERIFYING if complete else UploadState.RECEIVING,
+            metadata=metadata,
+            created_at=now,
+            updated_at=now,
+            expires_at=None if complete else self._receiver.expiry(now),
+            completed_at=now if complete else None,
+            concat=None if concat is None else "partial",
+        )
+        # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
+        key = await self._store.create(upload_id, upload.length)
+        upload = replace(upload, storage_ref=key.ref)
+        await self._repo.add(upload)
+        self._events.created()
+        if complete:
+            upload = await self._lifecycle.completed(upload, hashlib.sha256().digest())
+        elif with_data:
+            upload = await self._receive_first(upload, body, checksum)
+        response = offset_headers(upload)
+        response["Location"] = self._location(request, upload_id)
+        return TusResponse(201, response, upload_id=upload_id)
+
+    async def _receive_first(
+        self, upload: Upload, body: AsyncIterator[bytes], checksum: Checksum | None
+    ) -> Upload:
+        """creation-with-upload: the body received as a PATCH at offset 0 would be."""
+        async with self._locker.lock(upload.id, wait=self._config.lock_timeout) as lease:
+            upload = await self._loader.hold(upload, lease)
+            try:
+                with self._events.receiving():
+                    upload = await self._receiver.receive(upload, body, lease, checksum)
+            except (TooLarge, ChecksumMismatch):
+                # The client never learns this upload's URL from an error: leave nothing.
+                await self._repo.terminate(upload.id, self._clock())
+                await self._store.delete(upload.storage)
+                raise
+        if upload.state is UploadState.VERIFYING:
+            await self._lifecycle.verify_soon(upload.id)
+        return upload
+
+    def _location(self, request: TusRequest, upload_id: str) -> str:
+        return request.endpoint.url(upload_id, relative=self._config.relative_location)
+
+    async def _create_final(
+        self,
+        request: TusRequest,
+        urls: tuple[str, ...],
+        metadata: Metadata,
+        with_data: bool,
+    ) -> TusResponse:
+        headers = request.headers
+        if headers.upload_length is not None or headers.upload_defer_length is not None:
+            raise BadRequest("a final upload takes its length from its parts: omit Upload-Length")
+        if with_data:
+            raise BadRequest("a final upload cannot carry data")
+        part_ids = tuple(request.endpoint.upload_id(url) for url in urls)
+        found = await self._repo.get_many(part_ids)
+        parts = {
+            part_id: part
+            for part_id, part in found.items()
+            if self._loader.reachable(part, request.principal) is not None
+        }
+        length = check_parts(part_ids, parts, self._clock())
+        if length is not None:
+            self.check_max_size(length)
+        if self._rules.restricted:  # the final's first bytes are its first parts'
+            head = await first_bytes(
+                self._store, [parts[part_id] for part_id in part_ids], self._rules.head_size
+            )
+            await self._rules.check_head(head, short=False)
+        now = self._clock()
+        final = Upload(
+            id=uuid.uuid4().hex,
+            length=length,
+            offset=0,
+            received=0,
+            state=UploadState.RECEIVING,
+            metadata=metadata,
+            created_at=now,
+            updated_at=now,
+            expires_at=None,
+            concat="final",
+            parts=part_ids,
+        )
+        key = await self._store.create(final.id, final.length)
+        final = replace(final, storage_ref=key.ref)
+        try:
+            await self._repo.add_final(final)
+        except Conflict as exc:
+            await self._store.delete(key)
+            raise BadRequest(exc.message) from exc
+        self._events.created()
+        await self._lifecycle.assemble_soon(final.id)
+        return TusResponse(201, {"Location": self._location(request, final.id)}, final.id)
+
+    def _creation_length(self, headers: TusHeaders) -> int | None:
+        if headers.upload_length is not None and headers.upload_defer_length is not None:
+            raise BadRequest("send either Upload-Length or Upload-Defer-Length, not both")
+        if headers.upload_defer_length is not None:
+            if headers.upload_defer_length.strip() != "1":
+                raise BadRequest("Upload-Defer-Length must be 1")
+            return None
+        if headers.upload_length is None:
+            raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
+        length = parse_uint("Upload-Length", headers.upload_length)
+        self.check_max_size(length)
+        return length
+
+    def check_max_size(self, length: int) -> None:
+        if self._config.max_size is not None and length > self._config.max_size:
+            raise TooLarge(
+                f"Upload-Length {length} exceeds the maximum size {self._config.max_size}"
+            )
+
+
+# -- shared with PATCH ----------------------------------------------------------------------------
+
+
+def offset_headers(upload: Upload) -> dict[str, str]:
+    headers = {"Upload-Offset": str(upload.offset)}
+    if upload.expires_at is not None and upload.state is UploadState.RECEIVING:
+        headers["Upload-Expires"] = http_date(upload.expires_at)
+    return headers
+
+
+def check_fits(receiver: Receiver, offset: int, length: int | None, content_length: int) -> None:
+    limit = receiver.limit(offset, length)
+    if limit is not None and content_length > limit:
+        raise TooLarge(
+            f"Content-Length {content_length} exceeds the {limit} bytes the upload has left"
+        )
+
+
+class CountedBody:
+    """Reports every chunk of a request body as it is read (not an async generator: one left
+    unfinished when a request ends early would be finalised later, outside the request)."""
+
+    def __init__(self, body: AsyncIterator[bytes], events: Events) -> None:
+        self._body = body
+        self._events = events
+
+    def __aiter__(self) -> CountedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._body.__anext__()
+        self._events.received(len(chunk))
+        return chunk
+
+
+def request_checksum(headers: TusHeaders) -> Checksum | None:
+    if headers.upload_checksum is None:
+        return None
+    return parse_checksum(headers.upload_checksum)
+
+
+def media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def request_content_length(headers: TusHeaders) -> int | None:
+    if headers.content_length is None:
+        return None
+    return parse_uint("Content-Length", headers.content_length)
