@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -415,6 +416,8 @@ class RawPatch(threading.Thread):
 
     ``sent`` counts bytes the kernel accepted; ``attempted`` adds the piece being handed over, an
     upper bound on what the server can have received even when the last send failed midway.
+    With ``read_answer``, it stops sending as soon as the server answers (it looks before each
+    piece) and reads the answer: ``status`` and ``answered_offset`` are the answer's.
     Call ``run()`` to send in the calling thread, or ``start()`` for a background thread.
     """
 
@@ -428,6 +431,7 @@ class RawPatch(threading.Thread):
         limit: int | None = None,
         reset: bool = False,
         piece: int = 64 * KiB,
+        read_answer: bool = False,
     ) -> None:
         super().__init__(name="raw-patch", daemon=True)
         self.url = url
@@ -437,8 +441,11 @@ class RawPatch(threading.Thread):
         self.limit = limit
         self.reset = reset
         self.piece = piece
+        self.read_answer = read_answer
         self.sent = 0
         self.attempted = 0
+        self.status: int | None = None
+        self.answered_offset: int | None = None
         self.error: OSError | None = None
         self._stop_sending = threading.Event()
 
@@ -469,6 +476,8 @@ class RawPatch(threading.Thread):
                 sock.sendall(head)
                 stream.seek(self.offset)
                 while self.sent < wanted and not self._stop_sending.is_set():
+                    if self.read_answer and select.select([sock], [], [], 0)[0]:
+                        break  # the server answered (or closed): stop sending, read it
                     piece = stream.read(min(self.piece, wanted - self.sent))
                     self.attempted = self.sent + len(piece)
                     sock.sendall(piece)
@@ -479,8 +488,25 @@ class RawPatch(threading.Thread):
                             time.sleep(ahead)
                 if self.reset:  # close with RST instead of FIN
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if self.read_answer:
+                    self._read_answer(sock)
         except OSError as exc:  # the server was killed: the point of some tests
             self.error = exc
+
+    def _read_answer(self, sock: socket.socket) -> None:
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        if lines and lines[0].startswith("HTTP/1.1 "):
+            self.status = int(lines[0].split()[1])
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "upload-offset":
+                self.answered_offset = int(value.strip())
 
 
 # -- asyncio's slow-callback warnings -----------------------------------------------------------

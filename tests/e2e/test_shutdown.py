@@ -11,21 +11,17 @@ on to the worker that holds the PATCH, which drains the same way.
 from __future__ import annotations
 
 import os
-import select
 import signal
-import socket
-import threading
 import time
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.e2e.support import (
     HTTP_TIMEOUT,
-    OFFSET_CT,
     TUS,
     MiB,
+    RawPatch,
     Servers,
     Source,
     create_upload,
@@ -46,69 +42,6 @@ SLOW = 4 * MiB  # bytes/s: the body takes far longer than the test
 PIECE = 32 * 1024
 
 
-class AnsweredPatch(threading.Thread):
-    """PATCH the rest of ``source`` from ``offset`` over a plain socket, paced to ``rate`` bytes/s,
-    and stop sending as soon as the server answers (before each piece it looks for an answer):
-    ``status`` and ``offset`` are the answer's, ``sent`` what the kernel accepted."""
-
-    def __init__(self, url: str, source: Source, offset: int, rate: float) -> None:
-        super().__init__(name="answered-patch", daemon=True)
-        self.url = url
-        self.source = source
-        self.offset = offset
-        self.rate = rate
-        self.sent = 0
-        self.status: int | None = None
-        self.answered_offset: int | None = None
-        self.error: OSError | None = None
-
-    def run(self) -> None:
-        parts = urlsplit(self.url)
-        assert parts.hostname is not None
-        assert parts.port is not None
-        length = self.source.size - self.offset
-        head = (
-            f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
-            f"Upload-Offset: {self.offset}\r\nContent-Type: {OFFSET_CT}\r\n"
-            f"Content-Length: {length}\r\n\r\n"
-        ).encode("ascii")
-        started = time.monotonic()
-        try:
-            with (
-                socket.create_connection((parts.hostname, parts.port), timeout=30) as sock,
-                self.source.path.open("rb") as stream,
-            ):
-                sock.sendall(head)
-                stream.seek(self.offset)
-                while self.sent < length:
-                    if select.select([sock], [], [], 0)[0]:
-                        break  # the server answered (or closed): stop sending, read it
-                    piece = stream.read(min(PIECE, length - self.sent))
-                    sock.sendall(piece)
-                    self.sent += len(piece)
-                    ahead = self.sent / self.rate - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                self._read_answer(sock)
-        except OSError as exc:
-            self.error = exc
-
-    def _read_answer(self, sock: socket.socket) -> None:
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-        lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-        if lines and lines[0].startswith("HTTP/1.1 "):
-            self.status = int(lines[0].split()[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "upload-offset":
-                self.answered_offset = int(value.strip())
-
-
 def serve(workers: int) -> list[str]:
     return [*serve_command(), "--workers", str(workers)]
 
@@ -120,7 +53,7 @@ def test_sigterm_mid_patch_commits_answers_and_exits_cleanly(
     env = {"UPLOAD_SHUTDOWN_GRACE": str(GRACE)}
     server = servers.start(env=env, command=serve(workers))
     url = create_upload(http, server.base_url, source.size)
-    patch = AnsweredPatch(url, source, 0, rate=SLOW)
+    patch = RawPatch(url, source, 0, rate=SLOW, piece=PIECE, read_answer=True)
     patch.start()
     deadline = time.monotonic() + 60
     while patch.sent < 5 * MiB + 12_345:
