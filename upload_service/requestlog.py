@@ -6,8 +6,9 @@ Each request gets an id: the client's (or its proxy's) ``X-Request-Id`` when it 
 every log record written while the request runs (``logs.request_context``) and goes back as
 ``X-Request-Id`` on every response, errors, 405s and CORS preflights included; an unhandled
 exception is answered 500 here, so that response carries it too (the server still logs the
-traceback). With ``UPLOAD_ACCESS_LOG`` on, one access line a request is logged once it is answered,
-by the ``upload_service.access`` logger, in place of uvicorn's: client (after the trusted-proxy
+traceback). With ``UPLOAD_ACCESS_LOG`` on, one access line a request is logged as the last part of
+its answer is sent (so it is written before the client has the answer), by the
+``upload_service.access`` logger, in place of uvicorn's: client (after the trusted-proxy
 middleware, which runs outside this one), method, path, the query with credentials redacted,
 status, duration and the body bytes received. Headers are never logged.
 """
@@ -59,6 +60,13 @@ class RequestLogMiddleware:
         started = time.monotonic()
         status: int | None = None
         received = 0
+        logged = not self.access_log
+
+        def log_access() -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                _log_access(scope, status, received, time.monotonic() - started)
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -77,6 +85,9 @@ class RequestLogMiddleware:
                     if name.lower() != _HEADER
                 ]
                 message = {**message, "headers": [*headers, id_header]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # before the last byte goes out: once a client has its answer, the line is there
+                log_access()
             await send(message)
 
         with request_context(request_id):
@@ -85,11 +96,12 @@ class RequestLogMiddleware:
             except Exception:
                 if status is None:  # answered here, so the 500 carries the request id
                     await send_with_id(_internal_error_start())
-                    await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                    await send_with_id(
+                        {"type": "http.response.body", "body": b"Internal Server Error"}
+                    )
                 raise
             finally:
-                if self.access_log:
-                    _log_access(scope, status, received, time.monotonic() - started)
+                log_access()  # a request that ended without (the end of) an answer
 
 
 def _internal_error_start() -> Message:
