@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     UPLOAD_HOST=0.0.0.0 \
     UPLOAD_PORT=8080 \
-    UPLOAD_DATA_DIR=/data
+    UPLOAD_DATA_DIR=/data \
+    UPLOAD_LOG_FORMAT=json
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./

@@ -38,6 +38,7 @@ from upload_service.middleware import (
     under,
 )
 from upload_service.proxy import ProxyHeadersMiddleware, TrustedProxies
+from upload_service.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
@@ -223,10 +224,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=list(resolved.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=list(REQUEST_HEADERS),
-            expose_headers=list(RESPONSE_HEADERS),
+            allow_headers=[*REQUEST_HEADERS, REQUEST_ID_HEADER],
+            expose_headers=[*RESPONSE_HEADERS, REQUEST_ID_HEADER],
             max_age=86400,
         )
+    # Inside the proxy middleware (its client address is logged), outside everything that answers.
+    app.add_middleware(RequestLogMiddleware, access_log=resolved.access_log)
     # Outermost: every layer inside sees the scheme, host, prefix and client the proxy reported.
     app.add_middleware(ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.trusted_proxies))
     return app

@@ -10,13 +10,23 @@ from types import FrameType
 
 from upload_service.settings import ConfigError, Settings, load_settings
 
+# Whether this process's logging is the command's to configure: not when ``main`` runs inside a
+# program (a test) that configured logging already.
+_configure_logging = False
+
 
 def _settings() -> Settings:
+    """The settings, with this process's logging configured from them (once, here)."""
+    from upload_service.logs import configure
+
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         print(f"upload-service: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if _configure_logging:
+        configure(settings)
+    return settings
 
 
 def _migrate(settings: Settings) -> None:
@@ -69,7 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from upload_service.logs import log_config
+
     settings = _settings()
+    if args.log_level is not None:
+        settings = settings.model_copy(update={"log_level": args.log_level})
     _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
     workers = args.workers if args.workers is not None else settings.workers
     if workers > 1 and settings.metrics:
@@ -87,7 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # httptools, draining running uploads as shutdown begins; imported where the app is.
         http="upload_service.serving:DrainingHttpToolsProtocol",
         lifespan="on",
-        log_level=args.log_level,
+        # applied again in every worker process; the access lines are the app's own
+        log_config=log_config(settings),
+        log_level=settings.log_level,
+        access_log=False,
         workers=workers,
         # Off: the app's ProxyHeadersMiddleware believes proxies (UPLOAD_TRUSTED_PROXIES) and
         # also reads Forwarded and X-Forwarded-Host/-Port/-Prefix, which uvicorn's ignores.
@@ -122,7 +139,11 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"upload-service: cannot migrate the database: {reason}", file=sys.stderr)
         return 2
-    print(f"database at head: {settings.database_url}")
+    from sqlalchemy.engine import make_url
+
+    # logged, not printed: under ``serve`` this is part of the server's log, in its format
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    logging.getLogger("upload_service.migrate").info("database at head: %s", shown)
     return 0
 
 
@@ -159,7 +180,12 @@ def parser() -> argparse.ArgumentParser:
         type=_positive,
         help="worker processes sharing the data directory (default UPLOAD_WORKERS or 1)",
     )
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="the least severe level logged (default UPLOAD_LOG_LEVEL or info)",
+    )
     serve.set_defaults(run=cmd_serve)
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=cmd_migrate)
@@ -173,8 +199,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    global _configure_logging
+    _configure_logging = not logging.getLogger().handlers  # each command reads the settings first
     args = parser().parse_args(argv)
     result: int = args.run(args)
     return result

@@ -141,8 +141,10 @@ class Lifecycle:
             return upload  # someone else finished (or ended) it meanwhile
         if result.state is UploadState.READY:
             self._events.finished()
+            logger.info("upload ready (%d bytes)", result.offset, extra={"upload_id": upload.id})
         elif result.state is UploadState.FAILED:
             self._events.failed()
+            logger.warning("upload failed: %s", result.failure, extra={"upload_id": upload.id})
         if result.final_id is not None:
             await self._runner.spawn(partial(self.assemble, result.final_id), "assemble final")
         return result
@@ -178,6 +180,12 @@ class Lifecycle:
             keys = [parts[part_id].storage for part_id in final.parts]
             length = await self._store.concatenate(final.storage, keys)
             final = await self._repo.assembled(final_id, length, self._clock())
+            logger.info(
+                "final upload assembled from %d parts (%d bytes)",
+                len(keys),
+                length,
+                extra={"upload_id": final_id},
+            )
         await self.verify(final.id)
 
     async def _purge(self, before: datetime) -> int:
@@ -185,11 +193,13 @@ class Lifecycle:
         for upload in ended:
             await self._store.delete(upload.storage)  # bytes first: no file outlives its row
             await self._repo.forget(upload.id)
+            logger.debug("ended upload forgotten", extra={"upload_id": upload.id})
         return len(ended)
 
     async def _fail(self, upload_id: str, reason: str) -> None:
         await self._repo.fail(upload_id, reason, self._clock(), only_from=(UploadState.RECEIVING,))
         self._events.failed()
+        logger.warning("upload failed: %s", reason, extra={"upload_id": upload_id})
 
     async def resume(self) -> None:
         """Start-up: finish what a stopped process left half done."""
@@ -222,6 +232,7 @@ class Lifecycle:
                     await self._repo.expire(upload.id, self._clock())
                     await self._store.delete(current.storage)
                     count += 1
+                    logger.info("upload expired, its bytes deleted", extra={"upload_id": upload.id})
             except Locked:
                 continue  # being written right now: its expiry moves on with the next commit
             except Conflict:
@@ -258,6 +269,10 @@ class Lifecycle:
                         if await self._repo.get(key.upload_id) is None:
                             await self._store.delete(key)
                             swept += 1
+                            logger.info(
+                                "orphaned stored bytes deleted (no upload row names them)",
+                                extra={"upload_id": key.upload_id},
+                            )
                 except Locked:
                     continue
         return swept

@@ -96,6 +96,17 @@ class Settings(BaseSettings):
     base_path: str = "/files"
     # Prometheus metrics at GET /metrics (added up across workers with --workers N).
     metrics: bool = True
+    # Log lines: text (for a terminal) or json (one object a line, for a log collector).
+    log_format: Literal["text", "json"] = "text"
+    # The least severe level logged, by our loggers, uvicorn's and every library's.
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # One access line a request (method, path, status, duration, request and upload id).
+    access_log: bool = True
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from upload_service.errors import ServiceError
+from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
 from upload_service.tus.protocol import metadata_text
 from upload_service.tus.request import TusRequest
@@ -53,6 +54,7 @@ class Health(BaseModel):
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadOut)
 async def get_upload(upload_id: str, services: ServicesDep, principal: PrincipalDep) -> UploadOut:
+    bind_upload_id(upload_id)
     request = TusRequest(upload_id=upload_id, principal=principal)
     return UploadOut.of(await services.handler.get(request))
 

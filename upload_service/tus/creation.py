@@ -11,6 +11,7 @@ terminated and the bytes deleted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from upload_service.errors import BadRequest, Conflict, TooLarge
 from upload_service.events import Events
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Locker
+from upload_service.logs import bind_upload_id
 from upload_service.storage.base import Concatenator, Store
 from upload_service.tus.checksum import Checksum, ChecksumMismatch, parse_checksum
 from upload_service.tus.concat import check_parts, first_bytes
@@ -37,6 +39,8 @@ from upload_service.tus.protocol import (
 from upload_service.tus.receive import Receiver
 from upload_service.tus.request import TusHeaders, TusRequest
 from upload_service.uploads import Metadata, Upload, UploadState
+
+logger = logging.getLogger("upload_service.tus")
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
@@ -127,6 +131,13 @@ class Creator:
         upload = replace(upload, storage_ref=key.ref)
         await self._repo.add(upload)
         self._events.created()
+        bind_upload_id(upload_id)
+        logger.info(
+            "upload created (length %s%s)",
+            "deferred" if length is None else length,
+            "" if concat is None else ", partial",
+            extra={"upload_id": upload_id},
+        )
         if complete:
             upload = await self._lifecycle.completed(upload, hashlib.sha256().digest())
         elif with_data:
@@ -205,6 +216,10 @@ class Creator:
             await self._store.delete(key)
             raise BadRequest(exc.message) from exc
         self._events.created()
+        bind_upload_id(final.id)
+        logger.info(
+            "final upload created of %d parts", len(part_ids), extra={"upload_id": final.id}
+        )
         await self._lifecycle.assemble_soon(final.id)
         return TusResponse(201, {"Location": self._location(request, final.id)}, final.id)
 

@@ -16,6 +16,7 @@ upload for a request and checks its existence, owner and state; ``creation.Creat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
+
+logger = logging.getLogger("upload_service.tus")
 
 CORE_EXTENSIONS = (
     "creation",
@@ -311,6 +314,7 @@ class TusHandler:
                 await self._repo.release_parts(upload_id)  # they may join another final
             await self._store.delete(upload.storage)
         self._events.terminated()
+        logger.info("upload terminated", extra={"upload_id": upload_id})
         return TusResponse(204, {}, upload_id=upload_id)
 
     # -- download -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ starts after the drain lets go at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,6 +55,8 @@ from upload_service.uploads import Upload, UploadState
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
     from upload_service.tus.handler import HandlerConfig
+
+logger = logging.getLogger("upload_service.tus")
 
 
 class LimitedBody:
@@ -191,6 +194,7 @@ class Receiver:
         overflow: ServiceError | None = None
         failure: StorageError | None = None
         complete_body = False
+        ended = "the body ended"
         try:
             with anyio.CancelScope() as reading:
                 lease.on_release_request(reading.cancel)
@@ -204,8 +208,9 @@ class Receiver:
                     complete_body = True
             if reading.cancelled_caught:
                 complete_body = False
+                ended = "another request or the shutdown asked for the upload"
         except ClientGone:
-            pass  # keep what arrived (unless checksummed): made durable and committed below
+            ended = "the client went away"  # keep what arrived (unless checksummed): see below
         except StorageError as exc:
             failure = exc
         finally:
@@ -218,6 +223,16 @@ class Receiver:
                 if upload.offset != appender.offset or failure is not None:
                     whole = None  # the running digest saw bytes that are not committed
                 await strategy.closed()
+        refusal = failure or overflow  # a storage failure, too long a body, a checksum mismatch
+        logger.log(
+            logging.DEBUG if complete_body and refusal is None else logging.INFO,
+            "received %d bytes, offset %d -> %d: %s",
+            reader.received,
+            start,
+            upload.offset,
+            ended if refusal is None else refusal.message,
+            extra={"upload_id": upload.id},
+        )
         if whole is not None and upload.state is UploadState.RECEIVING:
             self._digests.put(upload.id, upload.offset, whole)
         if upload.state is UploadState.VERIFYING:  # this request wrote the last byte

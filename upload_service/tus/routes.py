@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from upload_service.errors import ClientGone
+from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
@@ -97,8 +98,10 @@ def tus_request(
     request: Request, headers: HeadersDep, endpoint: EndpointDep, principal: PrincipalDep
 ) -> TusRequest:
     """The one value the handler reads of a request, besides its body."""
+    upload_id = request.path_params.get("upload_id")
+    bind_upload_id(upload_id)  # the request's log lines name the upload from here on
     return TusRequest(
-        upload_id=request.path_params.get("upload_id"),
+        upload_id=upload_id,
         headers=headers,
         principal=principal,
         endpoint=endpoint,
