@@ -110,7 +110,12 @@ async def build_store(settings: Settings) -> Store:
             max_size=max_upload_size(settings) or MAX_OBJECT_SIZE,
         )
     await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
-    return LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
+    return LocalStore(
+        settings.files_dir,
+        buffer_size=settings.write_buffer,
+        min_free=settings.min_free_bytes,
+        reserve_space=settings.reserve_space,
+    )
 
 
 @asynccontextmanager

@@ -14,6 +14,12 @@ Crash story of a PATCH (what a kill -9 at each step leaves):
 - after the commit: the offset is durable and every byte below it was fsynced before it.
 So the reported offset never exceeds the durable bytes and never moves back past what was reported.
 
+Outages: a commit the database refuses (unreachable, locked: 503; its disk full: 507) commits
+nothing, so the offset stays at the last commit, below the durable bytes; the next request's
+``append`` (or reconciliation) cuts the uncommitted rest off. A full disk under the bytes
+(``StorageFull``, 507) ends the body: the written prefix is made durable and committed. An upload of
+known length has its space reserved (``Reserver``), at creation and again before each request.
+
 Across replicas (a locker that hands out fencing tokens): the holder claims the upload's row with
 its token before reading it, every commit is refused once a newer holder has claimed the row, and
 once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
@@ -43,6 +49,7 @@ from upload_service.storage.base import (
     Checkpointer,
     Finisher,
     Hasher,
+    Reserver,
     Store,
     TailDiscarder,
 )
@@ -183,6 +190,7 @@ class Receiver:
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
         appender = await self._store.append(upload.storage, start, hashers, fence=lease)
+        await self._reserved(upload, appender)
         strategy: _Strategy = (
             _Checkpointing(self, upload, appender, lease)
             if checksum is None
@@ -229,6 +237,19 @@ class Receiver:
         if overflow is not None:
             raise overflow
         return upload
+
+    async def _reserved(self, upload: Upload, appender: Appender) -> None:
+        """Reserve the rest of an upload of known length before writing (``Reserver``): space
+        reserved at creation costs nothing more, and what a cut-back tail released (``append``
+        drops leftovers) is taken again, or the request is a 507 before any byte is written."""
+        if not isinstance(self._store, Reserver) or upload.length is None:
+            return
+        try:
+            await self._store.reserve(upload.storage, upload.offset, upload.length)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await appender.aclose()
+            raise
 
     async def checked_head(
         self,
