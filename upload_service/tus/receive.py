@@ -41,7 +41,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from upload_service.errors import ClientGone, Conflict, ServiceError, StorageError, TooLarge
+from upload_service.errors import (
+    ClientGone,
+    Conflict,
+    ServiceError,
+    StorageError,
+    StorageFull,
+    TooLarge,
+)
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease
 from upload_service.storage.base import (
@@ -61,6 +68,10 @@ from upload_service.uploads import Upload, UploadState
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
     from upload_service.tus.handler import HandlerConfig
+
+# A commit refused for a full disk under the database (often the disk the bytes just filled) is
+# tried again after cutting this many of the request's last bytes off, to make room for it.
+GIVE_BACK = 1024 * 1024
 
 
 class LimitedBody:
@@ -320,6 +331,21 @@ class Receiver:
             return upload
         return await self._commit(upload, durable, lease)
 
+    async def _give_back(
+        self, upload: Upload, appender: Appender, lease: Lease, full: StorageFull
+    ) -> Upload:
+        """The body has ended and the database refused the commit for a full disk: cut the
+        request's last ``GIVE_BACK`` bytes off (durably) to make room, and commit the rest. The
+        stored bytes then end at the committed offset, whether the commit succeeds or not."""
+        if not isinstance(self._store, TailDiscarder):
+            raise full
+        durable = await appender.sync()
+        kept = max(upload.offset, durable - GIVE_BACK)
+        await self._store.discard_tail(upload.storage, kept)
+        if kept == upload.offset:
+            raise full
+        return await self._commit(upload, kept, lease)
+
     async def _commit(self, upload: Upload, offset: int, lease: Lease) -> Upload:
         """Advance the offset to durable ``offset``; the last byte also completes the upload
         (a crash between the two leaves it complete but receiving: start-up completes it).
@@ -430,7 +456,16 @@ class _Checkpointing(_Strategy):
         except StorageError as exc:
             failure = failure or exc
             # the written prefix
-            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+            try:
+                self.upload = await self._receiver._checkpoint(
+                    self.upload, self._appender, self._lease
+                )
+            except StorageFull as full:
+                if not isinstance(failure, StorageFull):
+                    raise
+                self.upload = await self._receiver._give_back(
+                    self.upload, self._appender, self._lease, full
+                )
         return failure, overflow
 
 
