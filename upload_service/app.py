@@ -124,7 +124,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
     await anyio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
     try:
         await check_schema(engine)
         repository = SqlUploadRepository(create_sessionmaker(engine))

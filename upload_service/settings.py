@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str = ""
+    # SQLite: seconds a statement waits for another connection's lock before the request is a
+    # 503 with Retry-After ("database is locked").
+    database_busy_timeout: float = Field(default=10.0, gt=0, le=600)
     max_size: int | None = Field(default=None, gt=0)
     expire_after: int = Field(default=7 * 24 * 3600, gt=0)
     # Caps on Upload-Metadata at creation: the raw header value's length and its number of keys

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import ColumnElement, Update, delete, select, text, update
+from sqlalchemy import ColumnElement, Update, delete, false, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -376,8 +376,13 @@ class SqlUploadRepository:
             await session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
 
     async def ping(self) -> None:
-        async with self._session() as session:
-            await session.execute(text("SELECT 1"))
+        # A write that changes nothing: it needs the write lock (a SQLite database locked by
+        # another connection is not ready, though it may still be read) and a live connection.
+        async with self._session(begin=True) as session:
+            await session.execute(
+                update(UploadRow).where(false()).values(fence=UploadRow.fence),
+                execution_options={"synchronize_session": False},
+            )
 
 
 def _receiving() -> ColumnElement[bool]:
