@@ -30,6 +30,8 @@ from tests.postgres import (
 )
 from tests.tus_http_helpers import create, head, patch, serve
 from upload_service.db.migrate import upgrade
+from upload_service.db.repository import database_error
+from upload_service.errors import StorageFull, Unavailable
 from upload_service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -324,3 +326,48 @@ async def test_a_patch_whose_commit_meets_a_locked_sqlite_database_commits_nothi
         resumed = await patch(client, upload_id, KiB, _chunks(data[KiB:]))
         assert resumed.status_code == 204, resumed.text
         assert await _sha256_when_ready(client, upload_id) == hashlib.sha256(data).hexdigest()
+
+
+class _DriverError(Exception):
+    """What SQLAlchemy's asyncpg adapter raises: the server's SQLSTATE on ``sqlstate``."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def _wrapped(orig: BaseException) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("UPDATE uploads ...", None, orig)
+
+
+@pytest.mark.parametrize(
+    "orig",
+    [
+        sqlite3.OperationalError("database or disk is full"),
+        _DriverError('could not extend file "base/16384/16385": No space left on device', "53100"),
+    ],
+    ids=["sqlite", "postgres"],
+)
+def test_a_full_disk_under_the_database_is_507_not_503(orig: BaseException) -> None:
+    error = database_error(_wrapped(orig))
+    assert isinstance(error, StorageFull)
+    assert error.status == 507
+    assert error.message.startswith("database storage is full: ")
+    assert "Retry-After" not in error.headers
+
+
+@pytest.mark.parametrize(
+    "orig",
+    [
+        sqlite3.OperationalError("database is locked"),
+        _DriverError("terminating connection due to administrator command", "57P01"),
+        ConnectionRefusedError(111, "Connect call failed"),
+    ],
+    ids=["locked", "terminated", "refused"],
+)
+def test_other_driver_failures_are_503_with_retry_after(orig: BaseException) -> None:
+    error = database_error(_wrapped(orig))
+    assert type(error) is Unavailable
+    assert error.headers["Retry-After"].isdigit()

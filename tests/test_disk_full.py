@@ -30,7 +30,9 @@ from tests.tus_http_helpers import (
     serve,
     stored_files,
 )
+from upload_service.errors import StorageFull
 from upload_service.settings import Settings
+from upload_service.storage.local import LocalStore
 from upload_service.storage.space import free_bytes
 from upload_service.tus.receive import GIVE_BACK
 
@@ -41,6 +43,7 @@ MiB = 1024 * KiB
 DISK = 64 * MiB
 MIN_FREE = 4 * MiB
 GUARD = 120.0  # seconds; a hang is a failure
+UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
 
 @contextlib.contextmanager
@@ -222,6 +225,21 @@ async def test_an_upload_past_its_reservation_cannot_be_starved_by_another(
             finished = await patch(client, reserved, length // 2, _chunks(data[length // 2 :]))
         assert finished.status_code == 204, finished.text
         assert await _sha256_when_ready(client, reserved) == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_reservation_that_does_not_fit_reserves_nothing(disk: Path) -> None:
+    store = LocalStore(disk / "files")
+    try:
+        key = await store.create(UPLOAD_ID, MiB)
+        before = free_bytes(disk)
+        with pytest.raises(StorageFull, match="storage is full"):
+            await store.reserve(key, 0, 2 * DISK)
+        assert free_bytes(disk) >= before - 64 * KiB  # nothing half-reserved stays allocated
+        assert await store.size(key) == 0
+        await store.delete(key)
+        assert free_bytes(disk) >= before + MiB - 64 * KiB  # deleting frees the reservation
+    finally:
+        await store.aclose()
 
 
 def test_the_small_disk_is_unmounted_after_the_test(tmp_path: Path) -> None:
