@@ -32,13 +32,14 @@ import botocore.exceptions
 import pytest
 
 from tests import s3 as moto
-from upload_service.errors import NotFound, StorageError, StorageUnavailable
+from upload_service.errors import NotFound, StorageError, StorageFull, StorageUnavailable
 from upload_service.storage.base import (
     Appender,
     Concatenator,
     Digester,
     Finisher,
     OrphanLister,
+    Reserver,
     StorageKey,
     Store,
     TailDiscarder,
@@ -74,7 +75,14 @@ MALFORMED_IDS = [
 ]
 
 
-CAPABILITIES: tuple[type, ...] = (Finisher, Concatenator, TailDiscarder, Digester, OrphanLister)
+CAPABILITIES: tuple[type, ...] = (
+    Finisher,
+    Concatenator,
+    TailDiscarder,
+    Digester,
+    OrphanLister,
+    Reserver,
+)
 
 
 @dataclass
@@ -85,7 +93,13 @@ class Backend:
     break_writes: Callable[[str], Callable[[], None]]
     root: Path | None = None  # the directory a filesystem store owns
     # the optional capabilities this backend claims; the suite checks the claim both ways
-    capabilities: tuple[type, ...] = (Concatenator, TailDiscarder, Digester, OrphanLister)
+    capabilities: tuple[type, ...] = (
+        Concatenator,
+        TailDiscarder,
+        Digester,
+        OrphanLister,
+        Reserver,
+    )
 
 
 C = TypeVar("C")
@@ -388,6 +402,66 @@ async def test_discard_tail_never_extends(backend: Backend) -> None:
     await capable(backend, TailDiscarder).discard_tail(key, 10)
     assert await backend.store.size(key) == 3
     assert await _content(backend.store, key) == b"abc"
+
+
+async def test_a_reservation_changes_no_size_no_byte_and_no_later_operation(
+    backend: Backend,
+) -> None:
+    reserver = capable(backend, Reserver)
+    data = _random_bytes(3000)
+    key = await _stored(backend.store, UPLOAD_ID, data[:1000])
+    await reserver.reserve(key, 1000, 64 * KiB)
+    await reserver.reserve(key, 1000, 64 * KiB)  # again: what is reserved costs nothing
+    assert await backend.store.size(key) == 1000
+    assert await _content(backend.store, key) == data[:1000]
+    appender = await backend.store.append(key, 1000)
+    try:
+        await appender.write(data[1000:])
+        assert await appender.sync() == 3000
+    finally:
+        await appender.aclose()
+    assert await backend.store.size(key) == 3000
+    assert await _content(backend.store, key) == data
+    await capable(backend, TailDiscarder).discard_tail(key, 2000)  # cut back, then reserved anew
+    assert await backend.store.size(key) == 2000
+    await reserver.reserve(key, 2000, 64 * KiB)
+    assert await _content(backend.store, key) == data[:2000]
+    digester = capable(backend, Digester)
+    assert await digester.digest(key, hashlib.sha256()) == hashlib.sha256(data[:2000]).digest()
+    final = await backend.store.create(OTHER_ID, 2000)  # reserved at creation
+    assert await backend.store.size(final) == 0
+    assert await capable(backend, Concatenator).concatenate(final, [key, key]) == 4000
+    assert await _content(backend.store, final) == data[:2000] * 2
+
+
+async def test_create_with_a_length_reserves_it_and_keeps_the_upload_empty(
+    backend: Backend,
+) -> None:
+    capable(backend, Reserver)
+    key = await backend.store.create(UPLOAD_ID, 256 * KiB)
+    assert await backend.store.size(key) == 0
+    assert await _content(backend.store, key) == b""
+    appender = await backend.store.append(key, 0)
+    try:
+        await appender.write(b"abc")
+        assert await appender.sync() == 3
+    finally:
+        await appender.aclose()
+    assert await _content(backend.store, key) == b"abc"
+
+
+async def test_memory_reservations_count_against_its_capacity() -> None:
+    store = MemoryStore(capacity=1000)
+    key = await store.create(UPLOAD_ID, 600)
+    with pytest.raises(StorageFull):  # 600 are reserved: 500 more do not fit
+        await store.create(OTHER_ID, 500)
+    assert await store.stored_before(datetime.now(UTC) + timedelta(seconds=1)) == [key]
+    with pytest.raises(StorageFull):
+        await store.reserve(key, 0, 1001)
+    await store.reserve(key, 0, 1000)
+    await store.discard_tail(key, 0)  # cutting back releases the reservation, as ftruncate does
+    other = await store.create(OTHER_ID, 900)
+    assert await store.size(other) == 0
 
 
 async def test_create_never_overwrites_an_existing_upload(backend: Backend) -> None:
@@ -1263,6 +1337,29 @@ async def test_s3_errors_are_translated(s3: S3Store, moto_endpoint: str) -> None
         assert type(translated) is expected, code
 
 
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("XMinioStorageFull", 507),  # MinIO: no drive has room
+        ("XMinioAdminBucketQuotaExceeded", 400),  # MinIO: the bucket's quota
+        ("QuotaExceeded", 403),  # Ceph RGW
+        ("EntityTooLarge", 400),  # never sent past S3's limits: a quota said so
+        ("", 507),
+    ],
+)
+def test_s3_no_space_or_quota_is_storage_full(code: str, status: int) -> None:
+    response = {
+        "Error": {"Code": code, "Message": "no room"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    error = botocore.exceptions.ClientError(cast(Any, response), "UploadPart")
+    translated = translate(error, "write upload data")
+    assert type(translated) is StorageFull
+    assert translated.status == 507
+    assert translated.message.startswith("cannot write upload data: object storage is full")
+    assert "\n" not in translated.message
+
+
 class _FullSpool(io.BytesIO):
     def write(self, data: Any, /) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -1279,6 +1376,7 @@ async def test_s3_a_full_spool_disk_is_a_storage_error(s3: S3Store) -> None:
     finally:
         await appender.aclose()
     assert "No space left" in error.message
+    assert isinstance(error, StorageFull)
     assert durable == 4
     assert await _content(s3, key) == b"kept"
 

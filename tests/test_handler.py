@@ -7,6 +7,7 @@ durable bytes and never falls below what was committed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -27,11 +28,13 @@ from upload_service.errors import (
     NotFound,
     OffsetMismatch,
     StorageError,
+    StorageFull,
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
+from upload_service.tus.checksum import ChecksumMismatch
 from upload_service.tus.handler import HandlerConfig, TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, http_date
 from upload_service.tus.request import TusRequest
@@ -883,3 +886,28 @@ async def test_a_patch_after_drain_lets_go_at_once(world: World) -> None:
     assert response.status == 204
     assert offset_of(response) <= CHUNK  # at most the chunk in hand before the first await
     assert (await committed(world.repository, upload_id)).offset == offset_of(response)
+
+
+async def test_a_request_reserves_again_what_a_cut_back_tail_released(
+    databases: Databases,
+) -> None:
+    """A reservation released by a discarded checksummed request is taken again before the next
+    request writes; when the space went to another upload meanwhile, that request is a 507
+    before any byte is stored."""
+    world = make_world(databases, store=MemoryStore(capacity=100))
+    upload_id = await create(world.handler, 60)
+    wrong = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    headers = replace(at(0), upload_checksum=wrong)
+    with pytest.raises(ChecksumMismatch):
+        await world.handler.patch(TusRequest(upload_id, headers), chunks(payload(30)))
+    assert upload_id not in world.store.reserved  # cut back: released, as ftruncate does
+    other = await create(world.handler, 60)  # so the space is free for another upload
+    with pytest.raises(StorageFull):
+        await world.handler.patch(TusRequest(upload_id, at(0)), chunks(payload(10)))
+    assert bytes(world.store.volatile[upload_id]) == b""
+    assert (await committed(world.repository, upload_id)).offset == 0
+    await world.handler.delete(TusRequest(other, tus()))
+    data = payload(60)
+    done = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(data))
+    assert offset_of(done) == 60
+    assert bytes(world.store.durable[upload_id]) == data

@@ -223,9 +223,25 @@ async def test_bad_upload_length_is_400(
     await assert_nothing_created(services)
 
 
-async def test_largest_signed_64_bit_length_is_accepted(client: httpx.AsyncClient) -> None:
-    response = await client.post("/files/", headers={**TUS, "Upload-Length": str(2**63 - 1)})
+async def test_largest_signed_64_bit_length_is_accepted(data_dir: Path, database_url: str) -> None:
+    # Without reserving space (UPLOAD_RESERVE_SPACE=false): no disk holds 2**63 - 1 bytes, and a
+    # store that reserves refuses the upload with 507 (next test); the parser accepts the length.
+    settings = make_settings(data_dir, database_url, reserve_space=False, min_free_bytes=0)
+    async with serve(settings) as served:
+        response = await served.client.post(
+            "/files/", headers={**TUS, "Upload-Length": str(2**63 - 1)}
+        )
     assert response.status_code == 201
+
+
+async def test_a_length_no_disk_holds_is_a_507_at_creation_and_creates_nothing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    response = await client.post("/files/", headers={**TUS, "Upload-Length": str(2**63 - 1)})
+    assert response.status_code == 507
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert reason(response).startswith("cannot create upload: storage is full")
+    await assert_nothing_created(services)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,12 @@ async def build_store(settings: Settings) -> Store:
             max_size=max_upload_size(settings) or MAX_OBJECT_SIZE,
         )
     await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
-    return LocalStore(settings.files_dir, buffer_size=settings.write_buffer)
+    return LocalStore(
+        settings.files_dir,
+        buffer_size=settings.write_buffer,
+        min_free=settings.min_free_bytes,
+        reserve_space=settings.reserve_space,
+    )
 
 
 @asynccontextmanager
@@ -120,7 +125,7 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
     await anyio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
     try:
         await check_schema(engine)
         repository = SqlUploadRepository(create_sessionmaker(engine))

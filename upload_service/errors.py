@@ -98,6 +98,13 @@ class StorageError(ServiceError):
     code = "storage_error"
 
 
+class StorageFull(StorageError):
+    """No space (or quota) is left where the bytes or the rows go: 507 Insufficient Storage, the
+    upload itself intact; the client resumes once space is freed (HEAD gives the offset)."""
+
+    code = "storage_full"
+
+
 class Unavailable(ServiceError):
     status = 503
     code = "unavailable"

@@ -127,5 +127,6 @@ class UploadRepository(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise ``Unavailable`` unless the database answers (readiness)."""
+        """Raise ``Unavailable`` unless the database answers and takes writes (readiness: a
+        database locked by another connection is not ready)."""
         ...

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str = ""
+    # SQLite: seconds a statement waits for another connection's lock before the request is a
+    # 503 with Retry-After ("database is locked").
+    database_busy_timeout: float = Field(default=10.0, gt=0, le=600)
     max_size: int | None = Field(default=None, gt=0)
     expire_after: int = Field(default=7 * 24 * 3600, gt=0)
     # Caps on Upload-Metadata at creation: the raw header value's length and its number of keys
@@ -49,6 +52,13 @@ class Settings(BaseSettings):
     checkpoint_seconds: float = Field(default=2.0, gt=0)
     # How often received-but-not-yet-durable progress is written to the database during a PATCH.
     progress_seconds: float = Field(default=0.5, gt=0)
+    # Free space (bytes) kept on the data directory's filesystem: below it /readyz answers 503
+    # "disk full", and local storage refuses new uploads (507) that would leave less free (the
+    # database, the lock files and the S3 spool need room too). 0: only a full disk counts.
+    min_free_bytes: int = Field(default=64 * MiB, ge=0)
+    # Local storage: reserve an upload's whole length at creation (fallocate, keeping the size)
+    # so it cannot run out of space midway; an upload that cannot fit is a 507 at creation.
+    reserve_space: bool = True
     # Request bytes are coalesced into writes of this size (the per-upload memory bound).
     write_buffer: int = Field(default=1 * MiB, ge=64 * 1024, le=64 * MiB)
     # How long a request waits for another request on the same upload to let go of it before 423.

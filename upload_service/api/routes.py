@@ -6,6 +6,7 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from upload_service.errors import ServiceError
 from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
+from upload_service.storage.space import free_bytes
 from upload_service.tus.protocol import metadata_text
 from upload_service.tus.request import TusRequest
 from upload_service.tus.routes import PrincipalDep
@@ -73,5 +75,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         return JSONResponse(Health(status="unavailable", detail=exc.message).model_dump(), 503)
     except OSError as exc:
         detail = f"database unreachable: {exc}"
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
+    try:
+        free = await anyio.to_thread.run_sync(free_bytes, services.settings.data_dir)
+    except OSError as exc:
+        detail = f"cannot inspect the data directory: {exc.strerror or exc}"
+        return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
+    if free < max(services.settings.min_free_bytes, 1):  # UPLOAD_MIN_FREE_BYTES, or none at all
+        detail = f"disk full: {free} bytes free"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
     return JSONResponse(Health(status="ok").model_dump())

@@ -1,6 +1,7 @@
 """The upload repository over SQLAlchemy 2.0 async (SQLite through aiosqlite, PostgreSQL through
 asyncpg): every query the service makes. Each transition is one conditional ``UPDATE ... RETURNING``
-(compare-and-set); a driver failure of any kind leaves as ``Unavailable`` (503, ``Retry-After``).
+(compare-and-set); a driver failure of any kind leaves as ``Unavailable`` (503, ``Retry-After``),
+except a full disk under the database, which is ``StorageFull`` (507).
 """
 
 from __future__ import annotations
@@ -11,27 +12,50 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import ColumnElement, Update, delete, select, text, update
+from sqlalchemy import ColumnElement, Update, delete, false, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow
-from upload_service.errors import Conflict, Unavailable
+from upload_service.errors import Conflict, ServiceError, StorageFull, Unavailable
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
 
 # What a client is told to wait before retrying while the database is unreachable.
 RETRY_AFTER_SECONDS = 5
 
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # disk_full: PostgreSQL could not extend a file
+
 
 def database_unavailable(exc: BaseException) -> Unavailable:
-    """The one translation of a driver failure (connection refused, lost, timed out, any
-    SQLAlchemy error): a one-line 503 that tells the client when to retry."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = detail[0] if detail else exc.__class__.__name__
+    """The one translation of a driver failure (connection refused, lost, timed out, locked, a
+    pool timeout, any SQLAlchemy error): a one-line 503 that tells the client when to retry."""
     return Unavailable(
-        f"database unavailable: {reason}"[:300],
+        f"database unavailable: {_reason(exc)}"[:300],
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
+
+
+def database_error(exc: BaseException) -> ServiceError:
+    """A driver failure as the client sees it: a full disk under the database is a 507 (retrying
+    does not help until space is freed), anything else ``database_unavailable``."""
+    if _is_disk_full(exc):
+        return StorageFull(f"database storage is full: {_reason(exc)}"[:300])
+    return database_unavailable(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return detail[0] if detail else exc.__class__.__name__
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    driver = getattr(exc, "orig", None) or exc
+    if getattr(driver, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    if getattr(driver, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    return "database or disk is full" in str(driver)  # aiosqlite may lose the error code
 
 
 def _metadata(stored: dict[str, str | None]) -> Metadata:
@@ -113,7 +137,7 @@ class SqlUploadRepository:
     @asynccontextmanager
     async def _session(self, *, begin: bool = False) -> AsyncIterator[AsyncSession]:
         """A session whose statements a cancellation cannot interrupt, and whose driver errors
-        leave as ``Unavailable``.
+        leave as ``Unavailable`` (``StorageFull`` for a full disk).
 
         Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
         pending for ever (aiosqlite's worker is stopped under it), so at shutdown or on a client's
@@ -125,7 +149,7 @@ class SqlUploadRepository:
                 async with self._sessions.begin() if begin else self._sessions() as session:
                     yield session
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise database_unavailable(exc) from exc
+                raise database_error(exc) from exc
 
     async def add(self, upload: Upload) -> None:
         async with self._session(begin=True) as session:
@@ -352,8 +376,13 @@ class SqlUploadRepository:
             await session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
 
     async def ping(self) -> None:
-        async with self._session() as session:
-            await session.execute(text("SELECT 1"))
+        # A write that changes nothing: it needs the write lock (a SQLite database locked by
+        # another connection is not ready, though it may still be read) and a live connection.
+        async with self._session(begin=True) as session:
+            await session.execute(
+                update(UploadRow).where(false()).values(fence=UploadRow.fence),
+                execution_options={"synchronize_session": False},
+            )
 
 
 def _receiving() -> ColumnElement[bool]:

@@ -5,7 +5,7 @@ A ``Store`` keeps the bytes of uploads; it knows nothing of offsets in the datab
 find the bytes again (an object store's multipart upload id), which the upload's row keeps and
 every later call passes back. What only some backends can do is a separate, runtime-checkable
 capability Protocol (``Finisher``, ``Concatenator``, ``TailDiscarder``, ``Digester``,
-``OrphanLister``, and ``Checkpointer`` for appenders); the handler checks for each with
+``OrphanLister``, ``Reserver``, and ``Checkpointer`` for appenders); the handler checks for each with
 ``isinstance``, advertises in ``Tus-Extension`` only what the configured store supports, and falls
 back (or refuses) otherwise.
 
@@ -196,4 +196,20 @@ class OrphanLister(Protocol):
         of the sweep for bytes that no upload row names (a crash between creating an upload's
         storage and inserting its row leaves such bytes). A key found this way may lack what only
         ``create`` knew (an S3 upload's part size), but ``delete`` removes the bytes by it."""
+        ...
+
+
+@runtime_checkable
+class Reserver(Protocol):
+    """A store that can set space aside for an upload's bytes before they arrive (a local disk's
+    ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``), so that an accepted upload of known length
+    cannot run out of space midway. Such a store's ``create`` reserves ``length`` too, and when
+    it cannot fit raises ``StorageFull`` and leaves nothing behind. A reservation never changes
+    what ``size`` reports or what ``read`` returns; cutting bytes back (``append`` past
+    leftovers, ``discard_tail``) may release it, so the handler reserves again before writing."""
+
+    async def reserve(self, key: StorageKey, start: int, end: int) -> None:
+        """Make sure bytes ``[start, end)`` can be written without running out of space (space
+        reserved already counts). Raises ``StorageFull`` when they cannot, having reserved
+        nothing more; a medium that cannot reserve at all makes this a no-op. ``NotFound``."""
         ...

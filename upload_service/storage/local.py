@@ -5,6 +5,10 @@ file that a crash can lose. Appended bytes sit in a bounded buffer, then in the 
 ``sync`` (flush + fsync, in a worker thread) makes them durable, and only its result is ever committed
 as an offset. After kill -9 the file may hold bytes past the committed offset; ``append`` cuts them
 off before writing, and start-up reconciliation does the same.
+
+Space: ``create`` of an upload of known length reserves its blocks (``space.reserve``, keeping the
+size), so it cannot run out of space midway, and refuses it (``StorageFull``, nothing left) when
+it does not fit with ``min_free`` bytes to spare; a full disk anywhere else is ``StorageFull``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import aiofiles
 import aiofiles.os
 import anyio.to_thread
 
-from upload_service.errors import NotFound, StorageError
+from upload_service.errors import NotFound, StorageError, StorageFull
+from upload_service.storage import space
 from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 
 if TYPE_CHECKING:
@@ -54,7 +59,7 @@ def _translated(action: str, missing: str = "upload data is missing") -> Iterato
 
 def _storage_error(exc: OSError, action: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"cannot {action}: storage is full")
+        return StorageFull(f"cannot {action}: storage is full")
     return StorageError(f"cannot {action}: {exc.strerror or exc.__class__.__name__}")
 
 
@@ -222,10 +227,12 @@ def _hash_file(path: Path, hasher: Hasher) -> bytes:
     return hasher.digest()
 
 
-def _concatenate(target: Path, parts: Sequence[Path]) -> int:
+def _concatenate(target: Path, parts: Sequence[Path], reserve: bool) -> int:
     total = 0
     with target.open("r+b", buffering=0) as out:
         out.truncate(0)
+        if reserve:  # the whole result's blocks first: a full disk fails before any copy
+            space.reserve(out.fileno(), 0, sum(part.stat().st_size for part in parts))
         for part in parts:
             with part.open("rb", buffering=0) as source:
                 total += _copy(source.fileno(), out.fileno(), os.fstat(source.fileno()).st_size)
@@ -281,14 +288,44 @@ def _is_upload_id(name: str) -> bool:
     return True
 
 
-def _create_file(path: Path) -> None:
+def _create_file(path: Path, length: int | None, min_free: int) -> None:
+    """The new, empty file, durable, with ``length`` bytes reserved; on a refusal or a failure
+    nothing is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    free = space.free_bytes(path.parent)
+    if free - (length or 0) < min_free:
+        needed = f"{length} bytes needed and " if length else ""
+        raise StorageFull(
+            f"cannot create upload: storage is full ({free} bytes free, "
+            f"{needed}{min_free} kept free)"
+        )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        os.fsync(fd)
+        try:
+            if length:
+                space.reserve(fd, 0, length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            _fsync_dir(path.parent)
+        raise
+
+
+def _reserve_file(path: Path, start: int, end: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        try:
+            space.reserve(fd, max(start, 0), end)
+        except OSError:
+            with contextlib.suppress(OSError):
+                space.release_unused(fd)  # what a failed reservation may have allocated
+            raise
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
 
 
 def _truncate_file(path: Path, length: int) -> None:
@@ -467,8 +504,12 @@ class LocalStore:
         buffer_size: int = 1024 * 1024,
         write_threads: int = 32,
         writer_nice: int = WRITER_NICE,
+        min_free: int = 0,
+        reserve_space: bool = True,
     ) -> None:
         self._root = root
+        self._min_free = min_free  # bytes a creation must leave free (the database's room)
+        self._reserve_space = reserve_space  # off: no upload's space is set aside (nor checked)
         self._buffer_size = buffer_size
         self._write_threads = write_threads
         self._writer_nice = writer_nice
@@ -490,10 +531,17 @@ class LocalStore:
     async def create(self, upload_id: str, length: int | None = None) -> StorageKey:
         path = self.path(upload_id)
         try:
-            await anyio.to_thread.run_sync(_create_file, path)
+            reserved = length if self._reserve_space else None
+            await anyio.to_thread.run_sync(_create_file, path, reserved, self._min_free)
         except OSError as exc:
             raise _storage_error(exc, "create upload") from exc
         return StorageKey(upload_id)
+
+    async def reserve(self, key: StorageKey, start: int, end: int) -> None:
+        if not self._reserve_space:
+            return
+        with _translated("reserve space for the upload"):
+            await anyio.to_thread.run_sync(_reserve_file, self.path(key), start, end)
 
     async def append(
         self,
@@ -572,7 +620,9 @@ class LocalStore:
     async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
         paths = [self.path(part) for part in parts]
         with _translated("concatenate uploads", missing="a partial upload's data is missing"):
-            return await anyio.to_thread.run_sync(_concatenate, self.path(key), paths)
+            return await anyio.to_thread.run_sync(
+                _concatenate, self.path(key), paths, self._reserve_space
+            )
 
     async def check(self) -> None:
         try:

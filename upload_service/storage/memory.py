@@ -1,7 +1,9 @@
 """An in-memory store: the reference double for handler tests and the contract suite.
 
 It models durability honestly: written bytes become durable only on ``sync``, and ``crash`` drops
-everything not synced, as a kill -9 plus power loss would.
+everything not synced, as a kill -9 plus power loss would. With a ``capacity`` it models a small
+disk's reservations as well (``Reserver``): what uploads hold or have reserved counts against it,
+and cutting an upload's bytes back releases its reservation, as ``ftruncate`` does.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-from upload_service.errors import NotFound, StorageError
+from upload_service.errors import NotFound, StorageError, StorageFull
 from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 
 
@@ -55,7 +57,9 @@ class MemoryAppender:
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity  # bytes uploads may hold and reserve together; None: unbounded
+        self.reserved: dict[str, int] = {}  # upload id -> end of its reservation
         self.volatile: dict[str, bytearray] = {}
         self.durable: dict[str, bytearray] = {}
         self.changed: dict[str, datetime] = {}  # when each upload's bytes last changed
@@ -77,7 +81,28 @@ class MemoryStore:
         self.volatile[upload_id] = bytearray()
         self.durable[upload_id] = bytearray()
         self.changed[upload_id] = datetime.now(UTC)
+        if length:
+            try:
+                await self.reserve(StorageKey(upload_id), 0, length)
+            except StorageFull:
+                await self.delete(StorageKey(upload_id))
+                raise
         return StorageKey(upload_id)
+
+    def used(self) -> int:
+        """Bytes held or reserved by every upload."""
+        return sum(
+            max(len(data), self.reserved.get(upload_id, 0))
+            for upload_id, data in self.volatile.items()
+        )
+
+    async def reserve(self, key: StorageKey, start: int, end: int) -> None:
+        held = max(len(self._get(key)), self.reserved.get(key.upload_id, 0))
+        if self.capacity is None or end <= held:
+            return
+        if self.used() + end - held > self.capacity:
+            raise StorageFull("cannot reserve space for the upload: storage is full")
+        self.reserved[key.upload_id] = end
 
     async def append(
         self,
@@ -89,15 +114,21 @@ class MemoryStore:
         data = self._get(key)
         if len(data) < offset:
             raise StorageError(f"upload data holds {len(data)} bytes, fewer than offset {offset}")
-        del data[offset:]
+        if len(data) > offset:
+            self._cut(key.upload_id, offset)
         return MemoryAppender(self, key.upload_id, offset, hashers, fence)
 
     async def size(self, key: StorageKey) -> int:
         return len(self._get(key))
 
     async def discard_tail(self, key: StorageKey, length: int) -> None:
-        del self._get(key)[length:]
+        self._get(key)
+        self._cut(key.upload_id, length)
         self.durable[key.upload_id] = bytearray(self.volatile[key.upload_id])
+
+    def _cut(self, upload_id: str, length: int) -> None:
+        del self.volatile[upload_id][length:]
+        self.reserved.pop(upload_id, None)  # as ftruncate frees the blocks past the new end
 
     async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
         data = self._get(key)
@@ -110,6 +141,7 @@ class MemoryStore:
         self.volatile.pop(check_upload_id(key.upload_id), None)
         self.durable.pop(key.upload_id, None)
         self.changed.pop(key.upload_id, None)
+        self.reserved.pop(key.upload_id, None)
 
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
         return [

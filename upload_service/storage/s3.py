@@ -49,6 +49,7 @@ lies within one source object, and spools the parts that span several.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -61,7 +62,7 @@ from typing import IO, TypeVar, TypeVarTuple, Unpack
 import anyio
 import anyio.to_thread
 
-from upload_service.errors import NotFound, StorageError
+from upload_service.errors import NotFound, StorageError, StorageFull
 from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
 from upload_service.storage.s3client import Body, ObjectClient, Part
@@ -177,7 +178,10 @@ class S3Store:
         try:
             return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
         except OSError as exc:
-            raise StorageError(f"cannot spool upload data: {exc.strerror or exc}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)  # the spool's disk, not the bucket
+            raise (StorageFull if full else StorageError)(
+                f"cannot spool upload data: {exc.strerror or exc}"
+            ) from exc
 
     def object_key(self, key: StorageKey | str) -> str:
         return self.prefix + check_upload_id(key if isinstance(key, str) else key.upload_id)

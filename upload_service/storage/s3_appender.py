@@ -19,13 +19,14 @@ the upload's lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, wait
 from typing import IO, TYPE_CHECKING
 
-from upload_service.errors import ServiceError, StorageError
+from upload_service.errors import ServiceError, StorageError, StorageFull
 from upload_service.storage.base import Fence, Hasher
 
 if TYPE_CHECKING:
@@ -282,5 +283,8 @@ def _as_storage_error(error: BaseException) -> StorageError:
     if isinstance(error, ServiceError):  # NotFound: the multipart upload is gone
         return StorageError(f"cannot write upload data: {error.message}")
     if isinstance(error, OSError):
-        return StorageError(f"cannot spool upload data: {error.strerror or error}")
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)  # the local spool disk
+        return (StorageFull if full else StorageError)(
+            f"cannot spool upload data: {error.strerror or error}"
+        )
     return StorageError(f"cannot write upload data: {error}")

@@ -3,7 +3,8 @@
 Every method is synchronous and blocking: ``S3Store`` calls them in worker threads only. The boto3
 implementation is the error boundary for botocore: a missing upload or object is ``NotFound``; an
 endpoint that cannot be reached, a timeout, a 5xx or throttling is ``StorageUnavailable`` (503 with
-``Retry-After``); anything else S3 answers is ``StorageError``. No botocore exception leaves it.
+``Retry-After``); no space or quota left is ``StorageFull`` (507); anything else S3 answers is
+``StorageError``. No botocore exception leaves it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import botocore.config
 import botocore.exceptions
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from upload_service.errors import NotFound, StorageError, StorageUnavailable
+from upload_service.errors import NotFound, StorageError, StorageFull, StorageUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -111,6 +112,17 @@ class ObjectClient(Protocol):
 
 
 _MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}
+# No space or quota left: a 507 (retrying does not help until space is freed). EntityTooLarge is
+# one too: the service never sends a part or object over S3's own limits, so a server that says
+# so is enforcing a quota (MinIO and Ceph RGW say it of a bucket over its quota).
+_FULL = {
+    "XMinioStorageFull",
+    "XMinioAdminBucketQuotaExceeded",
+    "QuotaExceeded",
+    "StorageFull",
+    "InsufficientStorage",
+    "EntityTooLarge",
+}
 _TRANSIENT = {
     "SlowDown",
     "Throttling",
@@ -132,6 +144,8 @@ def translate(exc: Exception, action: str, *, missing_is_not_found: bool = True)
         message = str(error.get("Message", "") or code or status)
         if missing_is_not_found and (code in _MISSING or (status == 404 and not code)):
             return NotFound("upload data is missing")
+        if code in _FULL or status == 507:
+            return StorageFull(f"cannot {action}: object storage is full ({code or status})")
         if code in _TRANSIENT or status >= 500 or status == 429:
             return StorageUnavailable(f"cannot {action}: object storage is unavailable ({code})")
         return StorageError(f"cannot {action}: {message}")

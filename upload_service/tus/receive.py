@@ -14,6 +14,12 @@ Crash story of a PATCH (what a kill -9 at each step leaves):
 - after the commit: the offset is durable and every byte below it was fsynced before it.
 So the reported offset never exceeds the durable bytes and never moves back past what was reported.
 
+Outages: a commit the database refuses (unreachable, locked: 503; its disk full: 507) commits
+nothing, so the offset stays at the last commit, below the durable bytes; the next request's
+``append`` (or reconciliation) cuts the uncommitted rest off. A full disk under the bytes
+(``StorageFull``, 507) ends the body: the written prefix is made durable and committed. An upload of
+known length has its space reserved (``Reserver``), at creation and again before each request.
+
 Across replicas (a locker that hands out fencing tokens): the holder claims the upload's row with
 its token before reading it, every commit is refused once a newer holder has claimed the row, and
 once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
@@ -36,7 +42,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from upload_service.errors import ClientGone, Conflict, ServiceError, StorageError, TooLarge
+from upload_service.errors import (
+    ClientGone,
+    Conflict,
+    ServiceError,
+    StorageError,
+    StorageFull,
+    TooLarge,
+)
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease
 from upload_service.storage.base import (
@@ -44,6 +57,7 @@ from upload_service.storage.base import (
     Checkpointer,
     Finisher,
     Hasher,
+    Reserver,
     Store,
     TailDiscarder,
 )
@@ -57,6 +71,10 @@ if TYPE_CHECKING:
     from upload_service.tus.handler import HandlerConfig
 
 logger = logging.getLogger("upload_service.tus")
+
+# A commit refused for a full disk under the database (often the disk the bytes just filled) is
+# tried again after cutting this many of the request's last bytes off, to make room for it.
+GIVE_BACK = 1024 * 1024
 
 
 class LimitedBody:
@@ -186,6 +204,7 @@ class Receiver:
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
         appender = await self._store.append(upload.storage, start, hashers, fence=lease)
+        await self._reserved(upload, appender)
         strategy: _Strategy = (
             _Checkpointing(self, upload, appender, lease)
             if checksum is None
@@ -244,6 +263,19 @@ class Receiver:
         if overflow is not None:
             raise overflow
         return upload
+
+    async def _reserved(self, upload: Upload, appender: Appender) -> None:
+        """Reserve the rest of an upload of known length before writing (``Reserver``): space
+        reserved at creation costs nothing more, and what a cut-back tail released (``append``
+        drops leftovers) is taken again, or the request is a 507 before any byte is written."""
+        if not isinstance(self._store, Reserver) or upload.length is None:
+            return
+        try:
+            await self._store.reserve(upload.storage, upload.offset, upload.length)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await appender.aclose()
+            raise
 
     async def checked_head(
         self,
@@ -313,6 +345,21 @@ class Receiver:
         if durable == upload.offset:
             return upload
         return await self._commit(upload, durable, lease)
+
+    async def _give_back(
+        self, upload: Upload, appender: Appender, lease: Lease, full: StorageFull
+    ) -> Upload:
+        """The body has ended and the database refused the commit for a full disk: cut the
+        request's last ``GIVE_BACK`` bytes off (durably) to make room, and commit the rest. The
+        stored bytes then end at the committed offset, whether the commit succeeds or not."""
+        if not isinstance(self._store, TailDiscarder):
+            raise full
+        durable = await appender.sync()
+        kept = max(upload.offset, durable - GIVE_BACK)
+        await self._store.discard_tail(upload.storage, kept)
+        if kept == upload.offset:
+            raise full
+        return await self._commit(upload, kept, lease)
 
     async def _commit(self, upload: Upload, offset: int, lease: Lease) -> Upload:
         """Advance the offset to durable ``offset``; the last byte also completes the upload
@@ -424,7 +471,16 @@ class _Checkpointing(_Strategy):
         except StorageError as exc:
             failure = failure or exc
             # the written prefix
-            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
+            try:
+                self.upload = await self._receiver._checkpoint(
+                    self.upload, self._appender, self._lease
+                )
+            except StorageFull as full:
+                if not isinstance(failure, StorageFull):
+                    raise
+                self.upload = await self._receiver._give_back(
+                    self.upload, self._appender, self._lease, full
+                )
         return failure, overflow
 
 
