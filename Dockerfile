@@ -1,9 +1,13 @@
 FROM python:3.12-slim
 
+# The image listens on every interface, so it refuses to start without authentication: pass
+# UPLOAD_AUTH_JWT_SECRET (or _PUBLIC_KEY_FILE, _JWKS_URL) and/or UPLOAD_AUTH_API_KEYS, or
+# UPLOAD_AUTH=none to run open on purpose (README "Authentication").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     UPLOAD_HOST=0.0.0.0 \
+    UPLOAD_AUTH=auto \
     UPLOAD_PORT=8080 \
     UPLOAD_DATA_DIR=/data \
     UPLOAD_LOG_FORMAT=json

@@ -35,6 +35,8 @@ FIELDS = {
     "parts",
     "final_id",
     "state_changed_at",
+    "owner",
+    "download_url",
 }
 
 

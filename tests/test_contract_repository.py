@@ -11,13 +11,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.conftest import Databases
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.repository import SqlUploadRepository
-from upload_service.errors import Conflict, Unavailable
-from upload_service.repository import UploadRepository
+from upload_service.errors import Conflict, QuotaExceeded, Unavailable
+from upload_service.repository import Quota, UploadRepository, Usage
 from upload_service.uploads import Upload, UploadState
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -61,6 +62,63 @@ async def test_add_and_get_round_trip_every_field(repo: UploadRepository) -> Non
     assert stored == replace(upload, state_changed_at=T0)
     assert await repo.get("f" * 32) is None
     assert await repo.get_many((ID, "f" * 32)) == {ID: stored}
+
+
+async def test_the_owner_round_trips_and_usage_counts_what_the_owner_holds(
+    repo: UploadRepository,
+) -> None:
+    await repo.add(new_upload(owner="alice"))
+    assert (await row(repo)).owner == "alice"
+    await repo.add(new_upload("1" * 32, length=None, owner="alice"))  # deferred: by its offset
+    await repo.advance("1" * 32, expected=0, offset=3, now=T1, expires_at=None)
+    await repo.add(new_upload("2" * 32, length=7, state=UploadState.READY, owner="alice"))
+    await repo.add(new_upload("3" * 32, length=100, owner="alice"))
+    await repo.terminate("3" * 32, T1)  # ended: holds nothing
+    await repo.add(new_upload("4" * 32, length=50, owner="bob"))
+    await repo.add(new_upload("5" * 32, length=50))  # an open service's upload: nobody's
+    assert await repo.usage("alice") == Usage(unfinished=2, bytes=10 + 3 + 7)
+    assert await repo.usage("bob") == Usage(unfinished=1, bytes=50)
+    assert await repo.usage("carol") == Usage()
+
+
+async def test_add_with_a_quota_refuses_past_it_and_inserts_nothing(
+    repo: UploadRepository,
+) -> None:
+    quota = Quota(uploads=2, bytes=25)
+    await repo.add(new_upload(owner="alice"), quota)
+    with pytest.raises(QuotaExceeded, match="bytes"):
+        await repo.add(new_upload("1" * 32, length=16, owner="alice"), quota)
+    await repo.add(new_upload("2" * 32, length=15, owner="alice"), quota)
+    with pytest.raises(QuotaExceeded, match="unfinished uploads"):
+        await repo.add(new_upload("3" * 32, length=None, owner="alice"), quota)
+    assert await repo.get("1" * 32) is None
+    assert await repo.get("3" * 32) is None
+    await repo.add(new_upload("4" * 32, owner="bob"), quota)  # quotas are per owner
+    await repo.add(new_upload("5" * 32), quota)  # no owner, no quota
+
+
+async def test_quota_checked_creations_of_one_owner_are_serialised(
+    databases: Databases,
+) -> None:
+    """Creations racing on two engines (two replicas): the check and the insert are one step, so
+    exactly the quota's worth gets in."""
+    repos = [databases.repository(), databases.repository()]
+    quota = Quota(uploads=3)
+    outcomes: list[bool] = []
+
+    async def create(index: int) -> None:
+        try:
+            await repos[index % 2].add(new_upload(f"{index:032x}", owner="alice"), quota)
+        except QuotaExceeded:
+            outcomes.append(False)
+        else:
+            outcomes.append(True)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(8):
+            tasks.start_soon(create, index)
+    assert sorted(outcomes) == [False] * 5 + [True] * 3
+    assert await repos[0].usage("alice") == Usage(unfinished=3, bytes=30)
 
 
 async def test_advance_is_a_compare_and_set_on_the_offset(repo: UploadRepository) -> None:

@@ -17,8 +17,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from upload_service.auth.setup import check_open_mode
 from upload_service.proxy import TrustedProxies
-from upload_service.settings import Settings, load_settings
+from upload_service.settings import ConfigError, Settings, load_settings
 from upload_service.storage.s3 import MAX_OBJECT_SIZE, choose_part_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +190,30 @@ def test_compose_replicas_trust_nginx_on_the_compose_network_only(
         assert nginx in trusted
     assert "203.0.113.7" not in trusted
     assert not trusted.everyone
+
+
+def test_compose_replicas_authenticate_and_the_image_alone_refuses_to_run_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = replica_settings(monkeypatch, tmp_path)
+    assert settings.host == "0.0.0.0"
+    assert settings.auth_enabled, "replicas listening on 0.0.0.0 must authenticate"
+    assert settings.jwt_enabled
+    check_open_mode(settings)
+    env = next(iter(replica_services(compose()).values()))["environment"]
+    assert "${UPLOAD_AUTH_JWT_SECRET:-" in env["UPLOAD_AUTH_JWT_SECRET"], "a variable"
+    image_env = dict(
+        item.split("=", 1) for item in dict(dockerfile())["ENV"].split() if "=" in item
+    )
+    assert image_env["UPLOAD_HOST"] == "0.0.0.0"
+    image = load_settings(
+        data_dir=tmp_path,
+        host=image_env["UPLOAD_HOST"],
+        auth=image_env["UPLOAD_AUTH"],
+        auth_jwt_secret=None,
+    )
+    with pytest.raises(ConfigError, match="UPLOAD_AUTH=none"):
+        check_open_mode(image)
 
 
 def test_compose_replicas_keep_the_bytes_in_the_minio_bucket(

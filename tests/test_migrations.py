@@ -85,3 +85,29 @@ async def test_metadata_written_at_0002_reads_back_the_same_and_downgrades(
     await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0002")
     rows = await _execute(url, "SELECT metadata_header FROM uploads WHERE id = :id", id=ID)
     assert rows == [(HEADER.strip(),)]
+
+
+async def test_uploads_of_0003_have_no_owner_and_the_owner_downgrades_away(
+    empty_database: str,
+) -> None:
+    url = empty_database
+    await anyio.to_thread.run_sync(upgrade, url, "0003")
+    await _execute(
+        url,
+        "INSERT INTO uploads (id, length, upload_offset, received, state, metadata_json,"
+        " created_at, updated_at) VALUES (:id, 10, 3, 3, 'receiving', '{}', :now, :now)",
+        id=ID,
+        now=NOW,
+    )
+    await anyio.to_thread.run_sync(upgrade, url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        upload = await SqlUploadRepository(create_sessionmaker(engine)).get(ID)
+    finally:
+        await engine.dispose()
+    assert upload is not None
+    assert (upload.offset, upload.owner) == (3, None)
+
+    await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0003")
+    rows = await _execute(url, "SELECT id, upload_offset FROM uploads")
+    assert rows == [(ID, 3)]

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 
 import anyio
@@ -19,6 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
 from upload_service.api.routes import router as api_router
+from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
@@ -38,6 +40,7 @@ from upload_service.middleware import (
     under,
 )
 from upload_service.proxy import ProxyHeadersMiddleware, TrustedProxies
+from upload_service.repository import Quota
 from upload_service.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
@@ -75,6 +78,11 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_metadata_bytes=settings.max_metadata_bytes,
         max_metadata_keys=settings.max_metadata_keys,
         allowed_types=settings.allowed_types,
+        quota=(
+            Quota(uploads=settings.quota_uploads, bytes=settings.quota_bytes)
+            if settings.quota_uploads is not None or settings.quota_bytes is not None
+            else None
+        ),
     )
 
 
@@ -182,7 +190,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = TaskRunner()
         # Background work stops (runner) before what it uses closes (services).
         events: Events = NO_EVENTS if metrics is None else metrics
-        async with open_services(resolved, runner, events) as services, runner.running():
+        # Authentication first: a service that must not run open stops before touching anything.
+        async with (
+            open_auth(resolved) as auth,
+            open_services(resolved, runner, events) as built,
+            runner.running(),
+        ):
+            services = replace(built, auth=auth)
             reconciled = await services.handler.reconcile_all()
             logger.info("reconciled %d unfinished uploads with storage", reconciled)
             if asyncio.get_running_loop().get_debug():

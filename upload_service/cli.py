@@ -1,4 +1,4 @@
-"""``upload-service``: serve, migrate, check-config."""
+"""``upload-service``: serve, migrate, cleanup, check-config, hash-key."""
 
 from __future__ import annotations
 
@@ -75,15 +75,24 @@ def _exit_cleanly(_signal: int, _frame: FrameType | None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
     import signal
 
     import uvicorn
 
+    from upload_service.auth.setup import check_open_mode
     from upload_service.logs import log_config
 
+    if args.host:  # the app's factory (in every worker) sees the address it is served on
+        os.environ["UPLOAD_HOST"] = args.host
     settings = _settings()
     if args.log_level is not None:
         settings = settings.model_copy(update={"log_level": args.log_level})
+    try:
+        check_open_mode(settings)
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
     _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
     workers = args.workers if args.workers is not None else settings.workers
     if workers > 1 and settings.metrics:
@@ -95,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,
-        host=args.host or settings.host,
+        host=settings.host,
         port=args.port if args.port is not None else settings.port,
         loop="uvloop",
         # httptools, draining running uploads as shutdown begins; imported where the app is.
@@ -169,6 +178,24 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from upload_service.auth.apikey import entry, new_key
+
+    owner: str = args.owner
+    if not owner or ":" in owner or "," in owner or len(owner) > 255:
+        print("upload-service: the owner must be 1-255 characters without : or ,", file=sys.stderr)
+        return 2
+    given = args.key is not None
+    key: str = args.key if given else new_key()
+    if given and not key:
+        print("upload-service: the key must not be empty", file=sys.stderr)
+        return 2
+    print(f"UPLOAD_AUTH_API_KEYS entry: {entry(owner, key)}")
+    if not given:
+        print(f"key (give it to the client; it is not stored anywhere): {key}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="upload-service", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -195,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(run=cmd_cleanup)
     check = commands.add_parser("check-config", help="validate and print the settings")
     check.set_defaults(run=cmd_check_config)
+    hash_key = commands.add_parser(
+        "hash-key", help="print an UPLOAD_AUTH_API_KEYS entry for a new random API key (or --key)"
+    )
+    hash_key.add_argument("owner", help="the owner the key's uploads belong to")
+    hash_key.add_argument("--key", help="hash this key instead of a new random one")
+    hash_key.set_defaults(run=cmd_hash_key)
     return root
 
 

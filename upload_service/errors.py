@@ -41,6 +41,29 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class Unauthorized(ServiceError):
+    """No credentials, or ones that do not hold (expired, bad signature, unknown key): 401 with
+    the RFC 6750 challenge naming the reason."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, challenge: bool = True) -> None:
+        # RFC 6750 section 3.1: a request without credentials gets the bare challenge
+        value = 'Bearer realm="upload_service"'
+        if challenge:
+            reason = message.replace("\\", "").replace('"', "'")
+            value += f', error="invalid_token", error_description="{reason}"'
+        super().__init__(message, headers={"WWW-Authenticate": value})
+
+
+class QuotaExceeded(ServiceError):
+    """The owner's quota (unfinished uploads or stored bytes) would be exceeded."""
+
+    status = 403
+    code = "quota_exceeded"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"

@@ -12,15 +12,54 @@ Callers hold the upload's lock around transitions that depend on the stored byte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from upload_service.errors import QuotaExceeded
 from upload_service.uploads import Upload, UploadState
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one owner holds: uploads still receiving, and bytes stored (the lengths of live
+    uploads, a deferred one counted by its offset)."""
+
+    unfinished: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Per-owner caps (None: no cap) on ``Usage``."""
+
+    uploads: int | None = None
+    bytes: int | None = None
+
+    def check(self, usage: Usage, *, uploads: int = 0, size: int = 0) -> None:
+        """``QuotaExceeded`` when ``uploads`` more unfinished uploads and ``size`` more bytes
+        would take ``usage`` past a cap."""
+        if self.uploads is not None and uploads and usage.unfinished + uploads > self.uploads:
+            raise QuotaExceeded(
+                f"quota exceeded: {usage.unfinished} unfinished uploads of at most {self.uploads}"
+            )
+        if self.bytes is not None and size and usage.bytes + size > self.bytes:
+            raise QuotaExceeded(
+                f"quota exceeded: {usage.bytes} bytes stored, {size} more would pass "
+                f"the limit of {self.bytes}"
+            )
+
+
 class UploadRepository(Protocol):
-    async def add(self, upload: Upload) -> None:
-        """Insert a new upload (its storage exists already)."""
+    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
+        """Insert a new upload (its storage exists already). With a ``quota`` and an owner, in
+        the same transaction as the insert and serialised with the owner's other creations
+        (on every replica): ``QuotaExceeded`` if the owner's usage plus this upload (one more
+        unfinished upload while receiving, its length) passes the quota; nothing is inserted."""
+        ...
+
+    async def usage(self, owner: str) -> Usage:
+        """What ``owner`` holds now (see ``Usage``)."""
         ...
 
     async def add_final(self, final: Upload) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from upload_service.auth.setup import OPEN, Auth
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +27,7 @@ class Services:
     store: Store
     locker: Locker
     handler: TusHandler
+    auth: Auth = OPEN  # who callers are (built in the app's lifespan; open for CLI commands)
 
 
 def get_services(request: Request) -> Services:

@@ -9,8 +9,9 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from upload_service.tus.content_types import parse_allowed_types
@@ -18,6 +19,31 @@ from upload_service.tus.content_types import parse_allowed_types
 MiB = 1024 * 1024
 _BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
 _TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics")  # the other endpoints' own paths
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+JWT_ALGORITHMS = (
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address (or URL host) is this machine's loopback only."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -117,6 +143,161 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    # -- authentication (upload_service/auth; README "Authentication") --
+    # auto: JWTs if a JWT key is configured, API keys if any are, either if both; open (anyone
+    # reaches everything) if neither, which start-up allows only on a loopback UPLOAD_HOST.
+    # jwt / api-key: only that kind (its setting required); none: open on any address.
+    auth: Literal["auto", "jwt", "api-key", "none"] = "auto"
+    # JWT keys, one of: an HS256 secret (32 bytes or more); a PEM public key file (RSA: RS256,
+    # EC P-256: ES256); a JWKS URL (https, or http on loopback), re-fetched on an unknown kid.
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_public_key_file: Path | None = None
+    auth_jwks_url: str | None = None
+    # The algorithms accepted (never the token's choice); empty: derived from the key as above
+    # (RS256,ES256 for a JWKS).
+    auth_jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = ()
+    auth_jwt_issuer: str | None = None  # iss a token must carry (unset: not checked)
+    auth_jwt_audience: str | None = None  # aud a token must carry (unset: a token with aud fails)
+    auth_jwt_leeway: float = Field(default=0.0, ge=0, le=300)  # clock skew allowed on exp/nbf
+    # A JWKS is fetched at most this often for tokens naming a kid it does not have.
+    auth_jwks_refetch_interval: float = Field(default=30.0, ge=0, le=3600)
+    # owner:sha256hex entries, comma-separated (upload-service hash-key prints one).
+    auth_api_keys: Annotated[tuple[tuple[str, str], ...], NoDecode] = ()
+    # HMAC key of signed download URLs; unset: derived from UPLOAD_AUTH_JWT_SECRET (required
+    # when authentication is on without one). Every replica needs the same.
+    auth_signing_key: SecretStr | None = None
+    # Lifetime of the signed download URLs the JSON API hands out (seconds).
+    signed_url_ttl: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    # Per-owner caps (authenticated owners only; unset: none): unfinished uploads, and bytes
+    # stored (lengths of live uploads, deferred ones by their offset). 403 beyond.
+    quota_uploads: int | None = Field(default=None, gt=0)
+    quota_bytes: int | None = Field(default=None, gt=0)
+
+    @field_validator("auth_jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("auth_jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in JWT_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not one of {', '.join(JWT_ALGORITHMS)}")
+        return value
+
+    @field_validator("auth_api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        entries: list[tuple[str, str]] = []
+        for raw in filter(None, (part.strip() for part in value.split(","))):
+            owner, colon, digest = raw.rpartition(":")
+            if not colon or not owner or not _SHA256_HEX.fullmatch(digest.lower()):
+                raise ValueError(
+                    "entries are owner:sha256hex (the SHA-256 of the key in 64 hex digits, "
+                    "never the key; upload-service hash-key prints one)"
+                )
+            entries.append((owner, digest.lower()))
+        if len({digest for _, digest in entries}) != len(entries):
+            raise ValueError("the same key is listed twice")
+        return tuple(entries)
+
+    @field_validator("auth_jwt_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (an HS256 key of 256 bits)")
+        return value
+
+    @field_validator("auth_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @field_validator("auth_jwks_url", "auth_jwt_issuer", "auth_jwt_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator(
+        "auth_jwt_secret", "auth_jwt_public_key_file", "auth_signing_key", mode="before"
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "https" and parts.hostname:
+            return value
+        if parts.scheme == "http" and is_loopback(parts.hostname or ""):
+            return value
+        raise ValueError("must be an https:// URL (http:// only on a loopback address)")
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Settings:
+        sources = [
+            name
+            for name, value in (
+                ("UPLOAD_AUTH_JWT_SECRET", self.auth_jwt_secret),
+                ("UPLOAD_AUTH_JWT_PUBLIC_KEY_FILE", self.auth_jwt_public_key_file),
+                ("UPLOAD_AUTH_JWKS_URL", self.auth_jwks_url),
+            )
+            if value is not None
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"set one JWT key source, not {' and '.join(sources)}")
+        if self.auth == "none" and (sources or self.auth_api_keys):
+            configured = " and ".join(
+                [*sources, *(["UPLOAD_AUTH_API_KEYS"] * bool(self.auth_api_keys))]
+            )
+            raise ValueError(f"UPLOAD_AUTH=none runs open, but {configured} is set")
+        if self.auth == "jwt" and not sources:
+            raise ValueError(
+                "UPLOAD_AUTH=jwt needs UPLOAD_AUTH_JWT_SECRET, UPLOAD_AUTH_JWT_PUBLIC_KEY_FILE "
+                "or UPLOAD_AUTH_JWKS_URL"
+            )
+        if self.auth == "api-key" and not self.auth_api_keys:
+            raise ValueError("UPLOAD_AUTH=api-key needs UPLOAD_AUTH_API_KEYS")
+        if self.auth_jwt_algorithms and sources:
+            symmetric = self.auth_jwt_secret is not None
+            wrong = [
+                name for name in self.auth_jwt_algorithms if name.startswith("HS") != symmetric
+            ]
+            if wrong:
+                kind = "a secret takes HS*" if symmetric else "public keys take RS*, PS*, ES*"
+                raise ValueError(f"UPLOAD_AUTH_JWT_ALGORITHMS: {wrong[0]} does not fit: {kind}")
+        if self.auth_enabled and self.auth_signing_key is None and self.auth_jwt_secret is None:
+            raise ValueError(
+                "authentication is on: set UPLOAD_AUTH_SIGNING_KEY (32 bytes or more, the same "
+                "on every replica) for signed download URLs"
+            )
+        return self
+
+    @property
+    def jwt_enabled(self) -> bool:
+        configured = (self.auth_jwt_secret, self.auth_jwt_public_key_file, self.auth_jwks_url)
+        return self.auth in ("auto", "jwt") and any(value is not None for value in configured)
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        return self.auth in ("auto", "api-key") and bool(self.auth_api_keys)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must authenticate (else the service runs open)."""
+        return self.jwt_enabled or self.api_keys_enabled
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -46,6 +46,7 @@ class Upload:
     sha256: str | None = None  # hex digest of the whole file, once verified
     state_changed_at: datetime | None = None
     storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)
+    owner: str | None = None  # who created it (authentication's subject); None: an open service
     # fencing token of the last lock holder that claimed it (0: none); lock bookkeeping, not
     # part of the upload's value: two records of one upload that differ only here are equal
     fence: int = field(default=0, compare=False)

@@ -17,8 +17,8 @@ from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes
 from upload_service.tus.protocol import metadata_text
 from upload_service.tus.request import TusRequest
-from upload_service.tus.routes import PrincipalDep
-from upload_service.uploads import Upload
+from upload_service.tus.routes import EndpointDep, PrincipalDep
+from upload_service.uploads import Upload, UploadState
 
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -41,11 +41,16 @@ class UploadOut(BaseModel):
     parts: list[str]
     final_id: str | None
     state_changed_at: datetime | None
+    owner: str | None
+    # a ready upload's download URL; signed (expires, signature) when the service has a signing
+    # key, so a browser's <video src> works without a token
+    download_url: str | None = None
 
     @classmethod
-    def of(cls, upload: Upload) -> UploadOut:
+    def of(cls, upload: Upload, download_url: str | None = None) -> UploadOut:
         fields = dataclasses.asdict(upload)
         fields["metadata"] = metadata_text(upload.metadata)  # bytes values shown as text
+        fields["download_url"] = download_url
         return cls.model_validate(fields)
 
 
@@ -55,10 +60,19 @@ class Health(BaseModel):
 
 
 @router.get("/api/uploads/{upload_id}", response_model=UploadOut)
-async def get_upload(upload_id: str, services: ServicesDep, principal: PrincipalDep) -> UploadOut:
+async def get_upload(
+    upload_id: str, services: ServicesDep, principal: PrincipalDep, endpoint: EndpointDep
+) -> UploadOut:
     bind_upload_id(upload_id)
-    request = TusRequest(upload_id=upload_id, principal=principal)
-    return UploadOut.of(await services.handler.get(request))
+    request = TusRequest(upload_id=upload_id, principal=principal, endpoint=endpoint)
+    upload = await services.handler.get(request)
+    download_url = None
+    if upload.state is UploadState.READY:
+        download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
+        signer = services.auth.signer
+        if signer is not None:
+            download_url += "?" + signer.query(upload.id)
+    return UploadOut.of(upload, download_url)
 
 
 @router.get("/healthz", response_model=Health)

@@ -37,8 +37,11 @@ class UploadRow(Base):
     storage_ref: Mapped[str] = mapped_column(Text, default="")
     # fencing token of the last lock holder that claimed the upload; offset commits must carry it
     fence: Mapped[int] = mapped_column(BigInteger, default=0)
+    # who created the upload (the token's sub or the API key's owner); NULL on an open service
+    owner: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),
         Index("ix_uploads_final_id", "final_id"),
+        Index("ix_uploads_owner", "owner", "state"),  # reachability and per-owner quotas
     )

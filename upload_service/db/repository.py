@@ -7,21 +7,26 @@ except a full disk under the database, which is ``StorageFull`` (507).
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import ColumnElement, Update, delete, false, select, update
+from sqlalchemy import ColumnElement, Update, case, delete, false, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow
 from upload_service.errors import Conflict, ServiceError, StorageFull, Unavailable
+from upload_service.repository import Quota, Usage
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
 
 # What a client is told to wait before retrying while the database is unreachable.
 RETRY_AFTER_SECONDS = 5
+# PostgreSQL: the advisory lock class (the two-int4 keyspace, apart from the upload locks'
+# one-bigint keys) under which one owner's quota-checked creations are serialised.
+QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
 
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 _PG_DISK_FULL = "53100"  # disk_full: PostgreSQL could not extend a file
@@ -102,6 +107,7 @@ def _to_upload(row: UploadRow) -> Upload:
         state_changed_at=_aware(row.state_changed_at),
         storage_ref=row.storage_ref,
         fence=row.fence,
+        owner=row.owner,
     )
 
 
@@ -125,6 +131,7 @@ def _to_row(upload: Upload) -> UploadRow:
         state_changed_at=upload.state_changed_at or upload.created_at,
         storage_ref=upload.storage_ref,
         fence=upload.fence,
+        owner=upload.owner,
     )
 
 
@@ -151,9 +158,21 @@ class SqlUploadRepository:
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 raise database_error(exc) from exc
 
-    async def add(self, upload: Upload) -> None:
+    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         async with self._session(begin=True) as session:
+            if quota is not None and upload.owner is not None:
+                await _serialise_owner(session, upload.owner)
+                usage = await _usage(session, upload.owner)
+                quota.check(
+                    usage,
+                    uploads=1 if upload.state is UploadState.RECEIVING else 0,
+                    size=upload.length or 0,
+                )
             session.add(_to_row(upload))
+
+    async def usage(self, owner: str) -> Usage:
+        async with self._session() as session:
+            return await _usage(session, owner)
 
     async def get(self, upload_id: str) -> Upload | None:
         async with self._session() as session:
@@ -383,6 +402,35 @@ class SqlUploadRepository:
                 update(UploadRow).where(false()).values(fence=UploadRow.fence),
                 execution_options={"synchronize_session": False},
             )
+
+
+async def _serialise_owner(session: AsyncSession, owner: str) -> None:
+    """Until this transaction ends, no other quota-checked creation of ``owner`` (in any process)
+    reads the owner's usage: the check and the insert are one step."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, :key)"), {"cls": QUOTA_LOCK_CLASS, "key": key}
+        )
+        return
+    # SQLite: a write that changes nothing opens the write transaction (one writer at a time,
+    # across processes) before the usage is read
+    await session.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
+
+
+async def _usage(session: AsyncSession, owner: str) -> Usage:
+    unfinished = func.count().filter(UploadRow.state == UploadState.RECEIVING.value)
+    stored = func.coalesce(
+        func.sum(
+            case((UploadRow.length.is_(None), UploadRow.upload_offset), else_=UploadRow.length)
+        ),
+        0,
+    )
+    result = await session.execute(
+        select(unfinished, stored).where(UploadRow.owner == owner, _in(LIVE_STATES))
+    )
+    count, total = result.one()
+    return Usage(unfinished=int(count), bytes=int(total))
 
 
 def _receiving() -> ColumnElement[bool]:

@@ -9,7 +9,7 @@ Media types compare case-insensitively and without parameters (``video/MP4; code
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -54,27 +54,38 @@ def media_type(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+def _matches(patterns: tuple[str, ...], value: str) -> bool:
+    wanted = media_type(value)
+    if not _MEDIA_TYPE.fullmatch(wanted):
+        return False
+    major = wanted.partition("/")[0]
+    return any(pattern in ("*/*", wanted) or pattern == f"{major}/*" for pattern in patterns)
+
+
 @dataclass(frozen=True, slots=True)
 class AllowedTypes:
     patterns: tuple[str, ...] = ()
+    # further lists a type must match as well (a caller's own restriction on top of the service's)
+    also: tuple[tuple[str, ...], ...] = ()
 
     @property
     def restricted(self) -> bool:
-        return bool(self.patterns)
+        return bool(self.patterns) or bool(self.also)
 
     def allows(self, value: str) -> bool:
-        if not self.patterns:
-            return True
-        wanted = media_type(value)
-        if not _MEDIA_TYPE.fullmatch(wanted):
-            return False
-        major = wanted.partition("/")[0]
-        return any(
-            pattern in ("*/*", wanted) or pattern == f"{major}/*" for pattern in self.patterns
+        return all(
+            _matches(patterns, value) for patterns in (self.patterns, *self.also) if patterns
         )
 
+    def narrowed(self, patterns: tuple[str, ...]) -> AllowedTypes:
+        """These types that ``patterns`` allows too (empty ``patterns``: these types)."""
+        if not patterns:
+            return self
+        return replace(self, also=(*self.also, patterns))
+
     def __str__(self) -> str:
-        return ", ".join(self.patterns) or "*/*"
+        lists = [", ".join(patterns) for patterns in (self.patterns, *self.also) if patterns]
+        return " and ".join(f"({text})" if len(lists) > 1 else text for text in lists) or "*/*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,12 @@ class ContentRules:
     @property
     def head_size(self) -> int:
         return self.sniffer.head_size
+
+    def narrowed(self, patterns: tuple[str, ...]) -> ContentRules:
+        """These rules, with only the types ``patterns`` allows too (a caller's own caps)."""
+        if not patterns:
+            return self
+        return replace(self, allowed=self.allowed.narrowed(patterns))
 
     def check_declared(self, metadata: Metadata) -> None:
         """415 when the metadata declares a type that is not allowed. A missing or empty type

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from upload_service.errors import BadRequest, Conflict, TooLarge
+from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
 from upload_service.events import Events
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Locker
@@ -37,7 +37,7 @@ from upload_service.tus.protocol import (
     parse_uint,
 )
 from upload_service.tus.receive import Receiver
-from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.request import Principal, TusHeaders, TusRequest
 from upload_service.uploads import Metadata, Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")
@@ -94,21 +94,23 @@ class Creator:
         )
         if metadata.get("sha256") is not None:
             parse_sha256(metadata["sha256"] or b"")
-        self._rules.check_declared(metadata)
+        principal = request.principal
+        rules = self._rules.narrowed(principal.allowed_types)  # the service's and the token's
+        rules.check_declared(metadata)
         with_data = media_type(headers.content_type) == OFFSET_CONTENT_TYPE
         if with_data:
             body = CountedBody(body, self._events)
         if concat is not None and concat.final:
-            return await self._create_final(request, concat.urls, metadata, with_data)
-        length = self._creation_length(headers)
+            return await self._create_final(request, concat.urls, metadata, with_data, rules)
+        length = self._creation_length(headers, principal)
         checksum = request_checksum(headers) if with_data else None
         content_length = request_content_length(headers)
         if with_data and content_length is not None:
             check_fits(self._receiver, 0, length, content_length)
-        if with_data and concat is None and self._rules.restricted:
+        if with_data and concat is None and rules.restricted:
             # the file's first bytes are checked before anything is created
             limit = self._receiver.limit(0, length)
-            body = await self._receiver.checked_head(body, self._rules, limit)
+            body = await self._receiver.checked_head(body, rules, limit)
 
         now = self._clock()
         upload_id = uuid.uuid4().hex
@@ -125,11 +127,16 @@ class Creator:
             expires_at=None if complete else self._receiver.expiry(now),
             completed_at=now if complete else None,
             concat=None if concat is None else "partial",
+            owner=principal.owner,
         )
         # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
         key = await self._store.create(upload_id, upload.length)
         upload = replace(upload, storage_ref=key.ref)
-        await self._repo.add(upload)
+        try:
+            await self._repo.add(upload, self._config.quota)
+        except QuotaExceeded:
+            await self._store.delete(key)
+            raise
         self._events.created()
         bind_upload_id(upload_id)
         logger.info(
@@ -173,6 +180,7 @@ class Creator:
         urls: tuple[str, ...],
         metadata: Metadata,
         with_data: bool,
+        rules: ContentRules,
     ) -> TusResponse:
         headers = request.headers
         if headers.upload_length is not None or headers.upload_defer_length is not None:
@@ -188,12 +196,12 @@ class Creator:
         }
         length = check_parts(part_ids, parts, self._clock())
         if length is not None:
-            self.check_max_size(length)
-        if self._rules.restricted:  # the final's first bytes are its first parts'
+            self.check_max_size(length, request.principal)
+        if rules.restricted:  # the final's first bytes are its first parts'
             head = await first_bytes(
-                self._store, [parts[part_id] for part_id in part_ids], self._rules.head_size
+                self._store, [parts[part_id] for part_id in part_ids], rules.head_size
             )
-            await self._rules.check_head(head, short=False)
+            await rules.check_head(head, short=False)
         now = self._clock()
         final = Upload(
             id=uuid.uuid4().hex,
@@ -207,7 +215,11 @@ class Creator:
             expires_at=None,
             concat="final",
             parts=part_ids,
+            owner=request.principal.owner,
         )
+        quota = self._config.quota
+        if quota is not None and final.owner is not None:
+            quota.check(await self._repo.usage(final.owner), size=final.length or 0)
         key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
         try:
@@ -223,7 +235,7 @@ class Creator:
         await self._lifecycle.assemble_soon(final.id)
         return TusResponse(201, {"Location": self._location(request, final.id)}, final.id)
 
-    def _creation_length(self, headers: TusHeaders) -> int | None:
+    def _creation_length(self, headers: TusHeaders, principal: Principal) -> int | None:
         if headers.upload_length is not None and headers.upload_defer_length is not None:
             raise BadRequest("send either Upload-Length or Upload-Defer-Length, not both")
         if headers.upload_defer_length is not None:
@@ -233,14 +245,14 @@ class Creator:
         if headers.upload_length is None:
             raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
         length = parse_uint("Upload-Length", headers.upload_length)
-        self.check_max_size(length)
+        self.check_max_size(length, principal)
         return length
 
-    def check_max_size(self, length: int) -> None:
-        if self._config.max_size is not None and length > self._config.max_size:
-            raise TooLarge(
-                f"Upload-Length {length} exceeds the maximum size {self._config.max_size}"
-            )
+    def check_max_size(self, length: int, principal: Principal) -> None:
+        """413 past ``UPLOAD_MAX_SIZE`` or the caller's own cap, whichever is smaller."""
+        limits = [size for size in (self._config.max_size, principal.max_size) if size is not None]
+        if limits and length > min(limits):
+            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {min(limits)}")
 
 
 # -- shared with PATCH ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from upload_service.errors import (
 from upload_service.events import NO_EVENTS, Events
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease, Locker
+from upload_service.repository import Quota
 from upload_service.storage.base import Concatenator, Store, check_upload_id
 from upload_service.tasks import InlineRunner, Runner
 from upload_service.tus.checksum import ALGORITHMS, RunningDigests
@@ -101,6 +102,7 @@ class HandlerConfig:
     max_metadata_bytes: int = 4096
     max_metadata_keys: int = 32
     allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
+    quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
 
 
 class TusHandler:
@@ -230,6 +232,7 @@ class TusHandler:
         checksum = request_checksum(headers)
         upload_id = check_upload_id(request.target)
         body = CountedBody(body, self._events)
+        await self._loader.check_reachable(request)
 
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
             upload = await self._loader.load_held(request, lease)
@@ -243,7 +246,7 @@ class TusHandler:
             # Every check passes before the length is declared: a rejected PATCH changes nothing.
             length = upload.length
             if new_length is not None:
-                self._check_declared_length(upload, new_length)
+                await self._check_declared_length(upload, new_length, request)
                 length = new_length
             if content_length is not None:
                 check_fits(self._receiver, upload.offset, length, content_length)
@@ -252,7 +255,11 @@ class TusHandler:
             if upload.state is UploadState.RECEIVING:
                 with self._events.receiving():
                     upload = await self._receiver.receive(
-                        upload, body, lease, checksum, rules=self._first_bytes_rules(upload)
+                        upload,
+                        body,
+                        lease,
+                        checksum,
+                        rules=self._first_bytes_rules(upload, request),
                     )
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")
@@ -261,24 +268,33 @@ class TusHandler:
             await self.lifecycle.verify_soon(upload_id)
         return TusResponse(204, offset_headers(upload), upload_id=upload_id)
 
-    def _first_bytes_rules(self, upload: Upload) -> ContentRules | None:
-        """The rules that check this request's first bytes: only with allowed types configured,
-        at offset 0 (the file's start), and not for a partial upload, whose bytes may lie in the
-        middle of the file (a final upload checks its first part's first bytes instead)."""
-        if not self._rules.restricted or upload.offset != 0 or upload.is_partial:
+    def _first_bytes_rules(self, upload: Upload, request: TusRequest) -> ContentRules | None:
+        """The rules that check this request's first bytes: only with allowed types configured
+        (by the service or the caller's token), at offset 0 (the file's start), and not for a
+        partial upload, whose bytes may lie in the middle of the file (a final upload checks its
+        first part's first bytes instead)."""
+        rules = self._rules.narrowed(request.principal.allowed_types)
+        if not rules.restricted or upload.offset != 0 or upload.is_partial:
             return None
-        return self._rules
+        return rules
 
-    def _check_declared_length(self, upload: Upload, length: int) -> None:
+    async def _check_declared_length(
+        self, upload: Upload, length: int, request: TusRequest
+    ) -> None:
         if upload.length is not None:
             if length != upload.length:
                 raise BadRequest(
                     f"Upload-Length {length} differs from the upload's length {upload.length}"
                 )
             return
-        self._creator.check_max_size(length)
+        self._creator.check_max_size(length, request.principal)
         if length < upload.offset:
             raise BadRequest(f"Upload-Length {length} is less than the offset {upload.offset}")
+        quota, owner = self._config.quota, upload.owner
+        if quota is not None and owner is not None and request.principal.owner is not None:
+            # the deferred upload counts by its offset until now: count its length instead
+            usage = await self._repo.usage(owner)
+            quota.check(usage, size=length - upload.offset)
 
     async def _declare_length(self, upload: Upload, length: int) -> Upload:
         """Fix a deferred length (the caller has run ``_check_declared_length``)."""
@@ -298,6 +314,7 @@ class TusHandler:
     async def delete(self, request: TusRequest) -> TusResponse:
         check_version(request.headers.tus_resumable)
         upload_id = check_upload_id(request.target)
+        await self._loader.check_reachable(request)
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
             upload = await self._loader.load_held(request, lease, allow_expired=True)
             if upload.final_id is not None:

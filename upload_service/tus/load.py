@@ -61,9 +61,22 @@ class UploadLoader:
             raise NotFound("no such upload")
         return upload
 
+    async def check_reachable(self, request: TusRequest) -> None:
+        """Before taking an upload's lock: ``NotFound`` unless the caller may reach the upload,
+        so another owner's request neither preempts a running PATCH nor claims the row. The
+        owner never changes, so an unlocked read decides. Nothing to check for the anonymous
+        caller of an open service, who reaches everything (the locked load finds unknown ids)."""
+        principal = request.principal
+        if principal.owner is None and principal.only is None:
+            return
+        await self.found(request)
+
     @staticmethod
     def reachable(upload: Upload | None, principal: Principal) -> Upload | None:
-        """The upload if the caller may reach it; None (no such upload) otherwise."""
+        """The upload if the caller may reach it; None (no such upload) otherwise: another
+        owner's upload does not exist for this caller, on every route."""
+        if upload is None or not principal.may_reach(upload.id, upload.owner):
+            return None
         return upload
 
     def live(self, upload: Upload | None, *, allow_expired: bool = False) -> Upload:

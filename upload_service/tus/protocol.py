@@ -53,6 +53,7 @@ RESPONSE_HEADERS = (
     "Repr-Digest",
     "Digest",
     "ETag",
+    "WWW-Authenticate",
 )
 
 _UINT = re.compile(r"[0-9]{1,19}")

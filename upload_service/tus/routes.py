@@ -12,14 +12,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from upload_service.errors import ClientGone
+from upload_service.errors import ClientGone, Forbidden
 from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import single_header
-from upload_service.tus.request import ANONYMOUS, Principal, TusRequest
+from upload_service.tus.request import Principal, TusRequest
 
 router = APIRouter()
 
@@ -86,12 +86,29 @@ def render(result: TusResponse) -> Response:
     return Response(status_code=result.status, headers=result.headers)
 
 
-def request_principal(request: Request) -> Principal:
-    """The caller, as authentication established it (anonymous while the service runs open)."""
-    return ANONYMOUS
+async def request_principal(request: Request) -> Principal:
+    """The caller, as the request's bearer token establishes it (401 unless it holds; the
+    anonymous caller while the service runs open)."""
+    authorization = single_header("Authorization", request.headers.getlist("authorization"))
+    return await get_services(request).auth.principal(authorization)
 
 
 PrincipalDep = Annotated[Principal, Depends(request_principal)]
+
+
+async def download_principal(request: Request) -> Principal:
+    """A download's caller: a signed link (``expires`` and ``signature``) reaches its one upload
+    without a token, and a wrong or expired one is a 403, never a fallback; without them, the
+    bearer token as on every route."""
+    query = request.query_params
+    if "signature" not in query and "expires" not in query:
+        return await request_principal(request)
+    signer = get_services(request).auth.signer
+    if signer is None:
+        raise Forbidden("signed download links are not enabled on this service")
+    return signer.verify(
+        request.path_params["upload_id"], query.get("expires"), query.get("signature")
+    )
 
 
 def tus_request(
@@ -109,6 +126,18 @@ def tus_request(
 
 
 RequestDep = Annotated[TusRequest, Depends(tus_request)]
+
+
+def download_request(
+    request: Request,
+    headers: HeadersDep,
+    endpoint: EndpointDep,
+    principal: Annotated[Principal, Depends(download_principal)],
+) -> TusRequest:
+    return tus_request(request, headers, endpoint, principal)
+
+
+DownloadRequestDep = Annotated[TusRequest, Depends(download_request)]
 
 
 @router.options("/")
@@ -138,7 +167,7 @@ async def delete(handler: HandlerDep, tus: RequestDep) -> Response:
 
 
 @router.get("/{upload_id}", name="tus_upload")
-async def download(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
+async def download(request: Request, handler: HandlerDep, tus: DownloadRequestDep) -> Response:
     upload = await handler.downloadable(tus)
     result = prepare(upload, download_headers(request))
     if result.span is None:

@@ -1,0 +1,134 @@
+"""Building authentication from the settings (in the app's lifespan) and the open-mode rule: a
+service without authentication runs open only on a loopback address unless ``UPLOAD_AUTH=none``
+says so, and warns whenever it does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import httpx
+
+from upload_service.auth.apikey import ApiKeyAuthenticator
+from upload_service.auth.base import AnyOf, Authenticator, OpenAuthenticator, authenticate
+from upload_service.auth.jwt import (
+    JwksKeys,
+    JwtAuthenticator,
+    KeySource,
+    StaticKey,
+    fits_key,
+    public_key_algorithms,
+)
+from upload_service.auth.signed import UrlSigner, derived_key
+from upload_service.settings import ConfigError, Settings, is_loopback
+from upload_service.tus.request import ANONYMOUS, Principal
+
+logger = logging.getLogger("upload_service")
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    authenticator: Authenticator
+    signer: UrlSigner | None  # None: no key, download URLs go unsigned (an open service only)
+
+    @property
+    def open(self) -> bool:
+        return isinstance(self.authenticator, OpenAuthenticator)
+
+    async def principal(self, authorization: str | None) -> Principal:
+        """The caller of a request with this ``Authorization`` value (401 unless it holds); on
+        an open service, whatever it sends, the anonymous caller."""
+        if self.open:
+            return ANONYMOUS
+        return await authenticate(self.authenticator, authorization)
+
+
+OPEN = Auth(OpenAuthenticator(), None)
+
+
+def check_open_mode(settings: Settings, host: str | None = None) -> None:
+    """``ConfigError`` when the service would run open on an address others can reach."""
+    bind = settings.host if host is None else host
+    if settings.auth_enabled or settings.auth == "none" or is_loopback(bind):
+        return
+    raise ConfigError(
+        f"refusing to run without authentication on {bind!r}, which is not a loopback address: "
+        "configure UPLOAD_AUTH_JWT_SECRET, UPLOAD_AUTH_JWT_PUBLIC_KEY_FILE, UPLOAD_AUTH_JWKS_URL "
+        "or UPLOAD_AUTH_API_KEYS, or set UPLOAD_AUTH=none to run open on purpose"
+    )
+
+
+def signer(settings: Settings) -> UrlSigner | None:
+    if settings.auth_signing_key is not None:
+        key = settings.auth_signing_key.get_secret_value().encode()
+    elif settings.auth_jwt_secret is not None:
+        key = derived_key(settings.auth_jwt_secret.get_secret_value().encode())
+    else:
+        return None
+    return UrlSigner(key, settings.signed_url_ttl)
+
+
+async def _key_source(settings: Settings) -> tuple[KeySource, tuple[str, ...]]:
+    pinned = settings.auth_jwt_algorithms
+    if settings.auth_jwt_secret is not None:
+        secret = settings.auth_jwt_secret.get_secret_value().encode()
+        return StaticKey(secret), pinned or ("HS256",)
+    if settings.auth_jwt_public_key_file is not None:
+        path = settings.auth_jwt_public_key_file
+        try:
+            pem = await anyio.Path(path).read_bytes()
+            key, implied = public_key_algorithms(pem)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"UPLOAD_AUTH_JWT_PUBLIC_KEY_FILE: {path}: {exc}") from None
+        if pinned and not fits_key(key, pinned):
+            raise ConfigError(
+                f"UPLOAD_AUTH_JWT_ALGORITHMS: {', '.join(pinned)} does not fit the key in {path}"
+            )
+        return StaticKey(key), pinned or implied
+    assert settings.auth_jwks_url is not None
+    algorithms = pinned or ("RS256", "ES256")
+    client = httpx.AsyncClient(follow_redirects=False)
+    keys = JwksKeys(
+        settings.auth_jwks_url,
+        client,
+        algorithms,
+        refetch_interval=settings.auth_jwks_refetch_interval,
+    )
+    return keys, algorithms
+
+
+@asynccontextmanager
+async def open_auth(settings: Settings) -> AsyncIterator[Auth]:
+    """The authenticator and URL signer the settings ask for, closed after."""
+    check_open_mode(settings)
+    kinds: list[Authenticator] = []
+    if settings.jwt_enabled:
+        keys, algorithms = await _key_source(settings)
+        kinds.append(
+            JwtAuthenticator(
+                keys,
+                algorithms,
+                issuer=settings.auth_jwt_issuer,
+                audience=settings.auth_jwt_audience,
+                leeway=settings.auth_jwt_leeway,
+            )
+        )
+    if settings.api_keys_enabled:
+        kinds.append(ApiKeyAuthenticator(settings.auth_api_keys))
+    if not kinds:
+        logger.warning(
+            "authentication is off: anyone who can reach %s:%d may upload, download and delete "
+            "every upload (configure UPLOAD_AUTH_* for anything but local use)",
+            settings.host,
+            settings.port,
+        )
+        yield Auth(OpenAuthenticator(), signer(settings))
+        return
+    authenticator: Authenticator = kinds[0] if len(kinds) == 1 else AnyOf(*kinds)
+    try:
+        yield Auth(authenticator, signer(settings))
+    finally:
+        await authenticator.aclose()
