@@ -6,32 +6,18 @@ asyncpg): every query the service makes. Each transition is one conditional ``UP
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
-import anyio
 from sqlalchemy import ColumnElement, Update, delete, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow
-from upload_service.errors import Conflict, Unavailable
+from upload_service.db.outbox import SqlOutbox, outbox_row
+from upload_service.db.session import guarded_session
+from upload_service.errors import Conflict
+from upload_service.outbox import EventType
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
-
-# What a client is told to wait before retrying while the database is unreachable.
-RETRY_AFTER_SECONDS = 5
-
-
-def database_unavailable(exc: BaseException) -> Unavailable:
-    """The one translation of a driver failure (connection refused, lost, timed out, any
-    SQLAlchemy error): a one-line 503 that tells the client when to retry."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = detail[0] if detail else exc.__class__.__name__
-    return Unavailable(
-        f"database unavailable: {reason}"[:300],
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
 
 
 def _metadata(stored: dict[str, str | None]) -> Metadata:
@@ -104,32 +90,22 @@ def _to_row(upload: Upload) -> UploadRow:
     )
 
 
-class SqlUploadRepository:
-    """``UploadRepository`` over an async SQLAlchemy session factory."""
+class SqlUploadRepository(SqlOutbox):
+    """``UploadRepository`` over an async SQLAlchemy session factory, with the ``Outbox``
+    capability: the transitions that report events insert them in their own transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+        super().__init__(sessions)
 
-    @asynccontextmanager
-    async def _session(self, *, begin: bool = False) -> AsyncIterator[AsyncSession]:
-        """A session whose statements a cancellation cannot interrupt, and whose driver errors
-        leave as ``Unavailable``.
+    def _session(self, *, begin: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+        return guarded_session(self._sessions, begin=begin)
 
-        Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
-        pending for ever (aiosqlite's worker is stopped under it), so at shutdown or on a client's
-        disconnect the cancellation waits until the statement and the session's close are done.
-        Each statement is short: SQLite's busy timeout and the pool's timeouts bound it.
-        """
-        with anyio.CancelScope(shield=True):
-            try:
-                async with self._sessions.begin() if begin else self._sessions() as session:
-                    yield session
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise database_unavailable(exc) from exc
-
-    async def add(self, upload: Upload) -> None:
+    async def add(self, upload: Upload, *, outbox: bool = False) -> None:
         async with self._session(begin=True) as session:
-            session.add(_to_row(upload))
+            row = _to_row(upload)
+            session.add(row)
+            if outbox:
+                session.add(outbox_row(EventType.POST_CREATE, _to_upload(row), upload.created_at))
 
     async def get(self, upload_id: str) -> Upload | None:
         async with self._session() as session:
@@ -233,11 +209,14 @@ class SqlUploadRepository:
             expires_at=None,
         )
 
-    async def mark_ready(self, upload_id: str, sha256: str, now: datetime) -> Upload:
+    async def mark_ready(
+        self, upload_id: str, sha256: str, now: datetime, *, outbox: bool = False
+    ) -> Upload:
         return await self._transition(
             upload_id,
             (UploadRow.state == UploadState.VERIFYING.value,),
             "upload is no longer being verified",
+            event=EventType.POST_FINISH if outbox else None,
             state=UploadState.READY.value,
             sha256=sha256,
             updated_at=now,
@@ -257,21 +236,23 @@ class SqlUploadRepository:
             state_changed_at=now,
         )
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         return await self._transition(
             upload_id,
             (_in(LIVE_STATES),),
             "upload has ended already",
+            event=EventType.POST_TERMINATE if outbox else None,
             state=UploadState.TERMINATED.value,
             updated_at=now,
             state_changed_at=now,
         )
 
-    async def expire(self, upload_id: str, now: datetime) -> Upload:
+    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving(), UploadRow.expires_at <= now),
             "upload was extended or ended meanwhile",
+            event=EventType.POST_EXPIRE if outbox else None,
             state=UploadState.EXPIRED.value,
             updated_at=now,
             state_changed_at=now,
@@ -300,13 +281,17 @@ class SqlUploadRepository:
         upload_id: str,
         conditions: tuple[ColumnElement[bool], ...],
         conflict: str,
+        event: EventType | None = None,
         **values: object,
     ) -> Upload:
-        """One conditional update of one row; ``Conflict`` when its condition no longer holds."""
+        """One conditional update of one row; ``Conflict`` when its condition no longer holds.
+        With ``event``, the event's outbox row is inserted in the same transaction."""
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
-        return await self._execute_one(statement.values(**values), conflict)
+        return await self._execute_one(statement.values(**values), conflict, event)
 
-    async def _execute_one(self, statement: Update, conflict: str) -> Upload:
+    async def _execute_one(
+        self, statement: Update, conflict: str, event: EventType | None = None
+    ) -> Upload:
         async with self._session(begin=True) as session:
             result = await session.execute(
                 statement.returning(UploadRow), execution_options={"synchronize_session": False}
@@ -314,7 +299,10 @@ class SqlUploadRepository:
             row = result.scalar_one_or_none()
             if row is None:
                 raise Conflict(conflict)
-            return _to_upload(row)
+            upload = _to_upload(row)
+            if event is not None:
+                session.add(outbox_row(event, upload, upload.updated_at))
+            return upload
 
     # -- not state changes ----------------------------------------------------------------------
 
@@ -324,9 +312,12 @@ class SqlUploadRepository:
                 update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
             )
 
-    async def add_final(self, final: Upload) -> None:
+    async def add_final(self, final: Upload, *, outbox: bool = False) -> None:
         async with self._session(begin=True) as session:
-            session.add(_to_row(final))
+            row = _to_row(final)
+            session.add(row)
+            if outbox:
+                session.add(outbox_row(EventType.POST_CREATE, _to_upload(row), final.created_at))
             for part in final.parts:
                 result = await session.execute(
                     update(UploadRow)
