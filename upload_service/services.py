@@ -10,7 +10,9 @@ from starlette.requests import Request
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from upload_service.hooks.delivery import Drainer
     from upload_service.locking.base import Locker
+    from upload_service.outbox import Outbox
     from upload_service.repository import UploadRepository
     from upload_service.settings import Settings
     from upload_service.storage.base import Store
@@ -25,6 +27,8 @@ class Services:
     store: Store
     locker: Locker
     handler: TusHandler
+    outbox: Outbox | None = None  # events and their delivery state (the JSON API shows them)
+    drainer: Drainer | None = None  # delivers the outbox (None: no hooks configured)
 
 
 def get_services(request: Request) -> Services:
