@@ -367,6 +367,25 @@ async def test_a_python_post_hook_runs_in_the_thread_pool(sqlite_dir: Path) -> N
     assert all(off_loop for _, off_loop in hook_functions.posted)
 
 
+async def test_the_readme_copy_on_finish_hook_copies_the_verified_file(
+    sqlite_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    monkeypatch.setattr(hook_functions, "SOURCE", sqlite_dir / "files")
+    monkeypatch.setattr(hook_functions, "DEST", archive)
+    settings = hook_settings(sqlite_dir, hook_post="python:tests.hook_functions:copy_finished")
+    async with running(settings) as (_, client):
+        upload_id = await create(client, data=b"movie bytes", length=11)
+        await eventually(lambda: (archive / upload_id).exists())
+        url = f"/api/uploads/{upload_id}/deliveries"
+        with anyio.fail_after(10):
+            while {d["status"] for d in (await client.get(url)).json()} != {"delivered"}:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+    assert (archive / upload_id).read_bytes() == b"movie bytes"
+    assert sorted(path.name for path in archive.iterdir()) == [upload_id]
+
+
 async def test_no_hooks_no_events(sqlite_dir: Path) -> None:
     async with running(make_settings(sqlite_dir)) as (app, client):
         upload_id = await create(client, data=b"data")
