@@ -80,7 +80,7 @@ def empty_tables(dsn: str) -> None:
     async def truncate() -> None:
         connection = await asyncpg.connect(dsn, timeout=10)
         try:
-            await connection.execute("TRUNCATE uploads")
+            await connection.execute("TRUNCATE uploads, outbox")
         finally:
             await connection.close()
 

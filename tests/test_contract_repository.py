@@ -1,4 +1,5 @@
-"""One contract suite for the ``UploadRepository``, run against SQLite and PostgreSQL alike.
+"""One contract suite for the ``UploadRepository`` (and its ``Outbox``), run against SQLite and
+PostgreSQL alike.
 
 Every transition is a compare-and-set: it applies only from the state (or offset) it expects and
 otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface as
@@ -15,9 +16,13 @@ import anyio
 import pytest
 
 from tests.conftest import Databases
+from upload_service.db import repository as db_repository
 from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.models import OutboxRow
+from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import Conflict, QuotaExceeded, Unavailable
+from upload_service.outbox import DeliveryStatus, EventType, Outbox
 from upload_service.repository import Quota, UploadRepository, Usage
 from upload_service.uploads import Upload, UploadState
 
@@ -290,3 +295,180 @@ async def test_a_failing_database_is_unavailable_with_retry_after(
             assert "\n" not in raised.value.message
     finally:
         await engine.dispose()
+
+
+# -- the outbox: events written with their state change, claimed under a lease ------------------
+
+LEASE = timedelta(seconds=30)
+
+
+def outbox_of(repo: UploadRepository) -> Outbox:
+    assert isinstance(repo, Outbox)
+    return repo
+
+
+async def ready_upload(repo: UploadRepository, upload_id: str = ID) -> Upload:
+    await repo.advance(upload_id, expected=0, offset=10, now=T1, expires_at=None)
+    await repo.complete(upload_id, T1)
+    return await repo.mark_ready(upload_id, "ab" * 32, T1, outbox=True)
+
+
+async def test_each_reported_transition_writes_its_event_and_only_with_outbox(
+    repo: UploadRepository,
+) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    await ready_upload(repo)
+    await repo.terminate(ID, T1, outbox=True)
+    await repo.add(new_upload(PARTS[0]), outbox=False)
+    await repo.expire(PARTS[0], T0 + timedelta(hours=2), outbox=True)
+    await repo.add(new_upload(PARTS[1]))  # events off: nothing written
+    await repo.terminate(PARTS[1], T1)
+
+    events = await outbox.events_of(ID)
+    assert [event.type for event in events] == [
+        EventType.POST_CREATE,
+        EventType.POST_FINISH,
+        EventType.POST_TERMINATE,
+    ]
+    assert {event.status for event in events} == {DeliveryStatus.PENDING}
+    assert len({event.id for event in events}) == 3
+    created, finished, terminated = events
+    assert created.upload["state"] == "receiving"
+    assert created.upload["metadata"] == {"filename": "a.mp4", "flag": None}
+    assert (finished.upload["state"], finished.upload["sha256"]) == ("ready", "ab" * 32)
+    assert terminated.upload["state"] == "terminated"
+    assert [event.type for event in await outbox.events_of(PARTS[0])] == [EventType.POST_EXPIRE]
+    assert await outbox.events_of(PARTS[1]) == []
+
+
+async def test_a_refused_transition_writes_no_event(repo: UploadRepository) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload())
+    with pytest.raises(Conflict):
+        await repo.mark_ready(ID, "ab" * 32, T1, outbox=True)  # not verifying
+    with pytest.raises(Conflict):
+        await repo.expire(ID, T0, outbox=True)  # not past its expiry
+    await repo.terminate(ID, T1)
+    with pytest.raises(Conflict):
+        await repo.terminate(ID, T1, outbox=True)  # ended already
+    for part in PARTS:
+        await repo.add(new_upload(part, concat="partial"))
+    await repo.add_final(new_upload("f" * 32, length=20, concat="final", parts=PARTS), outbox=True)
+    refused = new_upload("e" * 32, length=20, concat="final", parts=PARTS)
+    with pytest.raises(Conflict):
+        await repo.add_final(refused, outbox=True)  # the parts were claimed
+    assert await outbox.events_of(ID) == []
+    assert await outbox.events_of(refused.id) == []
+    assert [event.type for event in await outbox.events_of("f" * 32)] == [EventType.POST_CREATE]
+
+
+async def test_state_change_and_outbox_row_commit_or_roll_back_together(
+    repo: UploadRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    with pytest.raises(Unavailable):  # the state change fails (the id exists): no event either
+        await repo.add(new_upload(), outbox=True)
+    [first] = await outbox.events_of(ID)
+
+    # the event's insert fails (its id is taken): the state change is rolled back with it
+    def same_id(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
+        row = outbox_row(event, upload, at)
+        row.id = first.id
+        return row
+
+    monkeypatch.setattr(db_repository, "outbox_row", same_id)
+    await repo.advance(ID, expected=0, offset=10, now=T1, expires_at=None)
+    await repo.complete(ID, T1)
+    with pytest.raises(Unavailable):
+        await repo.mark_ready(ID, "ab" * 32, T1, outbox=True)
+    with pytest.raises(Unavailable):
+        await repo.terminate(ID, T1, outbox=True)
+    stored = await row(repo)
+    assert (stored.state, stored.sha256) == (UploadState.VERIFYING, None)
+    assert await outbox.events_of(ID) == [first]
+
+
+async def test_claims_are_leased_and_outcomes_need_the_latest_claim(
+    repo: UploadRepository,
+) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload(PARTS[0]), outbox=True)
+    assert await outbox.claim_due(T0 - timedelta(seconds=1), T0 + LEASE, 10) == []  # not due
+    claimed = await outbox.claim_due(T0, T0 + LEASE, 1)
+    assert [event.upload_id for event in claimed] == [ID]  # oldest first, up to the limit
+    [mine] = claimed
+    others = await outbox.claim_due(T1, T1 + LEASE, 10)  # leased: only the other event
+    assert [event.upload_id for event in others] == [PARTS[0]]
+    assert await outbox.claim_due(T1, T1 + LEASE, 10) == []
+
+    later = T0 + LEASE + timedelta(seconds=1)  # the first lease ran out: claimed again
+    [again] = await outbox.claim_due(later, later + LEASE, 1)
+    assert (again.id, again.claim != mine.claim) == (mine.id, True)
+    assert not await outbox.delivered(mine, later)  # a stale claim records nothing
+    assert not await outbox.retry(mine, "late", later)
+    assert not await outbox.give_up(mine, "late", later)
+
+    assert await outbox.retry(again, "HTTP 500\nbody", later + timedelta(seconds=5))
+    [retried] = await outbox.events_of(ID)
+    assert (retried.status, retried.attempts, retried.last_error) == (
+        DeliveryStatus.PENDING,
+        1,
+        "HTTP 500",
+    )
+    assert retried.next_attempt_at == later + timedelta(seconds=5)
+    assert await outbox.claim_due(later, later + LEASE, 10) == []  # not due again yet
+    due = later + timedelta(seconds=5)
+    [third] = await outbox.claim_due(due, due + LEASE, 1)
+    assert third.id == mine.id
+    assert await outbox.delivered(third, due)
+    assert not await outbox.delivered(third, due)  # once
+    [done] = await outbox.events_of(ID)
+    assert (done.status, done.attempts, done.delivered_at, done.last_error) == (
+        DeliveryStatus.DELIVERED,
+        2,
+        due,
+        None,
+    )
+    assert await outbox.claim_due(due + LEASE * 10, due + LEASE * 11, 10) != []  # the other one
+
+
+async def test_given_up_events_are_failed_and_old_ended_events_pruned(
+    repo: UploadRepository,
+) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload(PARTS[0]), outbox=True)
+    await repo.add(new_upload(PARTS[1], created_at=T1 + LEASE), outbox=True)
+    [failing, delivering] = await outbox.claim_due(T0, T0 + LEASE, 2)
+    assert await outbox.give_up(failing, "timed out", T1)
+    assert await outbox.delivered(delivering, T1)
+    assert [event.status for event in await outbox.events_of(failing.upload_id)] == [
+        DeliveryStatus.FAILED
+    ]
+    assert await outbox.claim_due(T1 + LEASE * 2, T1 + LEASE * 3, 10) != []  # PARTS[1] only
+    assert await outbox.prune(T1) == 2  # written before T1, no longer pending
+    assert await outbox.events_of(ID) == []
+    assert await outbox.events_of(PARTS[0]) == []
+    assert len(await outbox.events_of(PARTS[1])) == 1  # pending events are never pruned
+    assert await outbox.prune(T1 + LEASE * 10) == 0
+
+
+async def test_concurrent_drainers_never_claim_one_event_twice(databases: Databases) -> None:
+    first = databases.repository()
+    second = databases.repository()  # another process on the same database
+    for number in range(40):
+        await first.add(new_upload(f"{number:032x}"), outbox=True)
+    claims: list[list[str]] = [[], []]
+
+    async def drain(outbox: Outbox, into: list[str]) -> None:
+        while batch := await outbox.claim_due(T1, T1 + LEASE, 3):
+            into.extend(event.id for event in batch)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(drain, first, claims[0])
+        group.start_soon(drain, second, claims[1])
+    assert len(claims[0]) + len(claims[1]) == 40
+    assert set(claims[0]).isdisjoint(claims[1])

@@ -30,7 +30,7 @@ from tests.postgres import (
 )
 from tests.tus_http_helpers import create, head, patch, serve
 from upload_service.db.migrate import upgrade
-from upload_service.db.repository import database_error
+from upload_service.db.session import database_error
 from upload_service.errors import StorageFull, Unavailable
 from upload_service.settings import Settings
 

@@ -403,7 +403,7 @@ def test_models_and_migrations_agree(tmp_path: Path, template_db: Path) -> None:
     finally:
         engine.dispose()
     assert differences == []
-    assert tables == {"uploads", "alembic_version"}
+    assert tables == {"uploads", "outbox", "alembic_version"}
 
 
 def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
@@ -419,6 +419,7 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
     finally:
         connection.close()
     assert "uploads" not in tables
+    assert "outbox" not in tables
     upgrade(url)
     assert _revision(database) == head_revision()
 

@@ -26,6 +26,7 @@ from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import ServiceError
 from upload_service.events import NO_EVENTS, Events
+from upload_service.hooks.build import open_hooks
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Locker
 from upload_service.locking.file import FileLocker
@@ -49,7 +50,7 @@ from upload_service.storage.local import LocalStore
 from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store
 from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
-from upload_service.tus.handler import HandlerConfig, TusHandler
+from upload_service.tus.handler import HandlerConfig, TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
@@ -83,6 +84,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
             if settings.quota_uploads is not None or settings.quota_bytes is not None
             else None
         ),
+        outbox=settings.events_enabled,
     )
 
 
@@ -141,23 +143,27 @@ async def open_services(
         locker: Locker = build_locker(settings)
         if events is not NO_EVENTS:
             locker = MeteredLocker(locker, events)
-        handler = TusHandler(
-            store=store,
-            repository=repository,
-            locker=locker,
-            config=handler_config(settings),
-            runner=runner,
-            events=events,
-        )
         try:
-            yield Services(
-                settings=settings,
-                engine=engine,
-                repository=repository,
-                store=store,
-                locker=locker,
-                handler=handler,
-            )
+            async with open_hooks(settings, repository, utcnow, events) as hooks:
+                handler = TusHandler(
+                    store=store,
+                    repository=repository,
+                    locker=locker,
+                    config=handler_config(settings),
+                    runner=runner,
+                    events=events,
+                    pre_create=hooks.pre_create,
+                )
+                yield Services(
+                    settings=settings,
+                    engine=engine,
+                    repository=repository,
+                    store=store,
+                    locker=locker,
+                    handler=handler,
+                    outbox=repository,
+                    drainer=hooks.drainer,
+                )
         finally:
             await locker.aclose()
             await store.aclose()
@@ -207,6 +213,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             if metrics is not None:
                 runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
+            if services.drainer is not None:
+                runner.start_service(services.drainer.run, "hook delivery")
             app.state.services = services
             app.state.runner = runner
             try:

@@ -114,6 +114,13 @@ class Locked(ServiceError):
     code = "locked"
 
 
+class Rejected(ServiceError):
+    """A pre-create hook refused the creation: its 4xx status and one-line message."""
+
+    status = 403
+    code = "rejected"
+
+
 class StorageError(ServiceError):
     """The store failed in a way the client cannot fix (disk full, I/O error)."""
 

@@ -42,6 +42,14 @@ class Events(Protocol):
     def release_honoured(self) -> None:
         """A holder asked to let go of its lock let go of it."""
 
+    def pre_create_hook(self, outcome: str) -> None:
+        """The pre-create hook answered: ``allowed``, ``amended``, ``rejected`` or
+        ``unavailable`` (the creation failed closed, 503)."""
+
+    def hook_delivery(self, event_type: str, outcome: str) -> None:
+        """One delivery attempt of an event (``post-finish``, ...) ended: ``delivered``,
+        ``retried`` (it failed and is tried again later) or ``failed`` (it failed for good)."""
+
 
 class NoEvents:
     def created(self) -> None:
@@ -72,6 +80,12 @@ class NoEvents:
         pass
 
     def release_honoured(self) -> None:
+        pass
+
+    def pre_create_hook(self, outcome: str) -> None:
+        pass
+
+    def hook_delivery(self, event_type: str, outcome: str) -> None:
         pass
 
 

@@ -88,6 +88,7 @@ class Lifecycle:
         max_size: int | None = None,
         tombstone_seconds: float = 7 * 24 * 3600,
         events: Events = NO_EVENTS,
+        outbox: bool = False,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -97,6 +98,7 @@ class Lifecycle:
         self._max_size = max_size
         self._tombstone = timedelta(seconds=tombstone_seconds)
         self._events = events
+        self._outbox = outbox  # write post-finish and post-expire events with the transitions
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
         """The upload's last byte is durable (state ``verifying``); the caller holds its lock.
@@ -136,7 +138,9 @@ class Lifecycle:
                     upload.id, reason, now, only_from=(UploadState.VERIFYING,)
                 )
             else:
-                result = await self._repo.mark_ready(upload.id, digest.hex(), now)
+                result = await self._repo.mark_ready(
+                    upload.id, digest.hex(), now, outbox=self._outbox
+                )
         except Conflict:
             return upload  # someone else finished (or ended) it meanwhile
         if result.state is UploadState.READY:
@@ -229,7 +233,7 @@ class Lifecycle:
                     current = await self._repo.get(upload.id)
                     if current is None or not current.expired(self._clock()):
                         continue
-                    await self._repo.expire(upload.id, self._clock())
+                    await self._repo.expire(upload.id, self._clock(), outbox=self._outbox)
                     await self._store.delete(current.storage)
                     count += 1
                     logger.info("upload expired, its bytes deleted", extra={"upload_id": upload.id})

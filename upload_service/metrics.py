@@ -88,6 +88,18 @@ class PrometheusMetrics:
             "Locks let go of after a release request.",
             registry=r,
         )
+        self._pre_create = Counter(
+            "upload_hook_pre_create",
+            "Pre-create hook answers, by outcome (allowed, amended, rejected, unavailable).",
+            ("outcome",),
+            registry=r,
+        )
+        self._deliveries = Counter(
+            "upload_hook_deliveries",
+            "Event delivery attempts, by event type and outcome (delivered, retried, failed).",
+            ("type", "outcome"),
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "upload_event_loop_lag_seconds",
             "How late the event loop woke from its last periodic sleep.",
@@ -136,6 +148,12 @@ class PrometheusMetrics:
 
     def release_honoured(self) -> None:
         self._release_honoured.inc()
+
+    def pre_create_hook(self, outcome: str) -> None:
+        self._pre_create.labels(outcome).inc()
+
+    def hook_delivery(self, event_type: str, outcome: str) -> None:
+        self._deliveries.labels(event_type, outcome).inc()
 
     # -- exposition -----------------------------------------------------------------------------
 

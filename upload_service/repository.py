@@ -8,6 +8,12 @@ into ``Unavailable`` (503 with ``Retry-After``), never a raw driver error and ne
 
 Callers hold the upload's lock around transitions that depend on the stored bytes (``advance``,
 ``complete``, ``force_offset``); the repository itself takes no locks beyond its transactions.
+
+The transitions that hooks hear about (``add``, ``add_final``: post-create; ``mark_ready``:
+post-finish; ``terminate``: post-terminate; ``expire``: post-expire) take ``outbox=True`` when
+events are enabled: the event's outbox row is then written in the transition's own transaction,
+so the state change and its event commit or roll back together. An implementation that takes
+``outbox=True`` also implements ``upload_service.outbox.Outbox``, the delivery side.
 """
 
 from __future__ import annotations
@@ -51,20 +57,24 @@ class Quota:
 
 
 class UploadRepository(Protocol):
-    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
-        """Insert a new upload (its storage exists already). With a ``quota`` and an owner, in
-        the same transaction as the insert and serialised with the owner's other creations
-        (on every replica): ``QuotaExceeded`` if the owner's usage plus this upload (one more
-        unfinished upload while receiving, its length) passes the quota; nothing is inserted."""
+    async def add(
+        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
+        """Insert a new upload (its storage exists already); with ``outbox``, its post-create
+        event too. With a ``quota`` and an owner, in the same transaction as the insert and
+        serialised with the owner's other creations (on every replica): ``QuotaExceeded`` if the
+        owner's usage plus this upload (one more unfinished upload while receiving, its length)
+        passes the quota; nothing is inserted."""
         ...
 
     async def usage(self, owner: str) -> Usage:
         """What ``owner`` holds now (see ``Usage``)."""
         ...
 
-    async def add_final(self, final: Upload) -> None:
-        """Insert a final upload and claim its partial uploads in one transaction. ``Conflict``
-        names a part that is no longer an unclaimed, live partial upload; nothing is inserted."""
+    async def add_final(self, final: Upload, *, outbox: bool = False) -> None:
+        """Insert a final upload (with ``outbox``, its post-create event) and claim its partial
+        uploads in one transaction. ``Conflict`` names a part that is no longer an unclaimed, live
+        partial upload; nothing is inserted."""
         ...
 
     async def get(self, upload_id: str) -> Upload | None: ...
@@ -122,8 +132,10 @@ class UploadRepository(Protocol):
         verifying with that length and offset."""
         ...
 
-    async def mark_ready(self, upload_id: str, sha256: str, now: datetime) -> Upload:
-        """verifying → ready, with the whole file's hex sha256."""
+    async def mark_ready(
+        self, upload_id: str, sha256: str, now: datetime, *, outbox: bool = False
+    ) -> Upload:
+        """verifying → ready, with the whole file's hex sha256 (with ``outbox``: post-finish)."""
         ...
 
     async def fail(
@@ -132,12 +144,14 @@ class UploadRepository(Protocol):
         """→ failed with ``reason``, only from one of ``only_from``."""
         ...
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
-        """→ terminated, only from a live state (receiving, verifying, ready)."""
+    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+        """→ terminated, only from a live state (receiving, verifying, ready) (with ``outbox``:
+        post-terminate)."""
         ...
 
-    async def expire(self, upload_id: str, now: datetime) -> Upload:
-        """receiving → expired, only if its expiry has passed at ``now``."""
+    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+        """receiving → expired, only if its expiry has passed at ``now`` (with ``outbox``:
+        post-expire)."""
         ...
 
     async def force_offset(

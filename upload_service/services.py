@@ -12,7 +12,9 @@ from upload_service.auth.setup import OPEN, Auth
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from upload_service.hooks.delivery import Drainer
     from upload_service.locking.base import Locker
+    from upload_service.outbox import Outbox
     from upload_service.repository import UploadRepository
     from upload_service.settings import Settings
     from upload_service.storage.base import Store
@@ -28,6 +30,8 @@ class Services:
     locker: Locker
     handler: TusHandler
     auth: Auth = OPEN  # who callers are (built in the app's lifespan; open for CLI commands)
+    outbox: Outbox | None = None  # events and their delivery state (the JSON API shows them)
+    drainer: Drainer | None = None  # delivers the outbox (None: no hooks configured)
 
 
 def get_services(request: Request) -> Services:

@@ -18,6 +18,10 @@ from upload_service.tus.content_types import parse_allowed_types
 
 MiB = 1024 * 1024
 _BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+_HOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
+_HOOK_CALLABLE = re.compile(
+    r"python:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+)
 _TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics")  # the other endpoints' own paths
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 JWT_ALGORITHMS = (
@@ -285,6 +289,60 @@ class Settings(BaseSettings):
             )
         return self
 
+    # Hooks (README "Hooks and webhooks"). Before a creation: an http(s) URL POSTed the upload to
+    # be, or python:package.module:function; it may reject the creation or amend the metadata.
+    hook_pre_create: str = ""
+    # After state changes (post-create, post-finish, post-terminate, post-expire, written to the
+    # outbox with the change): events are POSTed here, signed with hook_secret (required with it).
+    hook_url: str = ""
+    # ... and/or given to this python:package.module:function (a sync one runs in the thread pool).
+    hook_post: str = ""
+    hook_secret: SecretStr = SecretStr("")
+    # Seconds one call of a pre-create hook or one webhook POST may take (then: 503, or a retry).
+    hook_timeout: float = Field(default=10.0, gt=0, le=300)
+    # Seconds one call of the UPLOAD_HOOK_POST callable may take (it may copy a whole file).
+    hook_post_timeout: float = Field(default=300.0, gt=0, le=24 * 3600)
+    # Delivery attempts per event before it is marked failed, the first retry's delay (seconds,
+    # doubled for every further one, at most an hour) and how often the outbox is polled.
+    hook_max_attempts: int = Field(default=8, ge=1, le=100)
+    hook_retry_delay: float = Field(default=2.0, gt=0, le=3600)
+    hook_poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    # Delivered and failed events are deleted from the outbox this many seconds after they were
+    # written (pending ones never are).
+    hook_retention: float = Field(default=7 * 24 * 3600, gt=0)
+
+    @field_validator("hook_pre_create")
+    @classmethod
+    def _check_pre_create(cls, value: str) -> str:
+        if value and not (_HOOK_URL.fullmatch(value) or _HOOK_CALLABLE.fullmatch(value)):
+            raise ValueError(
+                "must be an http(s):// URL or python:package.module:function (a dotted callable)"
+            )
+        return value
+
+    @field_validator("hook_url")
+    @classmethod
+    def _check_hook_url(cls, value: str) -> str:
+        if value and not _HOOK_URL.fullmatch(value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("hook_post")
+    @classmethod
+    def _check_hook_post(cls, value: str) -> str:
+        if value and not _HOOK_CALLABLE.fullmatch(value):
+            raise ValueError("must be python:package.module:function (a dotted callable)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_hook_secret(self) -> Settings:
+        if self.hook_url and not self.hook_secret.get_secret_value():
+            raise ValueError(
+                "UPLOAD_HOOK_URL needs UPLOAD_HOOK_SECRET: receivers check each event's "
+                "Upload-Signature with it"
+            )
+        return self
+
     @property
     def jwt_enabled(self) -> bool:
         configured = (self.auth_jwt_secret, self.auth_jwt_public_key_file, self.auth_jwks_url)
@@ -298,6 +356,11 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether requests must authenticate (else the service runs open)."""
         return self.jwt_enabled or self.api_keys_enabled
+
+    @property
+    def events_enabled(self) -> bool:
+        """Whether state changes write events to the outbox (someone delivers them)."""
+        return bool(self.hook_url or self.hook_post)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from upload_service.errors import ServiceError
 from upload_service.logs import bind_upload_id
+from upload_service.outbox import OutboxEvent
 from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes
 from upload_service.tus.protocol import metadata_text
@@ -54,6 +55,32 @@ class UploadOut(BaseModel):
         return cls.model_validate(fields)
 
 
+class DeliveryOut(BaseModel):
+    """One event about an upload and how its delivery to the hooks went."""
+
+    id: str
+    type: str
+    status: str  # pending, delivered or failed
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, event: OutboxEvent) -> DeliveryOut:
+        return cls(
+            id=event.id,
+            type=event.type.value,
+            status=event.status.value,
+            attempts=event.attempts,
+            last_error=event.last_error,
+            created_at=event.created_at,
+            next_attempt_at=event.next_attempt_at,
+            delivered_at=event.delivered_at,
+        )
+
+
 class Health(BaseModel):
     status: str
     detail: str | None = None
@@ -73,6 +100,18 @@ async def get_upload(
         if signer is not None:
             download_url += "?" + signer.query(upload.id)
     return UploadOut.of(upload, download_url)
+
+
+@router.get("/api/uploads/{upload_id}/deliveries", response_model=list[DeliveryOut])
+async def get_deliveries(
+    upload_id: str, services: ServicesDep, principal: PrincipalDep
+) -> list[DeliveryOut]:
+    """The upload's events (post-create, post-finish, ...) with their delivery state."""
+    request = TusRequest(upload_id=upload_id, principal=principal)
+    upload = await services.handler.get(request)  # exists, and this caller may see it
+    if services.outbox is None:
+        return []
+    return [DeliveryOut.of(event) for event in await services.outbox.events_of(upload.id)]
 
 
 @router.get("/healthz", response_model=Health)

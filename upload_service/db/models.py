@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -44,4 +44,36 @@ class UploadRow(Base):
         Index("ix_uploads_state_expires", "state", "expires_at"),
         Index("ix_uploads_final_id", "final_id"),
         Index("ix_uploads_owner", "owner", "state"),  # reachability and per-owner quotas
+    )
+
+
+class OutboxRow(Base):
+    """An event about an upload, written in the transaction of the state change it reports
+    (``upload_service.outbox``), until it is delivered (or given up on) and pruned."""
+
+    __tablename__ = "outbox"
+
+    # the order events were written in (one upload's events may share a timestamp)
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    upload_id: Mapped[str] = mapped_column(String(32))
+    # the upload as it was when the event was written (no foreign key: the upload's row may be
+    # forgotten before its last events are pruned)
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # a drainer's lease on the event: nobody else delivers it until then; the token tells whose
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_outbox_status_next", "status", "next_attempt_at"),
+        Index("ix_outbox_upload_id", "upload_id"),
     )

@@ -8,59 +8,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
-import anyio
 from sqlalchemy import ColumnElement, Update, case, delete, false, func, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow
-from upload_service.errors import Conflict, ServiceError, StorageFull, Unavailable
+from upload_service.db.outbox import SqlOutbox, outbox_row
+from upload_service.db.session import guarded_session
+from upload_service.errors import Conflict
+from upload_service.outbox import EventType
 from upload_service.repository import Quota, Usage
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
 
-# What a client is told to wait before retrying while the database is unreachable.
-RETRY_AFTER_SECONDS = 5
 # PostgreSQL: the advisory lock class (the two-int4 keyspace, apart from the upload locks'
 # one-bigint keys) under which one owner's quota-checked creations are serialised.
 QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
-
-_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
-_PG_DISK_FULL = "53100"  # disk_full: PostgreSQL could not extend a file
-
-
-def database_unavailable(exc: BaseException) -> Unavailable:
-    """The one translation of a driver failure (connection refused, lost, timed out, locked, a
-    pool timeout, any SQLAlchemy error): a one-line 503 that tells the client when to retry."""
-    return Unavailable(
-        f"database unavailable: {_reason(exc)}"[:300],
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-def database_error(exc: BaseException) -> ServiceError:
-    """A driver failure as the client sees it: a full disk under the database is a 507 (retrying
-    does not help until space is freed), anything else ``database_unavailable``."""
-    if _is_disk_full(exc):
-        return StorageFull(f"database storage is full: {_reason(exc)}"[:300])
-    return database_unavailable(exc)
-
-
-def _reason(exc: BaseException) -> str:
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return detail[0] if detail else exc.__class__.__name__
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    driver = getattr(exc, "orig", None) or exc
-    if getattr(driver, "sqlite_errorcode", None) == _SQLITE_FULL:
-        return True
-    if getattr(driver, "sqlstate", None) == _PG_DISK_FULL:
-        return True
-    return "database or disk is full" in str(driver)  # aiosqlite may lose the error code
 
 
 def _metadata(stored: dict[str, str | None]) -> Metadata:
@@ -135,30 +99,19 @@ def _to_row(upload: Upload) -> UploadRow:
     )
 
 
-class SqlUploadRepository:
-    """``UploadRepository`` over an async SQLAlchemy session factory."""
+class SqlUploadRepository(SqlOutbox):
+    """``UploadRepository`` over an async SQLAlchemy session factory, with the ``Outbox``
+    capability: the transitions that report events insert them in their own transaction."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+        super().__init__(sessions)
 
-    @asynccontextmanager
-    async def _session(self, *, begin: bool = False) -> AsyncIterator[AsyncSession]:
-        """A session whose statements a cancellation cannot interrupt, and whose driver errors
-        leave as ``Unavailable`` (``StorageFull`` for a full disk).
+    def _session(self, *, begin: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+        return guarded_session(self._sessions, begin=begin)
 
-        Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
-        pending for ever (aiosqlite's worker is stopped under it), so at shutdown or on a client's
-        disconnect the cancellation waits until the statement and the session's close are done.
-        Each statement is short: SQLite's busy timeout and the pool's timeouts bound it.
-        """
-        with anyio.CancelScope(shield=True):
-            try:
-                async with self._sessions.begin() if begin else self._sessions() as session:
-                    yield session
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise database_error(exc) from exc
-
-    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
+    async def add(
+        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
         async with self._session(begin=True) as session:
             if quota is not None and upload.owner is not None:
                 await _serialise_owner(session, upload.owner)
@@ -168,7 +121,10 @@ class SqlUploadRepository:
                     uploads=1 if upload.state is UploadState.RECEIVING else 0,
                     size=upload.length or 0,
                 )
-            session.add(_to_row(upload))
+            row = _to_row(upload)
+            session.add(row)
+            if outbox:
+                session.add(outbox_row(EventType.POST_CREATE, _to_upload(row), upload.created_at))
 
     async def usage(self, owner: str) -> Usage:
         async with self._session() as session:
@@ -276,11 +232,14 @@ class SqlUploadRepository:
             expires_at=None,
         )
 
-    async def mark_ready(self, upload_id: str, sha256: str, now: datetime) -> Upload:
+    async def mark_ready(
+        self, upload_id: str, sha256: str, now: datetime, *, outbox: bool = False
+    ) -> Upload:
         return await self._transition(
             upload_id,
             (UploadRow.state == UploadState.VERIFYING.value,),
             "upload is no longer being verified",
+            event=EventType.POST_FINISH if outbox else None,
             state=UploadState.READY.value,
             sha256=sha256,
             updated_at=now,
@@ -300,21 +259,23 @@ class SqlUploadRepository:
             state_changed_at=now,
         )
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         return await self._transition(
             upload_id,
             (_in(LIVE_STATES),),
             "upload has ended already",
+            event=EventType.POST_TERMINATE if outbox else None,
             state=UploadState.TERMINATED.value,
             updated_at=now,
             state_changed_at=now,
         )
 
-    async def expire(self, upload_id: str, now: datetime) -> Upload:
+    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving(), UploadRow.expires_at <= now),
             "upload was extended or ended meanwhile",
+            event=EventType.POST_EXPIRE if outbox else None,
             state=UploadState.EXPIRED.value,
             updated_at=now,
             state_changed_at=now,
@@ -343,13 +304,17 @@ class SqlUploadRepository:
         upload_id: str,
         conditions: tuple[ColumnElement[bool], ...],
         conflict: str,
+        event: EventType | None = None,
         **values: object,
     ) -> Upload:
-        """One conditional update of one row; ``Conflict`` when its condition no longer holds."""
+        """One conditional update of one row; ``Conflict`` when its condition no longer holds.
+        With ``event``, the event's outbox row is inserted in the same transaction."""
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
-        return await self._execute_one(statement.values(**values), conflict)
+        return await self._execute_one(statement.values(**values), conflict, event)
 
-    async def _execute_one(self, statement: Update, conflict: str) -> Upload:
+    async def _execute_one(
+        self, statement: Update, conflict: str, event: EventType | None = None
+    ) -> Upload:
         async with self._session(begin=True) as session:
             result = await session.execute(
                 statement.returning(UploadRow), execution_options={"synchronize_session": False}
@@ -357,7 +322,10 @@ class SqlUploadRepository:
             row = result.scalar_one_or_none()
             if row is None:
                 raise Conflict(conflict)
-            return _to_upload(row)
+            upload = _to_upload(row)
+            if event is not None:
+                session.add(outbox_row(event, upload, upload.updated_at))
+            return upload
 
     # -- not state changes ----------------------------------------------------------------------
 
@@ -367,9 +335,12 @@ class SqlUploadRepository:
                 update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
             )
 
-    async def add_final(self, final: Upload) -> None:
+    async def add_final(self, final: Upload, *, outbox: bool = False) -> None:
         async with self._session(begin=True) as session:
-            session.add(_to_row(final))
+            row = _to_row(final)
+            session.add(row)
+            if outbox:
+                session.add(outbox_row(EventType.POST_CREATE, _to_upload(row), final.created_at))
             for part in final.parts:
                 result = await session.execute(
                     update(UploadRow)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
 from upload_service.events import Events
+from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Locker
 from upload_service.logs import bind_upload_id
@@ -68,6 +69,7 @@ class Creator:
         lifecycle: Lifecycle,
         loader: UploadLoader,
         receiver: Receiver,
+        pre_create: PreCreateHook = NO_PRE_CREATE,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -79,6 +81,7 @@ class Creator:
         self._lifecycle = lifecycle
         self._loader = loader
         self._receiver = receiver
+        self._pre_create = pre_create
 
     async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
         """A new upload (201 with its ``Location`` under the request's endpoint)."""
@@ -92,6 +95,14 @@ class Creator:
             max_bytes=self._config.max_metadata_bytes,
             max_keys=self._config.max_metadata_keys,
         )
+        length = (
+            None
+            if concat is not None and concat.final
+            else self._creation_length(headers, request.principal)
+        )
+        metadata = await self._pre_create.check(  # may refuse, or amend the metadata
+            pre_create_of(request, length, concat, metadata)
+        )
         if metadata.get("sha256") is not None:
             parse_sha256(metadata["sha256"] or b"")
         principal = request.principal
@@ -102,7 +113,6 @@ class Creator:
             body = CountedBody(body, self._events)
         if concat is not None and concat.final:
             return await self._create_final(request, concat.urls, metadata, with_data, rules)
-        length = self._creation_length(headers, principal)
         checksum = request_checksum(headers) if with_data else None
         content_length = request_content_length(headers)
         if with_data and content_length is not None:
@@ -133,7 +143,7 @@ class Creator:
         key = await self._store.create(upload_id, upload.length)
         upload = replace(upload, storage_ref=key.ref)
         try:
-            await self._repo.add(upload, self._config.quota)
+            await self._repo.add(upload, self._config.quota, outbox=self._config.outbox)
         except QuotaExceeded:
             await self._store.delete(key)
             raise
@@ -164,7 +174,7 @@ class Creator:
                     upload = await self._receiver.receive(upload, body, lease, checksum)
             except (TooLarge, ChecksumMismatch):
                 # The client never learns this upload's URL from an error: leave nothing.
-                await self._repo.terminate(upload.id, self._clock())
+                await self._repo.terminate(upload.id, self._clock(), outbox=self._config.outbox)
                 await self._store.delete(upload.storage)
                 raise
         if upload.state is UploadState.VERIFYING:
@@ -223,7 +233,7 @@ class Creator:
         key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
         try:
-            await self._repo.add_final(final)
+            await self._repo.add_final(final, outbox=self._config.outbox)
         except Conflict as exc:
             await self._store.delete(key)
             raise BadRequest(exc.message) from exc

@@ -31,6 +31,7 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.events import NO_EVENTS, Events
+from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease, Locker
 from upload_service.repository import Quota
@@ -103,6 +104,7 @@ class HandlerConfig:
     max_metadata_keys: int = 32
     allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
     quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
+    outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
 
 
 class TusHandler:
@@ -117,6 +119,7 @@ class TusHandler:
         runner: Runner | None = None,
         sniffer: Sniffer | None = None,
         events: Events = NO_EVENTS,
+        pre_create: PreCreateHook = NO_PRE_CREATE,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -135,6 +138,7 @@ class TusHandler:
             max_size=config.max_size,
             tombstone_seconds=config.expire_after,
             events=events,
+            outbox=config.outbox,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._receiver = Receiver(
@@ -156,6 +160,7 @@ class TusHandler:
             lifecycle=self.lifecycle,
             loader=self._loader,
             receiver=self._receiver,
+            pre_create=pre_create,
         )
         self._reconciler = Reconciler(
             store=store,
@@ -326,7 +331,7 @@ class TusHandler:
             self._digests.drop(upload_id)
             # Row first: once it says terminated nothing reads the bytes, so a crash before the
             # delete leaves only an orphan file for clean-up.
-            await self._repo.terminate(upload_id, self._clock())
+            await self._repo.terminate(upload_id, self._clock(), outbox=self._config.outbox)
             if upload.is_final and upload.state is UploadState.RECEIVING:
                 await self._repo.release_parts(upload_id)  # they may join another final
             await self._store.delete(upload.storage)

@@ -1,0 +1,161 @@
+"""The outbox over SQLAlchemy (``upload_service.outbox``): the rows the repository's transitions
+insert in their own transaction, and the delivery side's claims and outcomes.
+
+A claim is one ``WITH due AS (pending, unclaimed, oldest first) UPDATE ... WHERE <still
+unclaimed> RETURNING``: on PostgreSQL the inner select skips rows another drainer has locked
+(``FOR UPDATE SKIP LOCKED``) and a row updated concurrently is re-checked against the outer
+condition before it is claimed; SQLite runs one writer at a time. Either way an event is claimed
+by one drainer until its lease runs out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import ColumnElement, Update, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from upload_service.db.models import OutboxRow
+from upload_service.db.session import guarded_session
+from upload_service.outbox import DeliveryStatus, EventType, JsonValue, OutboxEvent, upload_snapshot
+from upload_service.uploads import Upload
+
+# Errors are kept to one line of this many characters (they come from receivers and hooks).
+ERROR_CHARS = 500
+
+
+def outbox_row(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
+    """The row of a new event about ``upload`` (as the transition left it), due at once."""
+    return OutboxRow(
+        id=uuid.uuid4().hex,
+        type=event.value,
+        upload_id=upload.id,
+        payload=upload_snapshot(upload),
+        created_at=at,
+        status=DeliveryStatus.PENDING.value,
+        attempts=0,
+        next_attempt_at=at,
+    )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)  # SQLite hands back naive datetimes; we store UTC
+
+
+def _to_event(row: OutboxRow) -> OutboxEvent:
+    created = _aware(row.created_at)
+    assert created is not None
+    payload: dict[str, JsonValue] = row.payload  # type: ignore[assignment]
+    return OutboxEvent(
+        id=row.id,
+        type=EventType(row.type),
+        upload_id=row.upload_id,
+        upload=payload,
+        created_at=created,
+        status=DeliveryStatus(row.status),
+        attempts=row.attempts,
+        last_error=row.last_error,
+        next_attempt_at=_aware(row.next_attempt_at),
+        delivered_at=_aware(row.delivered_at),
+        claim=row.claim_token,
+    )
+
+
+def _one_line(error: str) -> str:
+    lines = error.strip().splitlines()
+    return (lines[0] if lines else "error")[:ERROR_CHARS]
+
+
+class SqlOutbox:
+    """``Outbox`` over an async SQLAlchemy session factory (a base of the SQL repository, whose
+    transitions write the rows)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> list[OutboxEvent]:
+        token = uuid.uuid4().hex
+        due = (
+            select(OutboxRow.id)
+            .where(_pending(), OutboxRow.next_attempt_at <= now, _unclaimed(now))
+            .order_by(OutboxRow.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("due")  # evaluated once (as a subquery PostgreSQL may run it once per row)
+        )
+        statement = (
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(select(due.c.id)), _pending(), _unclaimed(now))
+            .values(claimed_until=lease_until, claim_token=token)
+            .returning(OutboxRow)
+        )
+        async with guarded_session(self._sessions, begin=True) as session:
+            rows = await session.scalars(
+                statement, execution_options={"synchronize_session": False}
+            )
+            events = [(row.seq, _to_event(row)) for row in rows]
+        return [event for _, event in sorted(events, key=lambda pair: pair[0])]
+
+    async def delivered(self, event: OutboxEvent, now: datetime) -> bool:
+        return await self._outcome(
+            event,
+            status=DeliveryStatus.DELIVERED.value,
+            attempts=OutboxRow.attempts + 1,
+            delivered_at=now,
+            last_error=None,
+        )
+
+    async def retry(self, event: OutboxEvent, error: str, at: datetime) -> bool:
+        return await self._outcome(
+            event, attempts=OutboxRow.attempts + 1, last_error=_one_line(error), next_attempt_at=at
+        )
+
+    async def give_up(self, event: OutboxEvent, error: str, now: datetime) -> bool:
+        return await self._outcome(
+            event,
+            status=DeliveryStatus.FAILED.value,
+            attempts=OutboxRow.attempts + 1,
+            last_error=_one_line(error),
+        )
+
+    async def _outcome(self, event: OutboxEvent, **values: object) -> bool:
+        if event.claim is None:
+            raise ValueError("only a claimed event has an outcome")
+        statement: Update = (
+            update(OutboxRow)
+            .where(OutboxRow.id == event.id, OutboxRow.claim_token == event.claim, _pending())
+            .values(claimed_until=None, claim_token=None, **values)
+        )
+        async with guarded_session(self._sessions, begin=True) as session:
+            result = await session.execute(
+                statement, execution_options={"synchronize_session": False}
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def events_of(self, upload_id: str) -> list[OutboxEvent]:
+        statement = (
+            select(OutboxRow).where(OutboxRow.upload_id == upload_id).order_by(OutboxRow.seq)
+        )
+        async with guarded_session(self._sessions) as session:
+            return [_to_event(row) for row in await session.scalars(statement)]
+
+    async def prune(self, before: datetime) -> int:
+        statement = delete(OutboxRow).where(
+            OutboxRow.status != DeliveryStatus.PENDING.value, OutboxRow.created_at < before
+        )
+        async with guarded_session(self._sessions, begin=True) as session:
+            result = await session.execute(statement)
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _pending() -> ColumnElement[bool]:
+    return OutboxRow.status == DeliveryStatus.PENDING.value
+
+
+def _unclaimed(now: datetime) -> ColumnElement[bool]:
+    return or_(OutboxRow.claimed_until.is_(None), OutboxRow.claimed_until < now)
