@@ -152,6 +152,7 @@ def route_requests(uploads: Uploads) -> dict[str, tuple[str, str, dict[str, str]
         "DELETE": ("DELETE", f"/files/{uploads.receiving}", dict(TUS), b""),
         "GET download": ("GET", f"/files/{uploads.ready}", {}, b""),
         "GET api": ("GET", f"/api/uploads/{uploads.receiving}", {}, b""),
+        "GET deliveries": ("GET", f"/api/uploads/{uploads.receiving}/deliveries", {}, b""),
     }
 
 
