@@ -17,12 +17,8 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.postgres import (
-    create_database,
-    drop_database,
     empty_tables,
-    new_database_name,
-    require_postgres,
-    sqlalchemy_url,
+    migrated_database,
 )
 from tests.s3 import moto_server
 from upload_service.app import create_app
@@ -84,15 +80,8 @@ def database_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """This session's PostgreSQL database, built by the real migrations, dropped at the end."""
-    require_postgres()
-    name = new_database_name("suite")
-    create_database(name)
-    try:
-        url = sqlalchemy_url(name)
-        upgrade(url)
+    with migrated_database("suite") as url:
         yield url
-    finally:
-        drop_database(name)
 
 
 @pytest.fixture

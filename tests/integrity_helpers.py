@@ -130,3 +130,15 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
             yield Running(application, http, services)
+
+
+async def sha256_when_ready(client: httpx.AsyncClient, upload_id: str, guard: float = 60.0) -> str:
+    """The upload's sha256 once the JSON API shows it ``ready`` (it may be ``verifying`` before:
+    any other state fails)."""
+    with anyio.fail_after(guard):
+        while True:
+            shown = (await client.get(f"/api/uploads/{upload_id}")).json()
+            if shown["state"] == "ready":
+                return str(shown["sha256"])
+            assert shown["state"] == "verifying", shown
+            await anyio.sleep(0.02)

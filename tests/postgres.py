@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -71,6 +73,23 @@ def create_database(name: str) -> None:
 
 def drop_database(name: str) -> None:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def migrated_database(purpose: str) -> Iterator[str]:
+    """A new database built by the real migrations (skips or fails without a server, as
+    ``require_postgres``), dropped afterwards: its SQLAlchemy URL."""
+    from upload_service.db.migrate import upgrade
+
+    require_postgres()
+    name = new_database_name(purpose)
+    create_database(name)
+    try:
+        url = sqlalchemy_url(name)
+        upgrade(url)
+        yield url
+    finally:
+        drop_database(name)
 
 
 def empty_tables(dsn: str) -> None:

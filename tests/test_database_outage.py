@@ -21,15 +21,11 @@ import httpx
 import pytest
 
 from tests.conftest import TUS, make_settings
+from tests.integrity_helpers import sha256_when_ready
 from tests.postgres import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    sqlalchemy_url,
+    migrated_database,
 )
 from tests.tus_http_helpers import create, head, patch, serve
-from upload_service.db.migrate import upgrade
 from upload_service.db.session import database_error
 from upload_service.errors import StorageFull, Unavailable
 from upload_service.settings import Settings
@@ -99,15 +95,8 @@ class CuttableProxy:
 @pytest.fixture
 def outage_database() -> Iterator[str]:
     """A fresh, migrated PostgreSQL database of this test's own: its direct URL."""
-    require_postgres()
-    name = new_database_name("outage")
-    create_database(name)
-    try:
-        url = sqlalchemy_url(name)
-        upgrade(url)
+    with migrated_database("outage") as url:
         yield url
-    finally:
-        drop_database(name)
 
 
 @contextlib.asynccontextmanager
@@ -138,15 +127,6 @@ async def _until_ok(client: httpx.AsyncClient, method: str, url: str) -> httpx.R
                 return response
             assert response.headers["Retry-After"].isdigit()
             await anyio.sleep(0.05)
-
-
-async def _sha256_when_ready(client: httpx.AsyncClient, upload_id: str) -> str:
-    with anyio.fail_after(GUARD):
-        while True:
-            shown = (await client.get(f"/api/uploads/{upload_id}")).json()
-            if shown["state"] == "ready":
-                return str(shown["sha256"])
-            await anyio.sleep(0.02)
 
 
 def _assert_unavailable(response: httpx.Response, what: str) -> None:
@@ -186,7 +166,7 @@ async def test_postgres_cut_off_answers_503_everywhere_and_recovers_without_a_re
         assert (await patch(client, ready_id, 0, b"abc")).status_code == 204
         open_id = await create(client, 10)
         assert (await patch(client, open_id, 0, b"01234")).status_code == 204
-        await _sha256_when_ready(client, ready_id)
+        await sha256_when_ready(client, ready_id, GUARD)
 
         await proxy.cut()
         await _every_route_is_503(client, ready_id, open_id)
@@ -199,7 +179,8 @@ async def test_postgres_cut_off_answers_503_everywhere_and_recovers_without_a_re
         resumed = await patch(client, open_id, 5, b"56789")
         assert resumed.status_code == 204, resumed.text
         assert (
-            await _sha256_when_ready(client, open_id) == hashlib.sha256(b"0123456789").hexdigest()
+            await sha256_when_ready(client, open_id, GUARD)
+            == hashlib.sha256(b"0123456789").hexdigest()
         )
 
 
@@ -236,7 +217,10 @@ async def test_postgres_cut_off_mid_patch_commits_nothing_past_the_durable_bytes
             resumed = await patch(client, upload_id, offset, _chunks(data[offset:]))
             assert resumed.status_code == 204, resumed.text
             assert resumed.headers["Upload-Offset"] == str(len(data))
-            assert await _sha256_when_ready(client, upload_id) == hashlib.sha256(data).hexdigest()
+            assert (
+                await sha256_when_ready(client, upload_id, GUARD)
+                == hashlib.sha256(data).hexdigest()
+            )
 
 
 @contextlib.contextmanager
@@ -292,7 +276,8 @@ async def test_a_locked_sqlite_database_is_503_then_recovers(
         assert answered.headers["Upload-Offset"] == "5"
         assert (await patch(client, upload_id, 5, b"56789")).status_code == 204
         assert (
-            await _sha256_when_ready(client, upload_id) == hashlib.sha256(b"0123456789").hexdigest()
+            await sha256_when_ready(client, upload_id, GUARD)
+            == hashlib.sha256(b"0123456789").hexdigest()
         )
 
 
@@ -325,7 +310,7 @@ async def test_a_patch_whose_commit_meets_a_locked_sqlite_database_commits_nothi
         assert answered.headers["Upload-Offset"] == str(KiB)
         resumed = await patch(client, upload_id, KiB, _chunks(data[KiB:]))
         assert resumed.status_code == 204, resumed.text
-        assert await _sha256_when_ready(client, upload_id) == hashlib.sha256(data).hexdigest()
+        assert await sha256_when_ready(client, upload_id, GUARD) == hashlib.sha256(data).hexdigest()
 
 
 class _DriverError(Exception):

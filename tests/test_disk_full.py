@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import TUS, make_settings
+from tests.integrity_helpers import sha256_when_ready
 from tests.tus_http_helpers import (
     count_uploads,
     create,
@@ -92,16 +93,6 @@ def _settings(disk: Path, database: Path, template: Path, **overrides: object) -
     return make_settings(disk / "data", f"sqlite+aiosqlite:///{database}", **values)
 
 
-async def _sha256_when_ready(client: httpx.AsyncClient, upload_id: str) -> str:
-    with anyio.fail_after(GUARD):
-        while True:
-            shown = (await client.get(f"/api/uploads/{upload_id}")).json()
-            if shown["state"] == "ready":
-                return str(shown["sha256"])
-            assert shown["state"] == "verifying", shown
-            await anyio.sleep(0.02)
-
-
 async def _download(client: httpx.AsyncClient, upload_id: str) -> bytes:
     response = await client.get(f"/files/{upload_id}")
     assert response.status_code == 200, response.text
@@ -160,7 +151,7 @@ async def test_a_patch_bigger_than_the_free_space_is_a_507_and_resumes_once_spac
             )
         assert resumed.status_code == 204, resumed.text
         assert resumed.headers["Upload-Offset"] == str(len(data))
-        assert await _sha256_when_ready(client, deferred) == hashlib.sha256(data).hexdigest()
+        assert await sha256_when_ready(client, deferred, GUARD) == hashlib.sha256(data).hexdigest()
         assert await _download(client, kept) == other
 
 
@@ -198,7 +189,7 @@ async def test_reservation_refuses_what_cannot_fit_and_keeps_the_size(
         finished = await patch(client, reserved, half, _chunks(data[half:]))
         assert finished.status_code == 204, finished.text
         assert path.stat().st_size == length
-        assert await _sha256_when_ready(client, reserved) == hashlib.sha256(data).hexdigest()
+        assert await sha256_when_ready(client, reserved, GUARD) == hashlib.sha256(data).hexdigest()
         assert await _download(client, reserved) == data
 
 
@@ -224,7 +215,7 @@ async def test_an_upload_past_its_reservation_cannot_be_starved_by_another(
         with anyio.fail_after(GUARD):
             finished = await patch(client, reserved, length // 2, _chunks(data[length // 2 :]))
         assert finished.status_code == 204, finished.text
-        assert await _sha256_when_ready(client, reserved) == hashlib.sha256(data).hexdigest()
+        assert await sha256_when_ready(client, reserved, GUARD) == hashlib.sha256(data).hexdigest()
 
 
 async def test_a_reservation_that_does_not_fit_reserves_nothing(disk: Path) -> None:

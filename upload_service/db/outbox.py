@@ -11,12 +11,12 @@ by one drainer until its lease runs out.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, Update, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from upload_service.db.models import OutboxRow
+from upload_service.db.models import OutboxRow, aware
 from upload_service.db.session import guarded_session
 from upload_service.outbox import DeliveryStatus, EventType, JsonValue, OutboxEvent, upload_snapshot
 from upload_service.uploads import Upload
@@ -39,14 +39,8 @@ def outbox_row(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
     )
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)  # SQLite hands back naive datetimes; we store UTC
-
-
 def _to_event(row: OutboxRow) -> OutboxEvent:
-    created = _aware(row.created_at)
+    created = aware(row.created_at)
     assert created is not None
     payload: dict[str, JsonValue] = row.payload  # type: ignore[assignment]
     return OutboxEvent(
@@ -58,8 +52,8 @@ def _to_event(row: OutboxRow) -> OutboxEvent:
         status=DeliveryStatus(row.status),
         attempts=row.attempts,
         last_error=row.last_error,
-        next_attempt_at=_aware(row.next_attempt_at),
-        delivered_at=_aware(row.delivered_at),
+        next_attempt_at=aware(row.next_attempt_at),
+        delivered_at=aware(row.delivered_at),
         claim=row.claim_token,
     )
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, Update, case, delete, false, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from upload_service.db.models import UploadRow
+from upload_service.db.models import UploadRow, aware
 from upload_service.db.outbox import SqlOutbox, outbox_row
 from upload_service.db.session import guarded_session
 from upload_service.errors import Conflict
@@ -41,15 +41,9 @@ def _metadata_json(metadata: Metadata) -> dict[str, str | None]:
     }
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)  # SQLite hands back naive datetimes; we store UTC
-
-
 def _to_upload(row: UploadRow) -> Upload:
-    created = _aware(row.created_at)
-    updated = _aware(row.updated_at)
+    created = aware(row.created_at)
+    updated = aware(row.updated_at)
     assert created is not None
     assert updated is not None
     return Upload(
@@ -61,14 +55,14 @@ def _to_upload(row: UploadRow) -> Upload:
         metadata=_metadata(row.metadata_json),
         created_at=created,
         updated_at=updated,
-        expires_at=_aware(row.expires_at),
-        completed_at=_aware(row.completed_at),
+        expires_at=aware(row.expires_at),
+        completed_at=aware(row.completed_at),
         failure=row.failure,
         concat=row.concat,
         parts=tuple(row.parts.split()) if row.parts else (),
         final_id=row.final_id,
         sha256=row.sha256,
-        state_changed_at=_aware(row.state_changed_at),
+        state_changed_at=aware(row.state_changed_at),
         storage_ref=row.storage_ref,
         fence=row.fence,
         owner=row.owner,
