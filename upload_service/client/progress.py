@@ -132,8 +132,8 @@ class Lines:
             if first < 0:  # the first figure: the resumed offset, not counted in the rate
                 self._state[meter.handle] = (now, done, now, finished)
                 return
-            if now - last < self._interval:
-                return
+            if now - last < self._interval or done >= meter.total:
+                return  # the line at the end is finish's
             self._state[meter.handle] = (started, first, now, finished)
             self._line(meter, done, started, first, now)
 
