@@ -1,4 +1,5 @@
-"""``upload-service``: serve, migrate, cleanup, check-config, hash-key."""
+"""``upload-service``: serve, migrate, cleanup, check-config, hash-key; upload, status and
+download (the tus client, ``upload_service.client``)."""
 
 from __future__ import annotations
 
@@ -228,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     hash_key.add_argument("owner", help="the owner the key's uploads belong to")
     hash_key.add_argument("--key", help="hash this key instead of a new random one")
     hash_key.set_defaults(run=cmd_hash_key)
+    from upload_service.client.commands import add_commands
+
+    add_commands(commands)
     return root
 
 

@@ -196,7 +196,9 @@ class TusHandler:
         check_version(request.headers.tus_resumable)
         upload = await self._loader.load(request)
         if upload.state is UploadState.RECEIVING:
-            upload = await self._reconciler.reconcile_if_idle(upload)
+            upload = await self._reconciler.reconcile_if_idle(
+                upload, wait=self._config.lock_timeout
+            )
         response = offset_headers(upload)
         response["Cache-Control"] = "no-store"
         if upload.is_final:

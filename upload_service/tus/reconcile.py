@@ -103,10 +103,21 @@ class Reconciler:
                 continue  # another worker process is writing it: consistent by construction
         return reconciled
 
-    async def reconcile_if_idle(self, upload: Upload) -> Upload:
-        """HEAD: if no request is writing, make sure the offset is backed by stored bytes."""
+    async def reconcile_if_idle(self, upload: Upload, *, wait: float) -> Upload:
+        """HEAD: if no request is writing, make sure the offset is backed by stored bytes.
+
+        A request holding the upload that this process sees still reading its body (its client
+        is sending) is neither waited for nor disturbed: the committed offset is the answer. Any
+        other holder (a PATCH whose body ended or broke off and is committing what arrived,
+        one in another process or on another replica, a verification) is waited for, without
+        being asked to let go, for up to ``wait`` seconds: a client that lost its connection and
+        asks at once where to resume then learns the offset its broken request ends at, instead
+        of an older one that its next PATCH would find stale (409).
+        """
+        if self._receiver.reading(upload.id):
+            wait = 0
         try:
-            async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+            async with self._locker.lock(upload.id, wait=wait, preempt=False) as lease:
                 current = self._loader.live(await self._loader.claimed(upload.id, lease))
                 if (
                     current.state is UploadState.RECEIVING
