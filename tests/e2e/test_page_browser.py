@@ -15,7 +15,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +37,7 @@ from tests.e2e.support import (
 )
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext, Page, Request
+    from playwright.sync_api import Browser, BrowserContext, Page, Request, Route
 
 pytestmark = pytest.mark.e2e
 
@@ -385,3 +385,49 @@ def test_an_application_on_another_origin_embeds_the_page_with_its_token(
         headers={"Authorization": f"Bearer {token}"},
     )
     assert status.json()["owner"] == "bob"
+
+
+def test_network_errors_and_busy_answers_are_retried_from_the_servers_offset(
+    servers: Servers, context: BrowserContext, tmp_path: Path, http: httpx.Client
+) -> None:
+    """The second, third, fourth and fifth PATCH meet a reset connection, a 503 with
+    Retry-After, a 423 and a 409: the page waits, asks the server for its offset (HEAD) each
+    time, goes on, and the file arrives whole."""
+    server = servers.start(env={"UPLOAD_PAGE_CHUNK_SIZE": str(MiB)})
+    path = tmp_path / "flaky.bin"
+    path.write_bytes(os.urandom(4 * MiB + 99))
+    page = context.new_page()
+    seen: list[str] = []
+    tus = {"Tus-Resumable": "1.0.0"}
+    failures: Iterator[Callable[[Route], None]] = iter(
+        [
+            lambda route: route.abort("connectionreset"),
+            lambda route: route.fulfill(status=503, headers={**tus, "Retry-After": "1"}),
+            lambda route: route.fulfill(status=423, headers=tus, body="upload is busy\n"),
+            lambda route: route.fulfill(status=409, headers=tus, body="offset mismatch\n"),
+        ]
+    )
+
+    def handle(route: Route) -> None:
+        request = route.request
+        seen.append(f"{request.method} {request.headers.get('upload-offset', '')}".strip())
+        if request.method == "PATCH" and len([s for s in seen if s.startswith("PATCH")]) >= 2:
+            failure = next(failures, None)
+            if failure is not None:
+                seen[-1] += " (failed)"
+                failure(route)
+                return
+        route.continue_()
+
+    page.route(f"{server.base_url}/files/*", handle)
+    page.goto(f"{server.base_url}/")
+    page.locator("#file-input").set_input_files(path)
+    wait_for_server_state(page, "ready")
+    failed = [index for index, entry in enumerate(seen) if entry.endswith("(failed)")]
+    assert len(failed) == 4, seen
+    for index in failed:  # after each failure the page re-read the offset before sending again
+        assert seen[index + 1] == "HEAD", seen
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    url = row_data(page, "url")
+    assert url is not None
+    assert download_sha256(http, url) == (expected, path.stat().st_size)

@@ -285,6 +285,7 @@ export class TusUpload {
   /** Calls `step` until it succeeds, waiting between attempts that failed retryably. */
   async _retrying(run, step) {
     const delays = this.options.retryDelays;
+    let conflicts = 0;
     for (let attempt = 0; ; attempt++) {
       try {
         await step();
@@ -293,7 +294,10 @@ export class TusUpload {
         if (error instanceof Stale || !(error instanceof TusError) || !error.retryable) throw error;
         this._check(run);
         this._needHead = this.url !== null; // whatever happened, ask the server where we are
-        if (error.status === 409 && attempt < 3) continue; // a stale offset: re-read it at once
+        if (error.status === 409 && ++conflicts <= 3) {
+          attempt--; // a stale offset (the server committed more meanwhile): re-read it at once
+          continue;
+        }
         if (attempt >= delays.length) throw error;
         const delay = error.retryAfter ?? delays[attempt];
         this._setState("retrying", { delay, attempt: attempt + 1, attempts: delays.length, error });
