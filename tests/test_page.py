@@ -160,3 +160,12 @@ def test_base_path_cannot_take_the_pages_files(
     monkeypatch.setenv("UPLOAD_BASE_PATH", "/static")
     with pytest.raises(ConfigError, match="UPLOAD_BASE_PATH"):
         load_settings()
+
+
+def test_the_readme_shows_the_screenshot() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    assert re.search(r"!\[[^\]]*\]\(docs/upload-page\.png\)", readme)
+    assert (root / "docs" / "upload-page.png").read_bytes().startswith(b"\x89PNG")
+    # the browser test writes its screenshot there, and it is not committed
+    assert "/artifacts/" in (root / ".gitignore").read_text().split()
