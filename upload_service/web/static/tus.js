@@ -286,11 +286,19 @@ export class TusUpload {
   async _retrying(run, step) {
     const delays = this.options.retryDelays;
     let conflicts = 0;
+    let refreshed = false;
     for (let attempt = 0; ; attempt++) {
       try {
         await step();
         return;
       } catch (error) {
+        if (error instanceof TusError && error.status === 401 && typeof this.options.token === "function" && !refreshed) {
+          this._check(run);
+          refreshed = true; // the token may have expired: the next request asks the function again
+          this._needHead = this.url !== null;
+          attempt--;
+          continue;
+        }
         if (error instanceof Stale || !(error instanceof TusError) || !error.retryable) throw error;
         this._check(run);
         this._needHead = this.url !== null; // whatever happened, ask the server where we are
