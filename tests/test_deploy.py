@@ -397,3 +397,4 @@ def test_wheel_carries_the_migrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "upload_service/_migrations/env.py" in names
     assert any(name.startswith("upload_service/_migrations/versions/0001") for name in names)
+    assert "upload_service/web/static/app.js" in names  # the upload page travels too

@@ -54,6 +54,7 @@ from upload_service.tus.handler import HandlerConfig, TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
+from upload_service.web.page import page_router
 
 logger = logging.getLogger("upload_service")
 
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
+    app.include_router(page_router(resolved))
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]

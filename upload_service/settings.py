@@ -22,7 +22,8 @@ _HOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
 _HOOK_CALLABLE = re.compile(
     r"python:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 )
-_TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics")  # the other endpoints' own paths
+# the other endpoints' own paths (/static: the upload page's files)
+_TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics", "/static")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 JWT_ALGORITHMS = (
     "HS256",
@@ -134,6 +135,9 @@ class Settings(BaseSettings):
     relative_location: bool = False
     # Where the tus endpoint is mounted (under any prefix a proxy announces).
     base_path: str = "/files"
+    # The upload page (GET /): bytes per PATCH it sends. A reload or a broken connection loses at
+    # most the chunk in flight; keep it under a proxy's body size limit (nginx: 1 MiB by default).
+    page_chunk_size: int = Field(default=8 * MiB, ge=64 * 1024, le=1024 * MiB)
     # Prometheus metrics at GET /metrics (added up across workers with --workers N).
     metrics: bool = True
     # Log lines: text (for a terminal) or json (one object a line, for a log collector).

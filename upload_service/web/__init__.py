@@ -1,0 +1,1 @@
+"""The upload page (``GET /``) and its static files."""
