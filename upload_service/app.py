@@ -14,17 +14,19 @@ from functools import partial
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
+from upload_service.api.listing import router as listing_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
-from upload_service.errors import ServiceError
+from upload_service.errors import BadRequest, ServiceError
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.build import open_hooks
 from upload_service.lifecycle import Lifecycle
@@ -235,9 +237,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
+    app.include_router(listing_router)
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     if metrics is not None:
         app.add_route(
             "/metrics", MetricsEndpoint(metrics).get, methods=["GET"], include_in_schema=False
@@ -308,6 +312,14 @@ class ErrorRenderer:
             )
         body = {"error": {"code": exc.code, "message": exc.message}}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    async def validation_error(self, request: Request, exc: RequestValidationError) -> Response:
+        """A query parameter FastAPI could not parse: a 400 naming it, in our one format."""
+        first = exc.errors()[0] if exc.errors() else {}
+        location = first.get("loc", ())
+        name = str(location[1] if len(location) > 1 else "request")  # ("query", name, index)
+        message = f"{name}: {first.get('msg', 'invalid value')}"
+        return await self.service_error(request, BadRequest(message))
 
     async def http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
         """Routing errors (unknown path, method) in the same one family and format as ours."""
