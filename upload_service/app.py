@@ -87,6 +87,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
             else None
         ),
         outbox=settings.events_enabled,
+        verify_wait=settings.download_verify_wait,
     )
 
 

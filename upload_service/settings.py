@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # postgres locker: a replica that vanished (host down, network cut) holds its uploads' locks
     # for at most this long; it stops writing itself before then.
     lock_dead_after: float = Field(default=10.0, ge=2.0, le=600.0)
+    # A download of an upload still being verified waits this long for the verdict (then 503
+    # with Retry-After); 0: answers 503 at once.
+    download_verify_wait: float = Field(default=10.0, ge=0, le=300)
     # Where upload bytes live: local (files under data_dir) or s3 (multipart uploads in a bucket
     # of any S3-compatible object store; credentials from the standard AWS variables or profile).
     storage: Literal["local", "s3"] = "local"
