@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # A download of an upload still being verified waits this long for the verdict (then 503
     # with Retry-After); 0: answers 503 at once.
     download_verify_wait: float = Field(default=10.0, ge=0, le=300)
+    # GET /api/uploads/{id}/events: how often a stream reads the upload from the database, and
+    # the seconds of quiet after which it sends a heartbeat comment (proxies close idle streams).
+    sse_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    sse_heartbeat: float = Field(default=15.0, gt=0, le=600)
     # Where upload bytes live: local (files under data_dir) or s3 (multipart uploads in a bucket
     # of any S3-compatible object store; credentials from the standard AWS variables or profile).
     storage: Literal["local", "s3"] = "local"
