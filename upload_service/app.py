@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
+from upload_service.api.docs import OPENAPI_PATH, mount_docs
 from upload_service.api.listing import router as listing_router
 from upload_service.api.progress import router as progress_router
 from upload_service.api.routes import router as api_router
@@ -233,14 +234,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="upload_service",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # served with local assets instead (api/docs.py)
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=OPENAPI_PATH,
     )
     app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
     app.include_router(listing_router)
     app.include_router(progress_router)
+    mount_docs(app)
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
