@@ -58,6 +58,7 @@ from upload_service.tus.handler import HandlerConfig, TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
+from upload_service.video import build_prober
 
 logger = logging.getLogger("upload_service")
 
@@ -158,6 +159,9 @@ async def open_services(
                     runner=runner,
                     events=events,
                     pre_create=hooks.pre_create,
+                    video=await build_prober(
+                        settings.video_probe, settings.ffprobe, settings.video_probe_timeout
+                    ),
                 )
                 yield Services(
                     settings=settings,

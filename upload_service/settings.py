@@ -22,7 +22,13 @@ _HOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
 _HOOK_CALLABLE = re.compile(
     r"python:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 )
-_TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics")  # the other endpoints' own paths
+_TAKEN_PATHS = (
+    "/api",
+    "/docs",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+)  # the other endpoints' own paths
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 JWT_ALGORITHMS = (
     "HS256",
@@ -115,6 +121,11 @@ class Settings(BaseSettings):
     # the seconds of quiet after which it sends a heartbeat comment (proxies close idle streams).
     sse_poll_interval: float = Field(default=0.5, gt=0, le=60)
     sse_heartbeat: float = Field(default=15.0, gt=0, le=600)
+    # Video details (README "Video details"): ffprobe describes a video before it becomes ready
+    # (local storage only), given at most this many seconds; the command's name or path.
+    video_probe: bool = True
+    video_probe_timeout: float = Field(default=30.0, gt=0, le=600)
+    ffprobe: str = Field(default="ffprobe", min_length=1)
     # Where upload bytes live: local (files under data_dir) or s3 (multipart uploads in a bucket
     # of any S3-compatible object store; credentials from the standard AWS variables or profile).
     storage: Literal["local", "s3"] = "local"

@@ -69,6 +69,7 @@ from upload_service.tus.request import TusHeaders as TusHeaders  # re-exported: 
 from upload_service.tus.request import TusRequest
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.uploads import Upload, UploadState
+from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
@@ -128,6 +129,7 @@ class TusHandler:
         sniffer: Sniffer | None = None,
         events: Events = NO_EVENTS,
         pre_create: PreCreateHook = NO_PRE_CREATE,
+        video: VideoProber | None = None,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -147,6 +149,7 @@ class TusHandler:
             tombstone_seconds=config.expire_after,
             events=events,
             outbox=config.outbox,
+            video=video,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._receiver = Receiver(
