@@ -12,6 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UPLOAD_DATA_DIR=/data \
     UPLOAD_LOG_FORMAT=json
 
+# ffprobe describes uploaded videos (README "Video details"); without it uploads get no details
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY upload_service ./upload_service

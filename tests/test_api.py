@@ -37,6 +37,7 @@ FIELDS = {
     "state_changed_at",
     "owner",
     "download_url",
+    "video",
 }
 
 

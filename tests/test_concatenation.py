@@ -173,9 +173,20 @@ async def test_the_final_passes_through_verifying(
     assert shown["state"] == "verifying"
     assert shown["sha256"] is None
     assert shown["length"] == 8
-    verifying = await client.get(f"/files/{final_id}")
-    assert verifying.status_code == 409
-    release.set()
+    # a download meanwhile waits for the verdict (UPLOAD_DOWNLOAD_VERIFY_WAIT), never a 409
+    downloads: list[httpx.Response] = []
+
+    async def download() -> None:
+        downloads.append(await client.get(f"/files/{final_id}"))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(download)
+            await anyio.sleep(0.3)
+            assert downloads == []
+            release.set()
+    assert downloads[0].status_code == 200
+    assert downloads[0].content == b"abcdefgh"
     shown = await settled(app, client, final_id)
     assert shown["state"] == "ready"
     assert shown["sha256"] == sha256_hex(b"abcdefgh")

@@ -9,7 +9,7 @@ otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import anyio
@@ -23,8 +23,8 @@ from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import Conflict, QuotaExceeded, Unavailable
 from upload_service.outbox import DeliveryStatus, EventType, Outbox
-from upload_service.repository import Quota, UploadRepository, Usage
-from upload_service.uploads import Upload, UploadState
+from upload_service.repository import PageKey, Quota, UploadQuery, UploadRepository, Usage
+from upload_service.uploads import Upload, UploadState, VideoInfo
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(seconds=1)
@@ -171,6 +171,69 @@ async def test_ready_only_from_verifying(repo: UploadRepository) -> None:
     await repo.complete(ID, T1)
     ready = await repo.mark_ready(ID, "ab" * 32, T1)
     assert (ready.state, ready.sha256) == (UploadState.READY, "ab" * 32)
+
+
+async def test_ready_keeps_what_was_found_in_a_video(repo: UploadRepository) -> None:
+    video = VideoInfo(
+        container="mov,mp4,m4a,3gp,3g2,mj2",
+        duration=2.5,
+        video_codec="h264",
+        audio_codec=None,
+        width=320,
+        height=240,
+        frame_rate=29.97,
+        bit_rate=123_456,
+    )
+    await repo.add(new_upload())
+    await repo.add(new_upload("1" * 32))
+    for upload_id in (ID, "1" * 32):
+        await repo.advance(upload_id, expected=0, offset=10, now=T1, expires_at=None)
+        await repo.complete(upload_id, T1)
+    assert (await repo.mark_ready(ID, "ab" * 32, T1, video=video)).video == video
+    assert (await row(repo)).video == video
+    assert (await repo.mark_ready("1" * 32, "ab" * 32, T1)).video is None
+    assert (await row(repo, "1" * 32)).video is None
+
+
+def page_ids(uploads: list[Upload]) -> list[str]:
+    return [upload.id for upload in uploads]
+
+
+async def test_list_page_is_newest_first_filtered_and_continues_after_its_key(
+    repo: UploadRepository,
+) -> None:
+    # five uploads a second apart, two created in the same instant (the id orders them)
+    ids = [f"{n:032x}" for n in range(6)]
+    moments = [T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)] + [
+        T0 + timedelta(seconds=3)
+    ] * 2
+    for upload_id, moment in zip(ids, moments, strict=False):
+        await repo.add(new_upload(upload_id, created_at=moment, updated_at=moment, owner="alice"))
+    await repo.add(new_upload(ids[5], created_at=T1, updated_at=T1, owner="bob"))
+    await repo.terminate(ids[1], T1)
+
+    everyone = await repo.list_page(UploadQuery(limit=10))
+    assert page_ids(everyone) == [ids[4], ids[3], ids[2], ids[5], ids[1], ids[0]]
+    alice = UploadQuery(owner="alice", limit=2)
+    first = await repo.list_page(alice)
+    assert page_ids(first) == [ids[4], ids[3]]  # same instant: the larger id first
+    key = PageKey(first[-1].created_at, first[-1].id)
+    second = await repo.list_page(replace(alice, after=key))
+    assert page_ids(second) == [ids[2], ids[1]]
+    key = PageKey(second[-1].created_at, second[-1].id)
+    assert page_ids(await repo.list_page(replace(alice, after=key))) == [ids[0]]
+    assert page_ids(await repo.list_page(UploadQuery(owner="carol"))) == []
+
+    terminated = UploadQuery(owner="alice", states=(UploadState.TERMINATED,))
+    assert page_ids(await repo.list_page(terminated)) == [ids[1]]
+    live = UploadQuery(owner="alice", states=(UploadState.RECEIVING, UploadState.READY))
+    assert page_ids(await repo.list_page(live)) == [ids[4], ids[3], ids[2], ids[0]]
+    # created_after is inclusive, created_before exclusive (ranges tile); any offset, as UTC
+    ranged = UploadQuery(
+        created_after=(T0 + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=2))),
+        created_before=T0 + timedelta(seconds=3),
+    )
+    assert page_ids(await repo.list_page(ranged)) == [ids[2], ids[5], ids[1]]
 
 
 async def test_terminate_only_from_a_live_state(repo: UploadRepository) -> None:

@@ -135,12 +135,21 @@ async def test_lost_running_digest_is_read_back_and_verifying_is_visible(
         assert shown["state"] == "verifying"
         assert shown["sha256"] is None
         assert shown["offset"] == len(data)
-        download = await second.client.get(f"/files/{upload_id}")
-        assert download.status_code == 409
-        assert reason(download) == "upload is complete and being verified; retry shortly"
         assert (await head(second.client, upload_id)).headers["Upload-Offset"] == str(len(data))
+        # a download meanwhile waits for the verdict (UPLOAD_DOWNLOAD_VERIFY_WAIT), never a 409
+        downloads: list[httpx.Response] = []
 
-        spy.release.set()
+        async def download() -> None:
+            downloads.append(await second.client.get(f"/files/{upload_id}"))
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(download)
+                await anyio.sleep(0.3)
+                assert downloads == []
+                spy.release.set()
+        assert downloads[0].status_code == 200
+        assert downloads[0].content == data
         shown = await settled(second.app, second.client, upload_id)
         assert shown["state"] == "ready"
         assert shown["sha256"] == sha256_hex(data)

@@ -14,17 +14,21 @@ from functools import partial
 
 import anyio
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
+from upload_service.api.docs import OPENAPI_PATH, mount_docs
+from upload_service.api.listing import router as listing_router
+from upload_service.api.progress import router as progress_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
-from upload_service.errors import ServiceError
+from upload_service.errors import BadRequest, ServiceError
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.build import open_hooks
 from upload_service.lifecycle import Lifecycle
@@ -54,6 +58,7 @@ from upload_service.tus.handler import HandlerConfig, TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
+from upload_service.video import build_prober
 from upload_service.web.page import page_router
 
 logger = logging.getLogger("upload_service")
@@ -86,6 +91,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
             else None
         ),
         outbox=settings.events_enabled,
+        verify_wait=settings.download_verify_wait,
     )
 
 
@@ -154,6 +160,9 @@ async def open_services(
                     runner=runner,
                     events=events,
                     pre_create=hooks.pre_create,
+                    video=await build_prober(
+                        settings.video_probe, settings.ffprobe, settings.video_probe_timeout
+                    ),
                 )
                 yield Services(
                     settings=settings,
@@ -230,16 +239,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="upload_service",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # served with local assets instead (api/docs.py)
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=OPENAPI_PATH,
     )
     app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
     app.include_router(page_router(resolved))
+    app.include_router(listing_router)
+    app.include_router(progress_router)
+    mount_docs(app)
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     if metrics is not None:
         app.add_route(
             "/metrics", MetricsEndpoint(metrics).get, methods=["GET"], include_in_schema=False
@@ -310,6 +323,14 @@ class ErrorRenderer:
             )
         body = {"error": {"code": exc.code, "message": exc.message}}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    async def validation_error(self, request: Request, exc: RequestValidationError) -> Response:
+        """A query parameter FastAPI could not parse: a 400 naming it, in our one format."""
+        first = exc.errors()[0] if exc.errors() else {}
+        location = first.get("loc", ())
+        name = str(location[1] if len(location) > 1 else "request")  # ("query", name, index)
+        message = f"{name}: {first.get('msg', 'invalid value')}"
+        return await self.service_error(request, BadRequest(message))
 
     async def http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
         """Routing errors (unknown path, method) in the same one family and format as ours."""

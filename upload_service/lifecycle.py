@@ -37,6 +37,7 @@ from upload_service.storage.base import (
 )
 from upload_service.tasks import Runner
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
+from upload_service.video import VideoProber
 
 logger = logging.getLogger("upload_service.lifecycle")
 
@@ -89,6 +90,7 @@ class Lifecycle:
         tombstone_seconds: float = 7 * 24 * 3600,
         events: Events = NO_EVENTS,
         outbox: bool = False,
+        video: VideoProber | None = None,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -99,6 +101,7 @@ class Lifecycle:
         self._tombstone = timedelta(seconds=tombstone_seconds)
         self._events = events
         self._outbox = outbox  # write post-finish and post-expire events with the transitions
+        self._video = video  # ffprobe's details of a video, found before it becomes ready
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
         """The upload's last byte is durable (state ``verifying``); the caller holds its lock.
@@ -129,17 +132,20 @@ class Lifecycle:
         return hasher.digest()
 
     async def _finish(self, upload: Upload, digest: bytes) -> Upload:
-        now = self._clock()
         expected = expected_sha256(upload)
         try:
             if expected is not None and expected != digest:
                 reason = f"sha256 mismatch: expected {expected.hex()}, got {digest.hex()}"
                 result = await self._repo.fail(
-                    upload.id, reason, now, only_from=(UploadState.VERIFYING,)
+                    upload.id, reason, self._clock(), only_from=(UploadState.VERIFYING,)
                 )
             else:
+                # still verifying while ffprobe looks: ready comes with the video's details
+                video = (
+                    None if self._video is None else await self._video.details(self._store, upload)
+                )
                 result = await self._repo.mark_ready(
-                    upload.id, digest.hex(), now, outbox=self._outbox
+                    upload.id, digest.hex(), self._clock(), outbox=self._outbox, video=video
                 )
         except Conflict:
             return upload  # someone else finished (or ended) it meanwhile

@@ -15,7 +15,7 @@ token no longer matches).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -81,6 +81,7 @@ def upload_snapshot(upload: Upload) -> dict[str, JsonValue]:
         "final_id": upload.final_id,
         "state_changed_at": moment(upload.state_changed_at),
         "owner": upload.owner,
+        "video": None if upload.video is None else asdict(upload.video),
     }
 
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Protocol
 
 from upload_service.errors import QuotaExceeded
-from upload_service.uploads import Upload, UploadState
+from upload_service.uploads import Upload, UploadState, VideoInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,27 @@ class Quota:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """Where a page of uploads ended: the last upload's creation time and id (uploads are listed
+    newest first; the id orders uploads created in the same instant)."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadQuery:
+    """Which uploads ``list_page`` returns, newest first."""
+
+    owner: str | None = None  # only this owner's; None: everyone's (an open service's caller)
+    states: tuple[UploadState, ...] = ()  # in one of these states; empty: any
+    created_after: datetime | None = None  # created at or after this (inclusive)
+    created_before: datetime | None = None  # created before this (exclusive)
+    after: PageKey | None = None  # continue after this upload (the previous page's last)
+    limit: int = 50
+
+
 class UploadRepository(Protocol):
     async def add(
         self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
@@ -82,6 +103,12 @@ class UploadRepository(Protocol):
     async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]: ...
 
     async def list_by_state(self, state: UploadState) -> list[Upload]: ...
+
+    async def list_page(self, query: UploadQuery) -> list[Upload]:
+        """At most ``query.limit`` uploads matching ``query``, newest first (by creation time,
+        then id, both descending), after ``query.after`` when given. Stable while uploads are
+        added: a new upload is newer than every page key handed out before it."""
+        ...
 
     async def list_expired(self, now: datetime) -> list[Upload]:
         """Uploads still receiving whose expiry is at or before ``now``."""
@@ -133,9 +160,16 @@ class UploadRepository(Protocol):
         ...
 
     async def mark_ready(
-        self, upload_id: str, sha256: str, now: datetime, *, outbox: bool = False
+        self,
+        upload_id: str,
+        sha256: str,
+        now: datetime,
+        *,
+        outbox: bool = False,
+        video: VideoInfo | None = None,
     ) -> Upload:
-        """verifying → ready, with the whole file's hex sha256 (with ``outbox``: post-finish)."""
+        """verifying → ready, with the whole file's hex sha256 and, for a video, what was found
+        in it (with ``outbox``: post-finish, whose payload carries both)."""
         ...
 
     async def fail(

@@ -22,8 +22,8 @@ _HOOK_URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
 _HOOK_CALLABLE = re.compile(
     r"python:[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 )
-# the other endpoints' own paths (/static: the upload page's files)
-_TAKEN_PATHS = ("/api", "/healthz", "/readyz", "/metrics", "/static")
+# the other endpoints' own paths (/static: the upload page's files; /docs: the API docs)
+_TAKEN_PATHS = ("/api", "/docs", "/healthz", "/readyz", "/metrics", "/static")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 JWT_ALGORITHMS = (
     "HS256",
@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     # postgres locker: a replica that vanished (host down, network cut) holds its uploads' locks
     # for at most this long; it stops writing itself before then.
     lock_dead_after: float = Field(default=10.0, ge=2.0, le=600.0)
+    # A download of an upload still being verified waits this long for the verdict (then 503
+    # with Retry-After); 0: answers 503 at once.
+    download_verify_wait: float = Field(default=10.0, ge=0, le=300)
+    # GET /api/uploads/{id}/events: how often a stream reads the upload from the database, and
+    # the seconds of quiet after which it sends a heartbeat comment (proxies close idle streams).
+    sse_poll_interval: float = Field(default=0.5, gt=0, le=60)
+    sse_heartbeat: float = Field(default=15.0, gt=0, le=600)
+    # Video details (README "Video details"): ffprobe describes a video before it becomes ready
+    # (local storage only), given at most this many seconds; the command's name or path.
+    video_probe: bool = True
+    video_probe_timeout: float = Field(default=30.0, gt=0, le=600)
+    ffprobe: str = Field(default="ffprobe", min_length=1)
     # Where upload bytes live: local (files under data_dir) or s3 (multipart uploads in a bucket
     # of any S3-compatible object store; credentials from the standard AWS variables or profile).
     storage: Literal["local", "s3"] = "local"

@@ -8,6 +8,21 @@ from enum import StrEnum
 
 from upload_service.storage.base import StorageKey
 
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    """What ffprobe found in a verified upload that is a video (``upload_service.video``)."""
+
+    container: str  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    duration: float | None = None  # seconds
+    video_codec: str | None = None  # of the first video stream, e.g. "h264"
+    audio_codec: str | None = None  # of the first audio stream, e.g. "aac"
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None  # frames a second of the first video stream
+    bit_rate: int | None = None  # bits a second, the whole file
+
+
 # An upload's metadata: keys to raw values (None: a key given without a value). Only ``tus/``
 # knows how the tus protocol writes it on the wire (``Upload-Metadata``).
 Metadata = dict[str, bytes | None]
@@ -47,6 +62,7 @@ class Upload:
     state_changed_at: datetime | None = None
     storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)
     owner: str | None = None  # who created it (authentication's subject); None: an open service
+    video: VideoInfo | None = None  # set as it becomes ready; None: not a video, or not probed
     # fencing token of the last lock holder that claimed it (0: none); lock bookkeeping, not
     # part of the upload's value: two records of one upload that differ only here are equal
     fence: int = field(default=0, compare=False)

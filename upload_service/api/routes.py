@@ -16,6 +16,7 @@ from upload_service.logs import bind_upload_id
 from upload_service.outbox import OutboxEvent
 from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes
+from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.protocol import metadata_text
 from upload_service.tus.request import TusRequest
 from upload_service.tus.routes import EndpointDep, PrincipalDep
@@ -23,6 +24,19 @@ from upload_service.uploads import Upload, UploadState
 
 router = APIRouter()
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class VideoOut(BaseModel):
+    """What ffprobe found in a verified video (README "Video details")."""
+
+    container: str  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    duration: float | None  # seconds
+    video_codec: str | None
+    audio_codec: str | None
+    width: int | None
+    height: int | None
+    frame_rate: float | None  # frames a second
+    bit_rate: int | None  # bits a second
 
 
 class UploadOut(BaseModel):
@@ -46,6 +60,8 @@ class UploadOut(BaseModel):
     # a ready upload's download URL; signed (expires, signature) when the service has a signing
     # key, so a browser's <video src> works without a token
     download_url: str | None = None
+    # a ready video's details; null: not a video, not probed (README "Video details")
+    video: VideoOut | None = None
 
     @classmethod
     def of(cls, upload: Upload, download_url: str | None = None) -> UploadOut:
@@ -86,6 +102,17 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+def download_url_of(upload: Upload, services: Services, endpoint: Endpoint) -> str | None:
+    """A ready upload's download URL, signed when the service has a signing key."""
+    if upload.state is not UploadState.READY:
+        return None
+    download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
+    signer = services.auth.signer
+    if signer is not None:
+        download_url += "?" + signer.query(upload.id)
+    return download_url
+
+
 @router.get("/api/uploads/{upload_id}", response_model=UploadOut)
 async def get_upload(
     upload_id: str, services: ServicesDep, principal: PrincipalDep, endpoint: EndpointDep
@@ -93,13 +120,7 @@ async def get_upload(
     bind_upload_id(upload_id)
     request = TusRequest(upload_id=upload_id, principal=principal, endpoint=endpoint)
     upload = await services.handler.get(request)
-    download_url = None
-    if upload.state is UploadState.READY:
-        download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
-        signer = services.auth.signer
-        if signer is not None:
-            download_url += "?" + signer.query(upload.id)
-    return UploadOut.of(upload, download_url)
+    return UploadOut.of(upload, download_url_of(upload, services, endpoint))
 
 
 @router.get("/api/uploads/{upload_id}/deliveries", response_model=list[DeliveryOut])

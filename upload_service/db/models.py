@@ -39,11 +39,16 @@ class UploadRow(Base):
     fence: Mapped[int] = mapped_column(BigInteger, default=0)
     # who created the upload (the token's sub or the API key's owner); NULL on an open service
     owner: Mapped[str | None] = mapped_column(String(255))
+    # what ffprobe found once the upload was verified (uploads.VideoInfo's fields); NULL: none
+    video: Mapped[dict[str, object] | None] = mapped_column(JSON)
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),
         Index("ix_uploads_final_id", "final_id"),
         Index("ix_uploads_owner", "owner", "state"),  # reachability and per-owner quotas
+        # GET /api/uploads: one owner's uploads (or everyone's) newest first, by the page cursor
+        Index("ix_uploads_owner_created", "owner", "created_at", "id"),
+        Index("ix_uploads_created", "created_at", "id"),
     )
 
 

@@ -7,11 +7,24 @@ except a full disk under the database, which is ``StorageFull`` (507).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Update, case, delete, false, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    and_,
+    case,
+    delete,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.models import UploadRow, aware
@@ -19,8 +32,15 @@ from upload_service.db.outbox import SqlOutbox, outbox_row
 from upload_service.db.session import guarded_session
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
-from upload_service.repository import Quota, Usage
-from upload_service.uploads import ENDED_STATES, LIVE_STATES, Metadata, Upload, UploadState
+from upload_service.repository import Quota, UploadQuery, Usage
+from upload_service.uploads import (
+    ENDED_STATES,
+    LIVE_STATES,
+    Metadata,
+    Upload,
+    UploadState,
+    VideoInfo,
+)
 
 # PostgreSQL: the advisory lock class (the two-int4 keyspace, apart from the upload locks'
 # one-bigint keys) under which one owner's quota-checked creations are serialised.
@@ -39,6 +59,25 @@ def _metadata_json(metadata: Metadata) -> dict[str, str | None]:
         key: None if value is None else base64.b64encode(value).decode("ascii")
         for key, value in metadata.items()
     }
+
+
+_VIDEO_FIELDS = frozenset(field.name for field in dataclasses.fields(VideoInfo))
+
+
+def _video(stored: dict[str, object] | None) -> VideoInfo | None:
+    if not stored or not isinstance(stored.get("container"), str):
+        return None
+    known = {key: value for key, value in stored.items() if key in _VIDEO_FIELDS}
+    return VideoInfo(**known)  # type: ignore[arg-type]
+
+
+def _video_json(video: VideoInfo | None) -> dict[str, object] | None:
+    return None if video is None else dataclasses.asdict(video)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite keeps the wall-clock text without its offset: every bound moment is UTC
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _to_upload(row: UploadRow) -> Upload:
@@ -66,6 +105,7 @@ def _to_upload(row: UploadRow) -> Upload:
         storage_ref=row.storage_ref,
         fence=row.fence,
         owner=row.owner,
+        video=_video(row.video),
     )
 
 
@@ -90,6 +130,7 @@ def _to_row(upload: Upload) -> UploadRow:
         storage_ref=upload.storage_ref,
         fence=upload.fence,
         owner=upload.owner,
+        video=_video_json(upload.video),
     )
 
 
@@ -136,6 +177,33 @@ class SqlUploadRepository(SqlOutbox):
 
     async def list_by_state(self, state: UploadState) -> list[Upload]:
         return await self._list(UploadRow.state == state.value)
+
+    async def list_page(self, query: UploadQuery) -> list[Upload]:
+        conditions: list[ColumnElement[bool]] = []
+        if query.owner is not None:
+            conditions.append(UploadRow.owner == query.owner)
+        if query.states:
+            conditions.append(_in(query.states))
+        if query.created_after is not None:
+            conditions.append(UploadRow.created_at >= _utc(query.created_after))
+        if query.created_before is not None:
+            conditions.append(UploadRow.created_at < _utc(query.created_before))
+        if query.after is not None:
+            moment = _utc(query.after.created_at)
+            conditions.append(
+                or_(
+                    UploadRow.created_at < moment,
+                    and_(UploadRow.created_at == moment, UploadRow.id < query.after.id),
+                )
+            )
+        statement = (
+            select(UploadRow)
+            .where(*conditions)
+            .order_by(UploadRow.created_at.desc(), UploadRow.id.desc())
+            .limit(query.limit)
+        )
+        async with self._session() as session:
+            return [_to_upload(row) for row in await session.scalars(statement)]
 
     async def list_expired(self, now: datetime) -> list[Upload]:
         return await self._list(
@@ -227,7 +295,13 @@ class SqlUploadRepository(SqlOutbox):
         )
 
     async def mark_ready(
-        self, upload_id: str, sha256: str, now: datetime, *, outbox: bool = False
+        self,
+        upload_id: str,
+        sha256: str,
+        now: datetime,
+        *,
+        outbox: bool = False,
+        video: VideoInfo | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
@@ -236,6 +310,7 @@ class SqlUploadRepository(SqlOutbox):
             event=EventType.POST_FINISH if outbox else None,
             state=UploadState.READY.value,
             sha256=sha256,
+            video=_video_json(video),
             updated_at=now,
             state_changed_at=now,
         )

@@ -21,6 +21,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from upload_service.errors import NotFound
@@ -212,4 +213,13 @@ class Reserver(Protocol):
         """Make sure bytes ``[start, end)`` can be written without running out of space (space
         reserved already counts). Raises ``StorageFull`` when they cannot, having reserved
         nothing more; a medium that cannot reserve at all makes this a no-op. ``NotFound``."""
+        ...
+
+
+@runtime_checkable
+class LocalPath(Protocol):
+    def path(self, key: StorageKey | str) -> Path:
+        """Where the upload's bytes lie on this host's filesystem, for tools that read a file
+        by its name (ffprobe). Only meaningful for a finished upload; reading is the caller's
+        business (never on the event loop)."""
         ...

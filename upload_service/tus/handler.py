@@ -17,10 +17,13 @@ upload for a request and checks its existence, owner and state; ``creation.Creat
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+import anyio
 
 from upload_service.errors import (
     BadRequest,
@@ -29,6 +32,7 @@ from upload_service.errors import (
     OffsetMismatch,
     ServiceError,
     TooLarge,
+    Unavailable,
 )
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook
@@ -65,6 +69,7 @@ from upload_service.tus.request import TusHeaders as TusHeaders  # re-exported: 
 from upload_service.tus.request import TusRequest
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.uploads import Upload, UploadState
+from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
@@ -80,6 +85,9 @@ CORE_EXTENSIONS = (
     "checksum",  # all or nothing on every store: the digest is checked before anything is synced
 )
 CONCAT_EXTENSIONS = ("concatenation", "concatenation-unfinished")
+# How often a download waiting for a verdict reads the upload again (the verification may run on
+# any replica: the database tells).
+VERDICT_POLL = 0.2
 
 
 def extensions(store: Store) -> tuple[str, ...]:
@@ -105,6 +113,7 @@ class HandlerConfig:
     allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
     quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
     outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
+    verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
 
 
 class TusHandler:
@@ -120,6 +129,7 @@ class TusHandler:
         sniffer: Sniffer | None = None,
         events: Events = NO_EVENTS,
         pre_create: PreCreateHook = NO_PRE_CREATE,
+        video: VideoProber | None = None,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -139,6 +149,7 @@ class TusHandler:
             tombstone_seconds=config.expire_after,
             events=events,
             outbox=config.outbox,
+            video=video,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._receiver = Receiver(
@@ -344,19 +355,34 @@ class TusHandler:
     # -- download -------------------------------------------------------------------------------
 
     async def downloadable(self, request: TusRequest) -> Upload:
+        """The ready upload the request may download. One still being verified is waited for,
+        up to ``verify_wait`` seconds (then 503 with ``Retry-After``); one that failed its
+        verification meanwhile is a 410, like any failed upload."""
         upload = await self._loader.load(request)
         if upload.state is UploadState.VERIFYING:
-            raise ServiceError(
-                "upload is complete and being verified; retry shortly",
-                status=409,
-                code="verifying",
-            )
+            upload = await self._verdict(request, upload)
         if upload.state is not UploadState.READY:
             raise ServiceError(
                 f"upload is not finished ({upload.offset} of {upload.length} bytes)",
                 status=409,
                 code="not_finished",
             )
+        return upload
+
+    async def _verdict(self, request: TusRequest, upload: Upload) -> Upload:
+        wait = self._config.verify_wait
+        deadline = anyio.current_time() + wait
+        while upload.state is UploadState.VERIFYING:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                retry = max(1, math.ceil(min(wait, 5.0)))
+                raise Unavailable(
+                    "upload is complete and being verified; retry shortly",
+                    code="verifying",
+                    headers={"Retry-After": str(retry)},
+                )
+            await anyio.sleep(min(VERDICT_POLL, left))
+            upload = await self._loader.load(request)
         return upload
 
     def read(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
