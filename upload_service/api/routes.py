@@ -16,6 +16,7 @@ from upload_service.logs import bind_upload_id
 from upload_service.outbox import OutboxEvent
 from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes
+from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.protocol import metadata_text
 from upload_service.tus.request import TusRequest
 from upload_service.tus.routes import EndpointDep, PrincipalDep
@@ -93,13 +94,18 @@ async def get_upload(
     bind_upload_id(upload_id)
     request = TusRequest(upload_id=upload_id, principal=principal, endpoint=endpoint)
     upload = await services.handler.get(request)
-    download_url = None
-    if upload.state is UploadState.READY:
-        download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
-        signer = services.auth.signer
-        if signer is not None:
-            download_url += "?" + signer.query(upload.id)
-    return UploadOut.of(upload, download_url)
+    return UploadOut.of(upload, download_url(services, endpoint, upload))
+
+
+def download_url(services: Services, endpoint: Endpoint, upload: Upload) -> str | None:
+    """A ready upload's download URL, signed when the service has a signing key; else None."""
+    if upload.state is not UploadState.READY:
+        return None
+    url = endpoint.url(upload.id, relative=services.settings.relative_location)
+    signer = services.auth.signer
+    if signer is not None:
+        url += "?" + signer.query(upload.id)
+    return url
 
 
 @router.get("/api/uploads/{upload_id}/deliveries", response_model=list[DeliveryOut])
