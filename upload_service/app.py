@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
+from upload_service.api.forms import router as forms_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
@@ -235,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(tus_router, prefix=resolved.base_path)
     app.include_router(api_router)
+    app.include_router(forms_router)
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
