@@ -29,6 +29,7 @@ from upload_service.errors import (
     Conflict,
     Forbidden,
     OffsetMismatch,
+    QuotaExceeded,
     ServiceError,
     TooLarge,
 )
@@ -204,7 +205,7 @@ class TusHandler:
         (truncated, malformed): then, and on any failure once the upload exists, the upload is
         terminated and the error raised. Returns the upload (``ready`` when its digest was kept
         while it streamed in, else ``verifying``)."""
-        whole = WholeBody(body, self._max_size(request.principal))
+        whole = await self._whole_body(request.principal, body)
         headers = TusHeaders(
             tus_resumable=TUS_VERSION,
             content_type=OFFSET_CONTENT_TYPE,
@@ -245,9 +246,23 @@ class TusHandler:
                 extra={"upload_id": request.upload_id},
             )
 
-    def _max_size(self, principal: Principal) -> int | None:
+    async def _whole_body(self, principal: Principal, body: AsyncIterator[bytes]) -> WholeBody:
+        """The body cut at the maximum size, or where it would pass the owner's byte quota
+        (the length is unknown until the body ends, so the quota is what is left of it now)."""
         limits = [size for size in (self._config.max_size, principal.max_size) if size is not None]
-        return min(limits) if limits else None
+        limit = min(limits) if limits else None
+        quota, owner = self._config.quota, principal.owner
+        if quota is None or quota.bytes is None or owner is None:
+            return WholeBody(body, limit)
+        usage = await self._repo.usage(owner)
+        left = max(quota.bytes - usage.bytes, 0)
+        if limit is not None and limit <= left:
+            return WholeBody(body, limit)
+        refusal = QuotaExceeded(
+            f"quota exceeded: {usage.bytes} bytes stored, the file would pass "
+            f"the limit of {quota.bytes}"
+        )
+        return WholeBody(body, left, refusal)
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -16,12 +16,19 @@ from upload_service.errors import ClientGone, ServiceError, TooLarge, Unavailabl
 
 class WholeBody:
     """The file's bytes, counted and cut at ``limit``: an error of the inner body (or running
-    past the limit) is kept in ``error`` and ends the iteration; ``finished`` says the inner body
-    ended by itself. (Not an async generator: see ``creation.CountedBody``.)"""
+    past the limit: ``past_limit``, else a 413) is kept in ``error`` and ends the iteration;
+    ``finished`` says the inner body ended by itself. (Not an async generator: see
+    ``creation.CountedBody``.)"""
 
-    def __init__(self, body: AsyncIterator[bytes], limit: int | None) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        limit: int | None,
+        past_limit: ServiceError | None = None,
+    ) -> None:
         self._body = aiter(body)
         self._limit = limit
+        self._past_limit = past_limit
         self.received = 0
         self.finished = False
         self.error: ServiceError | ClientGone | None = None
@@ -41,7 +48,9 @@ class WholeBody:
             self.error = exc
             raise StopAsyncIteration from None
         if self._limit is not None and self.received + len(chunk) > self._limit:
-            self.error = TooLarge(f"the file is larger than the maximum size {self._limit}")
+            self.error = self._past_limit or TooLarge(
+                f"the file is larger than the maximum size {self._limit}"
+            )
             raise StopAsyncIteration
         self.received += len(chunk)
         return chunk
