@@ -225,7 +225,14 @@ async def test_the_tus_limits_apply(sqlite_dir: Path) -> None:
         fields = [("a", b"1"), ("b", b"2"), ("c", b"3")]
         many = await post(client, form([*fields, ("f", mp4, "a.mp4", "video/mp4")]))
         assert many.status_code == 400, many.text
-        assert "keys" in many.text
+        assert "keys" in many.text  # with the file's own filename and filetype
+        more = await post(client, form([*fields, ("d", b"4"), ("f", mp4, "a.mp4", "video/mp4")]))
+        assert more.status_code == 400, more.text
+        assert "more than 3 text fields" in more.text
+        fat: list[Part] = [("a", b"x" * 3000), ("b", b"y" * 3000), ("f", mp4, "a.mp4", "video/mp4")]
+        total = await post(client, form(fat))  # each under the 4096-byte cap, not together
+        assert total.status_code == 400, total.text
+        assert "metadata cap" in total.text
         long = await post(client, form([("a", b"x" * 5000), ("f", mp4, "a.mp4", "video/mp4")]))
         assert long.status_code == 400, long.text
         # the second file is refused: the first, already stored, goes too

@@ -49,7 +49,13 @@ async def form_upload(
                         "put the text fields before the files"
                     )
                 _check_key(part.name, fields)
-                fields[part.name] = await form.read_text(services.settings.max_metadata_bytes)
+                settings = services.settings
+                if len(fields) >= settings.max_metadata_keys:
+                    raise BadRequest(
+                        f"the form has more than {settings.max_metadata_keys} text fields"
+                    )
+                used = sum(len(key) + len(value or b"") for key, value in fields.items())
+                fields[part.name] = await form.read_text(max(settings.max_metadata_bytes - used, 0))
                 continue
             if not part.filename:  # a file input left empty: browsers send an empty part
                 async for _ in form.data():

@@ -169,7 +169,9 @@ class FormReader:
         async for chunk in self.data():
             value += chunk
             if len(value) > limit:
-                raise BadRequest(f"a form field is longer than {limit} bytes")
+                raise BadRequest(
+                    f"the form's text fields are longer than the metadata cap ({limit} bytes left)"
+                )
         return bytes(value)
 
 
