@@ -17,9 +17,11 @@ from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.file_samples import EXE, PNG, VIDEOS
-from tests.tus_http_helpers import Served, serve, stored_files
+from tests.tus_http_helpers import Served, count_uploads, serve, stored_files
 from upload_service.db.models import UploadRow
+from upload_service.errors import BadRequest, ClientGone
 from upload_service.settings import Settings
+from upload_service.tus.request import TusRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -289,3 +291,20 @@ async def test_a_pre_create_hook_may_refuse_each_file(sqlite_dir: Path) -> None:
         assert response.status_code == 402, response.text
         assert "tenant" in response.json()["error"]["message"]
         await nothing_left(served)
+
+
+@pytest.mark.parametrize("failure", [BadRequest("the form is cut off"), ClientGone()])
+async def test_create_whole_terminates_what_a_failing_body_started(
+    sqlite_settings: Settings, failure: Exception
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield os.urandom(100_000)
+        yield os.urandom(100_000)
+        raise failure
+
+    async with serve(sqlite_settings) as served:
+        handler = served.services.handler
+        with pytest.raises(type(failure)):
+            await handler.create_whole(TusRequest(), {"filename": b"x"}, body())
+        await nothing_left(served)
+        assert await count_uploads(served.services) == 1  # a terminated row (410 for a while)
