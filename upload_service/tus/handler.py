@@ -218,7 +218,7 @@ class TusHandler:
             if whole.error is not None:  # e.g. a type refused on the first bytes of a cut body
                 raise whole.error from None
             raise
-        target = replace(request, upload_id=created.upload_id, headers=NO_VERSION_HEADERS)
+        target = replace(request, upload_id=created.upload_id, headers=VERSION_ONLY)
         try:
             whole.check()
             size = str(whole.received)
@@ -238,7 +238,7 @@ class TusHandler:
     async def discard(self, request: TusRequest) -> None:
         """Terminate an upload that must not stay visible (best effort: a failure is logged)."""
         try:
-            await self.delete(replace(request, headers=NO_VERSION_HEADERS))
+            await self.delete(replace(request, headers=VERSION_ONLY))
         except ServiceError as exc:
             logger.warning(
                 "could not discard the upload: %s",
@@ -456,7 +456,7 @@ class TusHandler:
         return await self._reconciler.reconcile_all()
 
 
-NO_VERSION_HEADERS = TusHeaders(tus_resumable=TUS_VERSION)
+VERSION_ONLY = TusHeaders(tus_resumable=TUS_VERSION)  # the headers of an internal HEAD or DELETE
 
 
 async def _no_body() -> AsyncIterator[bytes]:
