@@ -117,7 +117,8 @@ def test_tus_js_client_aborts_and_resumes_from_its_url_storage(
     assert code == 3, first
     url = next(event["url"] for event in first if event["event"] == "url")
     assert [event["event"] for event in first][-1] == "aborted"
-    offset = head_offset(httpx.Client(), url)
+    with httpx.Client() as client:
+        offset = head_offset(client, url)
     assert 0 < offset < SIZE
 
     code, second = run_node(server, video, storage)  # a new process: URL from the storage file
