@@ -254,6 +254,30 @@ def curl_patch(url: str, source: Path, offset: int, size: int, timeout: float) -
     return CurlResult(seconds=float(seconds), cpu_seconds=cpu)
 
 
+def curl_form(url: str, source: Path, size: int, timeout: float) -> CurlResult:
+    """``curl -F file=@FILE`` (a form upload, as the README shows); the time is curl's
+    ``time_total``, until the 201 that lists the upload."""
+    curl = shutil.which("curl")
+    if curl is None:
+        raise ClientError("curl is not installed")
+    argv = [
+        curl, "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload}",
+        "--max-time", str(int(timeout)), "-F", "title=bench", "-F", f"file=@{source}", url,
+    ]  # fmt: skip
+    before = os.times()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30, check=False)
+    after = os.times()
+    if done.returncode != 0:
+        raise ClientError(f"curl exited {done.returncode}: {done.stderr.strip()}")
+    status, seconds, uploaded = done.stdout.split()
+    if status != "201" or int(float(uploaded)) < size:
+        raise ClientError(f"curl -F: HTTP {status}, uploaded {uploaded} of {size} bytes")
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return CurlResult(seconds=float(seconds), cpu_seconds=cpu)
+
+
 class Probe(threading.Thread):
     """GET ``path`` every ``interval`` seconds on one keep-alive connection until stopped;
     ``latencies`` holds each request's seconds, ``errors`` counts failures (reconnecting)."""

@@ -145,6 +145,9 @@ def _note(row: Row) -> str:
             notes.append(f"up to {max(attempts)} attempts (423/409)")
     if row.metric.scenario == "s3" and row.extras:
         notes += _s3_notes(row)
+    if row.metric.key == "form.form" and row.extras:
+        ratios = [float(extra["ratio_form_tus"]) for extra in row.extras]
+        notes.append(f"{statistics.median(ratios):.2f}x the tus PATCH")
     if row.metric.key == "checksum.on" and row.extras:
         ratios = [float(extra["ratio_on_off"]) for extra in row.extras]
         notes.append(f"{statistics.median(ratios):.2f}x unchecked")

@@ -99,6 +99,8 @@ def metrics(config: Config) -> list[Metric]:
             "lockwait.patch", "lockwait", "7 killed replica's lock: until B's PATCH", "ms", False
         ),
         Metric("lockwait.head", "lockwait", "7 killed replica's lock: until B's HEAD", "ms", False),
+        Metric("form.form", "form", f"9 form upload of {single} (curl -F)", "MB/s", True),
+        Metric("form.tus", "form", "9 same file, one PATCH (curl -T)", "MB/s", True),
         Metric("s3.ours", "s3", f"8 S3: one PATCH of {single} (curl -T), until 204", "MB/s", True),
         Metric("s3.ready", "s3", "8 S3: the same, until GET shows ready", "MB/s", True),
         Metric(
@@ -312,6 +314,30 @@ def checksum(ctx: Context, server: RunningServer) -> Measured:
     return Measured(runs, extras)
 
 
+def form(ctx: Context, server: RunningServer) -> Measured:
+    """A form upload (``POST /api/uploads``, multipart/form-data) against the tus single PATCH
+    of the same file, on the same process (order alternating by the second)."""
+    size = ctx.config.single_bytes
+    runs: dict[str, float] = {}
+    order = ["form", "tus"] if int(time.time()) % 2 else ["tus", "form"]
+    for kind in order:
+        if kind == "form":
+            result = client.curl_form(
+                server.base_url + "/api/uploads",
+                ctx.single_source,
+                size,
+                ctx.config.request_timeout,
+            )
+        else:
+            with Connection(server.base_url, ctx.config.request_timeout) as conn:
+                path = client.create(conn, server.spec.files_path, size)
+            result = client.curl_patch(
+                server.base_url + path, ctx.single_source, 0, size, ctx.config.request_timeout
+            )
+        runs[f"form.{kind}"] = size / result.seconds / MB
+    return Measured(runs, {"ratio_form_tus": runs["form.form"] / runs["form.tus"]})
+
+
 SCENARIOS: dict[str, Scenario] = {
     "single": single,
     "chunked": chunked,
@@ -319,6 +345,7 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency,
     "rss": rss,
     "checksum": checksum,
+    "form": form,
 }
 # scenarios that start their own processes from a servers.Launch: replicas (bench/lockwait.py) ...
 CLUSTER = ("lockwait",)
@@ -335,6 +362,8 @@ def applies(scenario: str, role: Role, *, s3: bool = False) -> bool:
     the S3 comparison needs the S3 store."""
     if scenario == "checksum":
         return role is not Role.FLOOR
+    if scenario == "form":  # our own endpoint: no peer or floor has it
+        return role is Role.OURS
     if scenario in CLUSTER:
         return role is Role.OURS
     if scenario in S3:

@@ -45,6 +45,8 @@ OUR_METRICS = (
     "checksum.off",
     "lockwait.patch",
     "lockwait.head",
+    "form.form",
+    "form.tus",
 )
 
 

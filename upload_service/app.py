@@ -23,6 +23,7 @@ from upload_service import __version__
 from upload_service.api.docs import OPENAPI_PATH, mount_docs
 from upload_service.api.listing import router as listing_router
 from upload_service.api.progress import router as progress_router
+from upload_service.api.forms import router as forms_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
@@ -249,6 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(listing_router)
     app.include_router(progress_router)
     mount_docs(app)
+    app.include_router(forms_router)
     errors = ErrorRenderer(resolved.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]

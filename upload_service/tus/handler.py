@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ from upload_service.errors import (
     Conflict,
     Forbidden,
     OffsetMismatch,
+    QuotaExceeded,
     ServiceError,
     TooLarge,
     Unavailable,
@@ -56,6 +57,7 @@ from upload_service.tus.creation import (
 )
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
+    OFFSET_CONTENT_TYPE,
     TUS_VERSION,
     check_offset_content_type,
     check_version,
@@ -65,10 +67,11 @@ from upload_service.tus.protocol import (
 from upload_service.tus.receive import LeaseLost as LeaseLost  # re-exported: part of this API
 from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
+from upload_service.tus.request import Principal, TusRequest
 from upload_service.tus.request import TusHeaders as TusHeaders  # re-exported: part of this API
-from upload_service.tus.request import TusRequest
 from upload_service.tus.sniff import MagicSniffer, Sniffer
-from upload_service.uploads import Upload, UploadState
+from upload_service.tus.whole import WholeBody
+from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
@@ -200,6 +203,75 @@ class TusHandler:
     async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
         """A new upload (201 with its ``Location`` under the request's endpoint)."""
         return await self._creator.create(request, body)
+
+    async def create_whole(
+        self, request: TusRequest, metadata: Metadata, body: AsyncIterator[bytes]
+    ) -> Upload:
+        """One whole file of unknown length in one body (a form's file part), received as a tus
+        client would send it: created with a deferred length and the body (creation-with-upload),
+        then its length declared at the body's end (an empty PATCH), so every limit, hook and
+        check of those requests applies. ``body`` may raise a ``ServiceError`` to refuse itself
+        (truncated, malformed): then, and on any failure once the upload exists, the upload is
+        terminated and the error raised. Returns the upload (``ready`` when its digest was kept
+        while it streamed in, else ``verifying``)."""
+        whole = await self._whole_body(request.principal, body)
+        headers = TusHeaders(
+            tus_resumable=TUS_VERSION,
+            content_type=OFFSET_CONTENT_TYPE,
+            upload_defer_length="1",
+            upload_metadata=encode_metadata(metadata),
+        )
+        try:
+            created = await self.create(replace(request, headers=headers), whole)
+        except ServiceError:
+            if whole.error is not None:  # e.g. a type refused on the first bytes of a cut body
+                raise whole.error from None
+            raise
+        target = replace(request, upload_id=created.upload_id, headers=VERSION_ONLY)
+        try:
+            whole.check()
+            size = str(whole.received)
+            declare = TusHeaders(
+                tus_resumable=TUS_VERSION,
+                content_type=OFFSET_CONTENT_TYPE,
+                upload_offset=size,
+                upload_length=size,
+            )
+            await self.patch(replace(target, headers=declare), _no_body())
+            return await self._loader.found(target)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.discard(target)
+            raise
+
+    async def discard(self, request: TusRequest) -> None:
+        """Terminate an upload that must not stay visible (best effort: a failure is logged)."""
+        try:
+            await self.delete(replace(request, headers=VERSION_ONLY))
+        except ServiceError as exc:
+            logger.warning(
+                "could not discard the upload: %s",
+                exc.message,
+                extra={"upload_id": request.upload_id},
+            )
+
+    async def _whole_body(self, principal: Principal, body: AsyncIterator[bytes]) -> WholeBody:
+        """The body cut at the maximum size, or where it would pass the owner's byte quota
+        (the length is unknown until the body ends, so the quota is what is left of it now)."""
+        limits = [size for size in (self._config.max_size, principal.max_size) if size is not None]
+        limit = min(limits) if limits else None
+        quota, owner = self._config.quota, principal.owner
+        if quota is None or quota.bytes is None or owner is None:
+            return WholeBody(body, limit)
+        usage = await self._repo.usage(owner)
+        left = max(quota.bytes - usage.bytes, 0)
+        if limit is not None and limit <= left:
+            return WholeBody(body, limit)
+        refusal = QuotaExceeded(
+            f"quota exceeded: {usage.bytes} bytes stored, the file would pass "
+            f"the limit of {quota.bytes}"
+        )
+        return WholeBody(body, left, refusal)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -408,6 +480,14 @@ class TusHandler:
         """Start-up: reconcile every upload still receiving, then resume verifications and
         assemblies a stopped process left. Returns how many uploads were reconciled."""
         return await self._reconciler.reconcile_all()
+
+
+VERSION_ONLY = TusHeaders(tus_resumable=TUS_VERSION)  # the headers of an internal HEAD or DELETE
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator without items
 
 
 async def _has_data(body: AsyncIterator[bytes]) -> bool:
