@@ -21,9 +21,9 @@ from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
 from upload_service.api.docs import OPENAPI_PATH, mount_docs
+from upload_service.api.forms import router as forms_router
 from upload_service.api.listing import router as listing_router
 from upload_service.api.progress import router as progress_router
-from upload_service.api.forms import router as forms_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
