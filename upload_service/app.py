@@ -31,6 +31,7 @@ from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import BadRequest, ServiceError
 from upload_service.events import NO_EVENTS, Events
+from upload_service.heap import StartUpHeap
 from upload_service.hooks.build import open_hooks
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Locker
@@ -208,33 +209,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Background work stops (runner) before what it uses closes (services).
         events: Events = NO_EVENTS if metrics is None else metrics
         # Authentication first: a service that must not run open stops before touching anything.
-        async with (
-            open_auth(resolved) as auth,
-            open_services(resolved, runner, events) as built,
-            runner.running(),
-        ):
-            services = replace(built, auth=auth)
-            reconciled = await services.handler.reconcile_all()
-            logger.info("reconciled %d unfinished uploads with storage", reconciled)
-            if asyncio.get_running_loop().get_debug():
-                logger.warning("asyncio debug mode is on")
-            lifecycle = services.handler.lifecycle
-            runner.start_service(
-                partial(expire_periodically, lifecycle, resolved.cleanup_interval), "clean-up"
-            )
-            if metrics is not None:
-                runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
-            if services.drainer is not None:
-                runner.start_service(services.drainer.run, "hook delivery")
-            app.state.services = services
-            app.state.runner = runner
-            try:
-                # The server calls this as its shutdown begins (``serving``): before it waits for
-                # requests, not after, as the lifespan's own exit would.
-                yield {DRAIN: partial(drain_uploads, services.handler)}
-            finally:
+        with StartUpHeap() as heap:
+            async with (
+                open_auth(resolved) as auth,
+                open_services(resolved, runner, events) as built,
+                runner.running(),
+            ):
+                services = replace(built, auth=auth)
+                reconciled = await services.handler.reconcile_all()
+                logger.info("reconciled %d unfinished uploads with storage", reconciled)
+                if asyncio.get_running_loop().get_debug():
+                    logger.warning("asyncio debug mode is on")
+                lifecycle = services.handler.lifecycle
+                runner.start_service(
+                    partial(expire_periodically, lifecycle, resolved.cleanup_interval), "clean-up"
+                )
                 if metrics is not None:
-                    metrics.close()
+                    runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
+                if services.drainer is not None:
+                    runner.start_service(services.drainer.run, "hook delivery")
+                app.state.services = services
+                app.state.runner = runner
+                await heap.settle()
+                try:
+                    # The server calls this as its shutdown begins (``serving``): before it waits for
+                    # requests, not after, as the lifespan's own exit would.
+                    yield {DRAIN: partial(drain_uploads, services.handler)}
+                finally:
+                    if metrics is not None:
+                        metrics.close()
 
     app = FastAPI(
         title="upload_service",
