@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.conftest import TUS, make_settings
 from tests.test_deploy import compose, dockerfile, replica_services
@@ -31,7 +32,7 @@ from upload_service.logs import (
     redact_query,
     request_context,
 )
-from upload_service.requestlog import incoming_request_id
+from upload_service.requestlog import RequestLogMiddleware, incoming_request_id
 from upload_service.settings import ConfigError, Settings, load_settings
 
 SUBPROCESS_GUARD = 120
@@ -468,3 +469,48 @@ def test_the_image_and_compose_log_json() -> None:
     assert "UPLOAD_LOG_FORMAT=json" in dict(dockerfile())["ENV"]
     for service in replica_services(compose()).values():
         assert service["environment"]["UPLOAD_LOG_FORMAT"] == "json"
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers"),
+    [
+        ("PATCH", 204, []),
+        ("GET", 304, []),
+        ("HEAD", 200, [(b"content-length", b"12")]),
+        ("POST", 201, [(b"content-length", b"0")]),
+    ],
+)
+async def test_an_answer_that_ends_with_its_head_is_logged_before_the_head_goes_out(
+    caplog: pytest.LogCaptureFixture, method: str, status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The server writes a head as soon as it is sent; with no body to follow, the client has
+    the whole answer then, so the access line must already be there (not after the empty body)."""
+    logged_before_head: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def server_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            logged_before_head.append(
+                any(record.name == "upload_service.access" for record in caplog.records)
+            )
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: Scope = {
+        "type": "http",
+        "method": method,
+        "path": "/files/x",
+        "raw_path": b"/files/x",
+        "query_string": b"",
+        "headers": [],
+        "http_version": "1.1",
+        "client": ("127.0.0.1", 5000),
+    }
+    with caplog.at_level(logging.INFO, logger="upload_service.access"):
+        await RequestLogMiddleware(app)(scope, receive, server_send)
+    assert logged_before_head == [True]
+    assert sum(record.name == "upload_service.access" for record in caplog.records) == 1

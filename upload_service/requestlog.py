@@ -85,6 +85,9 @@ class RequestLogMiddleware:
                     if name.lower() != _HEADER
                 ]
                 message = {**message, "headers": [*headers, id_header]}
+                if _bodiless(scope, status, headers):
+                    # the head is the whole answer: a client has it once the server writes it
+                    log_access()
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 # before the last byte goes out: once a client has its answer, the line is there
                 log_access()
@@ -102,6 +105,13 @@ class RequestLogMiddleware:
                 raise
             finally:
                 log_access()  # a request that ended without (the end of) an answer
+
+
+def _bodiless(scope: Scope, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer ends with its head: no body can follow (HEAD, 204, 304) or none will."""
+    if scope["method"] == "HEAD" or status in (204, 304):
+        return True
+    return any(name.lower() == b"content-length" and value == b"0" for name, value in headers)
 
 
 def _internal_error_start() -> Message:
