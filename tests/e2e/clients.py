@@ -4,7 +4,6 @@ required as ``require_tool`` requires a program (skip with the reason; under ``C
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -12,19 +11,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.e2e.support import missing
 
 REPO = Path(__file__).resolve().parents[2]
 JS_DIR = REPO / "tests" / "js"
 NPM_PACKAGES = REPO / ".cache" / "npm"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def missing(reason: str) -> None:
-    """Skip the test for a missing component, or fail it under ``CI=true``."""
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so a missing component is a failure")
-    pytest.skip(reason)
 
 
 def npm_package(name: str) -> Path:

@@ -20,7 +20,7 @@ from base64 import b64encode
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,9 +45,13 @@ def require_tool(name: str) -> str:
     fails, because a skipped requirement there would silently hide a broken environment.
     """
     path = shutil.which(name)
-    if path is not None:
-        return path
-    reason = f"{name!r} is not installed (needed by this end-to-end test)"
+    if path is None:
+        missing(f"{name!r} is not installed (needed by this end-to-end test)")
+    return path
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test for a missing component, or fail it under ``CI=true``."""
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"{reason}; CI=true, so a missing component is a failure")
     pytest.skip(reason)

@@ -13,12 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +24,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.e2e.clients import chromium_path, static_site
 from tests.e2e.support import (
     MiB,
     Servers,
@@ -43,16 +42,9 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 SECRET = "page-test-secret-of-at-least-32-bytes!"
 UPLOAD_RATE = 24 * MiB  # bytes/s the browser may send: the big upload takes several seconds
 ROW = "li.upload"
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").strip().lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so a missing component is a failure")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -64,16 +56,13 @@ def server_database() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        _missing(f"{CHROMIUM} is not installed (Debian's chromium; scripts/setup --test)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright (pip, the [test] extras) is not installed")
+    executable = chromium_path()  # and playwright importable, or skip/fail
+    from playwright.sync_api import sync_playwright
+
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*args, "--disable-dev-shm-usage"]
+            executable_path=executable, headless=True, args=[*args, "--disable-dev-shm-usage"]
         )
         try:
             yield launched
@@ -327,33 +316,11 @@ EMBEDDING_PAGE = """<!doctype html>
 """
 
 
-@contextmanager
-def embedding_application(html: str) -> Iterator[str]:
+def embedding_application(html: str) -> AbstractContextManager[str]:
     """Another origin (a port of its own on 127.0.0.1) serving ``html`` at ``/app.html``; yields
     its origin. (Loopback, as the service: Chromium lets a page reach a loopback address only
     from loopback, or with the user's permission.)"""
-    body = html.encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/app.html" else 404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, name="embedding-app", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    return static_site({"/app.html": (html.encode(), "text/html; charset=utf-8")})
 
 
 def test_an_application_on_another_origin_embeds_the_page_with_its_token(
