@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -35,19 +36,20 @@ async def verifying_upload(client: httpx.AsyncClient, services: Services) -> str
 
 
 async def download_while(
-    client: httpx.AsyncClient, upload_id: str, verdict: anyio.Event
+    client: httpx.AsyncClient, upload_id: str, verdict: Callable[[], Awaitable[None]]
 ) -> httpx.Response:
-    """GET the file; ``verdict`` is set once the request has been waiting for a while."""
+    """GET the file, and give the ``verdict`` once the request has been waiting for a while."""
     responses: list[httpx.Response] = []
 
     async def download() -> None:
         responses.append(await client.get(f"/files/{upload_id}", headers=TUS))
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(download)
-        await anyio.sleep(0.5)
-        assert responses == []  # still waiting for the verdict
-        verdict.set()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(download)
+            await anyio.sleep(0.5)
+            assert responses == []  # still waiting for the verdict
+            await verdict()
     return responses[0]
 
 
@@ -57,16 +59,11 @@ async def test_a_download_waits_for_the_verdict_and_gets_the_file(
     async with serve(make_settings(data_dir, database_url)) as served:
         client, services = served.client, served.services
         upload_id = await verifying_upload(client, services)
-        verdict = anyio.Event()
 
         async def verify() -> None:
-            await verdict.wait()
             await services.repository.mark_ready(upload_id, "00" * 32, utcnow())
 
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as group:
-                group.start_soon(verify)
-                response = await download_while(client, upload_id, verdict)
+        response = await download_while(client, upload_id, verify)
         assert response.status_code == 200
         assert response.content == DATA
 
@@ -77,18 +74,13 @@ async def test_a_verification_that_fails_meanwhile_is_a_410(
     async with serve(make_settings(data_dir, database_url)) as served:
         client, services = served.client, served.services
         upload_id = await verifying_upload(client, services)
-        verdict = anyio.Event()
 
         async def fail() -> None:
-            await verdict.wait()
             await services.repository.fail(
                 upload_id, "sha256 mismatch", utcnow(), only_from=(UploadState.VERIFYING,)
             )
 
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as group:
-                group.start_soon(fail)
-                response = await download_while(client, upload_id, verdict)
+        response = await download_while(client, upload_id, fail)
         assert response.status_code == 410
         assert reason(response) == "upload failed: sha256 mismatch"
 
