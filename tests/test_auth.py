@@ -422,22 +422,12 @@ async def test_a_tokens_claims_cap_its_uploads(data_dir: Path) -> None:
         capped = hs256(upload_max_size=5)
         assert (await create(capped, Upload_Length="6")).status_code == 413
         assert (await create(capped, Upload_Length="5")).status_code == 201
-        assert (await create(hs256(upload_max_size=100), Upload_Length="9")).status_code == 413
-        assert (
-            "maximum size 8" in (await create(hs256(upload_max_size=100), Upload_Length="9")).text
-        )
+        over_cap = await create(hs256(upload_max_size=100), Upload_Length="9")
+        assert over_cap.status_code == 413
+        assert "maximum size 8" in over_cap.text
         deferred = await create(capped, Upload_Defer_Length="1")
         upload_id = deferred.headers["Location"].rsplit("/", 1)[1]
-        declared = await client.patch(
-            f"/files/{upload_id}",
-            headers={
-                **TUS,
-                **bearer(capped),
-                "Upload-Offset": "0",
-                "Content-Type": OFFSET_CT,
-                "Upload-Length": "6",
-            },
-        )
+        declared = await declare_length(client, upload_id, capped, 6)
         assert declared.status_code == 413
         typed = hs256(upload_types=["image/png"])
         refused = await create(typed, Upload_Length="5", Upload_Metadata=f"filetype {mp4}")
@@ -457,6 +447,20 @@ async def test_a_tokens_claims_cap_its_uploads(data_dir: Path) -> None:
         bad_claim = await create(hs256(upload_max_size="lots"), Upload_Length="5")
         assert bad_claim.status_code == 401
         assert "upload_max_size" in bad_claim.text
+
+
+async def declare_length(
+    client: httpx.AsyncClient, upload_id: str, token: str, length: int
+) -> httpx.Response:
+    """An empty PATCH at offset 0 that declares a deferred upload's length."""
+    headers = {
+        **TUS,
+        **bearer(token),
+        "Upload-Offset": "0",
+        "Content-Type": OFFSET_CT,
+        "Upload-Length": str(length),
+    }
+    return await client.patch(f"/files/{upload_id}", headers=headers)
 
 
 async def test_quotas_per_owner(data_dir: Path) -> None:
@@ -479,16 +483,7 @@ async def test_quotas_per_owner(data_dir: Path) -> None:
         assert "unfinished uploads" in third.text
         assert (await create("bob", "20")).status_code == 201  # per owner
         upload_id = deferred.headers["Location"].rsplit("/", 1)[1]
-        declare = await client.patch(
-            f"/files/{upload_id}",
-            headers={
-                **TUS,
-                **bearer(hs256("alice")),
-                "Upload-Offset": "0",
-                "Content-Type": OFFSET_CT,
-                "Upload-Length": "6",
-            },
-        )
+        declare = await declare_length(client, upload_id, hs256("alice"), 6)
         assert declare.status_code == 403
         assert await count_uploads(app.services) == 3
         assert len(await stored_files(app.services)) == 3  # a refused creation leaves no file
