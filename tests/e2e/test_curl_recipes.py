@@ -105,13 +105,19 @@ def test_head_right_after_an_interruption_gives_an_offset_the_next_patch_may_use
         assert download_sha256(http, url) == (source.sha256, source.size)
 
 
-def test_the_readme_resume_recipe_right_after_an_interruption(
-    servers: Servers, http: httpx.Client, source: Source, tmp_path: Path
-) -> None:
+def interrupted_upload(servers: Servers, http: httpx.Client, source: Source) -> str:
+    """A new server, and an upload of ``source`` on it that curl broke off: its URL."""
     require_tool("curl")
     server = servers.start()
     url = create_upload(http, server.base_url, source.size)
     interrupted_curl(url, source)
+    return url
+
+
+def test_the_readme_resume_recipe_right_after_an_interruption(
+    servers: Servers, http: httpx.Client, source: Source, tmp_path: Path
+) -> None:
+    url = interrupted_upload(servers, http, source)
     assert head_offset(http, url) < source.size
     result = run_recipe(resume_lines(), url, source.path, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -124,10 +130,7 @@ def test_the_readme_resume_recipe_right_after_an_interruption(
 def test_the_readme_resume_loop_finishes_an_interrupted_upload(
     servers: Servers, http: httpx.Client, source: Source, tmp_path: Path
 ) -> None:
-    require_tool("curl")
-    server = servers.start()
-    url = create_upload(http, server.base_url, source.size)
-    interrupted_curl(url, source)
+    url = interrupted_upload(servers, http, source)
     script = readme_block("resume() {")
     result = run_recipe(script, url, source.path, tmp_path)
     assert result.returncode == 0, result.stderr
