@@ -97,13 +97,27 @@ def throttle(context: BrowserContext, page: Page, upload_rate: float = UPLOAD_RA
 
 @dataclass
 class Patches:
-    """Every PATCH the page sent: (upload URL, Upload-Offset)."""
+    """Every PATCH the page sent: (upload URL, Upload-Offset), and where in that list each load
+    of the page (its document request) came.
+
+    Playwright hands request events to the test only while the test waits on the browser, so a
+    PATCH the old page sent just before a reload can be recorded after the test asked for
+    ``len(sent)``; Chromium reports a page's requests in the order it sends them, so the reload's
+    own document request is the boundary between the old page's PATCHes and the new page's.
+    """
 
     sent: list[tuple[str, int]] = field(default_factory=list)
+    loads: list[int] = field(default_factory=list)
 
     def record(self, request: Request) -> None:
         if request.method == "PATCH":
             self.sent.append((request.url, int(request.headers["upload-offset"])))
+        elif request.is_navigation_request() and request.resource_type == "document":
+            self.loads.append(len(self.sent))
+
+    def since_last_load(self) -> list[tuple[str, int]]:
+        """The PATCHes of the page as last loaded."""
+        return self.sent[self.loads[-1] :]
 
 
 def row_data(page: Page, name: str) -> str | None:
@@ -179,7 +193,7 @@ def test_a_large_upload_pauses_resumes_survives_a_reload_and_arrives_intact(
     wait_for_bytes(page, 120 * MiB)
     before_reload = head_offset(http, url)
     assert before_reload > paused_at
-    sent_before_reload = len(patches.sent)
+    loads_before_reload = len(patches.loads)
     page.reload()
     throttle(context, page)
     unfinished = page.locator(".unfinished-section")
@@ -189,7 +203,8 @@ def test_a_large_upload_pauses_resumes_survives_a_reload_and_arrives_intact(
     wait_for_state(page, "done", timeout=180_000)
     wait_for_server_state(page, "ready")
 
-    after_reload = patches.sent[sent_before_reload:]
+    assert len(patches.loads) == loads_before_reload + 1, "the reload was not seen"
+    after_reload = patches.since_last_load()
     assert after_reload, "no PATCH after the reload"
     assert after_reload[0][1] >= before_reload, "the upload restarted below the server's offset"
     resumed_from = row_data(page, "resumedFrom")
