@@ -1,5 +1,5 @@
-"""``upload-service``: serve, migrate, cleanup, check-config, hash-key; upload, status and
-download (the tus client, ``upload_service.client``)."""
+"""``upload-service``: serve, migrate, cleanup, check-config, healthcheck, hash-key; upload,
+status and download (the tus client, ``upload_service.client``)."""
 
 from __future__ import annotations
 
@@ -179,6 +179,56 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
     return 0
 
 
+def healthcheck_url(settings: Settings, path: str) -> str:
+    """Where this host's own service answers ``path``: its bind address, or loopback when it
+    binds every address."""
+    host = settings.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}{path}"
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the service answers ``/readyz`` (or ``--path``) with 200, else 1 with the reason
+    on stderr: the image's HEALTHCHECK, at whatever port UPLOAD_PORT sets."""
+    import urllib.error
+    import urllib.request
+
+    url = healthcheck_url(_settings(), args.path)
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as answer:
+            status: int = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"upload-service: {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"upload-service: {url} answered {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"must start with /, not {text!r}")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 300, not {text!r}")
+    return value
+
+
 def cmd_hash_key(args: argparse.Namespace) -> int:
     from upload_service.auth.apikey import entry, new_key
 
@@ -223,6 +273,12 @@ def parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(run=cmd_cleanup)
     check = commands.add_parser("check-config", help="validate and print the settings")
     check.set_defaults(run=cmd_check_config)
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 if this host's service is ready (GET /readyz answers 200)"
+    )
+    health.add_argument("--path", type=_path, default="/readyz", help="default /readyz")
+    health.add_argument("--timeout", type=_seconds, default=3.0, help="seconds (default 3)")
+    health.set_defaults(run=cmd_healthcheck)
     hash_key = commands.add_parser(
         "hash-key", help="print an UPLOAD_AUTH_API_KEYS entry for a new random API key (or --key)"
     )
