@@ -15,6 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.docker import (
+    IMAGE,
+    Build,
+    Docker,
+    Engine,
+    base_image,
+    build_image,
+    record,
+    wheelhouse,
+)
+from tests.e2e.docker import docker_engine as start_docker_engine
 from tests.e2e.support import (
     HTTP_TIMEOUT,
     REPORT_LOGS,
@@ -38,6 +49,7 @@ LOG_TAIL_LINES = 400
 
 _SERVERS = pytest.StashKey[Servers]()
 _FAILED = pytest.StashKey[bool]()
+_DOCKER = pytest.StashKey[Docker]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -52,6 +64,9 @@ def pytest_runtest_makereport(
             lines = server.log_text().splitlines()[-LOG_TAIL_LINES:]
             title = f"server log {server.name} (pid {server.pid}, port {server.port})"
             report.sections.append((title, "\n".join(lines)))
+        docker = item.stash.get(_DOCKER, None)
+        for container in docker.containers if docker is not None else []:
+            report.sections.append((f"docker logs {container.name}", container.logs()))
         for title, path in item.stash.get(REPORT_LOGS, []):
             try:
                 text = path.read_text(errors="replace")
@@ -105,3 +120,40 @@ def servers(
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=HTTP_TIMEOUT) as client:
         yield client
+
+
+# -- Docker (tests/e2e/docker.py) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with start_docker_engine(tmp_path_factory.mktemp("dockerd")) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def docker_base(docker_engine: Engine) -> str:
+    return base_image(docker_engine)
+
+
+@pytest.fixture(scope="session")
+def service_image(
+    docker_engine: Engine, docker_base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Build:
+    """The repository's Dockerfile, built once a session on the local base image."""
+    log = tmp_path_factory.mktemp("docker-build") / "build.log"
+    build = build_image(docker_engine, IMAGE, log, base=docker_base, wheels=wheelhouse())
+    record("image", {"bytes": build.size, "build_seconds": round(build.seconds, 1)})
+    return build
+
+
+@pytest.fixture
+def docker(request: pytest.FixtureRequest, docker_engine: Engine) -> Iterator[Docker]:
+    """The engine for one test: its containers' logs go into a failing test's report, and its
+    containers and volumes are removed when it ends."""
+    made = Docker(docker_engine)
+    request.node.stash[_DOCKER] = made
+    try:
+        yield made
+    finally:
+        made.clean()

@@ -422,6 +422,7 @@ class RawPatch(threading.Thread):
     upper bound on what the server can have received even when the last send failed midway.
     With ``read_answer``, it stops sending as soon as the server answers (it looks before each
     piece) and reads the answer: ``status`` and ``answered_offset`` are the answer's.
+    ``headers`` go with the request (``Authorization``, say).
     Call ``run()`` to send in the calling thread, or ``start()`` for a background thread.
     """
 
@@ -436,8 +437,10 @@ class RawPatch(threading.Thread):
         reset: bool = False,
         piece: int = 64 * KiB,
         read_answer: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(name="raw-patch", daemon=True)
+        self.headers = dict(headers or {})
         self.url = url
         self.source = source
         self.offset = offset
@@ -468,7 +471,8 @@ class RawPatch(threading.Thread):
             f"Upload-Offset: {self.offset}\r\n"
             f"Content-Type: {OFFSET_CT}\r\n"
             f"Content-Length: {length}\r\n"
-            "\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+            + "\r\n"
         ).encode("ascii")
         wanted = length if self.limit is None else min(self.limit, length)
         started = time.monotonic()

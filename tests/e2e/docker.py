@@ -1,0 +1,337 @@
+"""A real Docker engine for the Docker tests, and what they build on it.
+
+- The engine: the one already running (``docker info`` answers), or, as root with Debian's
+  ``docker.io`` installed, a ``dockerd --bridge=none --iptables=false`` this session starts and
+  stops by its PID at the end. No bridge network: every container here uses the host's network
+  and listens on 127.0.0.1 only.
+- The base image: no registry can be pulled from here, so ``scripts/docker-base`` makes one from
+  Debian's packages with debootstrap (kept in the engine between runs).
+- The wheelhouse: ``scripts/wheelhouse`` builds every dependency as a wheel on the host (kept in
+  ``.cache`` per pyproject.toml), served on a loopback port to the build's pip through the
+  Dockerfile's ``PIP_NO_INDEX``/``PIP_FIND_LINKS`` build arguments.
+
+Without an engine (or the means to start one) the tests skip with the reason; under ``CI=true``
+they fail (``missing``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.support import missing, require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+BASE_IMAGE = "upload-service-base:bookworm"
+BASE_PYTHON = (3, 11)  # bookworm's python3: the wheelhouse's wheels are built for it
+IMAGE = "upload-service:e2e"
+# Every name this session gives an engine object starts with this, so its clean-up finds them.
+PREFIX = f"upload-e2e-{os.getpid()}"
+
+
+def _docker_binary() -> str:
+    return require_tool("docker")
+
+
+@dataclass
+class Engine:
+    """A Docker engine reachable with the ``docker`` client; ``pid`` is the dockerd this session
+    started, if it started one."""
+
+    docker: str
+    pid: int | None = None
+    log: Path | None = None
+
+    def run(
+        self, *args: str, timeout: float = 300, check: bool = True, env: Mapping[str, str] = {}
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [self.docker, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **env},
+        )
+        if check and done.returncode != 0:
+            pytest.fail(f"docker {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done
+
+    def answers(self) -> bool:
+        return (
+            self.run("info", "--format", "{{.ServerVersion}}", check=False, timeout=30).returncode
+            == 0
+        )
+
+    def inspect(self, name: str) -> Any:
+        return json.loads(self.run("inspect", name).stdout)[0]
+
+
+def _dockerd_binary() -> str | None:
+    for candidate in (shutil.which("dockerd"), "/usr/sbin/dockerd", "/usr/bin/dockerd"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@contextmanager
+def docker_engine(log_dir: Path) -> Iterator[Engine]:
+    """The running engine, or one started for the session (root only) and stopped by PID."""
+    engine = Engine(_docker_binary())
+    if engine.answers():
+        yield engine
+        return
+    dockerd = _dockerd_binary()
+    if dockerd is None:
+        missing("no Docker engine answers and dockerd is not installed (apt-get install docker.io)")
+    if os.geteuid() != 0:
+        missing("no Docker engine answers, and only root can start dockerd here")
+    engine.log = log_dir / "dockerd.log"
+    with engine.log.open("wb") as out:
+        process = subprocess.Popen(
+            [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    engine.pid = process.pid
+    try:
+        deadline = time.monotonic() + 60
+        while not engine.answers():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not start:\n{engine.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield engine
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def base_image(engine: Engine) -> str:
+    """The local Debian base image (made once by ``scripts/docker-base``, then kept)."""
+    if engine.run("image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return BASE_IMAGE
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        missing(f"no image {BASE_IMAGE}, and making it needs root and debootstrap")
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "docker-base"), BASE_IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/docker-base failed:\n{done.stdout}\n{done.stderr}")
+    return BASE_IMAGE
+
+
+def wheelhouse() -> Path:
+    """Every wheel the image needs, built with the host's .venv (kept per pyproject.toml)."""
+    if sys.version_info[:2] != BASE_PYTHON:
+        missing(
+            f"the wheelhouse is built by this Python ({sys.version_info[0]}.{sys.version_info[1]}),"
+            f" the base image runs Python {BASE_PYTHON[0]}.{BASE_PYTHON[1]}"
+        )
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    directory = ROOT / ".cache" / f"wheelhouse-{key}"
+    stamp = directory / ".complete"
+    if not stamp.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "wheelhouse"), str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"scripts/wheelhouse failed:\n{done.stdout}\n{done.stderr}")
+        stamp.touch()
+    return directory
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextmanager
+def served_directory(directory: Path) -> Iterator[str]:
+    """``directory`` over HTTP on 127.0.0.1 (pip's ``--find-links`` reads its listing)."""
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    image: str
+    seconds: float
+    size: int  # bytes, as the engine reports the image
+
+
+def build_image(
+    engine: Engine,
+    tag: str,
+    log: Path,
+    *,
+    base: str,
+    wheels: Path,
+    context: Path = ROOT,
+    dockerfile: Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> Build:
+    """``docker build`` of ``context`` on ``base``, its pip reading only ``wheels``, with the
+    host's network (apt reaches the machine's Debian mirror); the output goes to ``log``."""
+    with served_directory(wheels) as links:
+        started = time.monotonic()
+        done = engine.run(
+            "build",
+            "--network",
+            "host",
+            "--tag",
+            tag,
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--build-arg",
+            "PIP_NO_INDEX=1",
+            "--build-arg",
+            f"PIP_FIND_LINKS={links}",
+            *(("--file", str(dockerfile)) if dockerfile is not None else ()),
+            *extra_args,
+            str(context),
+            timeout=1200,
+            check=False,
+            env={"DOCKER_BUILDKIT": "0"},  # the engine here (20.10) has no BuildKit plugin
+        )
+        seconds = time.monotonic() - started
+    log.write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        pytest.fail(f"docker build of {tag} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    size = int(engine.run("image", "inspect", "--format", "{{.Size}}", tag).stdout)
+    return Build(image=tag, seconds=seconds, size=size)
+
+
+def record(name: str, values: Mapping[str, object]) -> None:
+    """Keep measurements in ``artifacts/docker.json`` (the image size, build and start times)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "docker.json"
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        data = {}
+    data[name] = dict(values)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def unique(kind: str) -> str:
+    return f"{PREFIX}-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Container:
+    """A container of the test's, run detached with the host's network."""
+
+    engine: Engine
+    name: str
+
+    def state(self) -> Any:
+        return self.engine.inspect(self.name)["State"]
+
+    def health(self) -> str:
+        health = self.state().get("Health")
+        return str(health["Status"]) if health else "none"
+
+    def wait_healthy(self, timeout: float = 120.0) -> float:
+        """Seconds from the container's start until Docker calls it healthy."""
+        started = time.monotonic()
+        while True:
+            state = self.state()
+            status = state.get("Health", {}).get("Status")
+            if status == "healthy":
+                return time.monotonic() - started
+            if not state["Running"]:
+                pytest.fail(f"{self.name} exited ({state['ExitCode']}):\n{self.logs()}")
+            if time.monotonic() - started > timeout:
+                pytest.fail(f"{self.name} is {status} after {timeout}s:\n{self.logs()}")
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        done = self.engine.run("logs", self.name, check=False)
+        return (done.stdout + done.stderr)[-6000:]
+
+    def stop(self, timeout: int = 10) -> float:
+        """``docker stop`` (SIGTERM, then SIGKILL after ``timeout``); returns the seconds taken."""
+        started = time.monotonic()
+        self.engine.run("stop", "--time", str(timeout), self.name, timeout=timeout + 60)
+        return time.monotonic() - started
+
+
+@dataclass
+class Docker:
+    """The engine for one test, which removes every container and volume the test made."""
+
+    engine: Engine
+    containers: list[Container] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+    def volume(self) -> str:
+        name = unique("data")
+        self.engine.run("volume", "create", name)
+        self.volumes.append(name)
+        return name
+
+    def run(
+        self,
+        image: str,
+        *,
+        env: Mapping[str, str],
+        volumes: Mapping[str, str] = {},
+        args: Sequence[str] = (),
+        command: Sequence[str] = (),
+    ) -> Container:
+        """``docker run -d`` with the host's network; the health check every second (the image's
+        own command, tried more often than in production) so a test sees health promptly."""
+        container = Container(self.engine, unique("run"))
+        options = ["--name", container.name, "--network", "host", "--health-interval", "1s"]
+        for key, value in env.items():
+            options += ["--env", f"{key}={value}"]
+        for source, target in volumes.items():
+            options += ["--volume", f"{source}:{target}"]
+        self.engine.run("run", "--detach", *options, *args, image, *command)
+        self.containers.append(container)
+        return container
+
+    def clean(self) -> None:
+        for container in self.containers:
+            self.engine.run("rm", "--force", "--volumes", container.name, check=False)
+        for volume in self.volumes:
+            self.engine.run("volume", "rm", "--force", volume, check=False)
