@@ -7,6 +7,7 @@ import base64
 import hashlib
 import random
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,15 +57,15 @@ async def patch_then_disconnect(
 ) -> list[Message]:
     """A PATCH whose body stops after ``pieces`` because the client went away (raw ASGI: httpx
     cannot drop a connection halfway through a body). Returns what the app sent back."""
-    incoming: list[Message] = [
+    incoming: deque[Message] = deque(
         {"type": "http.request", "body": piece, "more_body": True} for piece in pieces
-    ]
+    )
     incoming.append({"type": "http.disconnect"})
     sent: list[Message] = []
 
     async def receive() -> Message:
         if incoming:
-            return incoming.pop(0)
+            return incoming.popleft()
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
@@ -95,7 +96,7 @@ async def patch_then_disconnect(
     }
     with anyio.fail_after(30):
         await app(scope, receive, send)
-    assert incoming == [], "the app stopped reading before the disconnect"
+    assert not incoming, "the app stopped reading before the disconnect"
     return sent
 
 
