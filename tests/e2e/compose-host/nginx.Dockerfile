@@ -1,8 +1,9 @@
-# nginx for the compose stack test (tests/e2e/test_compose.py), in place of docker-compose.yml's
-# nginx:1.25, which no registry here can supply: Debian's nginx on the local debootstrap base,
-# made to behave as the official image does where the stack relies on it: the sites in conf.d
-# (Debian's default site, on port 80 of every address, removed), the logs to `docker logs`, curl
-# for the health check, SIGQUIT to stop once running requests are done, in the foreground.
+# nginx for the compose stack test (tests/e2e/test_docker_compose.py), in place of
+# docker-compose.yml's nginx:1.25, which no registry here can supply: Debian's nginx on the local
+# debootstrap base, made to behave as the official image does where the stack relies on it: the
+# sites in conf.d (Debian's default site, on port 80 of every address, removed), the logs to
+# `docker logs`, curl for the health check, SIGQUIT to stop once running requests are done, in the
+# foreground.
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 # policy-rc.d: the packages' scripts must not start nginx during the build (with the host's
