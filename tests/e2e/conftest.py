@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.compose import NGINX_DOCKERFILE, NGINX_IMAGE
 from tests.e2e.docker import (
     IMAGE,
     Build,
@@ -144,6 +145,26 @@ def service_image(
     log = tmp_path_factory.mktemp("docker-build") / "build.log"
     build = build_image(docker_engine, IMAGE, log, base=docker_base, wheels=wheelhouse())
     record("image", {"bytes": build.size, "build_seconds": round(build.seconds, 1)})
+    return build
+
+
+@pytest.fixture(scope="session")
+def nginx_image(
+    docker_engine: Engine, docker_base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Build:
+    """Debian's nginx on the local base image (tests/e2e/compose-host/nginx.Dockerfile), for the
+    compose stack in place of the official nginx image, which no registry here supplies; built
+    once a session."""
+    log = tmp_path_factory.mktemp("nginx-build") / "build.log"
+    build = build_image(
+        docker_engine,
+        NGINX_IMAGE,
+        log,
+        base=docker_base,
+        context=NGINX_DOCKERFILE.parent,
+        dockerfile=NGINX_DOCKERFILE,
+    )
+    record("nginx_image", {"bytes": build.size, "build_seconds": round(build.seconds, 1)})
     return build
 
 

@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -204,14 +205,20 @@ def build_image(
     log: Path,
     *,
     base: str,
-    wheels: Path,
+    wheels: Path | None = None,
     context: Path = ROOT,
     dockerfile: Path | None = None,
-    extra_args: Sequence[str] = (),
+    build_args: Mapping[str, str] = {},
 ) -> Build:
-    """``docker build`` of ``context`` on ``base``, its pip reading only ``wheels``, with the
-    host's network (apt reaches the machine's Debian mirror); the output goes to ``log``."""
-    with served_directory(wheels) as links:
+    """``docker build`` of ``context`` on ``base`` (the ``BASE_IMAGE`` build argument, with
+    ``build_args`` beside it), with the host's network (apt reaches the machine's Debian mirror);
+    given ``wheels``, the build's pip reads only those. The output goes to ``log``."""
+    with ExitStack() as stack:
+        arguments = {"BASE_IMAGE": base}
+        if wheels is not None:
+            links = stack.enter_context(served_directory(wheels))
+            arguments.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=links)
+        arguments.update(build_args)
         started = time.monotonic()
         done = engine.run(
             "build",
@@ -219,14 +226,12 @@ def build_image(
             "host",
             "--tag",
             tag,
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-            "--build-arg",
-            "PIP_NO_INDEX=1",
-            "--build-arg",
-            f"PIP_FIND_LINKS={links}",
+            *(
+                option
+                for key, value in arguments.items()
+                for option in ("--build-arg", f"{key}={value}")
+            ),
             *(("--file", str(dockerfile)) if dockerfile is not None else ()),
-            *extra_args,
             str(context),
             timeout=1200,
             check=False,
@@ -256,6 +261,22 @@ def unique(kind: str) -> str:
     return f"{PREFIX}-{kind}-{uuid.uuid4().hex[:8]}"
 
 
+# The socket inodes of the container's processes, then the kernel's TCP tables (tcp6 may be absent).
+_SOCKETS = (
+    'for fd in /proc/[0-9]*/fd/*; do readlink "$fd"; done 2>/dev/null; echo --;'
+    " cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; exit 0"
+)
+
+
+def _address(field: str) -> str:
+    """``/proc/net/tcp``'s ``HEX-ADDRESS:HEX-PORT`` (the address in host byte order, 32 bits at
+    a time) as ``address:port``."""
+    address, port = field.split(":")
+    raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return f"{socket.inet_ntop(family, raw)}:{int(port, 16)}"
+
+
 @dataclass
 class Container:
     """A container of the test's, run detached with the host's network."""
@@ -283,6 +304,19 @@ class Container:
             if time.monotonic() - started > timeout:
                 pytest.fail(f"{self.name} is {status} after {timeout}s:\n{self.logs()}")
             time.sleep(0.1)
+
+    def listening(self) -> set[str]:
+        """``address:port`` of every TCP socket the container's processes listen on. Read inside
+        the container (``docker exec`` as its user, who may read its processes' descriptors);
+        on the host's network its /proc/net/tcp is the host's."""
+        out = self.engine.run("exec", self.name, "sh", "-c", _SOCKETS).stdout
+        links, _, tables = out.partition("--\n")
+        inodes = {link[8:-1] for link in links.split() if link.startswith("socket:[")}
+        return {
+            _address(fields[1])
+            for fields in (line.split() for line in tables.splitlines())
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes  # 0A: LISTEN
+        }
 
     def logs(self) -> str:
         done = self.engine.run("logs", self.name, check=False)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_CONF = ROOT / "deploy" / "nginx" / "upload_service.conf"
 
 # One line per request; the upstream fields hold one entry per replica tried ("a, b" after a retry).
-_LOG_FORMAT = "$request_method $request_uri $status [$upstream_addr] [$upstream_status]"
+LOG_FORMAT = "$request_method $request_uri $status [$upstream_addr] [$upstream_status]"
 _LOG_LINE = re.compile(
     r"(?P<method>\S+) (?P<uri>\S+) (?P<status>\d{3}) \[(?P<upstreams>[^\]]*)\] \[(?P<statuses>[^\]]*)\]"
 )
@@ -120,7 +120,7 @@ events {{
 }}
 
 http {{
-    log_format replicas '{_LOG_FORMAT}';
+    log_format replicas '{LOG_FORMAT}';
     access_log {directory}/access.log replicas;
     client_body_temp_path {directory}/client_body;
     proxy_temp_path {directory}/proxy;

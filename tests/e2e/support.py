@@ -161,6 +161,17 @@ def free_port() -> int:
         return port
 
 
+def established(port: int) -> int:
+    """TCP connections accepted on 127.0.0.1:``port`` that are open in both directions."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
 def serve_command() -> list[str]:
     script = Path(sys.executable).with_name("upload-service")
     if script.exists():
@@ -378,6 +389,26 @@ def resume(client: httpx.Client, url: str, source: Source, attempts: int = 5) ->
         assert response.status_code in (409, 423), f"{response.status_code}: {response.text}"
         time.sleep(0.2)
     pytest.fail(f"could not resume {url}: statuses {statuses}")
+
+
+def upload_in_chunks(
+    client: httpx.Client, url: str, source: Source, offset: int = 0, *, chunk: int
+) -> None:
+    """A chunking tus client: PATCH ``chunk`` bytes at a time from ``offset``; on 409 or 423 (a
+    broken request still holds the upload, or committed more) ask HEAD where to go on."""
+    conflicts = 0
+    while offset < source.size:
+        end = min(offset + chunk, source.size)
+        response = patch_range(client, url, source, offset, end, upload_offset=offset)
+        if response.status_code in (409, 423):
+            conflicts += 1
+            assert conflicts <= 10, f"still {response.status_code} after {conflicts} tries"
+            time.sleep(0.2)
+            offset = head_offset(client, url)
+            continue
+        assert response.status_code == 204, f"{response.status_code}: {response.text}"
+        offset = int(response.headers["Upload-Offset"])
+        assert offset == end
 
 
 def wait_until_ready(client: httpx.Client, url: str, timeout: float = 120.0) -> None:

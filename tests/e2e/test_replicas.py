@@ -44,12 +44,14 @@ from tests.e2e.support import (
     attach_log_on_failure,
     create_upload,
     download_sha256,
+    established,
     head_offset,
     patch_range,
     serve_command,
     sha256_file,
     stored_file,
     upload_id_of,
+    upload_in_chunks,
     write_random_file,
 )
 from tests.postgres import (
@@ -380,30 +382,12 @@ def assert_stored(replicas: Replicas, upload_id: str, sha256: str, size: int) ->
     assert_no_local_bytes(replicas)
 
 
-def upload_in_chunks(client: httpx.Client, url: str, source: Source, offset: int = 0) -> None:
-    """A chunking tus client: PATCH ``CHUNK`` bytes at a time from ``offset``; on 409 or 423 (a
-    broken request still holds the upload, or committed more) ask HEAD where to go on."""
-    conflicts = 0
-    while offset < source.size:
-        end = min(offset + CHUNK, source.size)
-        response = patch_range(client, url, source, offset, end, upload_offset=offset)
-        if response.status_code in (409, 423):
-            conflicts += 1
-            assert conflicts <= 10, f"still {response.status_code} after {conflicts} tries"
-            time.sleep(0.2)
-            offset = head_offset(client, url)
-            continue
-        assert response.status_code == 204, f"{response.status_code}: {response.text}"
-        offset = int(response.headers["Upload-Offset"])
-        assert offset == end
-
-
 def test_chunked_upload_lands_on_both_replicas_and_assembles(
     replicas: Replicas, big_source: Source, client: httpx.Client, statuses: Statuses
 ) -> None:
     url = create_upload(client, replicas.base_url, big_source.size)
     assert url.startswith(replicas.base_url), f"Location must point through the proxy: {url}"
-    upload_in_chunks(client, url, big_source)
+    upload_in_chunks(client, url, big_source, chunk=CHUNK)
 
     upload_id = upload_id_of(url)
     logged = {server.name: patches_logged(server, upload_id) for server in replicas.servers}
@@ -414,17 +398,6 @@ def test_chunked_upload_lands_on_both_replicas_and_assembles(
     assert download_sha256(client, url) == (big_source.sha256, big_source.size)
     assert_stored(replicas, upload_id, big_source.sha256, big_source.size)
     assert_no_server_errors(replicas, statuses)
-
-
-def established(port: int) -> int:
-    """TCP connections accepted on 127.0.0.1:``port`` that are open in both directions."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
-            count += 1
-    return count
 
 
 def replica_serving(replicas: Replicas, patch: RawPatch) -> ServerProcess:
@@ -469,7 +442,7 @@ def test_replica_killed_mid_patch_then_upload_resumes_through_nginx(
     offset = head_offset(client, url)
     context = f"acknowledged {acknowledged}, sent <= {patch.attempted}, offset after kill {offset}"
     assert acknowledged <= offset <= patch.attempted, context
-    upload_in_chunks(client, url, source, offset)
+    upload_in_chunks(client, url, source, offset, chunk=CHUNK)
     assert download_sha256(client, url) == (source.sha256, source.size)
     assert_stored(replicas, upload_id_of(url), source.sha256, source.size)
 
