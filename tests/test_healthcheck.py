@@ -4,17 +4,16 @@ anything else or no answer; bad arguments exit 2."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import make_settings
-from tests.e2e.support import free_port
+from tests.e2e.support import free_port, http_server
 from upload_service.cli import healthcheck_url, main
 
 
@@ -29,8 +28,6 @@ class Stub:
 
 @pytest.fixture
 def stub() -> Iterator[Stub]:
-    server: ThreadingHTTPServer
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             answer.paths.append(self.path)
@@ -41,16 +38,9 @@ def stub() -> Iterator[Stub]:
         def log_message(self, format: str, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    answer = Stub(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Handler, "readyz-stub") as port:
+        answer = Stub(port=port)
         yield answer
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def test_ready_is_0_and_the_port_comes_from_the_settings(

@@ -4,14 +4,13 @@ required as ``require_tool`` requires a program (skip with the reason; under ``C
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.support import missing
+from tests.e2e.support import http_server, missing
 
 REPO = Path(__file__).resolve().parents[2]
 JS_DIR = REPO / "tests" / "js"
@@ -62,12 +61,5 @@ def static_site(routes: Mapping[str, tuple[bytes, str]]) -> Iterator[str]:
     """A tiny HTTP server on 127.0.0.1 serving ``routes`` (path -> body, content type);
     yields its origin and stops it at the end."""
     handler = type("Handler", (_StaticHandler,), {"routes": dict(routes)})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="static-site", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with http_server(handler, "static-site") as port:
+        yield f"http://127.0.0.1:{port}"

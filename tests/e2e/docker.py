@@ -24,19 +24,18 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.support import missing, require_tool
+from tests.e2e.support import http_server, missing, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -135,16 +134,21 @@ def base_image(engine: Engine) -> str:
         return BASE_IMAGE
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
         missing(f"no image {BASE_IMAGE}, and making it needs root and debootstrap")
+    run_script("docker-base", BASE_IMAGE)
+    return BASE_IMAGE
+
+
+def run_script(name: str, *args: str) -> None:
+    """``scripts/NAME ARGS``; its output in the failure when it fails."""
     done = subprocess.run(
-        [str(ROOT / "scripts" / "docker-base"), BASE_IMAGE],
+        [str(ROOT / "scripts" / name), *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     if done.returncode != 0:
-        pytest.fail(f"scripts/docker-base failed:\n{done.stdout}\n{done.stderr}")
-    return BASE_IMAGE
+        pytest.fail(f"scripts/{name} failed:\n{done.stdout}\n{done.stderr}")
 
 
 def wheelhouse() -> Path:
@@ -159,15 +163,7 @@ def wheelhouse() -> Path:
     stamp = directory / ".complete"
     if not stamp.exists():
         shutil.rmtree(directory, ignore_errors=True)
-        done = subprocess.run(
-            [str(ROOT / "scripts" / "wheelhouse"), str(directory)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"scripts/wheelhouse failed:\n{done.stdout}\n{done.stderr}")
+        run_script("wheelhouse", str(directory))
         stamp.touch()
     return directory
 
@@ -180,16 +176,8 @@ class _QuietFiles(SimpleHTTPRequestHandler):
 @contextmanager
 def served_directory(directory: Path) -> Iterator[str]:
     """``directory`` over HTTP on 127.0.0.1 (pip's ``--find-links`` reads its listing)."""
-    handler = functools.partial(_QuietFiles, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with http_server(functools.partial(_QuietFiles, directory=str(directory)), "files") as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @dataclass(frozen=True, slots=True)

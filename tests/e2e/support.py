@@ -18,8 +18,11 @@ import threading
 import time
 from base64 import b64encode
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from socketserver import BaseRequestHandler
 from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
@@ -152,6 +155,21 @@ def wait_for_readyz(
                 last = f"{response.status_code} {response.text}"
             time.sleep(0.05)
     pytest.fail(f"{name} not ready after {timeout}s ({last}):\n{log()}")
+
+
+@contextmanager
+def http_server(handler: Callable[..., BaseRequestHandler], name: str) -> Iterator[int]:
+    """A threading HTTP server on 127.0.0.1 with ``handler``, in a thread named ``name``;
+    yields its port, and shuts it down at the end."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def free_port() -> int:
