@@ -498,6 +498,37 @@ async def test_claims_are_leased_and_outcomes_need_the_latest_claim(
     assert await outbox.claim_due(due + LEASE * 10, due + LEASE * 11, 10) != []  # the other one
 
 
+async def test_an_uploads_events_are_claimed_one_at_a_time_in_order(
+    repo: UploadRepository,
+) -> None:
+    """post-finish is not claimed while post-create is out (held, or waiting for a retry): a
+    webhook hears of one upload's events in the order they happened. Other uploads go on."""
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    await repo.advance(ID, expected=0, offset=10, now=T0, expires_at=None)
+    await repo.complete(ID, T0)
+    await repo.mark_ready(ID, "ab" * 32, T0, outbox=True)
+    await repo.add(new_upload(PARTS[0]), outbox=True)
+    created, finished = await outbox.events_of(ID)
+    assert (created.type, finished.type) == (EventType.POST_CREATE, EventType.POST_FINISH)
+    [other] = await outbox.events_of(PARTS[0])
+
+    # post-finish waits while post-create is out; another upload's event goes on
+    claimed = await outbox.claim_due(T1, T1 + LEASE, 10)
+    assert [event.id for event in claimed] == [created.id, other.id]
+    assert await outbox.claim_due(T1, T1 + LEASE, 10) == []  # nor by another drainer
+
+    mine = claimed[0]
+    retry_at = T1 + timedelta(seconds=5)
+    assert await outbox.retry(mine, "HTTP 503", retry_at)
+    assert await outbox.claim_due(T1 + timedelta(seconds=1), T1 + LEASE, 10) == []  # waits too
+    [again] = await outbox.claim_due(retry_at, retry_at + LEASE, 10)
+    assert again.id == created.id
+    assert await outbox.give_up(again, "HTTP 503", retry_at)  # ended: the next one's turn
+    [then] = await outbox.claim_due(retry_at, retry_at + LEASE, 10)
+    assert then.id == finished.id
+
+
 async def test_given_up_events_are_failed_and_old_ended_events_pruned(
     repo: UploadRepository,
 ) -> None:

@@ -96,7 +96,12 @@ class Outbox(Protocol):
     ) -> list[OutboxEvent]:
         """Claim up to ``limit`` pending events due at ``now`` that nobody holds (no claim, or a
         claim that ran out), until ``lease_until``, oldest first. Two callers, in any processes,
-        never both claim one event while its lease runs."""
+        never both claim one event while its lease runs.
+
+        One upload's events go out in order: an event is not claimed while an earlier event of
+        its upload is pending (held by another caller, or waiting for a retry), so a webhook
+        never hears of ``post-finish`` before ``post-create``, and at most one event of an upload
+        is out at a time."""
         ...
 
     async def delivered(self, event: OutboxEvent, now: datetime) -> bool:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Update, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from upload_service.db.models import OutboxRow, aware
 from upload_service.db.session import guarded_session
@@ -74,9 +75,24 @@ class SqlOutbox:
         self, now: datetime, lease_until: datetime, limit: int
     ) -> list[OutboxEvent]:
         token = uuid.uuid4().hex
+        earlier = aliased(OutboxRow)
+        first_of_its_upload = ~(
+            select(earlier.id)
+            .where(
+                earlier.upload_id == OutboxRow.upload_id,
+                earlier.seq < OutboxRow.seq,
+                earlier.status == DeliveryStatus.PENDING.value,
+            )
+            .exists()
+        )
         due = (
             select(OutboxRow.id)
-            .where(_pending(), OutboxRow.next_attempt_at <= now, _unclaimed(now))
+            .where(
+                _pending(),
+                OutboxRow.next_attempt_at <= now,
+                _unclaimed(now),
+                first_of_its_upload,
+            )
             .order_by(OutboxRow.seq)
             .limit(limit)
             .with_for_update(skip_locked=True)
