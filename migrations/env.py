@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from upload_service.db.engine import sqlite_pragmas
 from upload_service.db.models import Base
 
 config = context.config
@@ -55,6 +56,10 @@ def _run_sync(connection: Connection) -> None:
 
 async def run_online() -> None:
     engine = create_async_engine(_url(), poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+        # A database created here is in WAL mode from the start, as the service runs it: the
+        # service's connections then never have to switch it (which needs it to themselves).
+        sqlite_pragmas(engine)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_run_sync)

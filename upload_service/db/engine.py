@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from functools import partial
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+
+logger = logging.getLogger(__name__)
 
 # How long a SQLite statement waits for another connection's lock before "database is locked"
 # (a 503 with Retry-After to the client).
@@ -16,19 +20,39 @@ BUSY_TIMEOUT = 10.0
 
 def _sqlite_pragmas(busy_timeout: float, dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets readers (HEAD, progress) run beside the writer; synchronous=FULL makes a committed
-    # offset survive power loss, since the offset is a promise to the client.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    # WAL lets readers (HEAD, progress) run beside the writer. The mode is kept in the file, and
+    # the migration that creates it sets it (see sqlite_pragmas), so a connection only checks:
+    # switching needs the database to itself, and connections opened together while another one
+    # writes were refused it at once ("database is locked", no busy wait).
+    cursor.execute("PRAGMA journal_mode")
+    (mode,) = cursor.fetchone()
+    if str(mode).lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname != "SQLITE_BUSY":
+                raise
+            # another connection holds the database (a file from before the migration set the
+            # mode, opened by several at once): this one works as the file is, a later one
+            # switches it
+            logger.info("SQLite journal mode left as %s for now: the database is busy", mode)
+    # synchronous=FULL makes a committed offset survive power loss: the offset is a promise.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def sqlite_pragmas(engine: AsyncEngine, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
+    """Every new connection of a SQLite ``engine`` gets the service's pragmas (WAL, full sync,
+    the busy timeout, foreign keys): the service's engines and the migration's."""
+    event.listen(engine.sync_engine, "connect", partial(_sqlite_pragmas, busy_timeout))
 
 
 def create_engine(url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(url, pool_size=8, max_overflow=8)
-        event.listen(engine.sync_engine, "connect", partial(_sqlite_pragmas, busy_timeout))
+        sqlite_pragmas(engine, busy_timeout=busy_timeout)
         return engine
     # pool_pre_ping: a connection the server dropped (restart, network cut) is noticed and
     # replaced at checkout, so the service recovers from an outage without a restart.
