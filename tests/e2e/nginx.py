@@ -27,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_CONF = ROOT / "deploy" / "nginx" / "upload_service.conf"
 
 # One line per request; the upstream fields hold one entry per replica tried ("a, b" after a retry).
-LOG_FORMAT = "$request_method $request_uri $status [$upstream_addr] [$upstream_status]"
+LOG_FORMAT = (
+    "$request_method $request_uri $status [$upstream_addr] [$upstream_status] $upload_request_id"
+)
 _LOG_LINE = re.compile(
     r"(?P<method>\S+) (?P<uri>\S+) (?P<status>\d{3}) \[(?P<upstreams>[^\]]*)\] \[(?P<statuses>[^\]]*)\]"
+    r" (?P<request_id>\S+)"
 )
 
 
@@ -49,6 +52,7 @@ class Access:
     status: int
     upstreams: tuple[str, ...]  # host:port of every replica tried, in order
     upstream_statuses: tuple[str, ...]
+    request_id: str  # the X-Request-Id nginx passed on (the client's, or its own)
 
     @classmethod
     def parse(cls, line: str) -> Access:
@@ -60,6 +64,7 @@ class Access:
             status=int(match["status"]),
             upstreams=tuple(part.strip() for part in match["upstreams"].split(",")),
             upstream_statuses=tuple(part.strip() for part in match["statuses"].split(",")),
+            request_id=match["request_id"],
         )
 
 

@@ -1,9 +1,11 @@
 """A real ``upload-service serve`` behind a real nginx that terminates TLS, configured with the
 repository's ``deploy/nginx/upload_service.conf``: ``Location`` names the https URL the client
-used, spoofed proxy headers get nowhere, and an untrusted peer's are ignored."""
+used, spoofed proxy headers get nowhere, an untrusted peer's are ignored, and a request has one id
+in nginx's log, the server's log and the answer."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +112,19 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored(proxied: Proxied) -> N
             **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "uploads.example.com"},
         )
         assert location.startswith("https://uploads.example.com/files/")
+
+
+def test_one_request_id_in_nginx_the_server_and_the_answer(proxied: Proxied) -> None:
+    """Without an X-Request-Id nginx passes its own on; the client's own is kept end to end."""
+    with proxied.client() as client:
+        answered = client.get(f"{proxied.nginx.base_url}/healthz")
+        mine = client.get(f"{proxied.nginx.base_url}/readyz", headers={"X-Request-Id": "job-42"})
+    assert answered.status_code == mine.status_code == 200
+    accesses = {access.uri: access for access in proxied.nginx.accesses()}
+    nginx_made = accesses["/healthz"].request_id
+    assert re.fullmatch(r"[0-9a-f]{32}", nginx_made), nginx_made
+    assert answered.headers["X-Request-Id"] == nginx_made  # the server took nginx's id
+    assert (accesses["/readyz"].request_id, mine.headers["X-Request-Id"]) == ("job-42", "job-42")
+    log = proxied.server.log_text()
+    assert f"request_id={nginx_made}" in log
+    assert "request_id=job-42" in log
