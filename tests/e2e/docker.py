@@ -46,10 +46,6 @@ IMAGE = "upload-service:e2e"
 PREFIX = f"upload-e2e-{os.getpid()}"
 
 
-def _docker_binary() -> str:
-    return require_tool("docker")
-
-
 @dataclass
 class Engine:
     """A Docker engine reachable with the ``docker`` client; ``pid`` is the dockerd this session
@@ -94,7 +90,7 @@ def _dockerd_binary() -> str | None:
 @contextmanager
 def docker_engine(log_dir: Path) -> Iterator[Engine]:
     """The running engine, or one started for the session (root only) and stopped by PID."""
-    engine = Engine(_docker_binary())
+    engine = Engine(require_tool("docker"))
     if engine.answers():
         yield engine
         return
@@ -274,10 +270,6 @@ class Container:
 
     def state(self) -> Any:
         return self.engine.inspect(self.name)["State"]
-
-    def health(self) -> str:
-        health = self.state().get("Health")
-        return str(health["Status"]) if health else "none"
 
     def wait_healthy(self, timeout: float = 120.0) -> float:
         """Seconds from the container's start until Docker calls it healthy."""
