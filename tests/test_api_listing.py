@@ -74,7 +74,7 @@ async def test_each_owner_lists_only_their_own_uploads_a_page_at_a_time(
         assert [upload["id"] for upload in page["uploads"]] == [ready]
         assert page["next_cursor"] is None
         item = page["uploads"][0]
-        assert item["owner"] == "alice"
+        assert item["owner"] == "key:alice"
         assert "signature=" in item["download_url"]  # the same signed URL as GET /api/uploads/{id}
         assert item["video"] is None
         both = await every_page(client, {"state": "ready", "limit": "1"}, BOB)

@@ -249,16 +249,16 @@ async def test_valid_tokens_and_api_keys_own_their_uploads(
         uploads = await make_uploads(client, hs256("alice"))
         record = await app.services.repository.get(uploads.receiving)
         assert record is not None
-        assert record.owner == "alice"
+        assert record.owner == "jwt:https%3A//issuer.test:alice"
         mine = await client.get(f"/api/uploads/{uploads.receiving}", headers=bearer(hs256()))
-        assert mine.json()["owner"] == "alice"
+        assert mine.json()["owner"] == "jwt:https%3A//issuer.test:alice"
         by_key = await make_uploads(client, API_KEY)
         assert (await client.get(f"/files/{by_key.ready}", headers=bearer(API_KEY))).content == (
             b"0123456789"
         )
         stored = await app.services.repository.get(by_key.ready)
         assert stored is not None
-        assert stored.owner == "svc"
+        assert stored.owner == "key:svc"
         other_key = await client.head(f"/files/{by_key.receiving}", headers={**TUS, **bearer(key)})
         assert other_key.status_code == 404  # svc2's key does not reach svc's uploads
         assert (

@@ -126,6 +126,127 @@ async def test_quota_checked_creations_of_one_owner_are_serialised(
     assert await repos[0].usage("alice") == Usage(unfinished=3, bytes=30)
 
 
+async def _race(count: int, step: object) -> list[bool]:
+    """Run ``step(index)`` ``count`` times at once; which were admitted by the quota."""
+    outcomes: list[bool] = []
+
+    async def one(index: int) -> None:
+        try:
+            await step(index)  # type: ignore[operator]
+        except QuotaExceeded:
+            outcomes.append(False)
+        else:
+            outcomes.append(True)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(count):
+            tasks.start_soon(one, index)
+    return outcomes
+
+
+async def test_bytes_of_unknown_length_count_as_they_are_committed_and_racing_commits_are_serialised(
+    databases: Databases,
+) -> None:
+    """Commits of deferred uploads of one owner racing on two engines: the quota is checked with
+    each commit, in its transaction, so exactly what fits is committed."""
+    repos = [databases.repository(), databases.repository()]
+    quota = Quota(bytes=100)
+    ids = [f"{index:032x}" for index in range(8)]
+    for upload_id in ids:
+        await repos[0].add(new_upload(upload_id, length=None, owner="alice"), quota)
+
+    async def commit(index: int) -> None:
+        await repos[index % 2].advance(
+            ids[index], expected=0, offset=30, now=T1, expires_at=None, quota=quota
+        )
+
+    assert sorted(await _race(8, commit)) == [False] * 5 + [True] * 3
+    assert (await repos[0].usage("alice")).bytes == 90
+    refused = [
+        upload for upload in (await repos[0].get_many(tuple(ids))).values() if not upload.offset
+    ]
+    assert len(refused) == 5  # a refused commit changed nothing
+    # at the quota, no new upload of unknown length is admitted (it has no byte to grow by)
+    await repos[0].advance(
+        refused[0].id, expected=0, offset=10, now=T1, expires_at=None, quota=quota
+    )
+    with pytest.raises(QuotaExceeded, match="none left"):
+        await repos[0].add(new_upload("f" * 32, length=None, owner="alice"), quota)
+    await repos[0].add(
+        new_upload("e" * 32, length=0, owner="alice", state=UploadState.VERIFYING), quota
+    )
+    # an upload of known length counted its length at creation: its commits grow nothing
+    await repos[0].add(new_upload("d" * 32, length=0, owner="bob"), Quota(bytes=10))
+    known = new_upload("c" * 32, length=10, owner="bob")
+    await repos[0].add(known, Quota(bytes=10))
+    await repos[0].advance(
+        known.id, expected=0, offset=10, now=T1, expires_at=None, quota=Quota(bytes=10)
+    )
+
+
+async def test_declaring_a_length_is_checked_against_the_quota_serialised(
+    databases: Databases,
+) -> None:
+    repos = [databases.repository(), databases.repository()]
+    quota = Quota(bytes=100)
+    ids = [f"{index:032x}" for index in range(6)]
+    for upload_id in ids:
+        await repos[0].add(new_upload(upload_id, length=None, owner="alice"), quota)
+        await repos[0].advance(upload_id, expected=0, offset=5, now=T1, expires_at=None)
+
+    async def declare(index: int) -> None:
+        await repos[index % 2].declare_length(ids[index], 35, T1, quota)
+
+    # 30 bytes stored; each length adds 30 more (its offset counted already)
+    assert sorted(await _race(6, declare)) == [False] * 4 + [True] * 2
+    assert (await repos[0].usage("alice")).bytes == 30 + 2 * 30
+    lengths = sorted(
+        str(upload.length) for upload in (await repos[0].get_many(tuple(ids))).values()
+    )
+    assert lengths == ["35", "35", "None", "None", "None", "None"]  # a refusal changed nothing
+
+
+async def test_finals_count_as_unfinished_uploads_and_by_their_length_serialised(
+    databases: Databases,
+) -> None:
+    repos = [databases.repository(), databases.repository()]
+
+    async def final(index: int, length: int | None, quota: Quota) -> None:
+        parts = (f"a{index:031x}", f"b{index:031x}")
+        for part in parts:
+            ready = new_upload(part, concat="partial", owner="alice", state=UploadState.READY)
+            await repos[0].add(ready)
+        upload = new_upload(f"{index:032x}", length, concat="final", parts=parts, owner="alice")
+        await repos[index % 2].add_final(upload, quota)
+
+    # the parts are complete: the finals are the owner's only unfinished uploads
+    assert (
+        sorted(await _race(5, lambda index: final(index, 20, Quota(uploads=2))))
+        == [False] * 3 + [True] * 2
+    )
+    usage = await repos[0].usage("alice")
+    assert usage == Usage(unfinished=2, bytes=100 + 2 * 20)  # each final counts in full
+    with pytest.raises(QuotaExceeded, match="bytes stored"):
+        await final(7, 20, Quota(bytes=179))
+    with pytest.raises(QuotaExceeded, match="none left"):
+        await final(8, None, Quota(bytes=180))
+
+
+async def test_assembling_a_final_of_unknown_length_is_checked_against_the_quota(
+    repo: UploadRepository,
+) -> None:
+    for part in PARTS:
+        await repo.add(new_upload(part, length=None, concat="partial", owner="alice"))
+        await repo.advance(part, expected=0, offset=40, now=T1, expires_at=None)
+    final = new_upload(length=None, concat="final", parts=PARTS, owner="alice")
+    await repo.add_final(final, Quota(bytes=100))
+    with pytest.raises(QuotaExceeded):
+        await repo.assembled(ID, 80, T1, Quota(bytes=159))  # 80 stored, 80 more
+    assert (await row(repo)).state is UploadState.RECEIVING  # nothing changed
+    assembled = await repo.assembled(ID, 80, T1, Quota(bytes=160))
+    assert (assembled.state, assembled.length) == (UploadState.VERIFYING, 80)
+
+
 async def test_advance_is_a_compare_and_set_on_the_offset(repo: UploadRepository) -> None:
     await repo.add(new_upload())
     moved = await repo.advance(ID, expected=0, offset=4, now=T1, expires_at=None)

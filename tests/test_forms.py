@@ -261,7 +261,7 @@ async def test_auth_owners_and_quotas(sqlite_dir: Path) -> None:
         created = await post(client, body, Authorization=token("alice"))
         assert created.status_code == 201, created.text
         (upload,) = created.json()
-        assert upload["owner"] == "alice"
+        assert upload["owner"] == "jwt::alice"  # a token without iss
         mine = await client.get(
             f"/api/uploads/{upload['id']}", headers={"Authorization": token("alice")}
         )

@@ -32,6 +32,7 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
+from upload_service.repository import Quota
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
@@ -556,10 +557,17 @@ class KillableRepository(SqlUploadRepository):
         now: datetime,
         expires_at: datetime | None,
         fence: int | None = None,
+        quota: Quota | None = None,
     ) -> Upload:
         self._switch.check()
         upload = await super().advance(
-            upload_id, expected=expected, offset=offset, now=now, expires_at=expires_at, fence=fence
+            upload_id,
+            expected=expected,
+            offset=offset,
+            now=now,
+            expires_at=expires_at,
+            fence=fence,
+            quota=quota,
         )
         self._switch.commits += 1
         self._switch.acknowledged.append(upload.offset)

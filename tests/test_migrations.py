@@ -111,3 +111,57 @@ async def test_uploads_of_0003_have_no_owner_and_the_owner_downgrades_away(
     await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0003")
     rows = await _execute(url, "SELECT id, upload_offset FROM uploads")
     assert rows == [(ID, 3)]
+
+
+async def test_owners_of_0006_are_namespaced_by_the_credentials_configured_and_downgrade_back(
+    empty_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owner named by a configured API key becomes ``key:NAME``; every other owner was a JWT's
+    ``sub`` and becomes ``jwt:ISS:SUB`` with the configured issuer; events still in the outbox
+    say the same."""
+    url = empty_database
+    await anyio.to_thread.run_sync(upgrade, url, "0006")
+    owners = {"1" * 32: "svc", "2" * 32: "alice", "3" * 32: None}
+    for upload_id, owner in owners.items():
+        await _execute(
+            url,
+            "INSERT INTO uploads (id, length, upload_offset, received, state, metadata_json,"
+            " created_at, updated_at, owner) VALUES (:id, 10, 3, 3, 'receiving', '{}', :now,"
+            " :now, :owner)",
+            id=upload_id,
+            now=NOW,
+            owner=owner,
+        )
+    payload = '{"id": "%s", "owner": "svc"}' % ("1" * 32)
+    await _execute(
+        url,
+        "INSERT INTO outbox (id, type, upload_id, payload, created_at, status, attempts,"
+        " next_attempt_at) VALUES (:id, 'post-create', :upload, :payload, :now, 'pending', 0,"
+        " :now)",
+        id="e" * 32,
+        upload="1" * 32,
+        payload=payload,
+        now=NOW,
+    )
+    monkeypatch.setenv("UPLOAD_AUTH_API_KEYS", f"svc:{'ab' * 32}")
+    monkeypatch.setenv("UPLOAD_AUTH_JWT_ISSUER", "https://issuer.test")
+    monkeypatch.setenv("UPLOAD_AUTH_SIGNING_KEY", "k" * 32)
+    await anyio.to_thread.run_sync(upgrade, url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        repository = SqlUploadRepository(create_sessionmaker(engine))
+        found = await repository.get_many(tuple(owners))
+        (event,) = await repository.events_of("1" * 32)
+    finally:
+        await engine.dispose()
+    assert {upload_id: upload.owner for upload_id, upload in found.items()} == {
+        "1" * 32: "key:svc",
+        "2" * 32: "jwt:https%3A//issuer.test:alice",
+        "3" * 32: None,
+    }
+    assert event.upload["owner"] == "key:svc"
+    assert found["1" * 32].size_cap is None
+
+    await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0006")
+    rows = await _execute(url, "SELECT id, owner FROM uploads ORDER BY id")
+    assert rows == [(upload_id, owner) for upload_id, owner in owners.items()]

@@ -23,10 +23,10 @@ from functools import partial
 
 import anyio.to_thread
 
-from upload_service.errors import BadRequest, Conflict, Locked
+from upload_service.errors import BadRequest, Conflict, Locked, QuotaExceeded
 from upload_service.events import NO_EVENTS, Events
 from upload_service.locking.base import Locker
-from upload_service.repository import UploadRepository
+from upload_service.repository import Quota, UploadRepository
 from upload_service.storage.base import (
     Concatenator,
     Digester,
@@ -91,6 +91,7 @@ class Lifecycle:
         events: Events = NO_EVENTS,
         outbox: bool = False,
         video: VideoProber | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -102,6 +103,7 @@ class Lifecycle:
         self._events = events
         self._outbox = outbox  # write post-finish and post-expire events with the transitions
         self._video = video  # ffprobe's details of a video, found before it becomes ready
+        self._quota = quota  # a final of parts of unknown length: its length is checked here
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
         """The upload's last byte is durable (state ``verifying``); the caller holds its lock.
@@ -178,18 +180,30 @@ class Lifecycle:
                 if part.state is not UploadState.READY:
                     return  # assembled when the last part becomes ready
             total = sum(parts[part_id].length or 0 for part_id in final.parts)
-            if self._max_size is not None and total > self._max_size:
-                # parts of deferred length could not be checked when the final was created
+            # parts of deferred length could not be checked when the final was created
+            limits = [size for size in (self._max_size, final.size_cap) if size is not None]
+            if limits and total > min(limits):
                 await self._fail(
-                    final_id, f"assembled length {total} exceeds the maximum size {self._max_size}"
+                    final_id, f"assembled length {total} exceeds the maximum size {min(limits)}"
                 )
                 return
+            if self._quota is not None and final.owner is not None and final.length is None:
+                try:  # before any byte is copied; ``assembled`` checks again, serialised
+                    self._quota.check(await self._repo.usage(final.owner), size=total)
+                except QuotaExceeded as exc:
+                    await self._fail(final_id, exc.message)
+                    return
             if not isinstance(self._store, Concatenator):
                 await self._fail(final_id, "this server's storage cannot concatenate uploads")
                 return
             keys = [parts[part_id].storage for part_id in final.parts]
             length = await self._store.concatenate(final.storage, keys)
-            final = await self._repo.assembled(final_id, length, self._clock())
+            try:
+                final = await self._repo.assembled(final_id, length, self._clock(), self._quota)
+            except QuotaExceeded as exc:  # another upload of the owner's took the room meanwhile
+                await self._fail(final_id, exc.message)
+                await self._store.delete(final.storage)  # row first: nothing reads them now
+                return
             logger.info(
                 "final upload assembled from %d parts (%d bytes)",
                 len(keys),

@@ -28,8 +28,10 @@ from upload_service.uploads import Upload, UploadState, VideoInfo
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What one owner holds: uploads still receiving, and bytes stored (the lengths of live
-    uploads, a deferred one counted by its offset)."""
+    """What one owner holds: uploads still receiving (finals still assembling among them), and
+    bytes stored: the lengths of live uploads, one of unknown length counted by its committed
+    offset (bytes count as they arrive; a final of parts of unknown length by 0 until it is
+    assembled, then by its length). Every final counts in full, beside its parts."""
 
     unfinished: int = 0
     bytes: int = 0
@@ -42,18 +44,32 @@ class Quota:
     uploads: int | None = None
     bytes: int | None = None
 
-    def check(self, usage: Usage, *, uploads: int = 0, size: int = 0) -> None:
+    def check(
+        self, usage: Usage, *, uploads: int = 0, size: int = 0, deferred: bool = False
+    ) -> None:
         """``QuotaExceeded`` when ``uploads`` more unfinished uploads and ``size`` more bytes
-        would take ``usage`` past a cap."""
+        would take ``usage`` past a cap, or when ``deferred`` (a new upload of unknown length,
+        whose bytes count as they arrive) finds no byte left."""
         if self.uploads is not None and uploads and usage.unfinished + uploads > self.uploads:
             raise QuotaExceeded(
                 f"quota exceeded: {usage.unfinished} unfinished uploads of at most {self.uploads}"
             )
-        if self.bytes is not None and size and usage.bytes + size > self.bytes:
+        if self.bytes is None:
+            return
+        if size and usage.bytes + size > self.bytes:
             raise QuotaExceeded(
                 f"quota exceeded: {usage.bytes} bytes stored, {size} more would pass "
                 f"the limit of {self.bytes}"
             )
+        if deferred and usage.bytes >= self.bytes:
+            raise QuotaExceeded(
+                f"quota exceeded: {usage.bytes} bytes stored of at most {self.bytes}, "
+                "none left for an upload of unknown length"
+            )
+
+    def left(self, usage: Usage) -> int | None:
+        """The bytes ``usage`` may still grow by (None: no byte quota)."""
+        return None if self.bytes is None else max(self.bytes - usage.bytes, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +99,24 @@ class UploadRepository(Protocol):
     ) -> None:
         """Insert a new upload (its storage exists already); with ``outbox``, its post-create
         event too. With a ``quota`` and an owner, in the same transaction as the insert and
-        serialised with the owner's other creations (on every replica): ``QuotaExceeded`` if the
-        owner's usage plus this upload (one more unfinished upload while receiving, its length)
-        passes the quota; nothing is inserted."""
+        serialised with the owner's other quota-checked transitions (on every replica):
+        ``QuotaExceeded`` if the owner's usage plus this upload (one more unfinished upload
+        while receiving, its length; of unknown length: no byte left) passes the quota; nothing
+        is inserted."""
         ...
 
     async def usage(self, owner: str) -> Usage:
         """What ``owner`` holds now (see ``Usage``)."""
         ...
 
-    async def add_final(self, final: Upload, *, outbox: bool = False) -> None:
+    async def add_final(
+        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
         """Insert a final upload (with ``outbox``, its post-create event) and claim its partial
         uploads in one transaction. ``Conflict`` names a part that is no longer an unclaimed, live
-        partial upload; nothing is inserted."""
+        partial upload; with a ``quota`` and an owner, ``QuotaExceeded`` as for ``add`` (the
+        final is one more unfinished upload until assembled, and counts its length in full);
+        nothing is inserted."""
         ...
 
     async def get(self, upload_id: str) -> Upload | None: ...
@@ -139,24 +160,34 @@ class UploadRepository(Protocol):
         now: datetime,
         expires_at: datetime | None,
         fence: int | None = None,
+        quota: Quota | None = None,
     ) -> Upload:
         """Move the committed offset of a receiving upload from ``expected`` to ``offset``. Every
         byte below ``offset`` must already be durable in storage. Reaching the length does not
         complete the upload: ``complete`` does, explicitly. With ``fence``, only while that is
-        still the token the upload's row was last claimed with."""
+        still the token the upload's row was last claimed with. With a ``quota``, an upload of
+        unknown length with an owner grows its owner's usage by the bytes committed:
+        ``QuotaExceeded`` (nothing committed) when they would pass it (serialised as ``add``)."""
         ...
 
-    async def declare_length(self, upload_id: str, length: int, now: datetime) -> Upload:
-        """Fix a deferred length; only while the length is unknown and at least the offset."""
+    async def declare_length(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
+        """Fix a deferred length; only while the length is unknown and at least the offset.
+        With a ``quota`` and an owner, ``QuotaExceeded`` (nothing changed) when the owner's usage
+        with the length instead of the offset passes it (serialised as ``add``)."""
         ...
 
     async def complete(self, upload_id: str, now: datetime) -> Upload:
         """receiving → verifying, only when the committed offset equals the length."""
         ...
 
-    async def assembled(self, upload_id: str, length: int, now: datetime) -> Upload:
+    async def assembled(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
         """A final upload's parts were concatenated into its storage (durably): receiving →
-        verifying with that length and offset."""
+        verifying with that length and offset. With a ``quota`` and an owner, ``QuotaExceeded``
+        (nothing changed) when a length unknown until now passes it (serialised as ``add``)."""
         ...
 
     async def mark_ready(

@@ -61,7 +61,8 @@ class Upload:
     sha256: str | None = None  # hex digest of the whole file, once verified
     state_changed_at: datetime | None = None
     storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)
-    owner: str | None = None  # who created it (authentication's subject); None: an open service
+    owner: str | None = None  # who created it (auth.owners: key:NAME, jwt:ISS:SUB); None: open
+    size_cap: int | None = None  # its creator's own cap on its size (a token's upload_max_size)
     video: VideoInfo | None = None  # set as it becomes ready; None: not a video, or not probed
     # fencing token of the last lock holder that claimed it (0: none); lock bookkeeping, not
     # part of the upload's value: two records of one upload that differ only here are equal

@@ -103,8 +103,9 @@ class Health(BaseModel):
 
 
 def download_url_of(upload: Upload, services: Services, endpoint: Endpoint) -> str | None:
-    """A ready upload's download URL, signed when the service has a signing key."""
-    if upload.state is not UploadState.READY:
+    """A ready upload's download URL, signed when the service has a signing key (none for a
+    partial upload, which is never served: ``TusHandler.downloadable``)."""
+    if upload.state is not UploadState.READY or upload.is_partial:
         return None
     download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
     signer = services.auth.signer

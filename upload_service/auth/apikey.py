@@ -1,6 +1,7 @@
 """Static API keys for service-to-service use: ``UPLOAD_AUTH_API_KEYS`` holds ``owner:sha256hex``
 entries, the SHA-256 of each key and never the key, so the configuration leaks no credential. A
-presented key is hashed and compared with every entry in constant time."""
+presented key is hashed and compared with every entry in constant time. The uploads a key creates
+belong to ``key:OWNER`` (``owners.key_owner``), a namespace no JWT reaches."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import secrets
 
+from upload_service.auth.owners import key_owner
 from upload_service.tus.request import Principal
 
 
@@ -36,7 +38,7 @@ class ApiKeyAuthenticator:
         for owner, digest in self._entries:  # every entry, found or not: constant time
             if hmac.compare_digest(presented, digest):
                 found = owner
-        return None if found is None else Principal(owner=found)
+        return None if found is None else Principal(owner=key_owner(found))
 
     async def aclose(self) -> None:
         return None

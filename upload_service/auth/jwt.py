@@ -22,6 +22,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from upload_service.auth.owners import MAX_OWNER, jwt_owner
 from upload_service.errors import Unauthorized, Unavailable
 from upload_service.tus.content_types import parse_allowed_types
 from upload_service.tus.request import Principal
@@ -29,7 +30,7 @@ from upload_service.tus.request import Principal
 logger = logging.getLogger("upload_service.auth")
 
 Key = Any  # what PyJWT verifies with: bytes (HMAC), a cryptography public key, or a PyJWK
-MAX_OWNER = 255  # the uploads.owner column
+MAX_CLAIM = 255  # the longest sub and iss taken
 JWKS_MAX_AGE = 600.0  # seconds a fetched JWKS is used before it is fetched again (revocations)
 _CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
@@ -226,11 +227,18 @@ def _reason(exc: jwt.PyJWTError) -> str:
 
 
 def principal_of(claims: Mapping[str, Any]) -> Principal:
-    """The caller a verified token names: ``sub`` is the owner; ``upload_max_size`` (bytes) and
-    ``upload_types`` (media-type patterns, a list or a comma-separated string) cap its uploads."""
-    owner = claims.get("sub")
-    if not isinstance(owner, str) or not owner or len(owner) > MAX_OWNER:
-        raise Unauthorized(f"token sub must be a string of 1 to {MAX_OWNER} characters")
+    """The caller a verified token names: its owner is ``jwt:ISS:SUB`` (``owners.jwt_owner``);
+    ``upload_max_size`` (bytes) and ``upload_types`` (media-type patterns, a list or a
+    comma-separated string) cap its uploads."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject or len(subject) > MAX_CLAIM:
+        raise Unauthorized(f"token sub must be a string of 1 to {MAX_CLAIM} characters")
+    issuer = claims.get("iss")
+    if issuer is not None and (not isinstance(issuer, str) or len(issuer) > MAX_CLAIM):
+        raise Unauthorized(f"token iss must be a string of at most {MAX_CLAIM} characters")
+    owner = jwt_owner(issuer, subject)
+    if len(owner) > MAX_OWNER:  # an issuer of many colons, escaped
+        raise Unauthorized(f"token iss and sub make an owner of over {MAX_OWNER} characters")
     max_size = claims.get("upload_max_size")
     if max_size is not None and (
         isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0

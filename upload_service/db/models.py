@@ -37,8 +37,11 @@ class UploadRow(Base):
     storage_ref: Mapped[str] = mapped_column(Text, default="")
     # fencing token of the last lock holder that claimed the upload; offset commits must carry it
     fence: Mapped[int] = mapped_column(BigInteger, default=0)
-    # who created the upload (the token's sub or the API key's owner); NULL on an open service
-    owner: Mapped[str | None] = mapped_column(String(255))
+    # who created the upload (auth.owners: key:NAME or jwt:ISS:SUB); NULL on an open service
+    owner: Mapped[str | None] = mapped_column(String(1024))
+    # the creator's own cap on the upload's size (a token's upload_max_size), checked whenever
+    # its length becomes known (a deferred length, a final's assembly); NULL: none of its own
+    size_cap: Mapped[int | None] = mapped_column(BigInteger)
     # what ffprobe found once the upload was verified (uploads.VideoInfo's fields); NULL: none
     video: Mapped[dict[str, object] | None] = mapped_column(JSON)
 

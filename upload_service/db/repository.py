@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
@@ -105,6 +106,7 @@ def _to_upload(row: UploadRow) -> Upload:
         storage_ref=row.storage_ref,
         fence=row.fence,
         owner=row.owner,
+        size_cap=row.size_cap,
         video=_video(row.video),
     )
 
@@ -130,6 +132,7 @@ def _to_row(upload: Upload) -> UploadRow:
         storage_ref=upload.storage_ref,
         fence=upload.fence,
         owner=upload.owner,
+        size_cap=upload.size_cap,
         video=_video_json(upload.video),
     )
 
@@ -149,13 +152,7 @@ class SqlUploadRepository(SqlOutbox):
     ) -> None:
         async with self._session(begin=True) as session:
             if quota is not None and upload.owner is not None:
-                await _serialise_owner(session, upload.owner)
-                usage = await _usage(session, upload.owner)
-                quota.check(
-                    usage,
-                    uploads=1 if upload.state is UploadState.RECEIVING else 0,
-                    size=upload.length or 0,
-                )
+                await _check_new(session, upload, quota)
             row = _to_row(upload)
             session.add(row)
             if outbox:
@@ -247,22 +244,27 @@ class SqlUploadRepository(SqlOutbox):
         now: datetime,
         expires_at: datetime | None,
         fence: int | None = None,
+        quota: Quota | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
             "upload changed concurrently; fetch its offset and retry",
+            guard=_Growth(quota, lambda length, _: offset - expected if length is None else 0),
             upload_offset=offset,
             received=offset,
             updated_at=now,
             expires_at=expires_at,
         )
 
-    async def declare_length(self, upload_id: str, length: int, now: datetime) -> Upload:
+    async def declare_length(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving(), UploadRow.length.is_(None), UploadRow.upload_offset <= length),
             "the upload's length was declared meanwhile",
+            guard=_Growth(quota, lambda known, offset: length - offset if known is None else 0),
             length=length,
             updated_at=now,
         )
@@ -279,11 +281,14 @@ class SqlUploadRepository(SqlOutbox):
             state_changed_at=now,
         )
 
-    async def assembled(self, upload_id: str, length: int, now: datetime) -> Upload:
+    async def assembled(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving(), UploadRow.concat == "final"),
             "final upload was assembled or ended meanwhile",
+            guard=_Growth(quota, lambda known, offset: length - offset if known is None else 0),
             length=length,
             upload_offset=length,
             received=length,
@@ -374,17 +379,30 @@ class SqlUploadRepository(SqlOutbox):
         conditions: tuple[ColumnElement[bool], ...],
         conflict: str,
         event: EventType | None = None,
+        guard: _Growth | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row; ``Conflict`` when its condition no longer holds.
-        With ``event``, the event's outbox row is inserted in the same transaction."""
+        With ``event``, the event's outbox row is inserted in the same transaction; with
+        ``guard``, the owner's quota is checked first, in it."""
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
-        return await self._execute_one(statement.values(**values), conflict, event)
+        return await self._execute_one(
+            statement.values(**values),
+            conflict,
+            event,
+            None if guard is None else (upload_id, guard),
+        )
 
     async def _execute_one(
-        self, statement: Update, conflict: str, event: EventType | None = None
+        self,
+        statement: Update,
+        conflict: str,
+        event: EventType | None = None,
+        guard: tuple[str, _Growth] | None = None,
     ) -> Upload:
         async with self._session(begin=True) as session:
+            if guard is not None:
+                await guard[1].check(session, guard[0])
             result = await session.execute(
                 statement.returning(UploadRow), execution_options={"synchronize_session": False}
             )
@@ -404,8 +422,12 @@ class SqlUploadRepository(SqlOutbox):
                 update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
             )
 
-    async def add_final(self, final: Upload, *, outbox: bool = False) -> None:
+    async def add_final(
+        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
         async with self._session(begin=True) as session:
+            if quota is not None and final.owner is not None:
+                await _check_new(session, final, quota)
             row = _to_row(final)
             session.add(row)
             if outbox:
@@ -444,18 +466,67 @@ class SqlUploadRepository(SqlOutbox):
             )
 
 
-async def _serialise_owner(session: AsyncSession, owner: str) -> None:
-    """Until this transaction ends, no other quota-checked creation of ``owner`` (in any process)
-    reads the owner's usage: the check and the insert are one step."""
+async def _serialise(session: AsyncSession, owner: str | None) -> None:
+    """Until this transaction ends, no other quota-checked transition of ``owner`` (in any
+    process) reads the owner's usage: the check and the write are one step. On SQLite the write
+    lock is taken before anything is read (a read transaction that later writes would be refused
+    at once if another connection wrote meanwhile), so ``owner`` may be None there: it is looked
+    up after."""
     if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, :key)"), {"cls": QUOTA_LOCK_CLASS, "key": key}
-        )
+        if owner is not None:
+            key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+                {"cls": QUOTA_LOCK_CLASS, "key": key},
+            )
         return
     # SQLite: a write that changes nothing opens the write transaction (one writer at a time,
     # across processes) before the usage is read
     await session.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
+
+
+async def _check_new(session: AsyncSession, upload: Upload, quota: Quota) -> None:
+    """``quota`` admits ``upload`` (not inserted yet) beside what its owner holds."""
+    assert upload.owner is not None
+    await _serialise(session, upload.owner)
+    receiving = upload.state is UploadState.RECEIVING
+    quota.check(
+        await _usage(session, upload.owner),
+        uploads=1 if receiving else 0,
+        size=upload.length or 0,
+        deferred=receiving and upload.length is None,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Growth:
+    """A transition that may grow its upload's share of the owner's usage: ``size`` tells by how
+    much from the row's length and committed offset; the quota must admit it."""
+
+    quota: Quota | None
+    size: Callable[[int | None, int], int]
+
+    async def check(self, session: AsyncSession, upload_id: str) -> None:
+        if self.quota is None or self.quota.bytes is None:
+            return
+        postgres = session.get_bind().dialect.name == "postgresql"
+        if not postgres:
+            await _serialise(session, None)
+        found = (
+            await session.execute(
+                select(UploadRow.owner, UploadRow.length, UploadRow.upload_offset).where(
+                    UploadRow.id == upload_id
+                )
+            )
+        ).one_or_none()
+        if found is None or found.owner is None:
+            return  # no such upload (the transition says so), or an open service's
+        size = self.size(found.length, found.upload_offset)
+        if size <= 0:
+            return
+        if postgres:
+            await _serialise(session, found.owner)
+        self.quota.check(await _usage(session, found.owner), size=size)
 
 
 async def _usage(session: AsyncSession, owner: str) -> Usage:

@@ -116,10 +116,10 @@ class Creator:
         checksum = request_checksum(headers) if with_data else None
         content_length = request_content_length(headers)
         if with_data and content_length is not None:
-            check_fits(self._receiver, 0, length, content_length)
+            check_fits(self._receiver, 0, length, content_length, principal.max_size)
         if with_data and concat is None and rules.restricted:
             # the file's first bytes are checked before anything is created
-            limit = self._receiver.limit(0, length)
+            limit = self._receiver.limit(0, length, principal.max_size)
             body = await self._receiver.checked_head(body, rules, limit)
 
         now = self._clock()
@@ -138,6 +138,7 @@ class Creator:
             completed_at=now if complete else None,
             concat=None if concat is None else "partial",
             owner=principal.owner,
+            size_cap=principal.max_size,
         )
         # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
         key = await self._store.create(upload_id, upload.length)
@@ -153,7 +154,7 @@ class Creator:
             "upload created (length %s%s)",
             "deferred" if length is None else length,
             "" if concat is None else ", partial",
-            extra={"upload_id": upload_id},
+            extra={"upload_id": upload_id, "owner": upload.owner},  # as auth.owners writes it
         )
         if complete:
             upload = await self._lifecycle.completed(upload, hashlib.sha256().digest())
@@ -172,7 +173,7 @@ class Creator:
             try:
                 with self._events.receiving():
                     upload = await self._receiver.receive(upload, body, lease, checksum)
-            except (TooLarge, ChecksumMismatch):
+            except (TooLarge, QuotaExceeded, ChecksumMismatch):
                 # The client never learns this upload's URL from an error: leave nothing.
                 await self._repo.terminate(upload.id, self._clock(), outbox=self._config.outbox)
                 await self._store.delete(upload.storage)
@@ -226,21 +227,24 @@ class Creator:
             concat="final",
             parts=part_ids,
             owner=request.principal.owner,
+            size_cap=request.principal.max_size,  # checked at assembly when lengths are deferred
         )
-        quota = self._config.quota
-        if quota is not None and final.owner is not None:
-            quota.check(await self._repo.usage(final.owner), size=final.length or 0)
         key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
         try:
-            await self._repo.add_final(final, outbox=self._config.outbox)
+            await self._repo.add_final(final, self._config.quota, outbox=self._config.outbox)
+        except QuotaExceeded:
+            await self._store.delete(key)
+            raise
         except Conflict as exc:
             await self._store.delete(key)
             raise BadRequest(exc.message) from exc
         self._events.created()
         bind_upload_id(final.id)
         logger.info(
-            "final upload created of %d parts", len(part_ids), extra={"upload_id": final.id}
+            "final upload created of %d parts",
+            len(part_ids),
+            extra={"upload_id": final.id, "owner": final.owner},
         )
         await self._lifecycle.assemble_soon(final.id)
         return TusResponse(201, {"Location": self._location(request, final.id)}, final.id)
@@ -275,8 +279,14 @@ def offset_headers(upload: Upload) -> dict[str, str]:
     return headers
 
 
-def check_fits(receiver: Receiver, offset: int, length: int | None, content_length: int) -> None:
-    limit = receiver.limit(offset, length)
+def check_fits(
+    receiver: Receiver,
+    offset: int,
+    length: int | None,
+    content_length: int,
+    cap: int | None = None,
+) -> None:
+    limit = receiver.limit(offset, length, cap)
     if limit is not None and content_length > limit:
         raise TooLarge(
             f"Content-Length {content_length} exceeds the {limit} bytes the upload has left"

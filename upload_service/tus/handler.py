@@ -47,7 +47,6 @@ from upload_service.tus.content_types import AllowedTypes, ContentRules
 from upload_service.tus.creation import (
     CountedBody,
     Creator,
-    check_fits,
     offset_headers,
     request_checksum,
     request_content_length,
@@ -153,6 +152,7 @@ class TusHandler:
             events=events,
             outbox=config.outbox,
             video=video,
+            quota=config.quota,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._receiver = Receiver(
@@ -339,7 +339,7 @@ class TusHandler:
                 await self._check_declared_length(upload, new_length, request)
                 length = new_length
             if content_length is not None:
-                check_fits(self._receiver, upload.offset, length, content_length)
+                await self._receiver.check_fits(replace(upload, length=length), content_length)
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
             if upload.state is UploadState.RECEIVING:
@@ -377,20 +377,22 @@ class TusHandler:
                     f"Upload-Length {length} differs from the upload's length {upload.length}"
                 )
             return
+        # the caps of the caller now and of the upload's creator
         self._creator.check_max_size(length, request.principal)
+        if upload.size_cap is not None and length > upload.size_cap:
+            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {upload.size_cap}")
         if length < upload.offset:
             raise BadRequest(f"Upload-Length {length} is less than the offset {upload.offset}")
-        quota, owner = self._config.quota, upload.owner
-        if quota is not None and owner is not None and request.principal.owner is not None:
-            # the deferred upload counts by its offset until now: count its length instead
-            usage = await self._repo.usage(owner)
-            quota.check(usage, size=length - upload.offset)
+        # the owner's quota is checked as the length is declared (``_declare_length``)
 
     async def _declare_length(self, upload: Upload, length: int) -> Upload:
         """Fix a deferred length (the caller has run ``_check_declared_length``)."""
         if upload.length is not None:
             return upload
-        upload = await self._repo.declare_length(upload.id, length, self._clock())
+        # the deferred upload counted by its offset until now: its length counts instead
+        upload = await self._repo.declare_length(
+            upload.id, length, self._clock(), self._config.quota
+        )
         if length == upload.offset:
             digest = self._digests.take(upload.id, upload.offset)
             upload = await self._receiver.complete(upload)
@@ -429,8 +431,14 @@ class TusHandler:
     async def downloadable(self, request: TusRequest) -> Upload:
         """The ready upload the request may download. One still being verified is waited for,
         up to ``verify_wait`` seconds (then 503 with ``Retry-After``); one that failed its
-        verification meanwhile is a 410, like any failed upload."""
+        verification meanwhile is a 410, like any failed upload. A partial upload is never
+        served (403): its bytes may lie anywhere in a file, so the content rules that check a
+        file's first bytes never saw them; a final upload made of it is checked and served."""
         upload = await self._loader.load(request)
+        if upload.is_partial:
+            raise Forbidden(
+                "a partial upload is not served as a download: download a final upload made of it"
+            )
         if upload.state is UploadState.VERIFYING:
             upload = await self._verdict(request, upload)
         if upload.state is not UploadState.READY:

@@ -45,6 +45,7 @@ import anyio
 from upload_service.errors import (
     ClientGone,
     Conflict,
+    QuotaExceeded,
     ServiceError,
     StorageError,
     StorageFull,
@@ -79,13 +80,20 @@ GIVE_BACK = 1024 * 1024
 
 class LimitedBody:
     """The request body, counted and cut at ``limit`` bytes: the chunk that runs past it is
-    truncated and sets ``overflow``, and nothing is read after it."""
+    truncated and sets ``overflow`` (``refusal``, by default a 413), and nothing is read after
+    it."""
 
-    def __init__(self, body: AsyncIterator[bytes], limit: int | None) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        limit: int | None,
+        refusal: ServiceError | None = None,
+    ) -> None:
         self._chunks = aiter(body)
         self._limit = limit
+        self._refusal = refusal
         self.received = 0
-        self.overflow: TooLarge | None = None
+        self.overflow: ServiceError | None = None
 
     def __aiter__(self) -> LimitedBody:
         return self
@@ -96,7 +104,9 @@ class LimitedBody:
         chunk = await anext(self._chunks)
         if self._limit is not None and self.received + len(chunk) > self._limit:
             chunk = chunk[: self._limit - self.received]
-            self.overflow = TooLarge(f"request body exceeds the {self._limit} bytes left")
+            self.overflow = self._refusal or TooLarge(
+                f"request body exceeds the {self._limit} bytes left"
+            )
         self.received += len(chunk)
         return chunk
 
@@ -174,12 +184,40 @@ class Receiver:
         finally:
             self._running.discard(lease)
 
-    def limit(self, offset: int, length: int | None) -> int | None:
+    def limit(self, offset: int, length: int | None, cap: int | None = None) -> int | None:
+        """The bytes an upload at ``offset`` may still take: up to its length, else up to the
+        service's maximum size or its creator's own ``cap``, whichever is smaller."""
         if length is not None:
             return length - offset
-        if self._config.max_size is not None:
-            return self._config.max_size - offset
-        return None
+        caps = [size for size in (self._config.max_size, cap) if size is not None]
+        return max(min(caps) - offset, 0) if caps else None
+
+    async def room(self, upload: Upload) -> tuple[int | None, ServiceError | None]:
+        """The bytes a request may write into ``upload`` and the refusal past them: its
+        ``limit`` (413), or, for an upload of unknown length whose bytes count against its
+        owner's byte quota as they arrive, what is left of that quota now if that is less (403;
+        the commit checks the quota again, serialised with the owner's other uploads)."""
+        limit = self.limit(upload.offset, upload.length, upload.size_cap)
+        quota = self._config.quota
+        if upload.length is not None or upload.owner is None or quota is None:
+            return limit, None
+        usage = await self._repo.usage(upload.owner)
+        left = quota.left(usage)
+        if left is None or (limit is not None and limit <= left):
+            return limit, None
+        return left, QuotaExceeded(
+            f"quota exceeded: {usage.bytes} bytes stored, the upload's bytes would pass "
+            f"the limit of {quota.bytes}"
+        )
+
+    async def check_fits(self, upload: Upload, content_length: int) -> None:
+        """A request body of ``content_length`` bytes is refused before it is read when it
+        would not fit (see ``room``)."""
+        room, refusal = await self.room(upload)
+        if room is not None and content_length > room:
+            raise refusal or TooLarge(
+                f"Content-Length {content_length} exceeds the {room} bytes the upload has left"
+            )
 
     async def receive(
         self,
@@ -212,12 +250,12 @@ class Receiver:
         checksum: Checksum | None,
         rules: ContentRules | None,
     ) -> Upload:
+        room, refusal = await self.room(upload)
         if rules is not None:
-            limit = self.limit(upload.offset, upload.length)
             with self._reading_body(upload.id):
-                body = await self.checked_head(body, rules, limit, lease)
+                body = await self.checked_head(body, rules, room, lease)
         start = upload.offset
-        reader = LimitedBody(body, self.limit(start, upload.length))
+        reader = LimitedBody(body, room, refusal)
         request_digest = None if checksum is None else checksum.hasher()
         whole = self._digests.take(upload.id, start)
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
@@ -397,6 +435,8 @@ class Receiver:
                 now=now,
                 expires_at=self.expiry(now),
                 fence=lease.token,
+                # bytes of unknown length count against the quota as they are committed
+                quota=self._config.quota if upload.length is None else None,
             )
         except Conflict:
             if lease.token is not None:
