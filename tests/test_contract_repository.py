@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sqlalchemy import update
 
 from tests.conftest import Databases
 from upload_service.db import repository as db_repository
@@ -22,7 +23,7 @@ from upload_service.db.models import OutboxRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import Conflict, QuotaExceeded, Unavailable
-from upload_service.outbox import DeliveryStatus, EventType, Outbox
+from upload_service.outbox import DeliveryStatus, EventType, FailureReason, Outbox
 from upload_service.repository import PageKey, Quota, UploadQuery, UploadRepository, Usage
 from upload_service.uploads import Upload, UploadState, VideoInfo
 
@@ -592,15 +593,15 @@ async def test_claims_are_leased_and_outcomes_need_the_latest_claim(
     [again] = await outbox.claim_due(later, later + LEASE, 1)
     assert (again.id, again.claim != mine.claim) == (mine.id, True)
     assert not await outbox.delivered(mine, later)  # a stale claim records nothing
-    assert not await outbox.retry(mine, "late", later)
-    assert not await outbox.give_up(mine, "late", later)
+    assert not await outbox.retry(mine, FailureReason.TIMEOUT, later)
+    assert not await outbox.give_up(mine, FailureReason.TIMEOUT, later)
 
-    assert await outbox.retry(again, "HTTP 500\nbody", later + timedelta(seconds=5))
+    assert await outbox.retry(again, FailureReason.SERVER_ERROR, later + timedelta(seconds=5))
     [retried] = await outbox.events_of(ID)
     assert (retried.status, retried.attempts, retried.last_error) == (
         DeliveryStatus.PENDING,
         1,
-        "HTTP 500",
+        FailureReason.SERVER_ERROR,
     )
     assert retried.next_attempt_at == later + timedelta(seconds=5)
     assert await outbox.claim_due(later, later + LEASE, 10) == []  # not due again yet
@@ -641,11 +642,12 @@ async def test_an_uploads_events_are_claimed_one_at_a_time_in_order(
 
     mine = claimed[0]
     retry_at = T1 + timedelta(seconds=5)
-    assert await outbox.retry(mine, "HTTP 503", retry_at)
+    assert await outbox.retry(mine, FailureReason.SERVER_ERROR, retry_at)
     assert await outbox.claim_due(T1 + timedelta(seconds=1), T1 + LEASE, 10) == []  # waits too
     [again] = await outbox.claim_due(retry_at, retry_at + LEASE, 10)
     assert again.id == created.id
-    assert await outbox.give_up(again, "HTTP 503", retry_at)  # ended: the next one's turn
+    # ended: the next one's turn
+    assert await outbox.give_up(again, FailureReason.SERVER_ERROR, retry_at)
     [then] = await outbox.claim_due(retry_at, retry_at + LEASE, 10)
     assert then.id == finished.id
 
@@ -658,7 +660,7 @@ async def test_given_up_events_are_failed_and_old_ended_events_pruned(
     await repo.add(new_upload(PARTS[0]), outbox=True)
     await repo.add(new_upload(PARTS[1], created_at=T1 + LEASE), outbox=True)
     [failing, delivering] = await outbox.claim_due(T0, T0 + LEASE, 2)
-    assert await outbox.give_up(failing, "timed out", T1)
+    assert await outbox.give_up(failing, FailureReason.TIMEOUT, T1)
     assert await outbox.delivered(delivering, T1)
     assert [event.status for event in await outbox.events_of(failing.upload_id)] == [
         DeliveryStatus.FAILED
@@ -669,6 +671,23 @@ async def test_given_up_events_are_failed_and_old_ended_events_pruned(
     assert await outbox.events_of(PARTS[0]) == []
     assert len(await outbox.events_of(PARTS[1])) == 1  # pending events are never pruned
     assert await outbox.prune(T1 + LEASE * 10) == 0
+
+
+async def test_a_stored_error_that_is_no_fixed_reason_reads_as_unknown(
+    databases: Databases,
+) -> None:
+    """Older versions stored the receiver's own words as the error: never read back as such."""
+    repo = databases.repository()
+    await repo.add(new_upload(), outbox=True)
+    sessions = create_sessionmaker(databases.engine())
+    async with sessions.begin() as session:
+        await session.execute(update(OutboxRow).values(last_error="HTTP 307: http://10.0.0.5/"))
+    [event] = await repo.events_of(ID)
+    assert event.last_error is FailureReason.UNKNOWN
+    [claimed] = await repo.claim_due(T1, T1 + LEASE, 1)
+    assert await repo.retry(claimed, FailureReason.REDIRECT, T1)
+    [event] = await repo.events_of(ID)
+    assert event.last_error is FailureReason.REDIRECT
 
 
 async def test_concurrent_drainers_never_claim_one_event_twice(databases: Databases) -> None:

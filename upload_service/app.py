@@ -42,6 +42,7 @@ from upload_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from upload_service.metrics import PrometheusMetrics, RequestMetrics, measure_loop_lag
 from upload_service.middleware import (
     MethodOverrideMiddleware,
+    SecurityHeadersMiddleware,
     TusResumableMiddleware,
     route_path,
     under,
@@ -277,8 +278,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Inside the proxy middleware (its client address is logged), outside everything that answers.
     app.add_middleware(RequestLogMiddleware, access_log=resolved.access_log)
-    # Outermost: every layer inside sees the scheme, host, prefix and client the proxy reported.
+    # Every layer inside sees the scheme, host, prefix and client the proxy reported.
     app.add_middleware(ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.trusted_proxies))
+    # Outermost: nosniff and a policy on every answer, whichever layer made it.
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

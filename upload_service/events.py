@@ -50,6 +50,10 @@ class Events(Protocol):
         """One delivery attempt of an event (``post-finish``, ...) ended: ``delivered``,
         ``retried`` (it failed and is tried again later) or ``failed`` (it failed for good)."""
 
+    def hook_delivery_failed(self, event_type: str, reason: str) -> None:
+        """A delivery attempt failed, for ``reason`` (``FailureReason.label``: ``server_error``,
+        ``timeout``, ``hook_error``, ...)."""
+
 
 class NoEvents:
     def created(self) -> None:
@@ -86,6 +90,9 @@ class NoEvents:
         pass
 
     def hook_delivery(self, event_type: str, outcome: str) -> None:
+        pass
+
+    def hook_delivery_failed(self, event_type: str, reason: str) -> None:
         pass
 
 

@@ -100,6 +100,12 @@ class PrometheusMetrics:
             ("type", "outcome"),
             registry=r,
         )
+        self._delivery_failures = Counter(
+            "upload_hook_delivery_failures",
+            "Failed event delivery attempts, by event type and reason (server_error, timeout, ...).",
+            ("type", "reason"),
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "upload_event_loop_lag_seconds",
             "How late the event loop woke from its last periodic sleep.",
@@ -154,6 +160,9 @@ class PrometheusMetrics:
 
     def hook_delivery(self, event_type: str, outcome: str) -> None:
         self._deliveries.labels(event_type, outcome).inc()
+
+    def hook_delivery_failed(self, event_type: str, reason: str) -> None:
+        self._delivery_failures.labels(event_type, reason).inc()
 
     # -- exposition -----------------------------------------------------------------------------
 

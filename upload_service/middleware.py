@@ -7,6 +7,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from upload_service.tus.protocol import TUS_VERSION
 
 _OVERRIDABLE = {"PATCH", "DELETE", "HEAD", "GET", "POST", "OPTIONS"}
+# What an answer that sets no policy of its own (JSON, errors, redirects, files served as they are)
+# lets a browser do with it as a document: nothing, not even be framed.
+DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def route_path(scope: Scope) -> str:
@@ -61,3 +65,31 @@ class TusResumableMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class SecurityHeadersMiddleware:
+    """Every answer carries ``X-Content-Type-Options: nosniff`` and a
+    ``Content-Security-Policy``: its own where it sets one (the upload page, the docs page and
+    downloads do), else ``csp``. A header the answer set is never replaced. Only the head of
+    the answer is looked at. Outermost, so that answers made by other middleware (a CORS
+    preflight, the request log's 500) carry them too."""
+
+    def __init__(self, app: ASGIApp, csp: str = DEFAULT_CSP) -> None:
+        self.app = app
+        self.csp = (b"content-security-policy", csp.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {bytes(name).lower() for name, _ in headers}
+                missing = [pair for pair in (_NOSNIFF, self.csp) if pair[0] not in present]
+                if missing:
+                    message = dict(message, headers=[*headers, *missing])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

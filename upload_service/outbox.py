@@ -39,6 +39,40 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # every attempt failed; never tried again
 
 
+class FailureReason(StrEnum):
+    """Why a delivery attempt failed, as the outbox keeps it and the JSON API shows it to the
+    upload's owner: one fixed text per kind of failure. A receiver is the operator's
+    infrastructure, so what it said (its body, a redirect's target, a stack trace) goes to the
+    log with the event and upload ids, and never into the outbox."""
+
+    REDIRECT = "receiver answered a redirect (3xx)"
+    CLIENT_ERROR = "receiver answered 4xx"
+    SERVER_ERROR = "receiver answered 5xx"
+    OTHER_STATUS = "receiver answered a status that is not 2xx to 5xx"
+    TIMEOUT = "receiver timed out"
+    CONNECT = "could not connect to the receiver"
+    TRANSPORT = "the connection to the receiver failed"
+    HOOK_ERROR = "the hook raised an error"
+    HOOK_TIMEOUT = "the hook timed out"
+    # a stored error that is none of the above: written before errors were fixed texts, when
+    # it held the receiver's words, which must not be shown
+    UNKNOWN = "delivery failed"
+
+    @classmethod
+    def of_stored(cls, text: str | None) -> FailureReason | None:
+        if text is None:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def label(self) -> str:
+        """The metrics label: ``server_error``, ``timeout``, ..."""
+        return self.name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     id: str  # 32 hex digits: the receiver de-duplicates by it
@@ -48,7 +82,7 @@ class OutboxEvent:
     created_at: datetime
     status: DeliveryStatus = DeliveryStatus.PENDING
     attempts: int = 0
-    last_error: str | None = None
+    last_error: FailureReason | None = None
     next_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
     claim: str | None = None  # the token of the claim this record was returned by
@@ -108,11 +142,11 @@ class Outbox(Protocol):
         """The event was delivered: pending → delivered, one more attempt."""
         ...
 
-    async def retry(self, event: OutboxEvent, error: str, at: datetime) -> bool:
+    async def retry(self, event: OutboxEvent, error: FailureReason, at: datetime) -> bool:
         """A delivery attempt failed; try again at ``at`` (the claim is let go)."""
         ...
 
-    async def give_up(self, event: OutboxEvent, error: str, now: datetime) -> bool:
+    async def give_up(self, event: OutboxEvent, error: FailureReason, now: datetime) -> bool:
         """The last delivery attempt failed: pending → failed."""
         ...
 

@@ -1,8 +1,17 @@
 """The OpenAPI docs at ``/docs``: Swagger UI with its script, stylesheet and icon served by this
 service (from the ``fastapi-offline`` package, which ships them), so the page works on a machine
-without internet. ``/api/docs``, where the docs used to be, redirects there."""
+without internet. ``/api/docs``, where the docs used to be, redirects there.
+
+The page has its own Content-Security-Policy: scripts and styles from this service, plus the one
+inline script that starts Swagger UI, allowed by its hash (it names the OpenAPI URL, which
+depends on the proxy prefix, so the hash is taken of each page as rendered); requests ("Try it
+out", the OpenAPI document) to this origin only."""
 
 from __future__ import annotations
+
+import base64
+import hashlib
+import re
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -12,14 +21,28 @@ from fastapi.staticfiles import StaticFiles
 DOCS_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
 OPENAPI_PATH = "/api/openapi.json"
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 
 router = APIRouter(include_in_schema=False)
+
+
+def docs_csp(page: str) -> str:
+    """The policy of the rendered docs ``page``: its inline scripts allowed by their hashes."""
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+        for script in _INLINE_SCRIPT.findall(page)
+    )
+    return (
+        f"default-src 'none'; script-src 'self'{hashes}; style-src 'self'; "
+        "img-src 'self' data:; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
 
 
 @router.get(DOCS_PATH)
 async def docs(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "").rstrip("/")  # under a proxy's prefix too
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=root + OPENAPI_PATH,
         title=f"{request.app.title} - API docs",
         swagger_js_url=f"{root}{ASSETS_PATH}/swagger-ui-bundle.js",
@@ -27,6 +50,8 @@ async def docs(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
         oauth2_redirect_url=None,
     )
+    page.headers["Content-Security-Policy"] = docs_csp(bytes(page.body).decode("utf-8"))
+    return page
 
 
 @router.get("/api/docs")

@@ -78,6 +78,7 @@ class DeliveryOut(BaseModel):
     type: str
     status: str  # pending, delivered or failed
     attempts: int
+    # the last failed attempt's fixed reason (``FailureReason``), never the receiver's words
     last_error: str | None
     created_at: datetime
     next_attempt_at: datetime | None
@@ -90,7 +91,7 @@ class DeliveryOut(BaseModel):
             type=event.type.value,
             status=event.status.value,
             attempts=event.attempts,
-            last_error=event.last_error,
+            last_error=None if event.last_error is None else event.last_error.value,
             created_at=event.created_at,
             next_attempt_at=event.next_attempt_at,
             delivered_at=event.delivered_at,

@@ -19,11 +19,15 @@ from sqlalchemy.orm import aliased
 
 from upload_service.db.models import OutboxRow, aware
 from upload_service.db.session import guarded_session
-from upload_service.outbox import DeliveryStatus, EventType, JsonValue, OutboxEvent, upload_snapshot
+from upload_service.outbox import (
+    DeliveryStatus,
+    EventType,
+    FailureReason,
+    JsonValue,
+    OutboxEvent,
+    upload_snapshot,
+)
 from upload_service.uploads import Upload
-
-# Errors are kept to one line of this many characters (they come from receivers and hooks).
-ERROR_CHARS = 500
 
 
 def outbox_row(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
@@ -52,16 +56,11 @@ def _to_event(row: OutboxRow) -> OutboxEvent:
         created_at=created,
         status=DeliveryStatus(row.status),
         attempts=row.attempts,
-        last_error=row.last_error,
+        last_error=FailureReason.of_stored(row.last_error),
         next_attempt_at=aware(row.next_attempt_at),
         delivered_at=aware(row.delivered_at),
         claim=row.claim_token,
     )
-
-
-def _one_line(error: str) -> str:
-    lines = error.strip().splitlines()
-    return (lines[0] if lines else "error")[:ERROR_CHARS]
 
 
 class SqlOutbox:
@@ -120,17 +119,17 @@ class SqlOutbox:
             last_error=None,
         )
 
-    async def retry(self, event: OutboxEvent, error: str, at: datetime) -> bool:
+    async def retry(self, event: OutboxEvent, error: FailureReason, at: datetime) -> bool:
         return await self._outcome(
-            event, attempts=OutboxRow.attempts + 1, last_error=_one_line(error), next_attempt_at=at
+            event, attempts=OutboxRow.attempts + 1, last_error=error.value, next_attempt_at=at
         )
 
-    async def give_up(self, event: OutboxEvent, error: str, now: datetime) -> bool:
+    async def give_up(self, event: OutboxEvent, error: FailureReason, now: datetime) -> bool:
         return await self._outcome(
             event,
             status=DeliveryStatus.FAILED.value,
             attempts=OutboxRow.attempts + 1,
-            last_error=_one_line(error),
+            last_error=error.value,
         )
 
     async def _outcome(self, event: OutboxEvent, **values: object) -> bool:

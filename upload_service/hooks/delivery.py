@@ -8,6 +8,10 @@ claims it next, once the lease ran out). The event id lets a receiver de-duplica
 attempt is retried after ``retry_delay * 2 ** (attempts - 1)`` seconds (at most an hour), and
 after ``max_attempts`` the event is marked failed. The lease covers one delivery with every
 timeout spent, so no two drainers deliver one event at the same time.
+
+What a failed attempt leaves: the outbox keeps a fixed reason (``FailureReason``), which the
+upload's owner sees; what the receiver or hook said is logged, with the event and upload ids,
+for the operator alone.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import anyio
 from upload_service.errors import ServiceError
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.callables import call_hook
-from upload_service.outbox import EventType, JsonValue, Outbox, OutboxEvent
+from upload_service.outbox import EventType, FailureReason, JsonValue, Outbox, OutboxEvent
 
 logger = logging.getLogger("upload_service.hooks")
 
@@ -34,7 +38,14 @@ LEASE_GRACE = 30.0  # seconds of a lease beyond the deliverers' timeouts
 
 
 class DeliveryFailed(Exception):
-    """One attempt to deliver an event failed; the message says why (one line)."""
+    """One attempt to deliver an event failed. ``reason`` is what the outbox keeps and the
+    upload's owner may see; ``detail`` (the message, one line) is what the receiver or hook
+    said, for the log only."""
+
+    def __init__(self, reason: FailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class Deliverer(Protocol):
@@ -70,11 +81,15 @@ class PostCallable:
         try:
             await call_hook(self._function, event, self.timeout)
         except TimeoutError as exc:
-            raise DeliveryFailed(f"the post hook took longer than {self.timeout:g} s") from exc
+            detail = f"the post hook took longer than {self.timeout:g} s"
+            raise DeliveryFailed(FailureReason.HOOK_TIMEOUT, detail) from exc
         except Exception as exc:
-            # the hook's own failure: recorded as the attempt's error, its traceback logged
-            logger.exception("the post hook failed on event %s", event.id)
-            raise DeliveryFailed(f"{exc.__class__.__name__}: {exc}") from exc
+            # the hook's own failure fails the attempt; its traceback is for the log only
+            logger.exception(
+                "the post hook failed on event %s", event.id, extra={"upload_id": event.upload_id}
+            )
+            detail = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+            raise DeliveryFailed(FailureReason.HOOK_ERROR, detail) from exc
 
 
 class Drainer:
@@ -131,15 +146,26 @@ class Drainer:
             attempted += len(batch)
 
     async def _attempt(self, event: OutboxEvent) -> None:
-        error: str | None = None
+        error: FailureReason | None = None
+        attempts = event.attempts + 1
         for deliverer in self._deliverers:
             try:
                 await deliverer.deliver(event)
             except DeliveryFailed as exc:
-                error = str(exc) or "delivery failed"
+                error = exc.reason
+                logger.warning(
+                    "event %s (%s of upload %s), attempt %d: %s: %s",
+                    event.id,
+                    event.type.value,
+                    event.upload_id,
+                    attempts,
+                    exc.reason.value,
+                    exc.detail,
+                    extra={"upload_id": event.upload_id, "event_id": event.id},
+                )
+                self._events.hook_delivery_failed(event.type.value, exc.reason.label)
                 break
         now = self._clock()
-        attempts = event.attempts + 1
         try:
             if error is None:
                 recorded = await self._outbox.delivered(event, now)
@@ -153,7 +179,8 @@ class Drainer:
                     event.type.value,
                     event.upload_id,
                     attempts,
-                    error,
+                    error.value,
+                    extra={"upload_id": event.upload_id, "event_id": event.id},
                 )
             else:
                 at = now + timedelta(seconds=self.retry_delay(attempts))

@@ -20,7 +20,7 @@ from upload_service.hooks.pre_create import (
     one_line,
     unavailable,
 )
-from upload_service.outbox import OutboxEvent
+from upload_service.outbox import FailureReason, OutboxEvent
 from upload_service.uploads import Metadata
 
 
@@ -118,8 +118,38 @@ class Webhook:
                 self._url, content=body, headers=headers, timeout=self.timeout
             )
         except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{exc.__class__.__name__}: {exc}") from exc
-        if not 200 <= response.status_code <= 299:
-            detail = response.text.strip().splitlines()
-            suffix = f": {detail[0][:200]}" if detail else ""
-            raise DeliveryFailed(f"HTTP {response.status_code}{suffix}")
+            detail = one_line(f"{exc.__class__.__name__}: {exc}")
+            raise DeliveryFailed(_transport_reason(exc), detail) from exc
+        status = response.status_code
+        if not 200 <= status <= 299:
+            raise DeliveryFailed(_status_reason(status), _answer_detail(response))
+
+
+def _status_reason(status: int) -> FailureReason:
+    if 300 <= status <= 399:
+        return FailureReason.REDIRECT  # never followed: the client is built without redirects
+    if 400 <= status <= 499:
+        return FailureReason.CLIENT_ERROR
+    if 500 <= status <= 599:
+        return FailureReason.SERVER_ERROR
+    return FailureReason.OTHER_STATUS
+
+
+def _transport_reason(exc: httpx.HTTPError) -> FailureReason:
+    if isinstance(exc, httpx.TimeoutException):  # ConnectTimeout among them
+        return FailureReason.TIMEOUT
+    if isinstance(exc, httpx.ConnectError):
+        return FailureReason.CONNECT
+    return FailureReason.TRANSPORT
+
+
+def _answer_detail(response: httpx.Response) -> str:
+    """A failed answer in the receiver's words, for the log: status, redirect target, body."""
+    parts = [f"HTTP {response.status_code}"]
+    location = response.headers.get("location")
+    if location is not None:
+        parts.append(f"Location {one_line(location)}")
+    body = one_line(response.text)
+    if body:
+        parts.append(body)
+    return ": ".join(parts)
