@@ -102,13 +102,15 @@ async def chunked(data: bytes, size: int = 100) -> AsyncIterator[bytes]:
 
 async def state_of(app: Served, upload_id: str) -> tuple[str, str | None]:
     """The upload's state once background work (assembly, verification) settled."""
+    state = "unknown"
     for _ in range(500):
         upload = await app.services.repository.get(upload_id)
         assert upload is not None
-        if upload.state.value not in ("receiving", "verifying"):
-            return upload.state.value, upload.failure
+        state = upload.state.value
+        if state not in ("receiving", "verifying"):
+            return state, upload.failure
         await anyio.sleep(0.02)
-    raise AssertionError(f"upload {upload_id} is still {upload.state.value}")
+    raise AssertionError(f"upload {upload_id} is still {state}")
 
 
 async def usage(app: Served, owner: str = ALICE) -> int:
