@@ -59,6 +59,10 @@ from upload_service.uploads import (
 # one-bigint keys) under which one owner's quota-checked creations are serialised.
 QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
 
+# A final upload, joined to the parts it names (made once: building an alias costs far more than
+# the query that uses it).
+_FINAL = aliased(UploadRow, name="final")
+
 
 def _metadata(stored: dict[str, str | None]) -> Metadata:
     # JSON holds text: raw values (any bytes) are kept base64-encoded, keys as they are
@@ -233,12 +237,11 @@ class SqlUploadRepository(SqlOutbox):
             return await _loaded(session, list(rows))
 
     async def list_ended(self, before: datetime) -> list[Upload]:
-        final = aliased(UploadRow)
         awaited = (
             select(UploadPartRow.part_id)
-            .join(final, final.id == UploadPartRow.final_id)
+            .join(_FINAL, _FINAL.id == UploadPartRow.final_id)
             .where(
-                UploadPartRow.part_id == UploadRow.id, final.state == UploadState.RECEIVING.value
+                UploadPartRow.part_id == UploadRow.id, _FINAL.state == UploadState.RECEIVING.value
             )
             .exists()
         )
@@ -510,15 +513,14 @@ async def _loaded(session: AsyncSession, rows: Sequence[UploadRow]) -> list[Uplo
     part_ids = [row.id for row in rows if row.concat == "partial"]
     finals: dict[str, list[str]] = {}
     if part_ids:
-        final = aliased(UploadRow)
         statement = (
-            select(UploadPartRow.part_id, final.id)
-            .join(final, final.id == UploadPartRow.final_id)
+            select(UploadPartRow.part_id, _FINAL.id)
+            .join(_FINAL, _FINAL.id == UploadPartRow.final_id)
             .where(
                 UploadPartRow.part_id.in_(part_ids),
-                final.state.in_([state.value for state in LIVE_STATES]),
+                _FINAL.state.in_([state.value for state in LIVE_STATES]),
             )
-            .order_by(final.created_at, final.id)
+            .order_by(_FINAL.created_at, _FINAL.id)
         )
         for part_id, final_id in await session.execute(statement):
             finals.setdefault(part_id, []).append(final_id)
@@ -528,12 +530,11 @@ async def _loaded(session: AsyncSession, rows: Sequence[UploadRow]) -> list[Uplo
 def _finals_receiving(part_id: str) -> Select[str]:
     """The finals still receiving (waiting for or assembling from their parts) that name
     ``part_id``, oldest first."""
-    final = aliased(UploadRow)
     return (
-        select(final.id)
-        .join(UploadPartRow, UploadPartRow.final_id == final.id)
-        .where(UploadPartRow.part_id == part_id, final.state == UploadState.RECEIVING.value)
-        .order_by(final.created_at, final.id)
+        select(_FINAL.id)
+        .join(UploadPartRow, UploadPartRow.final_id == _FINAL.id)
+        .where(UploadPartRow.part_id == part_id, _FINAL.state == UploadState.RECEIVING.value)
+        .order_by(_FINAL.created_at, _FINAL.id)
     )
 
 
