@@ -99,7 +99,7 @@ def empty_tables(dsn: str) -> None:
     async def truncate() -> None:
         connection = await asyncpg.connect(dsn, timeout=10)
         try:
-            await connection.execute("TRUNCATE uploads, outbox")
+            await connection.execute("TRUNCATE uploads, upload_parts, outbox")
         finally:
             await connection.close()
 

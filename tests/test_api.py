@@ -33,6 +33,7 @@ FIELDS = {
     "sha256",
     "concat",
     "parts",
+    "finals",
     "final_id",
     "state_changed_at",
     "owner",

@@ -146,6 +146,7 @@ async def test_final_upload_of_finished_parts_is_assembled_and_verified(
     assert status_head.headers["Upload-Concat"] == final_of(*part_ids)
     for part in part_ids:
         assert (await status(client, part))["final_id"] == final_id
+        assert (await status(client, part))["finals"] == [final_id]
 
 
 async def test_the_final_passes_through_verifying(
@@ -309,7 +310,7 @@ async def test_final_naming_a_missing_part_is_400(
     assert response.status_code == 400
     assert reason(response) == f"partial upload {UNKNOWN} does not exist"
     assert await count_uploads(services) == 1
-    assert (await record(services, part)).final_id is None
+    assert (await record(services, part)).finals == ()
 
 
 async def test_final_naming_a_normal_upload_is_400(
@@ -333,17 +334,23 @@ async def test_final_naming_another_final_is_400(
     assert reason(response) == f"upload {final_id} is not a partial upload"
 
 
-async def test_a_part_claimed_by_another_final_is_400(
+async def test_a_part_of_another_final_forms_a_second_final(
     app: FastAPI, client: httpx.AsyncClient, services: Services
 ) -> None:
+    """Was ``test_a_part_claimed_by_another_final_is_400`` (the refusal "already belongs to
+    another upload"): the specification lets a partial upload form several finals (#24)."""
     first, second = await uploaded_parts(client, [b"ab", b"cd"])
-    owner = await create_final(client, first)
-    await settled(app, client, owner)
-    response = await post_final(client, final_of(second, first))
-    assert response.status_code == 400
-    assert reason(response) == f"partial upload {first} already belongs to another upload"
-    assert await count_uploads(services) == 3
-    assert (await record(services, second)).final_id is None  # nothing half-claimed
+    earlier = await create_final(client, first)
+    await settled(app, client, earlier)
+    later = await create_final(client, second, first)
+    assert (await settled(app, client, later))["state"] == "ready"
+    assert (await client.get(f"/files/{later}")).content == b"cdab"
+    assert (await client.get(f"/files/{earlier}")).content == b"ab"
+    assert await count_uploads(services) == 4
+    assert (await record(services, first)).finals == (earlier, later)
+    assert (await record(services, second)).finals == (later,)
+    shown = await status(client, first)
+    assert (shown["finals"], shown["final_id"]) == ([earlier, later], later)
 
 
 async def test_a_part_listed_twice_is_400(client: httpx.AsyncClient, services: Services) -> None:
@@ -410,7 +417,7 @@ async def test_a_final_with_upload_length_is_400(
             "a final upload takes its length from its parts: omit Upload-Length"
         )
     assert await count_uploads(services) == 1
-    assert (await record(services, part)).final_id is None
+    assert (await record(services, part)).finals == ()
 
 
 async def test_a_final_with_a_body_is_400(client: httpx.AsyncClient, services: Services) -> None:
@@ -428,6 +435,8 @@ async def test_a_final_with_a_body_is_400(client: httpx.AsyncClient, services: S
 async def test_two_finals_racing_for_one_part(
     app: FastAPI, client: httpx.AsyncClient, services: Services
 ) -> None:
+    """Both are created (this test used to expect one 201 and one 400, "already belongs to
+    another upload": a part may now form several finals, #24), each its own copy."""
     part = await create_partial(client, 2, body=b"ab")
     responses: list[httpx.Response] = []
 
@@ -438,18 +447,58 @@ async def test_two_finals_racing_for_one_part(
         group.start_soon(claim)
         group.start_soon(claim)
 
-    assert sorted(response.status_code for response in responses) == [201, 400]
-    loser = next(response for response in responses if response.status_code == 400)
-    assert reason(loser) in (
-        f"partial upload {part} already belongs to another upload",
-        f"partial upload {part} was claimed or ended meanwhile",
-    )
-    winner = next(response for response in responses if response.status_code == 201)
-    final_id = winner.headers["Location"].removeprefix(f"{BASE_URL}/files/")
-    assert (await record(services, part)).final_id == final_id
-    assert await count_uploads(services) == 2
-    assert sorted(await stored_files(services)) == sorted([part, final_id])
-    assert (await settled(app, client, final_id))["state"] == "ready"
+    assert [response.status_code for response in responses] == [201, 201]
+    finals = [
+        response.headers["Location"].removeprefix(f"{BASE_URL}/files/") for response in responses
+    ]
+    assert set((await record(services, part)).finals) == set(finals)
+    assert await count_uploads(services) == 3
+    assert sorted(await stored_files(services)) == sorted([part, *finals])
+    for final_id in finals:
+        assert (await settled(app, client, final_id))["state"] == "ready"
+        assert (await client.get(f"/files/{final_id}")).content == b"ab"
+
+
+async def test_a_final_racing_the_deletion_of_its_part(
+    app: FastAPI, client: httpx.AsyncClient, services: Services
+) -> None:
+    """A final created while its part is being deleted: one of the two wins, never both (a
+    final left waiting for a part that is gone)."""
+    for _ in range(5):
+        part = await create_partial(client, 4, body=b"ab")
+        final, deleted = await _final_against_delete(client, part)
+        if final.status_code == 201:
+            assert deleted.status_code == 409, deleted.text
+            final_id = final.headers["Location"].removeprefix(f"{BASE_URL}/files/")
+            assert reason(deleted) == (
+                f"partial upload belongs to final upload {final_id}, not assembled yet"
+            )
+            assert await stored_bytes(services, part) == b"ab"
+        else:
+            assert (final.status_code, deleted.status_code) == (400, 204)
+            assert reason(final) in (
+                f"partial upload {part} is terminated",
+                f"partial upload {part} ended meanwhile",
+            )
+            assert await stored_bytes(services, part) is None
+
+
+async def _final_against_delete(
+    client: httpx.AsyncClient, part: str
+) -> tuple[httpx.Response, httpx.Response]:
+    """A final of ``part`` and the part's DELETE, sent at once: their responses."""
+    responses: dict[str, httpx.Response] = {}
+
+    async def create_final_of() -> None:
+        responses["final"] = await post_final(client, final_of(part))
+
+    async def delete_part() -> None:
+        responses["delete"] = await client.delete(f"/files/{part}", headers=TUS)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(create_final_of)
+        group.start_soon(delete_part)
+    return responses["final"], responses["delete"]
 
 
 async def test_a_final_longer_than_the_maximum_size_is_413(
@@ -462,7 +511,7 @@ async def test_a_final_longer_than_the_maximum_size_is_413(
         assert response.status_code == 413
         assert reason(response) == "Upload-Length 6 exceeds the maximum size 5"
         assert await count_uploads(services) == 2
-        assert (await record(services, part_ids[0])).final_id is None
+        assert (await record(services, part_ids[0])).finals == ()
 
 
 # -- parts and their final ----------------------------------------------------------------------
@@ -558,7 +607,7 @@ async def test_deleting_an_unassembled_final_frees_its_parts(
     abandoned = await create_final(client, first, second)
     assert (await client.delete(f"/files/{abandoned}", headers=TUS)).status_code == 204
     for part in (first, second):
-        assert (await record(services, part)).final_id is None
+        assert (await record(services, part)).finals == ()
 
     final_id = await create_final(client, first, second)
     assert (await patch(client, second, 0, b"cd")).status_code == 204

@@ -8,18 +8,20 @@ otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.conftest import Databases
 from upload_service.db import repository as db_repository
 from upload_service.db.engine import create_engine, create_sessionmaker
-from upload_service.db.models import OutboxRow
+from upload_service.db.models import OutboxRow, UploadPartRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import Conflict, QuotaExceeded, Unavailable
@@ -31,6 +33,7 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(seconds=1)
 ID = "0123456789abcdef0123456789abcdef"
 PARTS = ("1" * 32, "2" * 32)
+RECEIVING = (UploadState.RECEIVING,)
 
 
 def new_upload(upload_id: str = ID, length: int | None = 10, **values: object) -> Upload:
@@ -127,13 +130,13 @@ async def test_quota_checked_creations_of_one_owner_are_serialised(
     assert await repos[0].usage("alice") == Usage(unfinished=3, bytes=30)
 
 
-async def _race(count: int, step: object) -> list[bool]:
+async def _race(count: int, step: Callable[[int], Awaitable[object]]) -> list[bool]:
     """Run ``step(index)`` ``count`` times at once; which were admitted by the quota."""
     outcomes: list[bool] = []
 
     async def one(index: int) -> None:
         try:
-            await step(index)  # type: ignore[operator]
+            await step(index)
         except QuotaExceeded:
             outcomes.append(False)
         else:
@@ -406,21 +409,199 @@ async def test_progress_never_moves_the_offset(repo: UploadRepository) -> None:
     assert (stored.offset, stored.received) == (0, 7)
 
 
-async def test_a_final_claims_its_parts_in_one_transaction(repo: UploadRepository) -> None:
+async def test_a_final_records_its_parts_in_one_transaction(repo: UploadRepository) -> None:
+    """A final's parts are recorded with it, or nothing is. (This test used to check that a
+    second final naming the same parts was refused, "claimed"; a part may now form several
+    finals, see ``test_a_part_may_form_several_finals``.)"""
     for part in PARTS:
         await repo.add(new_upload(part, concat="partial"))
     final = new_upload("f" * 32, length=20, concat="final", parts=PARTS)
     await repo.add_final(final)
-    assert {(await row(repo, part)).final_id for part in PARTS} == {final.id}
+    assert {(await row(repo, part)).finals for part in PARTS} == {(final.id,)}
     assert [upload.id for upload in await repo.list_finals_waiting()] == [final.id]
-    again = new_upload("e" * 32, length=20, concat="final", parts=PARTS)
-    with pytest.raises(Conflict, match="claimed"):
-        await repo.add_final(again)
-    assert await repo.get(again.id) is None  # nothing of the refused final was inserted
-    await repo.release_parts(final.id)
-    assert {(await row(repo, part)).final_id for part in PARTS} == {None}
+    ended = "3" * 32
+    await repo.add(new_upload(ended, concat="partial"))
+    await repo.terminate(ended, T1)
+    await repo.add(new_upload("4" * 32))  # not a partial upload
+    for refused_part in (ended, "4" * 32, "5" * 32):
+        again = new_upload("e" * 32, length=20, concat="final", parts=(PARTS[0], refused_part))
+        with pytest.raises(Conflict, match=f"partial upload {refused_part} ended meanwhile"):
+            await repo.add_final(again)
+        assert await repo.get(again.id) is None  # nothing of the refused final was inserted
+    assert (await row(repo, PARTS[0])).finals == (final.id,)  # nor half of its parts
     assembled = await repo.assembled(final.id, 20, T1)
     assert (assembled.state, assembled.offset, assembled.length) == (UploadState.VERIFYING, 20, 20)
+
+
+async def test_a_part_may_form_several_finals(repo: UploadRepository) -> None:
+    """Finals A+B and C+B: B lists both, oldest first, wherever it is read; a final that ends
+    leaves the list."""
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    for part in (a, b, c):
+        await repo.add(new_upload(part, length=5, concat="partial", state=UploadState.READY))
+    first = new_upload("1f" * 16, length=10, concat="final", parts=(a, b))
+    second = new_upload("2f" * 16, length=10, concat="final", parts=(c, b), created_at=T1)
+    await repo.add_final(second)  # inserted first, created later: listed by creation
+    await repo.add_final(first)
+    assert (await row(repo, b)).finals == (first.id, second.id)
+    assert (await row(repo, a)).finals == (first.id,)
+    assert (await row(repo, c)).finals == (second.id,)
+    assert (await row(repo, first.id)).finals == ()  # a final is nobody's part
+    many = await repo.get_many((a, b, c))
+    assert {part: upload.finals for part, upload in many.items()} == {
+        a: (first.id,),
+        b: (first.id, second.id),
+        c: (second.id,),
+    }
+    listed = await repo.list_page(UploadQuery(limit=10))
+    assert {upload.id: upload.finals for upload in listed}[b] == (first.id, second.id)
+    await repo.terminate(first.id, T1)  # an unassembled final ended: B is second's only
+    assert (await row(repo, b)).finals == (second.id,)
+    assert (await row(repo, a)).finals == ()
+    await repo.assembled(second.id, 10, T1)  # assembled finals stay
+    assert (await row(repo, b)).finals == (second.id,)
+    await repo.fail(second.id, "why", T1, only_from=(UploadState.VERIFYING,))
+    assert (await row(repo, b)).finals == ()
+
+
+async def test_a_part_is_not_terminated_while_a_final_waits_for_it(
+    repo: UploadRepository,
+) -> None:
+    part, other = PARTS
+    for upload_id in PARTS:
+        await repo.add(new_upload(upload_id, concat="partial", state=UploadState.READY))
+    waiting = new_upload("f" * 32, length=20, concat="final", parts=(part,))
+    also = new_upload("e" * 32, length=20, concat="final", parts=(other, part), created_at=T1)
+    await repo.add_final(waiting)
+    await repo.add_final(also)
+    with pytest.raises(Conflict, match=f"belongs to final upload {waiting.id}, not assembled"):
+        await repo.terminate(part, T1)
+    assert (await row(repo, part)).state is UploadState.READY  # rolled back
+    await repo.assembled(waiting.id, 20, T1)
+    with pytest.raises(Conflict, match=f"belongs to final upload {also.id}, not assembled"):
+        await repo.terminate(part, T1)
+    await repo.terminate(also.id, T1)  # the last waiting final let go of it
+    assert (await repo.terminate(part, T1)).state is UploadState.TERMINATED
+    assert (await row(repo, waiting.id)).state is UploadState.VERIFYING  # the final is its own
+
+
+async def test_an_expired_part_names_every_final_that_waited_for_it(
+    repo: UploadRepository,
+) -> None:
+    part, other = PARTS
+    await repo.add(new_upload(part, concat="partial"))
+    await repo.add(new_upload(other, concat="partial", state=UploadState.READY))
+    first = new_upload("f" * 32, length=20, concat="final", parts=(part,))
+    second = new_upload("e" * 32, length=20, concat="final", parts=(other, part), created_at=T1)
+    unrelated = new_upload("d" * 32, length=10, concat="final", parts=(other,))
+    for final in (first, second, unrelated):
+        await repo.add_final(final)
+    later = T0 + timedelta(hours=2)
+    expired = await repo.expire(part, later)
+    assert expired.state is UploadState.EXPIRED
+    assert expired.finals == (first.id, second.id)
+    assert (await row(repo, other)).finals == (unrelated.id, second.id)
+
+
+async def test_ended_parts_are_kept_while_a_receiving_final_names_them(
+    repo: UploadRepository,
+) -> None:
+    part, other = PARTS
+    await repo.add(new_upload(part, concat="partial"))
+    await repo.add(new_upload(other, concat="partial", state=UploadState.READY))
+    waiting = new_upload("f" * 32, length=20, concat="final", parts=(other, part))
+    assembled = new_upload("e" * 32, length=10, concat="final", parts=(other,))
+    await repo.add_final(waiting)
+    await repo.add_final(assembled)
+    await repo.assembled(assembled.id, 10, T1)
+    later = T0 + timedelta(hours=2)
+    await repo.expire(part, later)
+    purge_time = later + timedelta(seconds=1)
+    assert await repo.list_ended(purge_time) == []  # the waiting final still names it
+    await repo.fail(waiting.id, f"partial upload {part} is expired", later, only_from=RECEIVING)
+    assert {upload.id for upload in await repo.list_ended(purge_time)} == {part, waiting.id}
+    # a part of assembled finals only is forgotten once it ended
+    await repo.terminate(other, later)
+    assert other in {upload.id for upload in await repo.list_ended(purge_time)}
+
+
+async def test_forget_drops_the_records_of_parts(
+    repo: UploadRepository, databases: Databases
+) -> None:
+    part, other = PARTS
+    for upload_id in PARTS:
+        await repo.add(new_upload(upload_id, concat="partial", state=UploadState.READY))
+    final = new_upload("f" * 32, length=20, concat="final", parts=(part, other))
+    await repo.add_final(final)
+    await repo.terminate(final.id, T1)
+    await repo.terminate(part, T1)
+    assert await _part_records(databases) == {(final.id, part), (final.id, other)}
+    await repo.forget(part)
+    assert await _part_records(databases) == {(final.id, other)}
+    await repo.forget(final.id)
+    assert await _part_records(databases) == set()
+    assert (await row(repo, other)).finals == ()
+
+
+async def _part_records(databases: Databases) -> set[tuple[str, str]]:
+    engine = databases.engine()
+    async with engine.connect() as connection:
+        result = await connection.execute(select(UploadPartRow.final_id, UploadPartRow.part_id))
+        return {(final_id, part_id) for final_id, part_id in result}
+
+
+async def test_two_finals_of_the_same_parts_each_count_in_full(repo: UploadRepository) -> None:
+    await repo.add(new_upload(PARTS[0], length=10, concat="partial", owner="alice"))
+    await repo.add(new_upload(PARTS[1], length=5, concat="partial", owner="alice"))
+    for final_id, parts in (("f" * 32, PARTS), ("e" * 32, PARTS[::-1])):
+        final = new_upload(final_id, length=15, concat="final", parts=parts, owner="alice")
+        await repo.add_final(final)
+    assert await repo.usage("alice") == Usage(unfinished=4, bytes=10 + 5 + 15 + 15)
+    for final_id in ("f" * 32, "e" * 32):
+        await repo.assembled(final_id, 15, T1)
+    assert await repo.usage("alice") == Usage(unfinished=2, bytes=10 + 5 + 15 + 15)
+
+
+async def test_add_final_and_the_parts_termination_racing(databases: Databases) -> None:
+    """A final created on one engine while its part is terminated on another (two replicas):
+    exactly one of the two happens, in either order, so no final waits for a part that is gone."""
+    creating, terminating = databases.repository(), databases.repository()
+    for index in range(12):
+        part = f"{index:032x}"
+        await creating.add(new_upload(part, concat="partial", state=UploadState.READY))
+        final = new_upload(f"f{index:031x}", length=10, concat="final", parts=(part,))
+        created, terminated = await _race_pair(
+            creating.add_final(final), terminating.terminate(part, T1), swap=index % 2 == 1
+        )
+        assert created != terminated, (created, terminated)
+        stored_final = await creating.get(final.id)
+        state = (await row(creating, part)).state
+        if created:
+            assert stored_final is not None
+            assert state is UploadState.READY
+        else:
+            assert stored_final is None
+            assert state is UploadState.TERMINATED
+
+
+async def _race_pair(
+    first: Coroutine[Any, Any, object], second: Coroutine[Any, Any, object], *, swap: bool
+) -> tuple[bool, bool]:
+    """Run both at once (started in the other order with ``swap``): did each succeed, or end in
+    ``Conflict``?"""
+    outcomes: list[bool] = [False, False]
+
+    async def run(index: int, work: Coroutine[Any, Any, object]) -> None:
+        try:
+            await work
+        except Conflict:
+            return
+        outcomes[index] = True
+
+    async with anyio.create_task_group() as group:
+        for index in (1, 0) if swap else (0, 1):
+            group.start_soon(run, index, (first, second)[index])
+    return outcomes[0], outcomes[1]
 
 
 async def test_commits_of_a_replaced_lock_holder_are_refused(repo: UploadRepository) -> None:
@@ -540,11 +721,15 @@ async def test_a_refused_transition_writes_no_event(repo: UploadRepository) -> N
     for part in PARTS:
         await repo.add(new_upload(part, concat="partial"))
     await repo.add_final(new_upload("f" * 32, length=20, concat="final", parts=PARTS), outbox=True)
-    refused = new_upload("e" * 32, length=20, concat="final", parts=PARTS)
+    # (a second final of the same parts is no refusal since #24: a part that ended is)
+    refused = new_upload("e" * 32, length=20, concat="final", parts=(PARTS[0], ID))
     with pytest.raises(Conflict):
-        await repo.add_final(refused, outbox=True)  # the parts were claimed
+        await repo.add_final(refused, outbox=True)  # ID ended (and is no partial upload)
+    with pytest.raises(Conflict):
+        await repo.terminate(PARTS[0], T1, outbox=True)  # a final waits for it
     assert await outbox.events_of(ID) == []
     assert await outbox.events_of(refused.id) == []
+    assert await outbox.events_of(PARTS[0]) == []
     assert [event.type for event in await outbox.events_of("f" * 32)] == [EventType.POST_CREATE]
 
 

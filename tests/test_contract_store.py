@@ -688,6 +688,32 @@ async def test_concatenate_joins_parts_in_order(backend: Backend) -> None:
         await joiner.concatenate(key, [first, StorageKey("../x")])
 
 
+async def test_finals_of_shared_parts_are_copies_that_outlive_the_parts(backend: Backend) -> None:
+    """Two finals from overlapping parts (A+B, C+B): each holds its own bytes, the parts are
+    left readable (concatenate neither moves nor deletes them), and deleting a shared part, or
+    every part, leaves both finals whole."""
+    store = backend.store
+    joiner = capable(backend, Concatenator)
+    a = await _stored(store, "a" * 32, _random_bytes(150 * KiB, seed=1))
+    b = await _stored(store, "b" * 32, _random_bytes(70 * KiB + 3, seed=2))
+    c = await _stored(store, "c" * 32, b"c-bytes")
+    first, second = await store.create("1" * 32), await store.create("2" * 32)
+    first_bytes = _random_bytes(150 * KiB, seed=1) + _random_bytes(70 * KiB + 3, seed=2)
+    second_bytes = b"c-bytes" + _random_bytes(70 * KiB + 3, seed=2)
+    assert await joiner.concatenate(first, [a, b]) == len(first_bytes)
+    assert await joiner.concatenate(second, [c, b]) == len(second_bytes)
+    assert await _content(store, b) == _random_bytes(70 * KiB + 3, seed=2)
+    await store.delete(b)
+    with pytest.raises(NotFound):
+        await store.size(b)
+    assert await _content(store, first) == first_bytes
+    assert await _content(store, second) == second_bytes
+    for part in (a, c):
+        await store.delete(part)
+    assert await _content(store, first) == first_bytes
+    assert await _content(store, second) == second_bytes
+
+
 async def test_a_key_without_its_ref_names_no_unfinished_upload(backend: Backend) -> None:
     """A store whose keys carry a ref finds an unfinished upload by that ref: the id alone, without
     the ref ``create`` returned, names no data (``NotFound``), never an upload the store guessed."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio.to_thread
@@ -25,6 +26,7 @@ from tests.postgres import (
 from upload_service.db.engine import create_sessionmaker
 from upload_service.db.migrate import alembic_config, upgrade
 from upload_service.db.repository import SqlUploadRepository
+from upload_service.uploads import UploadState
 
 ID = "0123456789abcdef0123456789abcdef"
 HEADER = f"filename {base64.b64encode('holiday ünïcode.mp4'.encode()).decode()},flag,empty "
@@ -165,3 +167,74 @@ async def test_owners_of_0006_are_namespaced_by_the_credentials_configured_and_d
     await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0006")
     rows = await _execute(url, "SELECT id, owner FROM uploads ORDER BY id")
     assert rows == [(upload_id, owner) for upload_id, owner in owners.items()]
+
+
+async def test_parts_of_0006_finals_move_to_upload_parts_and_downgrade_back(
+    empty_database: str,
+) -> None:
+    """Finals written at 0006 (a partial named its one final in ``final_id``) keep their parts
+    as ``upload_parts`` rows; after the upgrade a part may join another final, and the downgrade
+    names the most recent live final of each part in ``final_id`` again."""
+    url = empty_database
+    await anyio.to_thread.run_sync(upgrade, url, "0006")
+    a, b, c, d, e = (letter * 32 for letter in "abcde")
+    assembled, waiting, abandoned = "1" * 32, "2" * 32, "3" * 32
+    rows = [
+        # id, state, concat, parts, final_id
+        (a, "ready", "partial", None, assembled),
+        (b, "ready", "partial", None, assembled),
+        (c, "receiving", "partial", None, waiting),
+        (d, "ready", "partial", None, None),  # its final was deleted unassembled: released
+        (e, "ready", "partial", None, None),
+        (assembled, "ready", "final", f"{a} {b}", None),
+        (waiting, "receiving", "final", c, None),
+        (abandoned, "terminated", "final", d, None),
+    ]
+    for upload_id, state, concat, parts, final_id in rows:
+        await _execute(
+            url,
+            "INSERT INTO uploads (id, length, upload_offset, received, state, metadata_json,"
+            " created_at, updated_at, concat, parts, final_id)"
+            " VALUES (:id, 4, 4, 4, :state, '{}', :now, :now, :concat, :parts, :final_id)",
+            id=upload_id,
+            state=state,
+            now=NOW,
+            concat=concat,
+            parts=parts,
+            final_id=final_id,
+        )
+    await anyio.to_thread.run_sync(upgrade, url)
+    recorded = await _execute(url, "SELECT final_id, position, part_id FROM upload_parts")
+    assert sorted(recorded) == sorted(
+        [(assembled, 0, a), (assembled, 1, b), (waiting, 0, c), (abandoned, 0, d)]
+    )
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        repository = SqlUploadRepository(create_sessionmaker(engine))
+        found = await repository.get_many((a, b, c, d, e))
+        assert {part: upload.finals for part, upload in found.items()} == {
+            a: (assembled,),
+            b: (assembled,),
+            c: (waiting,),
+            d: (),  # its final ended
+            e: (),
+        }
+        earlier = await repository.get(assembled)
+        assert earlier is not None
+        later = replace(
+            earlier,
+            id="4" * 32,
+            parts=(c, a),
+            state=UploadState.RECEIVING,
+            created_at=NOW + timedelta(hours=1),
+        )
+        await repository.add_final(later)  # a and c now form a second final each
+        assert (await repository.get(a)) == replace(found[a], finals=(assembled, later.id))
+    finally:
+        await engine.dispose()
+
+    await anyio.to_thread.run_sync(command.downgrade, alembic_config(url), "0006")
+    named = await _execute(url, "SELECT id, final_id FROM uploads WHERE concat = 'partial'")
+    assert sorted(named) == sorted(
+        [(a, later.id), (b, assembled), (c, later.id), (d, None), (e, None)]
+    )

@@ -301,7 +301,7 @@ async def test_a_final_whose_first_bytes_are_refused_creates_nothing(served: Ser
     assert response.status_code == 415
     assert reason(response) == REFUSED_PNG
     assert await count_uploads(served.services) == before
-    assert (await record(served.services, first)).final_id is None
+    assert (await record(served.services, first)).finals == ()
 
 
 async def test_a_final_whose_first_part_is_unfinished_is_415(served: Served) -> None:

@@ -4,11 +4,23 @@
 process saw them all, in order) or from reading the stored bytes back in a worker thread. A client
 may state the expected digest at creation as the ``sha256`` metadata value (64 hex digits or 44
 base64 characters); a mismatch fails the upload with the reason. A final upload (concatenation) is
-assembled once every partial upload is ready, by the store (no bytes through Python), then verified.
+assembled once every partial upload is ready, by the store (no bytes through Python, each final
+its own copy: a part may be a part of several finals), then verified.
 
 Crash story: every transition is a conditional update from the state it expects, so a repeated
 step is harmless; start-up (``resume``) re-runs the verification of uploads left ``verifying`` and
-the assembly of final uploads whose parts are all ready.
+the assembly of final uploads whose parts are all ready. A part that expired before the finals
+waiting for it were failed (a kill between the two) fails them at start-up the same way.
+
+Parts under an assembly: a final assembles only once every part is ``ready``, and nothing changes
+a ready upload's bytes but its deletion, so no part's lock is taken (a final's assembly may run
+inline, under the lock of the part whose completion started it: taking that lock again would
+wait on itself). Deletion is what must not happen under it: the part's ``terminate`` refuses
+while a final still ``receiving`` names it (409), serialised with the final's creation in the
+database (``UploadRepository.terminate``), and every path deletes a part's bytes only after its
+row has ended. Expiry and the purge cannot reach it either: only ``receiving`` uploads expire (a
+part being assembled from is ready), and ``list_ended`` keeps ended parts that a receiving final
+names. Once ``assembled`` commits, the final holds its own, durable copy and its parts may go.
 """
 
 from __future__ import annotations
@@ -157,8 +169,8 @@ class Lifecycle:
         elif result.state is UploadState.FAILED:
             self._events.failed()
             logger.warning("upload failed: %s", result.failure, extra={"upload_id": upload.id})
-        if result.final_id is not None:
-            await self._runner.spawn(partial(self.assemble, result.final_id), "assemble final")
+        for final_id in result.finals:  # every final that waits for this part (a no-op for others)
+            await self._runner.spawn(partial(self.assemble, final_id), f"assemble {final_id}")
         return result
 
     async def assemble_soon(self, final_id: str) -> None:
@@ -253,7 +265,7 @@ class Lifecycle:
                     current = await self._repo.get(upload.id)
                     if current is None or not current.expired(self._clock()):
                         continue
-                    await self._repo.expire(upload.id, self._clock(), outbox=self._outbox)
+                    expired = await self._repo.expire(upload.id, self._clock(), outbox=self._outbox)
                     await self._store.delete(current.storage)
                     count += 1
                     logger.info("upload expired, its bytes deleted", extra={"upload_id": upload.id})
@@ -261,8 +273,8 @@ class Lifecycle:
                 continue  # being written right now: its expiry moves on with the next commit
             except Conflict:
                 continue
-            if current.final_id is not None:
-                await self.assemble(current.final_id)  # fails the final: a part expired
+            for final_id in expired.finals:  # the finals that waited for it (fails each)
+                await self.assemble(final_id)
         self._events.expired(count)
         purged = await self._purge(self._clock() - self._tombstone)
         swept = await self._sweep_orphans(self._clock() - ORPHAN_GRACE)

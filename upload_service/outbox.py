@@ -112,11 +112,18 @@ def upload_snapshot(upload: Upload) -> dict[str, JsonValue]:
         "sha256": upload.sha256,
         "concat": upload.concat,
         "parts": list(upload.parts),
-        "final_id": upload.final_id,
+        "finals": list(upload.finals),
+        "final_id": latest_final(upload),
         "state_changed_at": moment(upload.state_changed_at),
         "owner": upload.owner,
         "video": None if upload.video is None else asdict(upload.video),
     }
+
+
+def latest_final(upload: Upload) -> str | None:
+    """``final_id`` as the JSON API and events show it: the most recent of a partial upload's
+    ``finals`` (from when a partial could form one final only; ``finals`` lists them all)."""
+    return upload.finals[-1] if upload.finals else None
 
 
 @runtime_checkable

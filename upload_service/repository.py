@@ -9,6 +9,12 @@ into ``Unavailable`` (503 with ``Retry-After``), never a raw driver error and ne
 Callers hold the upload's lock around transitions that depend on the stored bytes (``advance``,
 ``complete``, ``force_offset``); the repository itself takes no locks beyond its transactions.
 
+Concatenation: a partial upload may be a part of any number of final uploads. Every upload read
+back carries ``finals``: for a partial upload, the live final uploads that name it, oldest first.
+``add_final`` and the part's ``terminate`` and ``expire`` are serialised on the part, so a final
+still receiving never names a terminated part, and the part that ``expire`` returns lists every
+final that named it when it expired.
+
 The transitions that hooks hear about (``add``, ``add_final``: post-create; ``mark_ready``:
 post-finish; ``terminate``: post-terminate; ``expire``: post-expire) take ``outbox=True`` when
 events are enabled: the event's outbox row is then written in the transition's own transaction,
@@ -112,11 +118,12 @@ class UploadRepository(Protocol):
     async def add_final(
         self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
     ) -> None:
-        """Insert a final upload (with ``outbox``, its post-create event) and claim its partial
-        uploads in one transaction. ``Conflict`` names a part that is no longer an unclaimed, live
-        partial upload; with a ``quota`` and an owner, ``QuotaExceeded`` as for ``add`` (the
-        final is one more unfinished upload until assembled, and counts its length in full);
-        nothing is inserted."""
+        """Insert a final upload (with ``outbox``, its post-create event) and record its partial
+        uploads, in order, in one transaction; a part may be a part of other finals too.
+        ``Conflict`` names a part that is no longer a live partial upload (it ended while the
+        final was being created); with a ``quota`` and an owner, ``QuotaExceeded`` as for
+        ``add`` (the final is one more unfinished upload until assembled, and counts its length
+        in full); nothing is inserted."""
         ...
 
     async def get(self, upload_id: str) -> Upload | None: ...
@@ -140,8 +147,9 @@ class UploadRepository(Protocol):
         ...
 
     async def list_ended(self, before: datetime) -> list[Upload]:
-        """Uploads that ended (expired, terminated, failed) before ``before``, except parts
-        claimed by a final upload (its assembly still names them)."""
+        """Uploads that ended (expired, terminated, failed) before ``before``, except parts that
+        a final upload still receiving names (its assembly reads their state, to fail it with the
+        reason)."""
         ...
 
     async def claim(self, upload_id: str, token: int) -> Upload | None:
@@ -211,12 +219,16 @@ class UploadRepository(Protocol):
 
     async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         """→ terminated, only from a live state (receiving, verifying, ready) (with ``outbox``:
-        post-terminate)."""
+        post-terminate). A partial upload only while no final upload still receiving names it
+        (else ``Conflict`` naming the oldest such final, and nothing changes): a final waiting for
+        its parts, or being assembled from them, never loses one. Once a final is assembled it
+        holds its own bytes, and its parts may go."""
         ...
 
     async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         """receiving → expired, only if its expiry has passed at ``now`` (with ``outbox``:
-        post-expire)."""
+        post-expire). A partial upload comes back with every final that names it in ``finals``
+        (all still receiving, waiting for it): the caller fails them."""
         ...
 
     async def force_offset(
@@ -236,12 +248,9 @@ class UploadRepository(Protocol):
         """Progress only (bytes arrived, not yet durable); never moves the offset."""
         ...
 
-    async def release_parts(self, final_id: str) -> None:
-        """An unassembled final upload ended: its parts are free to join another one."""
-        ...
-
     async def forget(self, upload_id: str) -> None:
-        """Delete an ended upload's row (its bytes are gone already)."""
+        """Delete an ended upload's row (its bytes are gone already), and its records as a part
+        of final uploads or as a final made of parts."""
         ...
 
     async def ping(self) -> None:

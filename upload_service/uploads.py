@@ -57,7 +57,9 @@ class Upload:
     failure: str | None = None
     concat: str | None = None  # "partial" or "final" (concatenation extension)
     parts: tuple[str, ...] = ()  # a final upload's partial uploads, in order
-    final_id: str | None = None  # the final upload a partial upload belongs to
+    # a partial upload's live final uploads (receiving, verifying or ready) that name it, oldest
+    # first: a partial may be a part of any number of finals
+    finals: tuple[str, ...] = ()
     sha256: str | None = None  # hex digest of the whole file, once verified
     state_changed_at: datetime | None = None
     storage_ref: str = ""  # the store's reference beside the id (StorageKey.ref)

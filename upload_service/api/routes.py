@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from upload_service.errors import ServiceError
 from upload_service.logs import bind_upload_id
-from upload_service.outbox import OutboxEvent
+from upload_service.outbox import OutboxEvent, latest_final
 from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes
 from upload_service.tus.endpoint import Endpoint
@@ -54,6 +54,8 @@ class UploadOut(BaseModel):
     sha256: str | None
     concat: str | None
     parts: list[str]
+    # a partial upload's live final uploads, oldest first; final_id: the most recent of them
+    finals: list[str]
     final_id: str | None
     state_changed_at: datetime | None
     owner: str | None
@@ -68,6 +70,7 @@ class UploadOut(BaseModel):
         fields = dataclasses.asdict(upload)
         fields["metadata"] = metadata_text(upload.metadata)  # bytes values shown as text
         fields["download_url"] = download_url
+        fields["final_id"] = latest_final(upload)
         return cls.model_validate(fields)
 
 

@@ -25,10 +25,10 @@ class UploadRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     failure: Mapped[str | None] = mapped_column(Text)
-    # concatenation: "partial", "final" or None; a final lists its parts, a partial names its final
+    # concatenation: "partial", "final" or None; a final lists its parts (space-separated ids, in
+    # order; also in upload_parts, where a part finds the finals that name it)
     concat: Mapped[str | None] = mapped_column(String(8))
     parts: Mapped[str | None] = mapped_column(Text)
-    final_id: Mapped[str | None] = mapped_column(String(32))
     sha256: Mapped[str | None] = mapped_column(
         String(64)
     )  # hex digest of the whole file, once ready
@@ -47,12 +47,26 @@ class UploadRow(Base):
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),
-        Index("ix_uploads_final_id", "final_id"),
         Index("ix_uploads_owner", "owner", "state"),  # reachability and per-owner quotas
         # GET /api/uploads: one owner's uploads (or everyone's) newest first, by the page cursor
         Index("ix_uploads_owner_created", "owner", "created_at", "id"),
         Index("ix_uploads_created", "created_at", "id"),
     )
+
+
+class UploadPartRow(Base):
+    """One part of a final upload: the partial upload at ``position`` (from 0). A partial upload
+    may be a part of any number of finals; the index finds the finals that name a part. No
+    foreign keys: ``forget`` deletes a row's parts with it, and a migration that rebuilds
+    ``uploads`` (SQLite's batch mode) must not cascade into this table."""
+
+    __tablename__ = "upload_parts"
+
+    final_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part_id: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (Index("ix_upload_parts_part", "part_id", "final_id"),)
 
 
 class OutboxRow(Base):

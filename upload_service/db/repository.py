@@ -2,6 +2,16 @@
 asyncpg): every query the service makes. Each transition is one conditional ``UPDATE ... RETURNING``
 (compare-and-set); a driver failure of any kind leaves as ``Unavailable`` (503, ``Retry-After``),
 except a full disk under the database, which is ``StorageFull`` (507).
+
+Parts of final uploads live in ``upload_parts`` (a partial upload may be a part of several
+finals). Race story: ``add_final`` reads each part ``FOR SHARE`` (PostgreSQL; SQLite has one
+writer at a time, and the final's insert takes the write lock first), while ``terminate`` and
+``expire`` update the part's row before they read its finals. Whichever commits first, the other
+sees it: a final inserted first makes ``terminate`` refuse (its update waited for the final's
+commit, and the read after it, a new snapshot, finds the final), and ``expire`` returns the part
+with that final among its ``finals`` to be failed; a part that ended first is a ``Conflict`` for
+``add_final``, whose locking read re-checks the updated row. So no final still receiving ever
+names a terminated part, and every final that names an expired part is found.
 """
 
 from __future__ import annotations
@@ -9,12 +19,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Update,
     and_,
     case,
@@ -27,8 +38,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
-from upload_service.db.models import UploadRow, aware
+from upload_service.db.models import UploadPartRow, UploadRow, aware
 from upload_service.db.outbox import SqlOutbox, outbox_row
 from upload_service.db.session import guarded_session
 from upload_service.errors import Conflict
@@ -46,6 +58,10 @@ from upload_service.uploads import (
 # PostgreSQL: the advisory lock class (the two-int4 keyspace, apart from the upload locks'
 # one-bigint keys) under which one owner's quota-checked creations are serialised.
 QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
+
+# A final upload, joined to the parts it names (made once: building an alias costs far more than
+# the query that uses it).
+_FINAL = aliased(UploadRow, name="final")
 
 
 def _metadata(stored: dict[str, str | None]) -> Metadata:
@@ -81,7 +97,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _to_upload(row: UploadRow) -> Upload:
+def _to_upload(row: UploadRow, finals: tuple[str, ...] = ()) -> Upload:
     created = aware(row.created_at)
     updated = aware(row.updated_at)
     assert created is not None
@@ -100,7 +116,7 @@ def _to_upload(row: UploadRow) -> Upload:
         failure=row.failure,
         concat=row.concat,
         parts=tuple(row.parts.split()) if row.parts else (),
-        final_id=row.final_id,
+        finals=finals,
         sha256=row.sha256,
         state_changed_at=aware(row.state_changed_at),
         storage_ref=row.storage_ref,
@@ -126,7 +142,6 @@ def _to_row(upload: Upload) -> UploadRow:
         failure=upload.failure,
         concat=upload.concat,
         parts=" ".join(upload.parts) or None,
-        final_id=upload.final_id,
         sha256=upload.sha256,
         state_changed_at=upload.state_changed_at or upload.created_at,
         storage_ref=upload.storage_ref,
@@ -165,12 +180,12 @@ class SqlUploadRepository(SqlOutbox):
     async def get(self, upload_id: str) -> Upload | None:
         async with self._session() as session:
             row = await session.get(UploadRow, upload_id)
-            return None if row is None else _to_upload(row)
+            return None if row is None else (await _loaded(session, [row]))[0]
 
     async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
         async with self._session() as session:
             rows = await session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
-            return {row.id: _to_upload(row) for row in rows}
+            return {upload.id: upload for upload in await _loaded(session, list(rows))}
 
     async def list_by_state(self, state: UploadState) -> list[Upload]:
         return await self._list(UploadRow.state == state.value)
@@ -200,7 +215,7 @@ class SqlUploadRepository(SqlOutbox):
             .limit(query.limit)
         )
         async with self._session() as session:
-            return [_to_upload(row) for row in await session.scalars(statement)]
+            return await _loaded(session, list(await session.scalars(statement)))
 
     async def list_expired(self, now: datetime) -> list[Upload]:
         return await self._list(
@@ -215,12 +230,18 @@ class SqlUploadRepository(SqlOutbox):
     async def _list(self, *conditions: ColumnElement[bool]) -> list[Upload]:
         async with self._session() as session:
             rows = await session.scalars(select(UploadRow).where(*conditions))
-            return [_to_upload(row) for row in rows]
+            return await _loaded(session, list(rows))
 
     async def list_ended(self, before: datetime) -> list[Upload]:
-        return await self._list(
-            _in(ENDED_STATES), UploadRow.state_changed_at < before, UploadRow.final_id.is_(None)
+        awaited = (
+            select(UploadPartRow.part_id)
+            .join(_FINAL, _FINAL.id == UploadPartRow.final_id)
+            .where(
+                UploadPartRow.part_id == UploadRow.id, _FINAL.state == UploadState.RECEIVING.value
+            )
+            .exists()
         )
+        return await self._list(_in(ENDED_STATES), UploadRow.state_changed_at < before, ~awaited)
 
     # -- transitions, each a compare-and-set ----------------------------------------------------
 
@@ -334,15 +355,24 @@ class SqlUploadRepository(SqlOutbox):
         )
 
     async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
-        return await self._transition(
-            upload_id,
-            (_in(LIVE_STATES),),
-            "upload has ended already",
-            event=EventType.POST_TERMINATE if outbox else None,
-            state=UploadState.TERMINATED.value,
-            updated_at=now,
-            state_changed_at=now,
+        statement = (
+            update(UploadRow)
+            .where(UploadRow.id == upload_id, _in(LIVE_STATES))
+            .values(state=UploadState.TERMINATED.value, updated_at=now, state_changed_at=now)
         )
+        async with self._session(begin=True) as session:
+            upload = await _one(session, statement, "upload has ended already")
+            # Read after the update, which holds the row (PostgreSQL) or the database (SQLite)
+            # until the commit: a final inserted concurrently committed before it (and is seen
+            # here) or finds this part terminated (see the module's race story).
+            waiting = await session.scalar(_finals_receiving(upload_id).limit(1))
+            if waiting is not None:  # raising rolls the termination back
+                raise Conflict(
+                    f"partial upload belongs to final upload {waiting}, not assembled yet"
+                )
+            if outbox:
+                session.add(outbox_row(EventType.POST_TERMINATE, upload, upload.updated_at))
+            return upload
 
     async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
         return await self._transition(
@@ -403,13 +433,7 @@ class SqlUploadRepository(SqlOutbox):
         async with self._session(begin=True) as session:
             if guard is not None:
                 await guard[1].check(session, guard[0])
-            result = await session.execute(
-                statement.returning(UploadRow), execution_options={"synchronize_session": False}
-            )
-            row = result.scalar_one_or_none()
-            if row is None:
-                raise Conflict(conflict)
-            upload = _to_upload(row)
+            upload = await _one(session, statement, conflict)
             if event is not None:
                 session.add(outbox_row(event, upload, upload.updated_at))
             return upload
@@ -430,31 +454,29 @@ class SqlUploadRepository(SqlOutbox):
                 await _check_new(session, final, quota)
             row = _to_row(final)
             session.add(row)
+            await session.flush()  # SQLite: the insert takes the write lock before parts are read
+            for position, part in enumerate(final.parts):
+                # FOR SHARE (PostgreSQL): the part cannot end until this commits, and a part that
+                # ended meanwhile is re-read as it is now; finals naming one part do not wait
+                live = await session.scalar(
+                    select(UploadRow.id)
+                    .where(UploadRow.id == part, UploadRow.concat == "partial", _in(LIVE_STATES))
+                    .with_for_update(read=True)
+                )
+                if live is None:
+                    raise Conflict(f"partial upload {part} ended meanwhile")
+                session.add(UploadPartRow(final_id=final.id, position=position, part_id=part))
             if outbox:
                 session.add(outbox_row(EventType.POST_CREATE, _to_upload(row), final.created_at))
-            for part in final.parts:
-                result = await session.execute(
-                    update(UploadRow)
-                    .where(
-                        UploadRow.id == part,
-                        UploadRow.concat == "partial",
-                        UploadRow.final_id.is_(None),
-                        _in(LIVE_STATES),
-                    )
-                    .values(final_id=final.id)
-                )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    raise Conflict(f"partial upload {part} was claimed or ended meanwhile")
-
-    async def release_parts(self, final_id: str) -> None:
-        async with self._session(begin=True) as session:
-            await session.execute(
-                update(UploadRow).where(UploadRow.final_id == final_id).values(final_id=None)
-            )
 
     async def forget(self, upload_id: str) -> None:
         async with self._session(begin=True) as session:
             await session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
+            await session.execute(
+                delete(UploadPartRow).where(
+                    or_(UploadPartRow.final_id == upload_id, UploadPartRow.part_id == upload_id)
+                )
+            )
 
     async def ping(self) -> None:
         # A write that changes nothing: it needs the write lock (a SQLite database locked by
@@ -542,6 +564,48 @@ async def _usage(session: AsyncSession, owner: str) -> Usage:
     )
     count, total = result.one()
     return Usage(unfinished=int(count), bytes=int(total))
+
+
+async def _one(session: AsyncSession, statement: Update, conflict: str) -> Upload:
+    """Run a conditional update of one row; the row as it is now, ``Conflict`` if none matched."""
+    result = await session.execute(
+        statement.returning(UploadRow), execution_options={"synchronize_session": False}
+    )
+    row = result.scalar_one_or_none()
+    if row is None:
+        raise Conflict(conflict)
+    return (await _loaded(session, [row]))[0]
+
+
+async def _loaded(session: AsyncSession, rows: Sequence[UploadRow]) -> list[Upload]:
+    """The rows as uploads, each partial upload with its live finals, oldest first (one more
+    query, only when a partial upload is among the rows)."""
+    part_ids = [row.id for row in rows if row.concat == "partial"]
+    finals: dict[str, list[str]] = {}
+    if part_ids:
+        statement = (
+            select(UploadPartRow.part_id, _FINAL.id)
+            .join(_FINAL, _FINAL.id == UploadPartRow.final_id)
+            .where(
+                UploadPartRow.part_id.in_(part_ids),
+                _FINAL.state.in_([state.value for state in LIVE_STATES]),
+            )
+            .order_by(_FINAL.created_at, _FINAL.id)
+        )
+        for part_id, final_id in await session.execute(statement):
+            finals.setdefault(part_id, []).append(final_id)
+    return [_to_upload(row, tuple(finals.get(row.id, ()))) for row in rows]
+
+
+def _finals_receiving(part_id: str) -> Select[str]:
+    """The finals still receiving (waiting for or assembling from their parts) that name
+    ``part_id``, oldest first."""
+    return (
+        select(_FINAL.id)
+        .join(UploadPartRow, UploadPartRow.final_id == _FINAL.id)
+        .where(UploadPartRow.part_id == part_id, _FINAL.state == UploadState.RECEIVING.value)
+        .order_by(_FINAL.created_at, _FINAL.id)
+    )
 
 
 def _receiving() -> ColumnElement[bool]:

@@ -14,7 +14,9 @@ def check_parts(
     part_ids: tuple[str, ...], parts: Mapping[str, Upload], now: datetime
 ) -> int | None:
     """Validate the parts a final upload names (in order); return the final's length, or None
-    while a part's length is still deferred. Each refusal is a 400 naming the part."""
+    while a part's length is still deferred. Each refusal is a 400 naming the part. A part of
+    other finals may be named again (the specification lets a partial upload form several
+    finals): each final is assembled as its own copy."""
     seen: set[str] = set()
     for part_id in part_ids:
         if part_id in seen:
@@ -25,8 +27,6 @@ def check_parts(
             raise BadRequest(f"partial upload {part_id} does not exist")
         if not part.is_partial:
             raise BadRequest(f"upload {part_id} is not a partial upload")
-        if part.final_id is not None:
-            raise BadRequest(f"partial upload {part_id} already belongs to another upload")
         if part.state not in LIVE_STATES or part.expired(now):
             state = "expired" if part.expired(now) else part.state.value
             raise BadRequest(f"partial upload {part_id} is {state}")

@@ -27,7 +27,6 @@ import anyio
 
 from upload_service.errors import (
     BadRequest,
-    Conflict,
     Forbidden,
     OffsetMismatch,
     QuotaExceeded,
@@ -409,18 +408,12 @@ class TusHandler:
         await self._loader.check_reachable(request)
         async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
             upload = await self._loader.load_held(request, lease, allow_expired=True)
-            if upload.final_id is not None:
-                final = await self._repo.get(upload.final_id)
-                if final is not None and final.state is UploadState.RECEIVING:
-                    raise Conflict(
-                        f"partial upload belongs to final upload {final.id}, not assembled yet"
-                    )
-            self._digests.drop(upload_id)
             # Row first: once it says terminated nothing reads the bytes, so a crash before the
-            # delete leaves only an orphan file for clean-up.
+            # delete leaves only an orphan file for clean-up. A partial upload that a final still
+            # waits for or is being assembled from is refused there (409), in the database, so
+            # that no final created meanwhile can lose it either.
             await self._repo.terminate(upload_id, self._clock(), outbox=self._config.outbox)
-            if upload.is_final and upload.state is UploadState.RECEIVING:
-                await self._repo.release_parts(upload_id)  # they may join another final
+            self._digests.drop(upload_id)
             await self._store.delete(upload.storage)
         self._events.terminated()
         logger.info("upload terminated", extra={"upload_id": upload_id})
