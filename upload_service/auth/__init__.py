@@ -1,2 +1,2 @@
 """Who the caller is: bearer tokens (JWTs, static API keys) checked by an ``Authenticator``, and
-signed download URLs. Only ``Principal`` (``tus/request.py``) reaches the tus handler."""
+signed download URLs. Only ``Principal`` (``auth/principal.py``, a leaf) reaches the tus handler."""

@@ -10,7 +10,7 @@ import hmac
 import secrets
 
 from upload_service.auth.owners import key_owner
-from upload_service.tus.request import Principal
+from upload_service.auth.principal import Principal
 
 
 def hash_key(key: str) -> str:

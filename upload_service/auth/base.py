@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.errors import Unauthorized
-from upload_service.tus.request import ANONYMOUS, Principal
 
 
 class Authenticator(Protocol):

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from upload_service.auth.owners import MAX_OWNER, jwt_owner
+from upload_service.auth.principal import Principal
 from upload_service.errors import Unauthorized, Unavailable
 from upload_service.tus.content_types import parse_allowed_types
-from upload_service.tus.request import Principal
 
 logger = logging.getLogger("upload_service.auth")
 

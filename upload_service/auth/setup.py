@@ -22,9 +22,9 @@ from upload_service.auth.jwt import (
     fits_key,
     public_key_algorithms,
 )
+from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.auth.signed import UrlSigner, derived_key
 from upload_service.settings import ConfigError, Settings, is_loopback
-from upload_service.tus.request import ANONYMOUS, Principal
 
 logger = logging.getLogger("upload_service")
 

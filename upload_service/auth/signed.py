@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlencode
 
+from upload_service.auth.principal import Principal
 from upload_service.errors import Forbidden
-from upload_service.tus.request import Principal
 
 _PURPOSE = b"upload_service download v1"
 

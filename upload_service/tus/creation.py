@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from upload_service.auth.principal import Principal
 from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
 from upload_service.events import Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
@@ -38,7 +39,7 @@ from upload_service.tus.protocol import (
     parse_uint,
 )
 from upload_service.tus.receive import Receiver
-from upload_service.tus.request import Principal, TusHeaders, TusRequest
+from upload_service.tus.request import TusHeaders, TusRequest
 from upload_service.uploads import Metadata, Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")

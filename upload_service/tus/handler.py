@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from upload_service.auth.principal import Principal
 from upload_service.errors import (
     BadRequest,
     Forbidden,
@@ -65,8 +66,8 @@ from upload_service.tus.protocol import (
 from upload_service.tus.receive import LeaseLost as LeaseLost  # re-exported: part of this API
 from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
-from upload_service.tus.request import Principal, TusRequest
 from upload_service.tus.request import TusHeaders as TusHeaders  # re-exported: part of this API
+from upload_service.tus.request import TusRequest
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.tus.whole import WholeBody
 from upload_service.uploads import Metadata, Upload, UploadState

@@ -1,14 +1,14 @@
 """One tus request as the handler sees it: who asks, about which upload, with which headers.
 
 Routes build a ``TusRequest`` from HTTP; the handler reads nothing else of the request but its
-body. ``Principal`` is the caller as authentication established it; ``ANONYMOUS`` is the caller of
-a service that runs open (no authentication configured), who may reach every upload.
+body. ``principal`` is the caller as authentication established it (``auth.principal``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.tus.endpoint import NO_ENDPOINT, Endpoint
 
 
@@ -27,30 +27,6 @@ class TusHeaders:
     upload_concat: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The caller. ``owner`` is None only for the anonymous caller of an open service, and for
-    the bearer of a signed download URL, who reaches the one upload named by ``only``.
-
-    ``max_size`` and ``allowed_types`` (parsed patterns, see ``content_types``) are this caller's
-    own caps on the uploads it creates, on top of the service's (None / empty: none of its own).
-    """
-
-    owner: str | None = None
-    max_size: int | None = None
-    allowed_types: tuple[str, ...] = ()
-    only: str | None = None
-
-    def may_access(self, owner: str | None) -> bool:
-        """Whether this caller may reach an upload owned by ``owner``."""
-        return self.owner is None or self.owner == owner
-
-    def may_reach(self, upload_id: str, owner: str | None) -> bool:
-        """Whether this caller may reach the upload ``upload_id`` owned by ``owner``."""
-        return (self.only is None or self.only == upload_id) and self.may_access(owner)
-
-
-ANONYMOUS = Principal()
 NO_HEADERS = TusHeaders()
 
 

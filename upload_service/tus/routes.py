@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
+from upload_service.auth.principal import Principal
 from upload_service.errors import ClientGone, Forbidden
 from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
@@ -19,7 +20,7 @@ from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
 from upload_service.tus.protocol import single_header
-from upload_service.tus.request import Principal, TusRequest
+from upload_service.tus.request import TusRequest
 
 router = APIRouter()
 
