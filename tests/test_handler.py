@@ -36,9 +36,10 @@ from upload_service.repository import Quota
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
-from upload_service.tus.handler import HandlerConfig, TusHandler, TusHeaders, TusResponse
+from upload_service.tus.handler import TusHandler
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, http_date
-from upload_service.tus.request import TusRequest
+from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.types import HandlerConfig, TusResponse
 from upload_service.uploads import Upload, UploadState
 
 KiB = 1024

@@ -43,8 +43,9 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
-from upload_service.tus.handler import HandlerConfig, TusHandler
+from upload_service.tus.handler import TusHandler
 from upload_service.tus.request import TusRequest
+from upload_service.tus.types import HandlerConfig
 from upload_service.uploads import UploadState
 
 PART = 4  # the "part size" of the prefix-durable store below

@@ -57,10 +57,11 @@ from upload_service.storage.local import LocalStore
 from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store
 from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
-from upload_service.tus.handler import HandlerConfig, TusHandler, utcnow
+from upload_service.tus.handler import TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
 from upload_service.tus.routes import router as tus_router
 from upload_service.tus.routes import tus_allowed_methods
+from upload_service.tus.types import HandlerConfig
 from upload_service.video import build_prober
 from upload_service.web.page import page_router
 

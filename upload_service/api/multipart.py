@@ -176,7 +176,7 @@ class FormReader:
 
 
 class PartData:
-    """One part's bytes (not an async generator: see ``tus.creation.CountedBody``)."""
+    """One part's bytes (not an async generator: see ``tus.body.CountedBody``)."""
 
     def __init__(self, reader: FormReader) -> None:
         self._reader = reader

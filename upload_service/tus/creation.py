@@ -1,5 +1,6 @@
 """Creating uploads (the creation, creation-with-upload, creation-defer-length and
-concatenation extensions), and what creation shares with PATCH.
+concatenation extensions). What creation shares with PATCH lives apart: the body readers in
+``body``, the header readers in ``request``, the offset headers in ``protocol``.
 
 Crash story: the store's file (or multipart upload) is made first, then the row. A crash in
 between leaves an orphan the clean-up task removes, never a row without bytes. A creation with
@@ -14,7 +15,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,8 @@ from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Locker
 from upload_service.logs import bind_upload_id
 from upload_service.storage.base import Concatenator, Store
-from upload_service.tus.checksum import Checksum, ChecksumMismatch, parse_checksum
+from upload_service.tus.body import CountedBody
+from upload_service.tus.checksum import Checksum, ChecksumMismatch
 from upload_service.tus.concat import check_parts, first_bytes
 from upload_service.tus.content_types import ContentRules
 from upload_service.tus.load import UploadLoader
@@ -34,26 +36,24 @@ from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
     check_version,
     decode_metadata,
-    http_date,
+    offset_headers,
     parse_concat,
     parse_uint,
 )
 from upload_service.tus.receive import Receiver
-from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.request import (
+    TusHeaders,
+    TusRequest,
+    request_checksum,
+    request_content_length,
+)
+from upload_service.tus.types import HandlerConfig, TusResponse
 from upload_service.uploads import Metadata, Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
-    from upload_service.tus.handler import HandlerConfig
-
-
-@dataclass(frozen=True, slots=True)
-class TusResponse:
-    status: int
-    headers: dict[str, str]
-    upload_id: str | None = None
 
 
 class Creator:
@@ -270,16 +270,6 @@ class Creator:
             raise TooLarge(f"Upload-Length {length} exceeds the maximum size {min(limits)}")
 
 
-# -- shared with PATCH ----------------------------------------------------------------------------
-
-
-def offset_headers(upload: Upload) -> dict[str, str]:
-    headers = {"Upload-Offset": str(upload.offset)}
-    if upload.expires_at is not None and upload.state is UploadState.RECEIVING:
-        headers["Upload-Expires"] = http_date(upload.expires_at)
-    return headers
-
-
 def check_fits(
     receiver: Receiver,
     offset: int,
@@ -294,34 +284,5 @@ def check_fits(
         )
 
 
-class CountedBody:
-    """Reports every chunk of a request body as it is read (not an async generator: one left
-    unfinished when a request ends early would be finalised later, outside the request)."""
-
-    def __init__(self, body: AsyncIterator[bytes], events: Events) -> None:
-        self._body = body
-        self._events = events
-
-    def __aiter__(self) -> CountedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self._body.__anext__()
-        self._events.received(len(chunk))
-        return chunk
-
-
-def request_checksum(headers: TusHeaders) -> Checksum | None:
-    if headers.upload_checksum is None:
-        return None
-    return parse_checksum(headers.upload_checksum)
-
-
 def media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
-
-
-def request_content_length(headers: TusHeaders) -> int | None:
-    if headers.content_length is None:
-        return None
-    return parse_uint("Content-Length", headers.content_length)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -39,21 +39,12 @@ from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease, Locker
-from upload_service.repository import Quota
 from upload_service.storage.base import Concatenator, Store, check_upload_id
 from upload_service.tasks import InlineRunner, Runner
+from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import ALGORITHMS, RunningDigests
 from upload_service.tus.content_types import AllowedTypes, ContentRules
-from upload_service.tus.creation import (
-    CountedBody,
-    Creator,
-    offset_headers,
-    request_checksum,
-    request_content_length,
-)
-from upload_service.tus.creation import (
-    TusResponse as TusResponse,  # re-exported: part of this API
-)
+from upload_service.tus.creation import Creator
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
@@ -61,14 +52,19 @@ from upload_service.tus.protocol import (
     check_offset_content_type,
     check_version,
     encode_metadata,
+    offset_headers,
     parse_uint,
 )
-from upload_service.tus.receive import LeaseLost as LeaseLost  # re-exported: part of this API
 from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
-from upload_service.tus.request import TusHeaders as TusHeaders  # re-exported: part of this API
-from upload_service.tus.request import TusRequest
+from upload_service.tus.request import (
+    TusHeaders,
+    TusRequest,
+    request_checksum,
+    request_content_length,
+)
 from upload_service.tus.sniff import MagicSniffer, Sniffer
+from upload_service.tus.types import HandlerConfig, TusResponse
 from upload_service.tus.whole import WholeBody
 from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
@@ -99,23 +95,6 @@ def extensions(store: Store) -> tuple[str, ...]:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class HandlerConfig:
-    max_size: int | None = None
-    expire_after: float = 7 * 24 * 3600
-    checkpoint_bytes: int = 64 * 1024 * 1024
-    checkpoint_seconds: float = 2.0
-    progress_seconds: float = 0.5
-    lock_timeout: float = 3.0
-    relative_location: bool = False  # Location on creation: a path instead of an absolute URL
-    max_metadata_bytes: int = 4096
-    max_metadata_keys: int = 32
-    allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
-    quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
-    outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
-    verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
 
 
 class TusHandler:

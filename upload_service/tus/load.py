@@ -12,8 +12,8 @@ from upload_service.auth.principal import Principal
 from upload_service.errors import Conflict, Gone, NotFound
 from upload_service.locking.base import Lease
 from upload_service.storage.base import check_upload_id
-from upload_service.tus.receive import LeaseLost
 from upload_service.tus.request import TusRequest
+from upload_service.tus.types import LeaseLost
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from upload_service.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
-from upload_service.uploads import Metadata
+from upload_service.uploads import Metadata, Upload, UploadState
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
@@ -222,3 +222,10 @@ def parse_concat(value: str | None) -> Concat | None:
     if not urls:
         raise BadRequest("Upload-Concat: final lists no partial uploads")
     return Concat(final=True, urls=urls)
+
+
+def offset_headers(upload: Upload) -> dict[str, str]:
+    headers = {"Upload-Offset": str(upload.offset)}
+    if upload.expires_at is not None and upload.state is UploadState.RECEIVING:
+        headers["Upload-Expires"] = http_date(upload.expires_at)
+    return headers

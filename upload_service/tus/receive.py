@@ -62,63 +62,21 @@ from upload_service.storage.base import (
     Store,
     TailDiscarder,
 )
+from upload_service.tus.body import LimitedBody
 from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDigests
 from upload_service.tus.content_types import ContentRules
 from upload_service.tus.sniff import HeadReader
+from upload_service.tus.types import HandlerConfig, LeaseLost
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
-    from upload_service.tus.handler import HandlerConfig
 
 logger = logging.getLogger("upload_service.tus")
 
 # A commit refused for a full disk under the database (often the disk the bytes just filled) is
 # tried again after cutting this many of the request's last bytes off, to make room for it.
 GIVE_BACK = 1024 * 1024
-
-
-class LimitedBody:
-    """The request body, counted and cut at ``limit`` bytes: the chunk that runs past it is
-    truncated and sets ``overflow`` (``refusal``, by default a 413), and nothing is read after
-    it."""
-
-    def __init__(
-        self,
-        body: AsyncIterator[bytes],
-        limit: int | None,
-        refusal: ServiceError | None = None,
-    ) -> None:
-        self._chunks = aiter(body)
-        self._limit = limit
-        self._refusal = refusal
-        self.received = 0
-        self.overflow: ServiceError | None = None
-
-    def __aiter__(self) -> LimitedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.overflow is not None:
-            raise StopAsyncIteration
-        chunk = await anext(self._chunks)
-        if self._limit is not None and self.received + len(chunk) > self._limit:
-            chunk = chunk[: self._limit - self.received]
-            self.overflow = self._refusal or TooLarge(
-                f"request body exceeds the {self._limit} bytes left"
-            )
-        self.received += len(chunk)
-        return chunk
-
-
-class LeaseLost(Conflict):
-    """This request's lock on the upload was lost (the lock service went away, or a newer
-    request took the upload over): it stopped writing, and nothing more of it is committed."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "this request lost its lock on the upload; fetch the upload's offset and retry"
-        )
 
 
 class Receiver:

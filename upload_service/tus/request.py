@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from upload_service.auth.principal import ANONYMOUS, Principal
+from upload_service.tus.checksum import Checksum, parse_checksum
 from upload_service.tus.endpoint import NO_ENDPOINT, Endpoint
+from upload_service.tus.protocol import parse_uint
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +47,15 @@ class TusRequest:
         if self.upload_id is None:
             raise TypeError("this request names no upload")
         return self.upload_id
+
+
+def request_checksum(headers: TusHeaders) -> Checksum | None:
+    if headers.upload_checksum is None:
+        return None
+    return parse_checksum(headers.upload_checksum)
+
+
+def request_content_length(headers: TusHeaders) -> int | None:
+    if headers.content_length is None:
+        return None
+    return parse_uint("Content-Length", headers.content_length)

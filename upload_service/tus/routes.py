@@ -18,9 +18,10 @@ from upload_service.logs import bind_upload_id
 from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
-from upload_service.tus.handler import TusHandler, TusHeaders, TusResponse
+from upload_service.tus.handler import TusHandler
 from upload_service.tus.protocol import single_header
-from upload_service.tus.request import TusRequest
+from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.types import TusResponse
 
 router = APIRouter()
 

@@ -18,7 +18,7 @@ class WholeBody:
     """The file's bytes, counted and cut at ``limit``: an error of the inner body (or running
     past the limit: ``past_limit``, else a 413) is kept in ``error`` and ends the iteration;
     ``finished`` says the inner body ended by itself. (Not an async generator: see
-    ``creation.CountedBody``.)"""
+    ``body.CountedBody``.)"""
 
     def __init__(
         self,

@@ -1,0 +1,61 @@
+"""Readers of a request body, as ``AsyncIterator[bytes]`` over the one the route hands in:
+``CountedBody`` reports every chunk as it is read, ``LimitedBody`` counts and cuts at a limit.
+Neither is an async generator: one left unfinished when a request ends early would be finalised
+later, outside the request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from upload_service.errors import ServiceError, TooLarge
+from upload_service.events import Events
+
+
+class LimitedBody:
+    """The request body, counted and cut at ``limit`` bytes: the chunk that runs past it is
+    truncated and sets ``overflow`` (``refusal``, by default a 413), and nothing is read after
+    it."""
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        limit: int | None,
+        refusal: ServiceError | None = None,
+    ) -> None:
+        self._chunks = aiter(body)
+        self._limit = limit
+        self._refusal = refusal
+        self.received = 0
+        self.overflow: ServiceError | None = None
+
+    def __aiter__(self) -> LimitedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.overflow is not None:
+            raise StopAsyncIteration
+        chunk = await anext(self._chunks)
+        if self._limit is not None and self.received + len(chunk) > self._limit:
+            chunk = chunk[: self._limit - self.received]
+            self.overflow = self._refusal or TooLarge(
+                f"request body exceeds the {self._limit} bytes left"
+            )
+        self.received += len(chunk)
+        return chunk
+
+
+class CountedBody:
+    """Reports every chunk of a request body as it is read (not an async generator: one left
+    unfinished when a request ends early would be finalised later, outside the request)."""
+
+    def __init__(self, body: AsyncIterator[bytes], events: Events) -> None:
+        self._body = body
+        self._events = events
+
+    def __aiter__(self) -> CountedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._body.__anext__()
+        self._events.received(len(chunk))
+        return chunk

@@ -1,0 +1,45 @@
+"""The plain values the tus handler and its collaborators (``load``, ``receive``, ``reconcile``,
+``creation``) share: the handler's configuration, its response, and the conflict of a request
+that lost its lock. A leaf of ``tus/``: it imports none of the collaborators, so each of them
+imports it and none needs another's owner module for a type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upload_service.errors import Conflict
+from upload_service.repository import Quota
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerConfig:
+    max_size: int | None = None
+    expire_after: float = 7 * 24 * 3600
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    checkpoint_seconds: float = 2.0
+    progress_seconds: float = 0.5
+    lock_timeout: float = 3.0
+    relative_location: bool = False  # Location on creation: a path instead of an absolute URL
+    max_metadata_bytes: int = 4096
+    max_metadata_keys: int = 32
+    allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
+    quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
+    outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
+    verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
+
+
+@dataclass(frozen=True, slots=True)
+class TusResponse:
+    status: int
+    headers: dict[str, str]
+    upload_id: str | None = None
+
+
+class LeaseLost(Conflict):
+    """This request's lock on the upload was lost (the lock service went away, or a newer
+    request took the upload over): it stopped writing, and nothing more of it is committed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this request lost its lock on the upload; fetch the upload's offset and retry"
+        )
