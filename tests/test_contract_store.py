@@ -46,8 +46,9 @@ from upload_service.storage.base import (
 )
 from upload_service.storage.local import LocalAppender, LocalStore
 from upload_service.storage.memory import MemoryStore
-from upload_service.storage.s3 import S3Store, choose_part_size, parse_ref
-from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
+from upload_service.storage.s3 import S3Store
+from upload_service.storage.s3_appender import S3Appender
+from upload_service.storage.s3_layout import MAX_PARTS, choose_part_size, parse_ref
 from upload_service.storage.s3client import ObjectClient, Part, translate
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"

@@ -17,7 +17,7 @@ from tests import s3 as moto
 from upload_service.errors import StorageError, StorageUnavailable
 from upload_service.storage.base import Appender, Checkpointer, StorageKey
 from upload_service.storage.s3 import S3Store
-from upload_service.storage.s3_appender import MAX_PARTS
+from upload_service.storage.s3_layout import MAX_PARTS
 from upload_service.storage.s3client import ObjectClient, Part
 
 MiB = 1024 * 1024

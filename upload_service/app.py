@@ -54,7 +54,8 @@ from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
 from upload_service.storage.local import LocalStore
-from upload_service.storage.s3 import MAX_OBJECT_SIZE, S3Store
+from upload_service.storage.s3 import S3Store
+from upload_service.storage.s3_layout import MAX_OBJECT_SIZE
 from upload_service.storage.s3client import Boto3ObjectClient
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import TusHandler, utcnow

@@ -54,7 +54,6 @@ import io
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, TypeVar, TypeVarTuple, Unpack
@@ -64,69 +63,24 @@ import anyio.to_thread
 
 from upload_service.errors import NotFound, StorageError, StorageFull
 from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
-from upload_service.storage.s3_appender import MAX_PARTS, S3Appender
+from upload_service.storage.s3_appender import S3Appender
+from upload_service.storage.s3_layout import (
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    KiB,
+    Layout,
+    MiB,
+    choose_part_size,
+    parse_ref,
+    tail_key,
+)
 from upload_service.storage.s3client import Body, ObjectClient, Part
 
-KiB = 1024
-MiB = 1024 * KiB
-MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
-MAX_PART_SIZE = 5 * 1024 * MiB
-MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB  # S3's largest object: 5 TiB
 READ_CHUNK = 256 * KiB
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """A key's ref: the multipart UploadId and the upload's part size (None: not recorded)."""
-    size, separator, upload_id = ref.partition(":")
-    if separator and size.isdigit():
-        return upload_id, int(size)
-    return ref, None
-
-
-def choose_part_size(max_size: int, requested: int = MIN_PART_SIZE) -> int:
-    """The part size for uploads of up to ``max_size`` bytes: ``requested``, or larger (whole
-    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` past S3's largest
-    object."""
-    if not MIN_PART_SIZE <= requested <= MAX_PART_SIZE:
-        raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {requested}")
-    if max_size > MAX_OBJECT_SIZE:
-        raise ValueError(
-            f"an upload of {max_size} bytes is larger than S3's largest object (5 TiB)"
-        )
-    needed = -(-max_size // MAX_PARTS)
-    if needed <= requested:
-        return requested
-    return -(-needed // MiB) * MiB  # at most 525 MiB: 5 TiB fits in 10,000 parts
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """What an unfinished upload has stored: its parts and its tail objects (slot -> size)."""
-
-    upload_id: str
-    part_size: int
-    parts: dict[int, Part]
-    tails: dict[int, int]
-
-    def slot(self) -> int:
-        """The slot of the latest ``sync``: the highest tail whose earlier parts all exist (every
-        sync leaves its slot's tail, empty or not). Parts past it were never synced. Without
-        any tail (lost): the slot after the contiguous parts."""
-        for number in sorted(self.tails, reverse=True):
-            if all(earlier in self.parts for earlier in range(1, number)):
-                return number
-        count = 0
-        while count + 1 in self.parts:
-            count += 1
-        return count + 1
-
-    def slot_start(self) -> int:
-        return (self.slot() - 1) * self.part_size
-
-    def size(self) -> int:
-        return self.slot_start() + self.tails.get(self.slot(), 0)
 
 
 class S3Store:
@@ -186,13 +140,9 @@ class S3Store:
     def object_key(self, key: StorageKey | str) -> str:
         return self.prefix + check_upload_id(key if isinstance(key, str) else key.upload_id)
 
-    @staticmethod
-    def tail_key(obj: str, number: int) -> str:
-        return f"{obj}.part.{number}"
-
     # -- blocking helpers (worker threads only) ---------------------------------------------------
 
-    def _layout(self, key: StorageKey) -> _Layout:
+    def _layout(self, key: StorageKey) -> Layout:
         """The unfinished upload's multipart upload (the key's ref) and tails. ``NotFound`` for a
         key without a ref: it names no multipart upload (S3 is never asked to guess one)."""
         upload_id, part_size = parse_ref(key.ref)
@@ -202,11 +152,11 @@ class S3Store:
         parts = {part.number: part for part in self.client.list_parts(self.bucket, obj, upload_id)}
         if part_size is None:
             part_size = parts[1].size if 1 in parts else self.part_size
-        return _Layout(upload_id, part_size, parts, self._tails(obj))
+        return Layout(upload_id, part_size, parts, self._tails(obj))
 
     def _tails(self, obj: str) -> dict[int, int]:
         tails: dict[int, int] = {}
-        stem = self.tail_key(obj, 0)[:-1]
+        stem = tail_key(obj, 0)[:-1]
         for info in self.client.list_objects(self.bucket, stem):
             number = info.key[len(stem) :]
             if number.isdigit():
@@ -227,10 +177,10 @@ class S3Store:
         ref = self.client.create_multipart_upload(self.bucket, obj)
         # An empty tail: the upload's bytes (none yet) and when they last changed, readable in
         # listings (some S3 servers report a fixed initiation time).
-        self.client.put_object(self.bucket, self.tail_key(obj, 1), io.BytesIO(b""), 0)
+        self.client.put_object(self.bucket, tail_key(obj, 1), io.BytesIO(b""), 0)
         return ref
 
-    def _open(self, key: StorageKey, offset: int) -> tuple[_Layout, IO[bytes], int]:
+    def _open(self, key: StorageKey, offset: int) -> tuple[Layout, IO[bytes], int]:
         obj = self.object_key(key)
         layout = self._layout(key)
         full, rest = divmod(offset, layout.part_size)
@@ -242,10 +192,10 @@ class S3Store:
         spool = tempfile.TemporaryFile(dir=self._spool_dir)  # noqa: SIM115 (the appender owns it)
         try:
             if rest:
-                self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+                self._copy_into(spool, tail_key(obj, full + 1), rest)
             for number in layout.tails:  # tails of other slots than ``offset``'s: not needed
                 if number != full + 1:
-                    self.client.delete_object(self.bucket, self.tail_key(obj, number))
+                    self.client.delete_object(self.bucket, tail_key(obj, number))
         except BaseException:
             spool.close()
             raise
@@ -282,7 +232,7 @@ class S3Store:
         slot_start = layout.slot_start()
         if start < slot_start and start < end:
             raise StorageError("an unfinished upload's uploaded parts cannot be read back")
-        return self.tail_key(obj, layout.slot()), slot_start
+        return tail_key(obj, layout.slot()), slot_start
 
     def _open_range(self, key: StorageKey, start: int, end: int) -> Body | None:
         source, base = self._source(key, start, end)
@@ -329,7 +279,7 @@ class S3Store:
             raise StorageError(f"upload data holds {layout.size()} bytes, fewer than {length}")
         parts = [layout.parts[number] for number in range(1, full + 1)]
         if rest:
-            tail = self.tail_key(obj, full + 1)
+            tail = tail_key(obj, full + 1)
             parts.append(
                 self.client.upload_part_copy(
                     self.bucket, obj, layout.upload_id, full + 1, tail, 0, rest
@@ -362,7 +312,7 @@ class S3Store:
         self._delete_tails(obj)
         return total
 
-    def _copy_parts(self, obj: str, layout: _Layout, sources: list[tuple[str, int, int]]) -> None:
+    def _copy_parts(self, obj: str, layout: Layout, sources: list[tuple[str, int, int]]) -> None:
         pieces: list[tuple[str, int, int]] = []
         done: list[Part] = []
 
@@ -416,17 +366,17 @@ class S3Store:
         if tail != rest:
             with tempfile.TemporaryFile(dir=self._spool_dir) as spool:
                 if rest:
-                    self._copy_into(spool, self.tail_key(obj, full + 1), rest)
+                    self._copy_into(spool, tail_key(obj, full + 1), rest)
                 spool.flush()
                 spool.seek(0)
-                self.client.put_object(self.bucket, self.tail_key(obj, full + 1), spool, rest)
+                self.client.put_object(self.bucket, tail_key(obj, full + 1), spool, rest)
         for number in layout.tails:  # later slots' tails: parts past them are then ignored
             if number > full + 1:
-                self.client.delete_object(self.bucket, self.tail_key(obj, number))
+                self.client.delete_object(self.bucket, tail_key(obj, number))
 
     def _delete_tails(self, obj: str) -> None:
         for number in self._tails(obj):
-            self.client.delete_object(self.bucket, self.tail_key(obj, number))
+            self.client.delete_object(self.bucket, tail_key(obj, number))
 
     def _delete(self, key: StorageKey) -> None:
         """Abort the key's multipart upload (if it has a ref), delete the object and the tails."""
@@ -450,7 +400,7 @@ class S3Store:
                 continue  # not one of ours
             if upload.initiated >= moment:
                 continue
-            stem = self.tail_key(upload.key, 0)[:-1]
+            stem = tail_key(upload.key, 0)[:-1]
             tails = self.client.list_objects(self.bucket, stem)
             if all(info.modified < moment for info in tails):
                 found.append(StorageKey(upload_id, upload.upload_id))

@@ -22,19 +22,41 @@ import contextlib
 import errno
 import io
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, wait
-from typing import IO, TYPE_CHECKING
+from pathlib import Path
+from typing import IO, Protocol, TypeVar, TypeVarTuple, Unpack
 
 from upload_service.errors import ServiceError, StorageError, StorageFull
 from upload_service.storage.base import Fence, Hasher
+from upload_service.storage.s3_layout import MAX_PARTS, MiB, tail_key
+from upload_service.storage.s3client import ObjectClient
 
-if TYPE_CHECKING:
-    from upload_service.storage.s3 import S3Store
-
-MiB = 1024 * 1024
-MAX_PARTS = 10_000  # S3's part numbers are 1..10,000
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 _FENCED = "the upload's lock was lost (a newer request owns it)"
+
+
+class PartStore(Protocol):
+    """What an appender needs of its store (``S3Store``): the bucket it writes to, the spool
+    directory, and the store's two thread pools."""
+
+    @property
+    def client(self) -> ObjectClient: ...
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def spool_dir(self) -> Path | None: ...
+
+    def submit(self, function: Callable[[Unpack[Args]], None], *args: *Args) -> Future[None]:
+        """``function`` in one of the part-upload threads."""
+        ...
+
+    async def run(self, function: Callable[[Unpack[Args]], T], *args: *Args) -> T:
+        """``function`` in one of the worker threads; ``OSError`` as ``StorageError``."""
+        ...
 
 
 class S3Appender:
@@ -46,7 +68,7 @@ class S3Appender:
 
     def __init__(
         self,
-        store: S3Store,
+        store: PartStore,
         obj: str,
         upload_id: str,
         part_size: int,
@@ -241,7 +263,7 @@ class S3Appender:
         self._check_fence()
         store = self._store
         body.seek(0)
-        store.client.put_object(store.bucket, store.tail_key(self._obj, slot), body, size)
+        store.client.put_object(store.bucket, tail_key(self._obj, slot), body, size)
         self._tail_slot, self._tail_size = slot, size
         self._synced = (slot - 1) * self._part_size + size
 

@@ -1,0 +1,74 @@
+"""How an upload lies in S3 (the layout and the crash story are in ``storage/s3.py``): S3's size
+limits, the key's ref, the part size an upload gets, the name of a tail object and what an
+unfinished upload has stored. ``s3`` and ``s3_appender`` both import it, and it imports neither
+(only ``s3client``, for ``Part``), so the appender never needs the store's module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upload_service.storage.s3client import Part
+
+KiB = 1024
+MiB = 1024 * KiB
+MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MiB  # S3's largest object: 5 TiB
+MAX_PARTS = 10_000  # S3's part numbers are 1..10,000
+
+
+def tail_key(obj: str, number: int) -> str:
+    """The "incomplete part" object of slot ``number`` of the upload of object ``obj``."""
+    return f"{obj}.part.{number}"
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """A key's ref: the multipart UploadId and the upload's part size (None: not recorded)."""
+    size, separator, upload_id = ref.partition(":")
+    if separator and size.isdigit():
+        return upload_id, int(size)
+    return ref, None
+
+
+def choose_part_size(max_size: int, requested: int = MIN_PART_SIZE) -> int:
+    """The part size for uploads of up to ``max_size`` bytes: ``requested``, or larger (whole
+    MiB) when 10,000 parts of it would not hold ``max_size``. ``ValueError`` past S3's largest
+    object."""
+    if not MIN_PART_SIZE <= requested <= MAX_PART_SIZE:
+        raise ValueError(f"the part size must be between 5 MiB and 5 GiB, not {requested}")
+    if max_size > MAX_OBJECT_SIZE:
+        raise ValueError(
+            f"an upload of {max_size} bytes is larger than S3's largest object (5 TiB)"
+        )
+    needed = -(-max_size // MAX_PARTS)
+    if needed <= requested:
+        return requested
+    return -(-needed // MiB) * MiB  # at most 525 MiB: 5 TiB fits in 10,000 parts
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What an unfinished upload has stored: its parts and its tail objects (slot -> size)."""
+
+    upload_id: str
+    part_size: int
+    parts: dict[int, Part]
+    tails: dict[int, int]
+
+    def slot(self) -> int:
+        """The slot of the latest ``sync``: the highest tail whose earlier parts all exist (every
+        sync leaves its slot's tail, empty or not). Parts past it were never synced. Without
+        any tail (lost): the slot after the contiguous parts."""
+        for number in sorted(self.tails, reverse=True):
+            if all(earlier in self.parts for earlier in range(1, number)):
+                return number
+        count = 0
+        while count + 1 in self.parts:
+            count += 1
+        return count + 1
+
+    def slot_start(self) -> int:
+        return (self.slot() - 1) * self.part_size
+
+    def size(self) -> int:
+        return self.slot_start() + self.tails.get(self.slot(), 0)
