@@ -1,4 +1,4 @@
-"""``upload-service``: serve, migrate, cleanup, check-config, healthcheck, hash-key; upload,
+"""``upload-service``: serve, migrate, cleanup, check-config, healthcheck, hash-key, token; upload,
 status and download (the tus client, ``upload_service.client``)."""
 
 from __future__ import annotations
@@ -247,6 +247,24 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ttl(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, not {text!r}")
+    return int(text)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from upload_service.auth.token import dev_token
+
+    try:
+        token = dev_token(_settings(), args.sub, args.ttl)
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="upload-service", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -285,6 +303,14 @@ def parser() -> argparse.ArgumentParser:
     hash_key.add_argument("owner", help="the owner the key's uploads belong to")
     hash_key.add_argument("--key", help="hash this key instead of a new random one")
     hash_key.set_defaults(run=cmd_hash_key)
+    token = commands.add_parser(
+        "token", help="print a development JWT signed with UPLOAD_AUTH_JWT_SECRET"
+    )
+    token.add_argument("--sub", required=True, help="the token's subject (its owner)")
+    token.add_argument(
+        "--ttl", type=_ttl, default=3600, metavar="SECONDS", help="valid for (default 3600)"
+    )
+    token.set_defaults(run=cmd_token)
     from upload_service.client.commands import add_commands
 
     add_commands(commands)
