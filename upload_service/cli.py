@@ -266,7 +266,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="upload-service", description=__doc__)
+    root = argparse.ArgumentParser(
+        prog="upload-service",
+        description="The upload service (serve, migrate, cleanup, check-config, healthcheck, "
+        "hash-key, token) and its tus client (upload, status, download).",
+    )
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="bind address (default UPLOAD_HOST or 127.0.0.1)")
