@@ -95,6 +95,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"upload-service: {exc}", file=sys.stderr)
         return 2
     _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
+    from upload_service.db.stores import check_storage_at
+
+    try:  # checked again at every start-up, but there a failure is uvicorn's traceback
+        check_storage_at(settings.database_url, settings.storage)
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
     workers = args.workers if args.workers is not None else settings.workers
     if workers > 1 and settings.metrics:
         _prepare_multiprocess_metrics(settings)
@@ -169,7 +176,11 @@ def cmd_cleanup(_args: argparse.Namespace) -> int:
         async with open_services(settings, InlineRunner()) as services:
             return await services.handler.lifecycle.expire()
 
-    count = asyncio.run(run())
+    try:
+        count = asyncio.run(run())
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
     print(f"expired {count} unfinished uploads")
     return 0
 
