@@ -55,7 +55,7 @@ async def test_s3_on_a_database_of_local_uploads_refuses_to_start(
         async with serve(await _on_s3(data, moto_endpoint)):
             pass
     assert str(refused.value) == (
-        "UPLOAD_STORAGE=s3, but 1 uploads in this database are stored on local storage: keep "
+        "UPLOAD_STORAGE=s3, but this database holds 1 upload stored on local storage: keep "
         "UPLOAD_STORAGE=local for this database, or start on s3 with a new database "
         "(UPLOAD_DATABASE_URL; by default the SQLite file in UPLOAD_DATA_DIR: a new data "
         "directory)"
@@ -66,7 +66,9 @@ async def test_local_on_a_database_of_s3_uploads_refuses_to_start(
     data: Path, moto_endpoint: str
 ) -> None:
     await _store_one(await _on_s3(data, moto_endpoint))
-    with pytest.raises(ConfigError, match=r"^UPLOAD_STORAGE=local, but 1 uploads in this"):
+    with pytest.raises(
+        ConfigError, match=r"^UPLOAD_STORAGE=local, but this database holds 1 upload stored on s3"
+    ):
         async with serve(make_settings(data)):
             pass
 
@@ -104,7 +106,7 @@ async def test_serve_says_it_in_one_line_and_exits_2(data: Path) -> None:
     done = await anyio.to_thread.run_sync(run)
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [
-        "upload-service: UPLOAD_STORAGE=s3, but 1 uploads in this database are stored on local "
+        "upload-service: UPLOAD_STORAGE=s3, but this database holds 1 upload stored on local "
         "storage: keep UPLOAD_STORAGE=local for this database, or start on s3 with a new database "
         "(UPLOAD_DATABASE_URL; by default the SQLite file in UPLOAD_DATA_DIR: a new data directory)"
     ]

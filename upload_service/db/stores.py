@@ -35,8 +35,9 @@ async def check_storage(engine: AsyncEngine, storage: str) -> None:
         count = await connection.scalar(query)
     if count:
         other = _OTHER[storage]
+        held = "1 upload" if count == 1 else f"{count} uploads"
         raise ConfigError(
-            f"UPLOAD_STORAGE={storage}, but {count} uploads in this database are stored on "
+            f"UPLOAD_STORAGE={storage}, but this database holds {held} stored on "
             f"{other} storage: keep UPLOAD_STORAGE={other} for this database, or start on "
             f"{storage} with a new database (UPLOAD_DATABASE_URL; by default the SQLite file in "
             "UPLOAD_DATA_DIR: a new data directory)"
