@@ -433,6 +433,7 @@ def test_parallel_exits_once_the_final_upload_is_ready(
     )  # fmt: skip
     assert status == 0, err
     assert _state_now(out[0]) == "ready"  # read once: the command waited for it
+    assert f"{out[0]}: every byte is sent; waiting for the server (receiving)" in err
 
 
 def test_parallel_gives_up_waiting_after_the_ready_timeout(

@@ -139,6 +139,8 @@ class Uploader:
             state = self._state(url)
             if state == "ready":
                 return
+            if delay == POLL_FIRST:  # once, so a long verification is not taken for a hang
+                self._display.note(f"{url}: every byte is sent; waiting for the server ({state})")
             if time.monotonic() + delay > deadline:
                 raise ExitError(
                     f"{url} is not ready after {timeout:g}s (state {state}; every byte is sent, "
