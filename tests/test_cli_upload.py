@@ -400,3 +400,72 @@ def test_status_of_an_unknown_upload_exits_4(
 ) -> None:
     status, _, err = run(capsys, "status", f"{live.endpoint}{'0' * 32}")
     assert status == 4, err
+
+
+@pytest.fixture
+def slow_assembly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Final uploads are assembled (and then verified) 1.5 s after they are created."""
+    import asyncio
+
+    from upload_service.lifecycle import Lifecycle
+
+    assemble = Lifecycle.assemble
+
+    async def slowly(self: Lifecycle, final_id: str) -> None:
+        await asyncio.sleep(1.5)
+        await assemble(self, final_id)
+
+    monkeypatch.setattr(Lifecycle, "assemble", slowly)
+
+
+def _state_now(url: str) -> object:
+    upload_id = url.rsplit("/", 1)[-1]
+    return httpx.get(f"{url.split('/files/')[0]}/api/uploads/{upload_id}").json()["state"]
+
+
+def test_parallel_exits_once_the_final_upload_is_ready(
+    live: Live, tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str], slow_assembly: None
+) -> None:
+    source = random_file(tmp_path / "a.bin", 3 * MiB)
+    status, out, err = run(
+        capsys, "upload", str(source), "--endpoint", live.endpoint, "--parallel", "3",
+        "--progress", "none",
+    )  # fmt: skip
+    assert status == 0, err
+    assert _state_now(out[0]) == "ready"  # read once: the command waited for it
+    assert f"{out[0]}: every byte is sent; waiting for the server (receiving)" in err
+
+
+def test_parallel_gives_up_waiting_after_the_ready_timeout(
+    live: Live, tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str], slow_assembly: None
+) -> None:
+    source = random_file(tmp_path / "a.bin", 3 * MiB)
+    status, out, err = run(
+        capsys, "upload", str(source), "--endpoint", live.endpoint, "--parallel", "3",
+        "--progress", "none", "--ready-timeout", "0.3",
+    )  # fmt: skip
+    assert status == 1
+    assert out == []
+    assert "is not ready after 0.3s (state receiving;" in err
+    assert "upload-service status http://" in err
+    # run again, it sends nothing and waits for the verdict this time
+    status, out, err = run(
+        capsys, "upload", str(source), "--endpoint", live.endpoint, "--parallel", "3",
+        "--progress", "none",
+    )  # fmt: skip
+    assert status == 0, err
+    assert _state_now(out[0]) == "ready"
+    assert len(live.faults.requests("POST")) == 4
+
+
+def test_a_final_upload_that_fails_verification_exits_1(
+    live: Live, tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = random_file(tmp_path / "a.bin", 3 * MiB)
+    status, out, err = run(
+        capsys, "upload", str(source), "--endpoint", live.endpoint, "--parallel", "3",
+        "--progress", "none", "--metadata", f"sha256={'0' * 64}",
+    )  # fmt: skip
+    assert status == 1
+    assert out == []
+    assert "is failed: sha256 mismatch" in err

@@ -29,6 +29,7 @@ from upload_service.auth.setup import open_auth
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
+from upload_service.db.stores import check_storage
 from upload_service.errors import BadRequest, ServiceError
 from upload_service.events import NO_EVENTS, Events
 from upload_service.heap import StartUpHeap
@@ -150,6 +151,7 @@ async def open_services(
     engine = create_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
     try:
         await check_schema(engine)
+        await check_storage(engine, settings.storage)
         repository = SqlUploadRepository(create_sessionmaker(engine))
         store = await build_store(settings)
         locker: Locker = build_locker(settings)

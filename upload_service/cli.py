@@ -1,4 +1,4 @@
-"""``upload-service``: serve, migrate, cleanup, check-config, healthcheck, hash-key; upload,
+"""``upload-service``: serve, migrate, cleanup, check-config, healthcheck, hash-key, token; upload,
 status and download (the tus client, ``upload_service.client``)."""
 
 from __future__ import annotations
@@ -95,6 +95,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"upload-service: {exc}", file=sys.stderr)
         return 2
     _migrate_if_needed(settings)  # a new deployment needs nothing else on first run
+    from upload_service.db.stores import check_storage_at
+
+    try:  # checked again at every start-up, but there a failure is uvicorn's traceback
+        check_storage_at(settings.database_url, settings.storage)
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
     workers = args.workers if args.workers is not None else settings.workers
     if workers > 1 and settings.metrics:
         _prepare_multiprocess_metrics(settings)
@@ -169,7 +176,11 @@ def cmd_cleanup(_args: argparse.Namespace) -> int:
         async with open_services(settings, InlineRunner()) as services:
             return await services.handler.lifecycle.expire()
 
-    count = asyncio.run(run())
+    try:
+        count = asyncio.run(run())
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
     print(f"expired {count} unfinished uploads")
     return 0
 
@@ -247,8 +258,30 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ttl(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds, not {text!r}")
+    return int(text)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from upload_service.auth.token import dev_token
+
+    try:
+        token = dev_token(_settings(), args.sub, args.ttl)
+    except ConfigError as exc:
+        print(f"upload-service: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="upload-service", description=__doc__)
+    root = argparse.ArgumentParser(
+        prog="upload-service",
+        description="The upload service (serve, migrate, cleanup, check-config, healthcheck, "
+        "hash-key, token) and its tus client (upload, status, download).",
+    )
     commands = root.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="bind address (default UPLOAD_HOST or 127.0.0.1)")
@@ -285,6 +318,14 @@ def parser() -> argparse.ArgumentParser:
     hash_key.add_argument("owner", help="the owner the key's uploads belong to")
     hash_key.add_argument("--key", help="hash this key instead of a new random one")
     hash_key.set_defaults(run=cmd_hash_key)
+    token = commands.add_parser(
+        "token", help="print a development JWT signed with UPLOAD_AUTH_JWT_SECRET"
+    )
+    token.add_argument("--sub", required=True, help="the token's subject (its owner)")
+    token.add_argument(
+        "--ttl", type=_ttl, default=3600, metavar="SECONDS", help="valid for (default 3600)"
+    )
+    token.set_defaults(run=cmd_token)
     from upload_service.client.commands import add_commands
 
     add_commands(commands)

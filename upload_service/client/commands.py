@@ -46,6 +46,16 @@ def _parallel(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}")
+    return value
+
+
 def _common(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--token",
@@ -95,6 +105,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=[],
         metavar="KEY=VALUE",
         help="extra Upload-Metadata (repeatable; filename and filetype are set from the file)",
+    )
+    upload.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait, after the last byte, for the server to assemble and verify the "
+        "upload before exiting 1 (default 600)",
     )
     upload.add_argument(
         "--state-file", type=Path, help="the resume store (default under $XDG_STATE_HOME)"
@@ -164,6 +182,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         checksum=args.checksum,
         metadata=tuple(args.metadata),
+        ready_timeout=args.ready_timeout,
     )
 
     def body() -> None:

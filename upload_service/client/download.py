@@ -35,6 +35,7 @@ class Info:
     sha256: str | None
     download_url: str | None
     filename: str | None
+    failure: str | None = None  # why a failed upload failed
 
 
 def api_urls(url: str) -> list[str]:
@@ -75,6 +76,7 @@ def api_info(session: Session, url: str) -> Info | None:
                 data.get("download_url") if isinstance(data.get("download_url"), str) else None
             ),
             filename=name if isinstance(name, str) else None,
+            failure=data.get("failure") if isinstance(data.get("failure"), str) else None,
         )
     return None
 

@@ -4,19 +4,25 @@ A file's upload URL (or its parts' URLs) is kept in the resume store from the mo
 created; running the same command again asks the server where each one stands and sends only
 the rest. ``--parallel N`` (where the server advertises ``concatenation``) creates N partial
 uploads of consecutive ranges, sends them at once over N connections, then creates their final
-upload, whose URL is the result.
+upload, whose URL is the result. Either way the command waits for the server's verdict: the
+server assembles a final upload and computes a file's sha256 after the last byte (in the
+background when it could not hash the bytes as they streamed in), and a file counts as uploaded
+once its upload is ``ready``.
 """
 
 from __future__ import annotations
 
 import mimetypes
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from upload_service.client.errors import REFUSED, USAGE, ExitError
+from upload_service.client.download import api_info
+from upload_service.client.errors import FAILED, REFUSED, USAGE, ExitError
 from upload_service.client.progress import Display, Meter
+from upload_service.client.retry import Stopped
 from upload_service.client.store import Entry, FileKey, ResumeStore
 from upload_service.client.tus import CHECKSUM_PREFERENCE, Capabilities, Session
 
@@ -27,6 +33,13 @@ class Options:
     parallel: int = 1
     checksum: str | None = None  # an algorithm, "auto", or None
     metadata: tuple[tuple[str, str], ...] = ()
+    ready_timeout: float = 600.0  # seconds to wait for the server's verdict after the last byte
+
+
+# Polling for the verdict: the first look soon (a small file is verified in milliseconds), then
+# doubling up to a few seconds (a large one is read back whole, or copied from its parts first).
+POLL_FIRST = 0.1
+POLL_CAP = 5.0
 
 
 def ranges(size: int, parts: int) -> list[tuple[int, int]]:
@@ -113,7 +126,46 @@ class Uploader:
             url = entry.url
         meter.finish()
         self._store.put(key, replace(entry, url=url))
+        self._wait_ready(url)
         return url
+
+    def _wait_ready(self, url: str) -> None:
+        """Return once the upload at ``url`` is ``ready``; ``ExitError`` (exit status 1) when it
+        failed or ended, or is still assembling or verifying after ``ready_timeout`` seconds."""
+        timeout = self._options.ready_timeout
+        deadline = time.monotonic() + timeout
+        delay = POLL_FIRST
+        while True:
+            state = self._state(url)
+            if state == "ready":
+                return
+            if delay == POLL_FIRST:  # once, so a long verification is not taken for a hang
+                self._display.note(f"{url}: every byte is sent; waiting for the server ({state})")
+            if time.monotonic() + delay > deadline:
+                raise ExitError(
+                    f"{url} is not ready after {timeout:g}s (state {state}; every byte is sent, "
+                    f"`upload-service status {url}` shows when it is ready)",
+                    FAILED,
+                )
+            if self._session.stop.wait(delay):
+                raise Stopped()
+            delay = min(delay * 2, POLL_CAP)
+
+    def _state(self, url: str) -> str:
+        """The upload's state from the JSON API, or, without one, what HEAD tells: a final
+        upload without an offset is still assembling; with every byte, ready as far as tus says."""
+        info = api_info(self._session, url)
+        if info is not None:
+            if info.state in ("failed", "expired", "terminated"):
+                why = f": {info.failure}" if info.failure else ""
+                raise ExitError(f"{url} is {info.state}{why}", FAILED)
+            return info.state
+        head = self._session.status(url)
+        if head is None:
+            raise ExitError(f"{url} is gone from the server", FAILED)
+        if head.offset is None:
+            return "assembling"
+        return "ready" if head.offset == head.length else "receiving"
 
     def _resumable(self, key: FileKey) -> Entry | None:
         """The stored entry for this file if the server still has its upload(s)."""
