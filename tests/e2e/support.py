@@ -532,13 +532,11 @@ class RawPatch(threading.Thread):
             ):
                 sock.sendall(head)
                 stream.seek(self.offset)
-                while self.sent < wanted and not self._stop_sending.is_set():
-                    if self.read_answer and select.select([sock], [], [], 0)[0]:
-                        break  # the server answered (or closed): stop sending, read it
+                answered = False
+                while self.sent < wanted and not self._stop_sending.is_set() and not answered:
                     piece = stream.read(min(self.piece, wanted - self.sent))
                     self.attempted = self.sent + len(piece)
-                    sock.sendall(piece)
-                    self.sent += len(piece)
+                    answered = self._send(sock, piece)
                     if self.rate is not None:
                         ahead = self.sent / self.rate - (time.monotonic() - started)
                         if ahead > 0:
@@ -549,6 +547,24 @@ class RawPatch(threading.Thread):
                     self._read_answer(sock)
         except OSError as exc:  # the server was killed: the point of some tests
             self.error = exc
+
+    def _send(self, sock: socket.socket, piece: bytes) -> bool:
+        """Hand ``piece`` to the kernel as room frees up, counting ``sent``; True, leaving the
+        rest, as soon as the server answered (or closed). Never blocked in a send while the
+        answer waits: a server that stops reading answers and closes, and the reset of a close
+        with unread bytes would take the answer with it once it reaches a client still sending."""
+        view = memoryview(piece)
+        watched = [sock] if self.read_answer else []
+        while view:
+            readable, writable, _ = select.select(watched, [sock], [], 30)
+            if readable:
+                return True
+            if not writable:
+                raise TimeoutError("the server took nothing for 30 s")
+            count = sock.send(view)
+            view = view[count:]
+            self.sent += count
+        return False
 
     def _read_answer(self, sock: socket.socket) -> None:
         answer = b""
