@@ -1,13 +1,17 @@
 """The package's import graph has one direction: no module of ``tus/`` or ``storage/`` imports, even
-indirectly, one that imports it back. The graph is read from the source with ``ast``, so every import
-counts: those under ``if TYPE_CHECKING:`` and those inside functions too, because a circle a type
-checker or a late import hides is still a circle a reader has to untangle."""
+indirectly, one that imports it back; and the layers keep to their rules (``LAYERS``). The graph
+is read from the source with ``ast``, so every import counts: those under ``if TYPE_CHECKING:``
+and those inside functions too, because a circle a type checker or a late import hides is still a
+circle a reader has to untangle, and a layer reached that way is still reached."""
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 import upload_service
 
@@ -208,3 +212,103 @@ def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     components = strongly_connected(graph)
     assert not components, "import cycles:\n" + describe(graph, components)
+
+
+def libraries(path: Path) -> set[str]:
+    """The top-level names of what ``path`` imports from outside the package, in any scope."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {PACKAGE}
+
+
+def reached(graph: dict[str, set[str]], start: str) -> dict[str, list[str]]:
+    """Every module ``start`` imports, directly or not, with one chain of imports to it."""
+    chains = {start: [start]}
+    waiting = [start]
+    while waiting:
+        module = waiting.pop()
+        for target in sorted(graph.get(module, ())):
+            if target not in chains:
+                chains[target] = [*chains[module], target]
+                waiting.append(target)
+    return chains
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Modules under ``prefixes`` (but ``exempt``) reach, through any chain of imports, no module
+    under ``forbidden`` and no module that imports one of ``libraries``."""
+
+    name: str
+    prefixes: tuple[str, ...]
+    forbidden: tuple[str, ...] = ()
+    libraries: frozenset[str] = frozenset()
+    exempt: tuple[str, ...] = ()
+
+
+WEB = frozenset({"fastapi", "starlette", "uvicorn", "httpx", "h11"})
+LAYERS = (
+    # the protocol knows no web framework and no settings (routes.py is its HTTP adapter)
+    Layer(
+        "the protocol",
+        (f"{PACKAGE}.tus",),
+        forbidden=(f"{PACKAGE}.settings", f"{PACKAGE}.api", f"{PACKAGE}.app"),
+        libraries=WEB,
+        exempt=(f"{PACKAGE}.tus.routes",),
+    ),
+    # stores know nothing of tus, of the database or of HTTP
+    Layer(
+        "the stores",
+        (f"{PACKAGE}.storage",),
+        forbidden=(f"{PACKAGE}.tus", f"{PACKAGE}.db", f"{PACKAGE}.api", f"{PACKAGE}.settings"),
+        libraries=WEB | {"sqlalchemy"},
+    ),
+    # the repository knows no wire format (only tus/ encodes and decodes headers)
+    Layer(
+        "the repository",
+        (f"{PACKAGE}.repository", f"{PACKAGE}.db"),
+        forbidden=(f"{PACKAGE}.tus", f"{PACKAGE}.api"),
+        libraries=WEB,
+    ),
+)
+
+
+def violations(graph: dict[str, set[str]], paths: dict[str, Path], layer: Layer) -> list[str]:
+    def under(module: str, prefixes: tuple[str, ...]) -> bool:
+        return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
+
+    found: list[str] = []
+    for module in sorted(graph):
+        if not under(module, layer.prefixes) or under(module, layer.exempt):
+            continue
+        for target, chain in reached(graph, module).items():
+            why = sorted(libraries(paths[target]) & layer.libraries)
+            if under(target, layer.forbidden) or why:
+                found.append(" -> ".join(chain) + (f" (imports {', '.join(why)})" if why else ""))
+    return found
+
+
+def test_the_layer_check_follows_chains_to_what_is_forbidden(tmp_path: Path) -> None:
+    web = tmp_path / "web.py"
+    web.write_text("from fastapi import FastAPI\n")
+    plain = tmp_path / "plain.py"
+    plain.write_text("import json\n")
+    graph = {"p.tus.a": {"p.tus.b"}, "p.tus.b": {"p.web"}, "p.web": set(), "p.ok": set()}
+    paths = {"p.tus.a": plain, "p.tus.b": plain, "p.web": web, "p.ok": plain}
+    layer = Layer("t", ("p.tus",), forbidden=("p.ok",), libraries=frozenset({"fastapi"}))
+    assert violations(graph, paths, layer) == [
+        "p.tus.a -> p.tus.b -> p.web (imports fastapi)",
+        "p.tus.b -> p.web (imports fastapi)",
+    ]
+    graph["p.tus.b"] = {"p.ok"}
+    assert violations(graph, paths, layer) == ["p.tus.a -> p.tus.b -> p.ok", "p.tus.b -> p.ok"]
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=[layer.name for layer in LAYERS])
+def test_each_layer_keeps_to_its_rules(layer: Layer) -> None:
+    found = violations(import_graph(), module_names(), layer)
+    assert not found, f"{layer.name} reaches what it must not:\n" + "\n".join(found)

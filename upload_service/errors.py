@@ -155,3 +155,8 @@ class StorageUnavailable(StorageError, Unavailable):
 
 class ClientGone(Exception):
     """The client went away mid-body. Not a ServiceError: there is nobody left to answer."""
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded, or do not fit what is stored; the message names each
+    offending variable. Not a ``ServiceError``: it stops start-up, it never answers a request."""

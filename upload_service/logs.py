@@ -6,11 +6,8 @@ uvicorn, which applies it in the supervising process and again in every worker p
 (``--workers N``), so a worker logs exactly like a single process; the other commands apply it
 themselves (``configure``). Nothing is configured at import time.
 
-The context: ``requestlog.RequestLogMiddleware`` opens a ``RequestContext`` (its request id) for
-each HTTP request; the tus routes and the handler add the upload id once they know it
-(``bind_upload_id``). ``ContextFilter``, on the one handler, copies them onto every record logged
-while the request runs, whichever logger logs it; a record that names its own ``upload_id``
-(``extra=``, as background work does) keeps it.
+The context records carry (the request id, the upload id) is kept by ``logcontext``, a leaf that
+the protocol may import without the settings; ``ContextFilter`` is on the one handler.
 
 What is never logged: request headers (``Authorization`` among them), metadata values, and query
 parameter values that are credentials (``redact_query``).
@@ -20,10 +17,6 @@ from __future__ import annotations
 
 import logging
 import logging.config
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
@@ -31,11 +24,11 @@ from urllib.parse import parse_qsl, urlencode
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
+from upload_service.logcontext import CONTEXT_FIELDS, ContextFilter
+
 if TYPE_CHECKING:
     from upload_service.settings import Settings
 
-# Fields a record carries when they are known, in the order a text line shows them.
-CONTEXT_FIELDS = ("request_id", "upload_id")
 # Query parameters whose values are credentials (signed URLs, tokens): logged as REDACTED.
 SECRET_PARAMETERS = frozenset(
     {
@@ -51,40 +44,6 @@ SECRET_PARAMETERS = frozenset(
 REDACTED = "REDACTED"
 
 
-@dataclass(slots=True)
-class RequestContext:
-    """What the log records of one request carry; mutable, because the route that learns the
-    upload id may run in another task or thread than the middleware that logs the access line."""
-
-    request_id: str
-    upload_id: str | None = None
-
-
-_current: ContextVar[RequestContext | None] = ContextVar("upload_service_request", default=None)
-
-
-def current_request() -> RequestContext | None:
-    return _current.get()
-
-
-@contextmanager
-def request_context(request_id: str) -> Iterator[RequestContext]:
-    """Every record logged inside carries ``request_id`` (and the upload id once bound)."""
-    context = RequestContext(request_id)
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
-
-
-def bind_upload_id(upload_id: str | None) -> None:
-    """The request being served concerns this upload (a no-op outside a request)."""
-    context = _current.get()
-    if context is not None and upload_id:
-        context.upload_id = upload_id
-
-
 def redact_query(query: str) -> str:
     """``query`` with the values of credential parameters replaced by ``REDACTED``; a query
     that does not parse is replaced whole (it could hide a credential anywhere)."""
@@ -98,19 +57,6 @@ def redact_query(query: str) -> str:
         [(name, REDACTED if name.lower() in SECRET_PARAMETERS else value) for name, value in pairs],
         safe="/:",
     )
-
-
-class ContextFilter(logging.Filter):
-    """Copies the request's context onto the record (never replacing a field the record has)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        context = _current.get()
-        if context is not None:
-            if getattr(record, "request_id", None) is None:
-                record.request_id = context.request_id
-            if getattr(record, "upload_id", None) is None and context.upload_id is not None:
-                record.upload_id = context.upload_id
-        return True
 
 
 def _utc_time(record: logging.LogRecord) -> str:

@@ -3,7 +3,7 @@ message, counting it, so streaming PATCHes stay streams).
 
 Each request gets an id: the client's (or its proxy's) ``X-Request-Id`` when it is a sane token
 (1 to 128 letters, digits and ``_.:-``, sent once), else a new random one. It is in the context of
-every log record written while the request runs (``logs.request_context``) and goes back as
+every log record written while the request runs (``logcontext.request_context``) and goes back as
 ``X-Request-Id`` on every response, errors, 405s and CORS preflights included; an unhandled
 exception is answered 500 here, so that response carries it too (the server still logs the
 traceback). With ``UPLOAD_ACCESS_LOG`` on, one access line a request is logged as the last part of
@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from upload_service.logs import redact_query, request_context
+from upload_service.logcontext import request_context
+from upload_service.logs import redact_query
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from upload_service.errors import ConfigError as ConfigError  # re-exported: callers catch it here
 from upload_service.tus.content_types import parse_allowed_types
 
 MiB = 1024 * 1024
@@ -502,10 +503,6 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
-
-
-class ConfigError(Exception):
-    """Settings could not be loaded; the message names each offending variable."""
 
 
 def load_settings(**overrides: object) -> Settings:

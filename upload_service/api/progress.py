@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from upload_service.api.routes import ServicesDep, VideoOut
 from upload_service.errors import ServiceError
-from upload_service.logs import bind_upload_id
+from upload_service.logcontext import bind_upload_id
 from upload_service.repository import UploadRepository
 from upload_service.tus.handler import TusHandler
 from upload_service.tus.request import TusRequest

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upload_service.db.models import UploadRow
-from upload_service.settings import ConfigError
+from upload_service.errors import ConfigError
 from upload_service.uploads import ENDED_STATES
 
 _OTHER = {"local": "s3", "s3": "local"}
