@@ -40,7 +40,7 @@ from upload_service.tus.protocol import (
     parse_concat,
     parse_uint,
 )
-from upload_service.tus.receive import Receiver
+from upload_service.tus.receive import Receiver, check_room
 from upload_service.tus.request import (
     TusHeaders,
     TusRequest,
@@ -277,11 +277,9 @@ def check_fits(
     content_length: int,
     cap: int | None = None,
 ) -> None:
-    limit = receiver.limit(offset, length, cap)
-    if limit is not None and content_length > limit:
-        raise TooLarge(
-            f"Content-Length {content_length} exceeds the {limit} bytes the upload has left"
-        )
+    """What the upload's length and caps leave (the quota, which needs the database, is checked
+    where the body is received: ``Receiver.receive``)."""
+    check_room(receiver.limit(offset, length, cap), content_length)
 
 
 def media_type(value: str | None) -> str:

@@ -44,7 +44,7 @@ from upload_service.tasks import InlineRunner, Runner
 from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import ALGORITHMS, RunningDigests
 from upload_service.tus.content_types import AllowedTypes, ContentRules
-from upload_service.tus.creation import Creator
+from upload_service.tus.creation import Creator, check_fits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
@@ -318,7 +318,7 @@ class TusHandler:
                 await self._check_declared_length(upload, new_length, request)
                 length = new_length
             if content_length is not None:
-                await self._receiver.check_fits(replace(upload, length=length), content_length)
+                check_fits(self._receiver, upload.offset, length, content_length, upload.size_cap)
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
             if upload.state is UploadState.RECEIVING:
@@ -329,6 +329,7 @@ class TusHandler:
                         lease,
                         checksum,
                         rules=self._first_bytes_rules(upload, request),
+                        content_length=content_length,  # checked against the quota there
                     )
             elif await _has_data(body):  # a chunked body sent to a complete upload
                 raise TooLarge("the upload is already complete")

@@ -79,6 +79,15 @@ logger = logging.getLogger("upload_service.tus")
 GIVE_BACK = 1024 * 1024
 
 
+def check_room(room: int | None, content_length: int, refusal: ServiceError | None = None) -> None:
+    """A request body of ``content_length`` bytes is refused before it is read when it does not
+    fit in ``room`` (``Receiver.limit`` or ``Receiver.room``): with ``refusal``, else a 413."""
+    if room is not None and content_length > room:
+        raise refusal or TooLarge(
+            f"Content-Length {content_length} exceeds the {room} bytes the upload has left"
+        )
+
+
 class Receiver:
     """Streams request bodies into the store and commits what is durable (caller holds the lock)."""
 
@@ -168,15 +177,6 @@ class Receiver:
             f"the limit of {quota.bytes}"
         )
 
-    async def check_fits(self, upload: Upload, content_length: int) -> None:
-        """A request body of ``content_length`` bytes is refused before it is read when it
-        would not fit (see ``room``)."""
-        room, refusal = await self.room(upload)
-        if room is not None and content_length > room:
-            raise refusal or TooLarge(
-                f"Content-Length {content_length} exceeds the {room} bytes the upload has left"
-            )
-
     async def receive(
         self,
         upload: Upload,
@@ -185,6 +185,7 @@ class Receiver:
         checksum: Checksum | None = None,
         *,
         rules: ContentRules | None = None,
+        content_length: int | None = None,
     ) -> Upload:
         """Stream the body into the store, checkpointing durably; return the committed upload.
 
@@ -196,9 +197,10 @@ class Receiver:
 
         With ``rules`` (the request that carries offset 0), the file's first bytes are read and
         their type checked before the store is touched: ``UnsupportedMediaType`` stores nothing.
+        A ``content_length`` past the ``room`` the upload has is refused before anything is read.
         """
         with self._registered(lease):
-            return await self._receive(upload, body, lease, checksum, rules)
+            return await self._receive(upload, body, lease, checksum, rules, content_length)
 
     async def _receive(
         self,
@@ -207,8 +209,11 @@ class Receiver:
         lease: Lease,
         checksum: Checksum | None,
         rules: ContentRules | None,
+        content_length: int | None,
     ) -> Upload:
         room, refusal = await self.room(upload)
+        if content_length is not None:
+            check_room(room, content_length, refusal)
         if rules is not None:
             with self._reading_body(upload.id):
                 body = await self.checked_head(body, rules, room, lease)
