@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
@@ -271,7 +271,7 @@ class SqlUploadRepository(SqlOutbox):
             upload_id,
             (_receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
             "upload changed concurrently; fetch its offset and retry",
-            guard=_Growth(quota, lambda length, _: offset - expected if length is None else 0),
+            guard=_growth(upload_id, quota, offset, since=expected),
             upload_offset=offset,
             received=offset,
             updated_at=now,
@@ -285,7 +285,7 @@ class SqlUploadRepository(SqlOutbox):
             upload_id,
             (_receiving(), UploadRow.length.is_(None), UploadRow.upload_offset <= length),
             "the upload's length was declared meanwhile",
-            guard=_Growth(quota, lambda known, offset: length - offset if known is None else 0),
+            guard=_growth(upload_id, quota, length),
             length=length,
             updated_at=now,
         )
@@ -309,7 +309,7 @@ class SqlUploadRepository(SqlOutbox):
             upload_id,
             (_receiving(), UploadRow.concat == "final"),
             "final upload was assembled or ended meanwhile",
-            guard=_Growth(quota, lambda known, offset: length - offset if known is None else 0),
+            guard=_growth(upload_id, quota, length),
             length=length,
             upload_offset=length,
             received=length,
@@ -416,23 +416,18 @@ class SqlUploadRepository(SqlOutbox):
         With ``event``, the event's outbox row is inserted in the same transaction; with
         ``guard``, the owner's quota is checked first, in it."""
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
-        return await self._execute_one(
-            statement.values(**values),
-            conflict,
-            event,
-            None if guard is None else (upload_id, guard),
-        )
+        return await self._execute_one(statement.values(**values), conflict, event, guard)
 
     async def _execute_one(
         self,
         statement: Update,
         conflict: str,
         event: EventType | None = None,
-        guard: tuple[str, _Growth] | None = None,
+        guard: _Growth | None = None,
     ) -> Upload:
         async with self._session(begin=True) as session:
             if guard is not None:
-                await guard[1].check(session, guard[0])
+                await guard.check(session)
             upload = await _one(session, statement, conflict)
             if event is not None:
                 session.add(outbox_row(event, upload, upload.updated_at))
@@ -522,33 +517,44 @@ async def _check_new(session: AsyncSession, upload: Upload, quota: Quota) -> Non
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Growth:
-    """A transition that may grow its upload's share of the owner's usage: ``size`` tells by how
-    much from the row's length and committed offset; the quota must admit it."""
+    """A transition that brings ``upload_id``'s share of its owner's usage, while its length is
+    unknown, to ``to`` bytes (a new committed offset, a declared or an assembled length) from
+    ``since`` (the committed offset it expects; None: the row's): the byte quota must admit the
+    difference. An upload of known length counted its length already and grows nothing."""
 
-    quota: Quota | None
-    size: Callable[[int | None, int], int]
+    upload_id: str
+    quota: Quota
+    to: int
+    since: int | None = None
 
-    async def check(self, session: AsyncSession, upload_id: str) -> None:
-        if self.quota is None or self.quota.bytes is None:
-            return
+    async def check(self, session: AsyncSession) -> None:
         postgres = session.get_bind().dialect.name == "postgresql"
         if not postgres:
             await _serialise(session, None)
         found = (
             await session.execute(
                 select(UploadRow.owner, UploadRow.length, UploadRow.upload_offset).where(
-                    UploadRow.id == upload_id
+                    UploadRow.id == self.upload_id
                 )
             )
         ).one_or_none()
-        if found is None or found.owner is None:
-            return  # no such upload (the transition says so), or an open service's
-        size = self.size(found.length, found.upload_offset)
+        if found is None or found.owner is None or found.length is not None:
+            return  # no such upload (the transition says so), an open service's, or known
+        size = self.to - (found.upload_offset if self.since is None else self.since)
         if size <= 0:
             return
         if postgres:
             await _serialise(session, found.owner)
         self.quota.check(await _usage(session, found.owner), size=size)
+
+
+def _growth(
+    upload_id: str, quota: Quota | None, to: int, *, since: int | None = None
+) -> _Growth | None:
+    """The quota check of a transition that may grow usage (None: no byte quota to check)."""
+    if quota is None or quota.bytes is None:
+        return None
+    return _Growth(upload_id, quota, to, since)
 
 
 async def _usage(session: AsyncSession, owner: str) -> Usage:
