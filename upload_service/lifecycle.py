@@ -48,7 +48,7 @@ from upload_service.storage.base import (
     Store,
 )
 from upload_service.tasks import Runner
-from upload_service.uploads import ENDED_STATES, Upload, UploadState
+from upload_service.uploads import ENDED_STATES, Upload, UploadState, smallest
 from upload_service.video import VideoProber
 
 logger = logging.getLogger("upload_service.lifecycle")
@@ -193,10 +193,10 @@ class Lifecycle:
                     return  # assembled when the last part becomes ready
             total = sum(parts[part_id].length or 0 for part_id in final.parts)
             # parts of deferred length could not be checked when the final was created
-            limits = [size for size in (self._max_size, final.size_cap) if size is not None]
-            if limits and total > min(limits):
+            limit = smallest(self._max_size, final.size_cap)
+            if limit is not None and total > limit:
                 await self._fail(
-                    final_id, f"assembled length {total} exceeds the maximum size {min(limits)}"
+                    final_id, f"assembled length {total} exceeds the maximum size {limit}"
                 )
                 return
             if self._quota is not None and final.owner is not None and final.length is None:

@@ -42,6 +42,13 @@ LIVE_STATES = (UploadState.RECEIVING, UploadState.VERIFYING, UploadState.READY)
 ENDED_STATES = (UploadState.FAILED, UploadState.EXPIRED, UploadState.TERMINATED)
 
 
+def smallest(*sizes: int | None) -> int | None:
+    """The size limit that binds among ``sizes`` (the service's maximum, a token's cap, an
+    upload's creator's cap); None when none of them limits."""
+    known = [size for size in sizes if size is not None]
+    return min(known) if known else None
+
+
 @dataclass(frozen=True, slots=True)
 class Upload:
     id: str

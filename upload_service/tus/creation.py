@@ -48,7 +48,7 @@ from upload_service.tus.request import (
     request_content_length,
 )
 from upload_service.tus.types import HandlerConfig, TusResponse
-from upload_service.uploads import Metadata, Upload, UploadState
+from upload_service.uploads import Metadata, Upload, UploadState, smallest
 
 logger = logging.getLogger("upload_service.tus")
 
@@ -263,11 +263,12 @@ class Creator:
         self.check_max_size(length, principal)
         return length
 
-    def check_max_size(self, length: int, principal: Principal) -> None:
-        """413 past ``UPLOAD_MAX_SIZE`` or the caller's own cap, whichever is smaller."""
-        limits = [size for size in (self._config.max_size, principal.max_size) if size is not None]
-        if limits and length > min(limits):
-            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {min(limits)}")
+    def check_max_size(self, length: int, principal: Principal, cap: int | None = None) -> None:
+        """413 past ``UPLOAD_MAX_SIZE``, the caller's own cap or ``cap`` (an upload's creator's),
+        whichever is smallest."""
+        limit = smallest(self._config.max_size, principal.max_size, cap)
+        if limit is not None and length > limit:
+            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {limit}")
 
 
 def check_fits(

@@ -66,7 +66,7 @@ from upload_service.tus.request import (
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.tus.types import HandlerConfig, TusResponse
 from upload_service.tus.whole import WholeBody
-from upload_service.uploads import Metadata, Upload, UploadState
+from upload_service.uploads import Metadata, Upload, UploadState, smallest
 from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
@@ -237,8 +237,7 @@ class TusHandler:
     async def _whole_body(self, principal: Principal, body: AsyncIterator[bytes]) -> WholeBody:
         """The body cut at the maximum size, or where it would pass the owner's byte quota
         (the length is unknown until the body ends, so the quota is what is left of it now)."""
-        limits = [size for size in (self._config.max_size, principal.max_size) if size is not None]
-        limit = min(limits) if limits else None
+        limit = smallest(self._config.max_size, principal.max_size)
         quota, owner = self._config.quota, principal.owner
         if quota is None or quota.bytes is None or owner is None:
             return WholeBody(body, limit)
@@ -357,10 +356,8 @@ class TusHandler:
                     f"Upload-Length {length} differs from the upload's length {upload.length}"
                 )
             return
-        # the caps of the caller now and of the upload's creator
-        self._creator.check_max_size(length, request.principal)
-        if upload.size_cap is not None and length > upload.size_cap:
-            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {upload.size_cap}")
+        # the caps of the service, of the caller now and of the upload's creator
+        self._creator.check_max_size(length, request.principal, upload.size_cap)
         if length < upload.offset:
             raise BadRequest(f"Upload-Length {length} is less than the offset {upload.offset}")
         # the owner's quota is checked as the length is declared (``_declare_length``)

@@ -67,7 +67,7 @@ from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDiges
 from upload_service.tus.content_types import ContentRules
 from upload_service.tus.sniff import HeadReader
 from upload_service.tus.types import HandlerConfig, LeaseLost
-from upload_service.uploads import Upload, UploadState
+from upload_service.uploads import Upload, UploadState, smallest
 
 if TYPE_CHECKING:
     from upload_service.repository import UploadRepository
@@ -156,8 +156,8 @@ class Receiver:
         service's maximum size or its creator's own ``cap``, whichever is smaller."""
         if length is not None:
             return length - offset
-        caps = [size for size in (self._config.max_size, cap) if size is not None]
-        return max(min(caps) - offset, 0) if caps else None
+        limit = smallest(self._config.max_size, cap)
+        return None if limit is None else max(limit - offset, 0)
 
     async def room(self, upload: Upload) -> tuple[int | None, ServiceError | None]:
         """The bytes a request may write into ``upload`` and the refusal past them: its
