@@ -60,6 +60,16 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def sqlite_dir(tmp_path: Path, template_db: Path) -> Path:
+    """A data directory holding a migrated SQLite database (a copy of the session's template):
+    for tests of one process on the embedded default."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copyfile(template_db, data / "uploads.db")
+    return data
+
+
 def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": data_dir,

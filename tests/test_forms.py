@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -74,14 +73,6 @@ async def live_uploads(served: Served) -> list[str]:
 async def nothing_left(served: Served) -> None:
     assert await live_uploads(served) == []
     assert await stored_files(served.services) == []
-
-
-@pytest.fixture
-def sqlite_dir(template_db: Path, tmp_path: Path) -> Path:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    shutil.copyfile(template_db, data_dir / "uploads.db")
-    return data_dir
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ with the event and upload ids, and the reason to the metrics."""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,14 +32,6 @@ TRACEBACK = (
 def hook_receiver() -> Iterator[Receiver]:
     with receiver() as state:
         yield state
-
-
-@pytest.fixture
-def sqlite_dir(tmp_path: Path, template_db: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copyfile(template_db, data / "uploads.db")
-    return data
 
 
 async def fail_once(

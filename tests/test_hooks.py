@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -38,15 +37,6 @@ def b64(text: str) -> str:
 def hook_receiver() -> Iterator[Receiver]:
     with receiver() as state:
         yield state
-
-
-@pytest.fixture
-def sqlite_dir(tmp_path: Path, template_db: Path) -> Path:
-    """A data directory with a migrated SQLite database (for tests about one process's hooks)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copyfile(template_db, data / "uploads.db")
-    return data
 
 
 def hook_settings(data_dir: Path, database_url: str | None = None, **values: object) -> Settings:

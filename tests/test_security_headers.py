@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +73,10 @@ def concrete(template: str) -> str:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, template_db: Path) -> Path:
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copyfile(template_db, data / "uploads.db")
-    return data
-
-
-@pytest.fixture
-async def secured(data_dir: Path) -> AsyncIterator[FastAPI]:
+async def secured(sqlite_dir: Path) -> AsyncIterator[FastAPI]:
     """Authentication on, metrics on, CORS for one origin only."""
     settings = make_settings(
-        data_dir,
+        sqlite_dir,
         auth_api_keys=f"svc:{hash_key(API_KEY)}",
         auth_signing_key=SIGNING_KEY,
         cors_origins=(ORIGIN,),
@@ -167,8 +158,8 @@ async def test_an_answers_own_headers_are_kept() -> None:
 
 
 @pytest.fixture
-async def open_client(data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(data_dir))
+async def open_client(sqlite_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(make_settings(sqlite_dir))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -213,8 +204,8 @@ def inline_script_hashes(page: str) -> list[str]:
 
 
 @pytest.mark.parametrize("root_path", ["", "/uploads"])
-async def test_the_docs_page_allows_its_own_scripts_only(data_dir: Path, root_path: str) -> None:
-    app = create_app(make_settings(data_dir))
+async def test_the_docs_page_allows_its_own_scripts_only(sqlite_dir: Path, root_path: str) -> None:
+    app = create_app(make_settings(sqlite_dir))
     transport = httpx.ASGITransport(app=app, root_path=root_path)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         page = await client.get(f"{root_path}/docs")
