@@ -1,5 +1,6 @@
-"""The README's settings table and ``Settings`` agree: every field has exactly one row, and every
-row names a field (``UPLOAD_`` + the field's name, upper-cased)."""
+"""The settings table (docs/configuration.md, linked from the README) and ``Settings`` agree:
+every field has exactly one row, and every row names a field (``UPLOAD_`` + the field's name,
+upper-cased)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from upload_service.settings import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 HEADER = "| variable | default | meaning |"
 _VARIABLE = re.compile(r"`(UPLOAD_[A-Z0-9_]+)`")  # the whole first cell: one variable a row
 
@@ -31,17 +32,20 @@ def settings_tables(text: str) -> list[list[str]]:
     return tables
 
 
-def operating_section(text: str) -> str:
-    start = text.index("\n## Operating\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end >= 0 else len(text)]
+def settings_section(text: str) -> str:
+    """The ``### Settings`` section: up to the next heading of its level or above."""
+    start = text.index("\n### Settings\n")
+    ends = [i for i in (text.find("\n## ", start + 1), text.find("\n### ", start + 1)) if i >= 0]
+    return text[start : min(ends) if ends else len(text)]
 
 
 def table_variables() -> list[str]:
     text = README.read_text(encoding="utf-8")
     tables = settings_tables(text)
-    assert len(tables) == 1, "the README must have one settings table (variable, default, meaning)"
-    assert HEADER in operating_section(text), "the settings table belongs in the Operating section"
+    assert len(tables) == 1, (
+        "docs/configuration.md must have one settings table (variable, default, meaning)"
+    )
+    assert HEADER in settings_section(text), "the settings table belongs in the Settings section"
     variables = []
     for cell in tables[0]:
         match = _VARIABLE.fullmatch(cell)
