@@ -43,7 +43,7 @@ def record(event: OutboxEvent) -> None:
     posted.append((event, threading.current_thread() is not threading.main_thread()))
 
 
-# The README's copy-on-finish example, as it is documented (the test points SOURCE and DEST at
+# The copy-on-finish example of docs/hooks.md, as it is documented (the test points SOURCE and DEST at
 # its own directories).
 SOURCE = Path(os.environ.get("UPLOAD_DATA_DIR", "./data")) / "files"  # local storage
 DEST = Path("/srv/archive")

@@ -1,5 +1,5 @@
-"""The README's curl recipes, run as written with real curl against a real server, right after an
-interruption (the report of issue 11: a HEAD typed at once answered an offset the broken PATCH
+"""The curl recipes of the README and docs/, run as written with real curl against a real server,
+right after an interruption (the report of issue 11: a HEAD typed at once answered an offset the broken PATCH
 was still moving, and the PATCH that followed got 409)."""
 
 from __future__ import annotations
@@ -27,14 +27,19 @@ from tests.e2e.support import (
 
 pytestmark = pytest.mark.e2e
 
-README = Path(__file__).parents[2] / "README.md"
+ROOT = Path(__file__).parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_block(marker: str) -> str:
-    """The ```sh block of the README that contains ``marker``."""
-    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(), re.DOTALL)
+    """The ```sh block of the README or a docs/ page that contains ``marker``."""
+    blocks = [
+        block
+        for page in PAGES
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.DOTALL)
+    ]
     found = [block for block in blocks if marker in block]
-    assert len(found) == 1, f"one README block with {marker!r}, found {len(found)}"
+    assert len(found) == 1, f"one README or docs/ block with {marker!r}, found {len(found)}"
     block: str = found[0]
     return block
 
