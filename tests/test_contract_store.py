@@ -44,7 +44,8 @@ from upload_service.storage.base import (
     Store,
     TailDiscarder,
 )
-from upload_service.storage.local import LocalAppender, LocalStore
+from upload_service.storage.local.appender import LocalAppender
+from upload_service.storage.local.store import LocalStore
 from upload_service.storage.memory import MemoryStore
 from upload_service.storage.s3 import S3Store
 from upload_service.storage.s3_appender import S3Appender

@@ -33,7 +33,7 @@ from tests.tus_http_helpers import (
 )
 from upload_service.errors import StorageFull
 from upload_service.settings import Settings
-from upload_service.storage.local import LocalStore
+from upload_service.storage.local.store import LocalStore
 from upload_service.storage.space import free_bytes
 from upload_service.tus.receive import GIVE_BACK
 

@@ -16,7 +16,7 @@ from tests.conftest import Databases
 from tests.test_contract_locker import postgres_dsn
 from tests.test_handler import CONFIG, Clock, KiB, MiB, at, chunks, committed, create, offset_of
 from upload_service.locking.postgres import PostgresLocker
-from upload_service.storage.local import LocalStore
+from upload_service.storage.local.store import LocalStore
 from upload_service.tus.handler import TusHandler
 from upload_service.tus.request import TusRequest
 from upload_service.tus.types import LeaseLost

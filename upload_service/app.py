@@ -54,7 +54,7 @@ from upload_service.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
-from upload_service.storage.local import LocalStore
+from upload_service.storage.local.store import LocalStore
 from upload_service.storage.s3 import S3Store
 from upload_service.storage.s3_layout import MAX_OBJECT_SIZE
 from upload_service.storage.s3client import Boto3ObjectClient

@@ -62,6 +62,9 @@ class Fence(Protocol):
     def lost(self) -> bool: ...
 
 
+LOCK_LOST = "the upload's lock was lost (a newer request owns it)"  # why a fenced write fails
+
+
 class Appender(Protocol):
     """Appends one request's bytes to an upload, from the offset it was opened at."""
 
