@@ -81,7 +81,7 @@ def _check_object(info: s3.ObjectInfo, size: int, etag: str | None, who: str) ->
 def _service_part_size(launch: Launch) -> int:
     """The part size our S3 store picks with this spec's settings (an --ours-env may change
     them), as the service computes it."""
-    from upload_service.storage.s3_layout import choose_part_size
+    from upload_service.storage.s3.layout import choose_part_size
 
     env = launch.spec.env
     largest = int(env.get("UPLOAD_MAX_SIZE", S3_MAX_SIZE))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 
-from upload_service.storage.s3client import Boto3ObjectClient
+from upload_service.storage.s3.boto import Boto3ObjectClient
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -47,10 +47,11 @@ from upload_service.storage.base import (
 from upload_service.storage.local.appender import LocalAppender
 from upload_service.storage.local.store import LocalStore
 from upload_service.storage.memory import MemoryStore
-from upload_service.storage.s3 import S3Store
-from upload_service.storage.s3_appender import S3Appender
-from upload_service.storage.s3_layout import MAX_PARTS, choose_part_size, parse_ref
-from upload_service.storage.s3client import ObjectClient, Part, translate
+from upload_service.storage.s3.appender import S3Appender
+from upload_service.storage.s3.boto import translate
+from upload_service.storage.s3.client import ObjectClient, Part
+from upload_service.storage.s3.layout import MAX_PARTS, choose_part_size, parse_ref
+from upload_service.storage.s3.store import S3Store
 
 UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 OTHER_ID = "fedcba9876543210fedcba9876543210"

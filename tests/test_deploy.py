@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from upload_service.auth.setup import check_open_mode
 from upload_service.proxy import TrustedProxies
 from upload_service.settings import ConfigError, Settings, load_settings
-from upload_service.storage.s3_layout import MAX_OBJECT_SIZE, choose_part_size
+from upload_service.storage.s3.layout import MAX_OBJECT_SIZE, choose_part_size
 
 ROOT = Path(__file__).resolve().parent.parent
 

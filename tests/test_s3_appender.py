@@ -16,9 +16,9 @@ import pytest
 from tests import s3 as moto
 from upload_service.errors import StorageError, StorageUnavailable
 from upload_service.storage.base import Appender, Checkpointer, StorageKey
-from upload_service.storage.s3 import S3Store
-from upload_service.storage.s3_layout import MAX_PARTS
-from upload_service.storage.s3client import ObjectClient, Part
+from upload_service.storage.s3.client import ObjectClient, Part
+from upload_service.storage.s3.layout import MAX_PARTS
+from upload_service.storage.s3.store import S3Store
 
 MiB = 1024 * 1024
 PART = 5 * MiB

@@ -30,7 +30,7 @@ from tests.tus_http_helpers import Served, count_uploads, create, head, patch, r
 from upload_service.lifecycle import ORPHAN_GRACE
 from upload_service.locking.memory import MemoryLocker
 from upload_service.settings import Settings
-from upload_service.storage.s3 import S3Store
+from upload_service.storage.s3.store import S3Store
 from upload_service.tus.handler import TusHandler
 
 if TYPE_CHECKING:

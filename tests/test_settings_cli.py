@@ -31,7 +31,7 @@ from upload_service.db.models import Base
 from upload_service.locking.file import FileLocker
 from upload_service.locking.postgres import PostgresLocker
 from upload_service.settings import ConfigError, Settings, load_settings
-from upload_service.storage.s3 import S3Store
+from upload_service.storage.s3.store import S3Store
 
 WEEK = 7 * 24 * 3600
 SUBPROCESS_GUARD = 120  # seconds; a hang is a failure, not a measurement

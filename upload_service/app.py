@@ -55,9 +55,9 @@ from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
 from upload_service.storage.local.store import LocalStore
-from upload_service.storage.s3 import S3Store
-from upload_service.storage.s3_layout import MAX_OBJECT_SIZE
-from upload_service.storage.s3client import Boto3ObjectClient
+from upload_service.storage.s3.boto import Boto3ObjectClient
+from upload_service.storage.s3.layout import MAX_OBJECT_SIZE
+from upload_service.storage.s3.store import S3Store
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import TusHandler, utcnow
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS

@@ -1,13 +1,18 @@
-"""How an upload lies in S3 (the layout and the crash story are in ``storage/s3.py``): S3's size
-limits, the key's ref, the part size an upload gets, the name of a tail object and what an
-unfinished upload has stored. ``s3`` and ``s3_appender`` both import it, and it imports neither
-(only ``s3client``, for ``Part``), so the appender never needs the store's module."""
+"""How an upload lies in S3: S3's size limits, the key's ref, the part size an upload gets, the
+name of a tail object and what an unfinished upload has stored (``Layout``). Pure values: every
+other module of the store imports it, and it imports only ``client`` (for ``Part``).
+
+Crash story (what survives a kill -9 is what this reads back): every ``sync`` leaves the tail of
+its slot, so the durable size is ``(n - 1) * part_size`` plus tail ``n``, for the highest slot
+``n`` whose parts ``1..n-1`` exist (``Layout.size``); parts past that slot were never synced and do
+not count, whatever a crash left of them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from upload_service.storage.s3client import Part
+from upload_service.storage.s3.client import Part
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -55,12 +60,16 @@ class Layout:
     parts: dict[int, Part]
     tails: dict[int, int]
 
+    def has_parts(self, count: int) -> bool:
+        """Whether parts ``1..count`` all exist."""
+        return all(number in self.parts for number in range(1, count + 1))
+
     def slot(self) -> int:
         """The slot of the latest ``sync``: the highest tail whose earlier parts all exist (every
         sync leaves its slot's tail, empty or not). Parts past it were never synced. Without
         any tail (lost): the slot after the contiguous parts."""
         for number in sorted(self.tails, reverse=True):
-            if all(earlier in self.parts for earlier in range(1, number)):
+            if self.has_parts(number - 1):
                 return number
         count = 0
         while count + 1 in self.parts:

@@ -1,19 +1,17 @@
-"""The handful of S3 operations ``S3Store`` uses, behind a Protocol of our own, and boto3's.
+"""boto3's ``ObjectClient``: the error boundary for botocore.
 
-Every method is synchronous and blocking: ``S3Store`` calls them in worker threads only. The boto3
-implementation is the error boundary for botocore: a missing upload or object is ``NotFound``; an
-endpoint that cannot be reached, a timeout, a 5xx or throttling is ``StorageUnavailable`` (503 with
-``Retry-After``); no space or quota left is ``StorageFull`` (507); anything else S3 answers is
-``StorageError``. No botocore exception leaves it.
+A missing upload or object is ``NotFound``; an endpoint that cannot be reached, a timeout, a 5xx
+or throttling is ``StorageUnavailable`` (503 with ``Retry-After``); no space or quota left is
+``StorageFull`` (507); anything else S3 answers is ``StorageError``. No botocore exception leaves
+it. Crash story: none of its own (one method, one S3 request; see ``client``); a request cut off
+by a kill -9 is one S3 never applied, or applied whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING
 
 import boto3
 import botocore.config
@@ -21,94 +19,11 @@ import botocore.exceptions
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from upload_service.errors import NotFound, StorageError, StorageFull, StorageUnavailable
+from upload_service.storage.s3.client import Body, MultipartUpload, ObjectInfo, Part
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    number: int
-    size: int
-    etag: str
-    checksum: str = ""  # the part's CRC32 (base64) when the upload has one
-
-
-@dataclass(frozen=True, slots=True)
-class MultipartUpload:
-    key: str
-    upload_id: str
-    initiated: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    key: str
-    size: int
-    modified: datetime
-
-
-class Body(Protocol):
-    """An object's bytes as they arrive; ``read`` returns b"" at the end."""
-
-    def read(self, size: int) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-class ObjectClient(Protocol):
-    """Blocking S3 operations; each raises ``NotFound``, ``StorageUnavailable`` or
-    ``StorageError`` and nothing else."""
-
-    def create_multipart_upload(self, bucket: str, key: str) -> str:
-        """Returns the new UploadId."""
-        ...
-
-    def upload_part(
-        self, bucket: str, key: str, upload_id: str, number: int, body: IO[bytes], length: int
-    ) -> Part:
-        """Uploads ``length`` bytes of ``body`` (from its start) as part ``number``."""
-        ...
-
-    def upload_part_copy(
-        self, bucket: str, key: str, upload_id: str, number: int, source: str, start: int, end: int
-    ) -> Part:
-        """Part ``number`` := bytes ``[start, end)`` of object ``source`` (copied by the
-        server)."""
-        ...
-
-    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
-        """Every part (all pages), by number."""
-        ...
-
-    def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]
-    ) -> str:
-        """The object's ETag."""
-        ...
-
-    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None: ...
-
-    def list_multipart_uploads(self, bucket: str, prefix: str) -> list[MultipartUpload]: ...
-
-    def put_object(self, bucket: str, key: str, body: IO[bytes], length: int) -> None: ...
-
-    def get_object(self, bucket: str, key: str, start: int, end: int) -> Body:
-        """Bytes ``[start, end)`` (``end > start``) as a stream; fewer if the object is shorter."""
-        ...
-
-    def head_object(self, bucket: str, key: str) -> int:
-        """The object's size."""
-        ...
-
-    def delete_object(self, bucket: str, key: str) -> None:
-        """Deleting a missing object is not an error."""
-        ...
-
-    def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]: ...
-
-    def head_bucket(self, bucket: str) -> None: ...
 
 
 _MISSING = {"NoSuchUpload", "NoSuchKey", "NotFound", "404"}

@@ -1,62 +1,96 @@
-"""The appender of ``S3Store`` (the layout and the crash story are in ``storage/s3.py``).
+"""Appending one request's bytes to an S3 upload (``open_appender``, ``S3Appender``).
 
-Parts go out while the next ones are being received: each full part is handed, in its own spool
-file, to the store's part-upload threads, at most ``concurrency`` of them at a time per appender
-(a receiving thread waits for the oldest when that many are in flight). Disk per upload is thus at
-most ``concurrency + 1`` parts of spool, memory ``BUFFER_SIZE`` plus what boto3 reads at a time.
+Crash story (the committed offset is the database's, in slot ``k+1``). A tail is never overwritten
+by another slot's: ``open_appender`` deletes an old one only when it opens at an offset that does
+not need it, so the committed slot's tail always survives. If parts were uploaded but the new tail
+not yet written (the request died, or its checksum failed), the highest tail is still slot
+``k+1``'s, so ``size`` is the committed offset and the parts past it do not count; ``append`` at
+the offset reads back the committed tail and uploads part ``k+1`` again when it fills (S3
+replaces a part of the same number); later stale parts are overwritten or left out of
+``CompleteMultipartUpload``, whose part list is ours. Only when a committed tail itself is lost
+does ``open_appender`` refuse (S3 cannot read the parts of an unfinished upload back).
 
 What counts as durable is always a contiguous run of confirmed parts followed by the tail of the
 next slot: ``checkpoint`` writes an empty tail after the confirmed parts (cheap, whatever the part
 size), ``sync`` waits for every part in flight and writes the part being built as the tail. Parts
 confirmed past the last tail written do not count after a crash (they are overwritten or left out
-of the completed upload), so an offset committed from either is always true.
+of the completed upload), so an offset committed from either is always true. Before every part or
+tail goes out the fence is checked; ``aclose`` cancels parts not yet started and waits for those
+in flight, so nothing of this appender reaches S3 after the caller lets go of the upload's lock.
 
-Before every part or tail goes out the fence is checked; ``aclose`` cancels parts not yet started
-and waits for those in flight, so nothing of this appender reaches S3 after the caller lets go of
-the upload's lock.
+Parts go out while the next ones are being received: each full part is handed, in its own spool
+file, to the store's part-upload threads, at most ``concurrency`` of them at a time per appender
+(a receiving thread waits for the oldest when that many are in flight). Disk per upload is thus at
+most ``concurrency + 1`` parts of spool (unlinked temporary files), memory ``BUFFER_SIZE`` plus
+what boto3 reads at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, wait
-from pathlib import Path
-from typing import IO, Protocol, TypeVar, TypeVarTuple, Unpack
+from dataclasses import dataclass
+from typing import IO
 
-from upload_service.errors import ServiceError, StorageError, StorageFull
-from upload_service.storage.base import Fence, Hasher
-from upload_service.storage.s3_layout import MAX_PARTS, MiB, tail_key
-from upload_service.storage.s3client import ObjectClient
-
-T = TypeVar("T")
-Args = TypeVarTuple("Args")
-_FENCED = "the upload's lock was lost (a newer request owns it)"
+from upload_service.errors import ServiceError, StorageError
+from upload_service.storage.base import LOCK_LOST, Fence, Hasher, StorageKey
+from upload_service.storage.s3.bucket import Bucket
+from upload_service.storage.s3.layout import MAX_PARTS, MiB, tail_key
+from upload_service.storage.s3.workers import Workers, spool_error
 
 
-class PartStore(Protocol):
-    """What an appender needs of its store (``S3Store``): the bucket it writes to, the spool
-    directory, and the store's two thread pools."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one appender's bytes go: the multipart upload of object ``obj`` in ``bucket``, its
+    part size, the store's threads, and how many parts may be in flight at a time."""
 
-    @property
-    def client(self) -> ObjectClient: ...
+    bucket: Bucket
+    workers: Workers
+    obj: str
+    upload_id: str
+    part_size: int
+    concurrency: int = 1
 
-    @property
-    def bucket(self) -> str: ...
 
-    @property
-    def spool_dir(self) -> Path | None: ...
+def _open(bucket: Bucket, key: StorageKey, offset: int) -> tuple[str, int, IO[bytes], int]:
+    """The upload's UploadId and part size, a spool holding its bytes past the last part before
+    ``offset`` (read back from the slot's tail), and that tail's size; other slots' tails are
+    deleted. ``StorageError`` if the upload holds fewer than ``offset`` bytes."""
+    obj = bucket.object_key(key)
+    layout = bucket.layout(key)
+    full, rest = divmod(offset, layout.part_size)
+    tail = layout.tails.get(full + 1, -1)
+    if not layout.has_parts(full) or tail < rest:
+        raise StorageError(f"upload data holds {layout.size()} bytes, fewer than offset {offset}")
+    spool = bucket.spool()
+    try:
+        if rest:
+            bucket.copy_into(spool, tail_key(obj, full + 1), rest)
+        for number in layout.tails:  # tails of other slots than ``offset``'s: not needed
+            if number != full + 1:
+                bucket.client.delete_object(bucket.name, tail_key(obj, number))
+    except BaseException:
+        spool.close()
+        raise
+    return layout.upload_id, layout.part_size, spool, tail
 
-    def submit(self, function: Callable[[Unpack[Args]], None], *args: *Args) -> Future[None]:
-        """``function`` in one of the part-upload threads."""
-        ...
 
-    async def run(self, function: Callable[[Unpack[Args]], T], *args: *Args) -> T:
-        """``function`` in one of the worker threads; ``OSError`` as ``StorageError``."""
-        ...
+async def open_appender(
+    bucket: Bucket,
+    workers: Workers,
+    key: StorageKey,
+    offset: int,
+    hashers: Sequence[Hasher],
+    *,
+    fence: Fence | None,
+    concurrency: int,
+) -> S3Appender:
+    obj = bucket.object_key(key)
+    upload_id, part_size, spool, tail = await workers.run(_open, bucket, key, offset)
+    target = Target(bucket, workers, obj, upload_id, part_size, concurrency)
+    return S3Appender(target, offset, spool, tail, hashers, fence)
 
 
 class S3Appender:
@@ -68,21 +102,18 @@ class S3Appender:
 
     def __init__(
         self,
-        store: PartStore,
-        obj: str,
-        upload_id: str,
-        part_size: int,
+        target: Target,
         offset: int,
         spool: IO[bytes],
         tail_object: int,
         hashers: Sequence[Hasher],
         fence: Fence | None,
-        concurrency: int = 1,
     ) -> None:
-        self._store = store
-        self._obj = obj
-        self._upload_id = upload_id
-        self._part_size = part_size
+        self._bucket = target.bucket
+        self._workers = target.workers
+        self._obj = target.obj
+        self._upload_id = target.upload_id
+        self._part_size = part_size = target.part_size
         self._parts, spooled = divmod(offset, part_size)  # parts handed out (or durable before)
         self._confirmed = self._parts  # of them, the contiguous run S3 confirmed
         self._spool = spool  # the bytes of slot ``parts + 1``
@@ -99,7 +130,7 @@ class S3Appender:
         self._buffered = 0
         self._hashers = tuple(hashers)
         self._fence = fence
-        self._concurrency = max(1, concurrency)
+        self._concurrency = max(1, target.concurrency)
         self._in_flight: dict[int, Future[None]] = {}  # part number -> its upload
         self._done: set[int] = set()  # parts confirmed out of order, past ``confirmed``
         self._failed = False
@@ -117,7 +148,7 @@ class S3Appender:
             raise StorageError("cannot write upload data: an earlier write failed")
         if self._fenced_off():
             self._fail()
-            raise StorageError(f"cannot write upload data: {_FENCED}")
+            raise StorageError(f"cannot write upload data: {LOCK_LOST}")
         self._chunks.append(data)
         self._buffered += len(data)
         self._accepted += len(data)
@@ -133,7 +164,7 @@ class S3Appender:
         if not chunks:
             return
         try:
-            await self._store.run(self._absorb, chunks)
+            await self._workers.run(self._absorb, chunks)
         except StorageError:
             self._fail()
             raise
@@ -148,7 +179,7 @@ class S3Appender:
             return self._synced
         try:
             await self._flush()
-            await self._store.run(self._mark_confirmed)
+            await self._workers.run(self._mark_confirmed)
         except StorageError:
             self._fail()
             raise
@@ -159,11 +190,11 @@ class S3Appender:
             # The failure was raised by the call that met it. Parts still in flight may yet be
             # confirmed: their run is made to count as far as it is contiguous.
             with contextlib.suppress(StorageError):
-                await self._store.run(self._settle_failed)
+                await self._workers.run(self._settle_failed)
             return self._synced
         try:
             await self._flush()
-            await self._store.run(self._write_tail)
+            await self._workers.run(self._write_tail)
         except StorageError:
             self._fail()
             raise
@@ -172,7 +203,7 @@ class S3Appender:
     async def aclose(self) -> None:
         self._chunks, self._buffered = [], 0
         with contextlib.suppress(StorageError):  # nothing unsynced was ever reported
-            await self._store.run(self._close)
+            await self._workers.run(self._close)
 
     # -- in worker threads ------------------------------------------------------------------------
 
@@ -193,7 +224,7 @@ class S3Appender:
 
     def _check_fence(self) -> None:
         if self._fenced_off():  # right before bytes go out
-            raise StorageError(f"cannot write upload data: {_FENCED}")
+            raise StorageError(f"cannot write upload data: {LOCK_LOST}")
 
     def _hand_out_part(self) -> None:
         number = self._parts + 1
@@ -203,23 +234,23 @@ class S3Appender:
             self._wait_for_parts(all_of_them=False)
         spool, self._spool = self._spool, self._new_spool()
         spool.flush()
-        future = self._store.submit(self._upload_part, number, spool)
+        future = self._workers.submit(self._upload_part, number, spool)
         future.add_done_callback(lambda _done: spool.close())  # also when cancelled unstarted
         self._in_flight[number] = future
         self._parts = number
         self._spooled = 0
 
     def _new_spool(self) -> IO[bytes]:
-        return tempfile.TemporaryFile(dir=self._store.spool_dir)
+        return self._bucket.spool()
 
     def _upload_part(self, number: int, spool: IO[bytes]) -> None:
         """In a part-upload thread: send the spooled part, then drop its spool file."""
         try:
             self._check_fence()
             spool.seek(0)
-            store = self._store
-            store.client.upload_part(
-                store.bucket, self._obj, self._upload_id, number, spool, self._part_size
+            bucket = self._bucket
+            bucket.client.upload_part(
+                bucket.name, self._obj, self._upload_id, number, spool, self._part_size
             )
         finally:
             spool.close()
@@ -261,9 +292,8 @@ class S3Appender:
 
     def _put_tail(self, slot: int, body: IO[bytes], size: int) -> None:
         self._check_fence()
-        store = self._store
         body.seek(0)
-        store.client.put_object(store.bucket, tail_key(self._obj, slot), body, size)
+        self._bucket.client.put_object(self._bucket.name, tail_key(self._obj, slot), body, size)
         self._tail_slot, self._tail_size = slot, size
         self._synced = (slot - 1) * self._part_size + size
 
@@ -304,9 +334,6 @@ def _as_storage_error(error: BaseException) -> StorageError:
         return error
     if isinstance(error, ServiceError):  # NotFound: the multipart upload is gone
         return StorageError(f"cannot write upload data: {error.message}")
-    if isinstance(error, OSError):
-        full = error.errno in (errno.ENOSPC, errno.EDQUOT)  # the local spool disk
-        return (StorageFull if full else StorageError)(
-            f"cannot spool upload data: {error.strerror or error}"
-        )
+    if isinstance(error, OSError):  # the local spool disk
+        return spool_error(error)
     return StorageError(f"cannot write upload data: {error}")
