@@ -1,0 +1,432 @@
+"""The upload repository in memory: ``UploadRepository`` with the ``Outbox`` capability, for tests
+and the protocol's rules (the handler's tests run on it: no database, no disk).
+
+It keeps the SQL repository's semantics to the letter, and the contract suite
+(``tests/test_contract_repository.py``) runs over both: every transition is a compare-and-set
+raising ``Conflict`` and changing nothing when its condition no longer holds; parts of finals are
+kept as ``upload_parts`` rows are (a part may be in several finals; ``forget`` drops its records);
+quotas count ``Usage`` as the SQL query does; an event is written with its state change or not at
+all. Each method checks and changes its state without yielding to the event loop, so it is one
+step, as a transaction is; then it yields once (shielded from cancellation, as the SQL sessions
+are), as a round trip to a database would.
+
+Uploads are frozen, and stored and handed out as copies: a caller never shares the stored
+metadata or event payloads.
+
+Crash story: there is none to tell. Everything, uploads, offsets and events, lives in this
+process and is lost with it; a restart starts empty. Nothing durable may ever rely on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import anyio.lowlevel
+
+from upload_service.db.memory_outbox import MemoryOutbox
+from upload_service.errors import Conflict, Unavailable
+from upload_service.outbox import EventType
+from upload_service.repository import Quota, UploadQuery, Usage
+from upload_service.uploads import ENDED_STATES, LIVE_STATES, Upload, UploadState, VideoInfo
+
+# What a transition expects of the row it changes (the SQL one's WHERE clause).
+_Condition = Callable[[Upload], bool]
+_T = TypeVar("_T")
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # the SQL repository reads every moment back in UTC (a naive one is taken as UTC)
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _utc_key(moment: datetime) -> datetime:
+    converted = _utc(moment)
+    assert converted is not None
+    return converted
+
+
+def _stored(upload: Upload) -> Upload:
+    """``upload`` as a row keeps it: its own metadata, moments in UTC, no finals (they are read
+    from the parts' records)."""
+    created = _utc_key(upload.created_at)
+    return replace(
+        upload,
+        metadata=dict(upload.metadata),
+        created_at=created,
+        updated_at=_utc_key(upload.updated_at),
+        expires_at=_utc(upload.expires_at),
+        completed_at=_utc(upload.completed_at),
+        state_changed_at=_utc(upload.state_changed_at) or created,
+        finals=(),
+    )
+
+
+def _receiving(upload: Upload) -> bool:
+    return upload.state is UploadState.RECEIVING
+
+
+def _fenced(fence: int | None) -> _Condition:
+    """A commit by a holder whose fencing token is no longer the row's latest is refused."""
+    return lambda upload: fence is None or upload.fence == fence
+
+
+class MemoryUploadRepository(MemoryOutbox):
+    """``UploadRepository`` over dictionaries, with the ``Outbox`` capability: the transitions
+    that report events write them in the same step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, Upload] = {}
+        # upload_parts: final id -> {position: part id}
+        self._parts: dict[str, dict[int, str]] = {}
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _read(self, row: Upload) -> Upload:
+        """The row as an upload: its own copy of the metadata, and for a partial upload its live
+        finals, oldest first."""
+        finals: tuple[str, ...] = ()
+        if row.is_partial:
+            finals = tuple(final.id for final in self._finals_of(row.id, LIVE_STATES))
+        return replace(
+            row,
+            metadata=dict(row.metadata),
+            received=max(row.received, row.offset),
+            finals=finals,
+        )
+
+    def _finals_of(self, part_id: str, states: tuple[UploadState, ...]) -> list[Upload]:
+        """The finals in one of ``states`` whose records name ``part_id``, oldest first."""
+        finals = [
+            self._rows[final_id]
+            for final_id, parts in self._parts.items()
+            if part_id in parts.values()
+            and final_id in self._rows
+            and self._rows[final_id].state in states
+        ]
+        return sorted(finals, key=lambda final: (final.created_at, final.id))
+
+    async def _answer(self, value: _T) -> _T:
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        return value
+
+    async def get(self, upload_id: str) -> Upload | None:
+        row = self._rows.get(upload_id)
+        return await self._answer(None if row is None else self._read(row))
+
+    async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
+        found = {key: self._read(self._rows[key]) for key in upload_ids if key in self._rows}
+        return await self._answer(found)
+
+    async def _list(self, condition: _Condition) -> list[Upload]:
+        return await self._answer(
+            [self._read(row) for row in self._rows.values() if condition(row)]
+        )
+
+    async def list_by_state(self, state: UploadState) -> list[Upload]:
+        return await self._list(lambda row: row.state is state)
+
+    async def list_page(self, query: UploadQuery) -> list[Upload]:
+        after = None if query.after is None else (_utc_key(query.after.created_at), query.after.id)
+        since, until = _utc(query.created_after), _utc(query.created_before)
+
+        def matches(row: Upload) -> bool:
+            return (
+                (query.owner is None or row.owner == query.owner)
+                and (not query.states or row.state in query.states)
+                and (since is None or row.created_at >= since)
+                and (until is None or row.created_at < until)
+                and (after is None or (row.created_at, row.id) < after)
+            )
+
+        rows = sorted(
+            (row for row in self._rows.values() if matches(row)),
+            key=lambda row: (row.created_at, row.id),
+            reverse=True,
+        )
+        return await self._answer([self._read(row) for row in rows[: query.limit]])
+
+    async def list_expired(self, now: datetime) -> list[Upload]:
+        return await self._list(lambda row: _receiving(row) and _expired(row, now))
+
+    async def list_finals_waiting(self) -> list[Upload]:
+        return await self._list(lambda row: _receiving(row) and row.is_final)
+
+    async def list_ended(self, before: datetime) -> list[Upload]:
+        def ended(row: Upload) -> bool:
+            return (
+                row.state in ENDED_STATES
+                and row.state_changed_at is not None
+                and row.state_changed_at < before
+                and not self._finals_of(row.id, (UploadState.RECEIVING,))
+            )
+
+        return await self._list(ended)
+
+    async def usage(self, owner: str) -> Usage:
+        return await self._answer(self._usage(owner))
+
+    def _usage(self, owner: str) -> Usage:
+        live = [
+            row for row in self._rows.values() if row.owner == owner and row.state in LIVE_STATES
+        ]
+        return Usage(
+            unfinished=sum(1 for row in live if _receiving(row)),
+            bytes=sum(row.offset if row.length is None else row.length for row in live),
+        )
+
+    # -- inserting --------------------------------------------------------------------------------
+
+    def _check_new(self, upload: Upload, quota: Quota | None) -> None:
+        """``quota`` admits ``upload`` beside what its owner holds, and its id is new."""
+        if quota is not None and upload.owner is not None:
+            receiving = upload.state is UploadState.RECEIVING
+            quota.check(
+                self._usage(upload.owner),
+                uploads=1 if receiving else 0,
+                size=upload.length or 0,
+                deferred=receiving and upload.length is None,
+            )
+        if upload.id in self._rows:  # what the SQL insert's integrity error leaves as
+            raise Unavailable(f"database unavailable: upload {upload.id} exists already")
+
+    def _insert(self, upload: Upload, outbox: bool) -> None:
+        row = _stored(upload)
+        self._rows[row.id] = row
+        if outbox:
+            self._write(EventType.POST_CREATE, self._read(row), row.created_at)
+
+    async def add(
+        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
+        self._check_new(upload, quota)
+        self._insert(upload, outbox)
+        await self._answer(None)
+
+    async def add_final(
+        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
+    ) -> None:
+        self._check_new(final, quota)
+        for part in final.parts:
+            row = self._rows.get(part)
+            if row is None or not row.is_partial or row.state not in LIVE_STATES:
+                raise Conflict(f"partial upload {part} ended meanwhile")
+        self._insert(final, outbox)
+        self._parts[final.id] = dict(enumerate(final.parts))
+        await self._answer(None)
+
+    # -- transitions, each a compare-and-set ------------------------------------------------------
+
+    def _growth(self, upload_id: str, quota: Quota | None, to: int, since: int | None) -> None:
+        """The byte quota admits bringing ``upload_id``'s share of its owner's usage, while its
+        length is unknown, to ``to`` from ``since`` (None: its offset) (as the SQL ``_Growth``)."""
+        row = self._rows.get(upload_id)
+        if quota is None or quota.bytes is None or row is None:
+            return
+        if row.owner is None or row.length is not None:
+            return
+        size = to - (row.offset if since is None else since)
+        if size > 0:
+            quota.check(self._usage(row.owner), size=size)
+
+    async def _transition(
+        self,
+        upload_id: str,
+        conditions: tuple[_Condition, ...],
+        conflict: str,
+        event: EventType | None = None,
+        **values: object,
+    ) -> Upload:
+        row = self._rows.get(upload_id)
+        if row is None or not all(condition(row) for condition in conditions):
+            raise Conflict(conflict)
+        changed = _stored(replace(row, **values))  # type: ignore[arg-type]
+        self._rows[upload_id] = changed
+        upload = self._read(changed)
+        if event is not None:
+            self._write(event, upload, upload.updated_at)
+        return await self._answer(upload)
+
+    async def claim(self, upload_id: str, token: int) -> Upload | None:
+        if upload_id not in self._rows:
+            return await self._answer(None)
+        return await self._transition(
+            upload_id,
+            (lambda row: row.fence <= token,),
+            "upload was taken over by a newer request",
+            fence=token,
+        )
+
+    async def advance(
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        expires_at: datetime | None,
+        fence: int | None = None,
+        quota: Quota | None = None,
+    ) -> Upload:
+        self._growth(upload_id, quota, offset, since=expected)
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: row.offset == expected, _fenced(fence)),
+            "upload changed concurrently; fetch its offset and retry",
+            offset=offset,
+            received=offset,
+            updated_at=now,
+            expires_at=expires_at,
+        )
+
+    async def declare_length(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
+        self._growth(upload_id, quota, length, since=None)
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: row.length is None and row.offset <= length),
+            "the upload's length was declared meanwhile",
+            length=length,
+            updated_at=now,
+        )
+
+    async def complete(self, upload_id: str, now: datetime) -> Upload:
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: row.length == row.offset),
+            "upload is not complete, or was completed meanwhile",
+            state=UploadState.VERIFYING,
+            completed_at=now,
+            expires_at=None,
+            updated_at=now,
+            state_changed_at=now,
+        )
+
+    async def assembled(
+        self, upload_id: str, length: int, now: datetime, quota: Quota | None = None
+    ) -> Upload:
+        self._growth(upload_id, quota, length, since=None)
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: row.is_final),
+            "final upload was assembled or ended meanwhile",
+            length=length,
+            offset=length,
+            received=length,
+            state=UploadState.VERIFYING,
+            completed_at=now,
+            updated_at=now,
+            state_changed_at=now,
+            expires_at=None,
+        )
+
+    async def mark_ready(
+        self,
+        upload_id: str,
+        sha256: str,
+        now: datetime,
+        *,
+        outbox: bool = False,
+        video: VideoInfo | None = None,
+    ) -> Upload:
+        return await self._transition(
+            upload_id,
+            (lambda row: row.state is UploadState.VERIFYING,),
+            "upload is no longer being verified",
+            EventType.POST_FINISH if outbox else None,
+            state=UploadState.READY,
+            sha256=sha256,
+            video=video,
+            updated_at=now,
+            state_changed_at=now,
+        )
+
+    async def fail(
+        self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
+    ) -> Upload:
+        return await self._transition(
+            upload_id,
+            (lambda row: row.state in only_from,),
+            "upload changed state meanwhile",
+            state=UploadState.FAILED,
+            failure=reason,
+            updated_at=now,
+            state_changed_at=now,
+        )
+
+    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+        row = self._rows.get(upload_id)
+        if row is None or row.state not in LIVE_STATES:
+            raise Conflict("upload has ended already")
+        waiting = self._finals_of(upload_id, (UploadState.RECEIVING,))
+        if waiting:  # refused before anything changes: the final keeps its part
+            raise Conflict(
+                f"partial upload belongs to final upload {waiting[0].id}, not assembled yet"
+            )
+        return await self._transition(
+            upload_id,
+            (),
+            "upload has ended already",
+            EventType.POST_TERMINATE if outbox else None,
+            state=UploadState.TERMINATED,
+            updated_at=now,
+            state_changed_at=now,
+        )
+
+    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: _expired(row, now)),
+            "upload was extended or ended meanwhile",
+            EventType.POST_EXPIRE if outbox else None,
+            state=UploadState.EXPIRED,
+            updated_at=now,
+            state_changed_at=now,
+        )
+
+    async def force_offset(
+        self,
+        upload_id: str,
+        *,
+        expected: int,
+        offset: int,
+        now: datetime,
+        fence: int | None = None,
+    ) -> Upload:
+        return await self._transition(
+            upload_id,
+            (_receiving, lambda row: row.offset == expected, _fenced(fence)),
+            "upload changed concurrently; fetch its offset and retry",
+            offset=offset,
+            received=offset,
+            updated_at=now,
+        )
+
+    # -- not state changes ------------------------------------------------------------------------
+
+    async def set_received(self, upload_id: str, received: int) -> None:
+        row = self._rows.get(upload_id)
+        if row is not None:
+            self._rows[upload_id] = replace(row, received=received)
+        await self._answer(None)
+
+    async def forget(self, upload_id: str) -> None:
+        self._rows.pop(upload_id, None)
+        self._parts.pop(upload_id, None)
+        for parts in self._parts.values():
+            for position in [key for key, part in parts.items() if part == upload_id]:
+                del parts[position]
+        await self._answer(None)
+
+    async def ping(self) -> None:
+        await self._answer(None)  # always ready: there is no database to lose
+
+
+def _expired(row: Upload, now: datetime) -> bool:
+    return row.expires_at is not None and row.expires_at <= now
