@@ -98,6 +98,12 @@ def postgres_url() -> Iterator[str]:
 def database_url(request: pytest.FixtureRequest, database_kind: str, tmp_path: Path) -> str:
     """A migrated, empty database for this test: a copy of the SQLite template in the test's data
     directory, or the session's PostgreSQL database with its tables emptied."""
+    return empty_database(request, database_kind, tmp_path)
+
+
+def empty_database(request: pytest.FixtureRequest, database_kind: str, tmp_path: Path) -> str:
+    """``database_url`` of ``database_kind`` ("sqlite" or "postgres"), for a fixture that picks
+    the kind itself (a contract suite parametrised over more backends than databases)."""
     if database_kind == "sqlite":
         template: Path = request.getfixturevalue("template_db")
         path = tmp_path / "data" / "uploads.db"

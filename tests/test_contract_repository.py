@@ -1,5 +1,6 @@
-"""One contract suite for the ``UploadRepository`` (and its ``Outbox``), run against SQLite and
-PostgreSQL alike.
+"""One contract suite for the ``UploadRepository`` (and its ``Outbox``), run against the memory
+repository, SQLite and PostgreSQL alike (``backend``). The few tests that reach under the contract
+(rows written or read by SQL, a driver error provoked) run on the SQL backends only (``databases``).
 
 Every transition is a compare-and-set: it applies only from the state (or offset) it expects and
 otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface as
@@ -8,19 +9,20 @@ otherwise raises ``Conflict`` leaving the row as it was. Driver failures surface
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import pytest
 from sqlalchemy import select, update
 
-from tests.conftest import Databases
+from tests.conftest import Databases, empty_database
 from upload_service.db import repository as db_repository
 from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.models import OutboxRow, UploadPartRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
@@ -52,10 +54,44 @@ def new_upload(upload_id: str = ID, length: int | None = 10, **values: object) -
     return replace(upload, **values)  # type: ignore[arg-type]
 
 
+class Backend(Protocol):
+    def repository(self) -> UploadRepository:
+        """A repository over the backend's one state: for SQL a new engine (another process or
+        replica on the same database), for memory the same repository (one process's state)."""
+        ...
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self._repository = MemoryUploadRepository()
+
+    def repository(self) -> UploadRepository:
+        return self._repository
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """A migrated, empty database of the kind (None: memory). Not async: the migrations run
+    their own event loop."""
+    kind: str = request.param
+    return None if kind == "memory" else empty_database(request, kind, tmp_path)
+
+
 @pytest.fixture
-def repo(databases: Databases) -> UploadRepository:
-    repository: UploadRepository = databases.repository()
-    return repository
+async def backend(backend_url: str | None) -> AsyncIterator[Backend]:
+    if backend_url is None:
+        yield MemoryBackend()
+        return
+    databases = Databases(backend_url)
+    try:
+        yield databases
+    finally:
+        await databases.aclose()
+
+
+@pytest.fixture
+def repo(backend: Backend) -> UploadRepository:
+    return backend.repository()
 
 
 async def row(repo: UploadRepository, upload_id: str = ID) -> Upload:
@@ -107,11 +143,11 @@ async def test_add_with_a_quota_refuses_past_it_and_inserts_nothing(
 
 
 async def test_quota_checked_creations_of_one_owner_are_serialised(
-    databases: Databases,
+    backend: Backend,
 ) -> None:
-    """Creations racing on two engines (two replicas): the check and the insert are one step, so
-    exactly the quota's worth gets in."""
-    repos = [databases.repository(), databases.repository()]
+    """Creations racing on two engines (two replicas; on memory, tasks): the check and the
+    insert are one step, so exactly the quota's worth gets in."""
+    repos = [backend.repository(), backend.repository()]
     quota = Quota(uploads=3)
     outcomes: list[bool] = []
 
@@ -149,11 +185,11 @@ async def _race(count: int, step: Callable[[int], Awaitable[object]]) -> list[bo
 
 
 async def test_bytes_of_unknown_length_count_as_they_are_committed_and_racing_commits_are_serialised(
-    databases: Databases,
+    backend: Backend,
 ) -> None:
-    """Commits of deferred uploads of one owner racing on two engines: the quota is checked with
-    each commit, in its transaction, so exactly what fits is committed."""
-    repos = [databases.repository(), databases.repository()]
+    """Commits of deferred uploads of one owner racing on two engines (on memory, tasks): the
+    quota is checked with each commit, in its transaction, so exactly what fits is committed."""
+    repos = [backend.repository(), backend.repository()]
     quota = Quota(bytes=100)
     ids = [f"{index:032x}" for index in range(8)]
     for upload_id in ids:
@@ -189,9 +225,9 @@ async def test_bytes_of_unknown_length_count_as_they_are_committed_and_racing_co
 
 
 async def test_declaring_a_length_is_checked_against_the_quota_serialised(
-    databases: Databases,
+    backend: Backend,
 ) -> None:
-    repos = [databases.repository(), databases.repository()]
+    repos = [backend.repository(), backend.repository()]
     quota = Quota(bytes=100)
     ids = [f"{index:032x}" for index in range(6)]
     for upload_id in ids:
@@ -211,9 +247,9 @@ async def test_declaring_a_length_is_checked_against_the_quota_serialised(
 
 
 async def test_finals_count_as_unfinished_uploads_and_by_their_length_serialised(
-    databases: Databases,
+    backend: Backend,
 ) -> None:
-    repos = [databases.repository(), databases.repository()]
+    repos = [backend.repository(), backend.repository()]
 
     async def final(index: int, length: int | None, quota: Quota) -> None:
         parts = (f"a{index:031x}", f"b{index:031x}")
@@ -525,9 +561,10 @@ async def test_ended_parts_are_kept_while_a_receiving_final_names_them(
     assert other in {upload.id for upload in await repo.list_ended(purge_time)}
 
 
-async def test_forget_drops_the_records_of_parts(
-    repo: UploadRepository, databases: Databases
-) -> None:
+async def test_forget_drops_the_records_of_parts(databases: Databases) -> None:
+    """SQL only: it reads the ``upload_parts`` rows themselves (on every backend, the finals read
+    back after ``forget`` are checked by ``test_forget_drops_a_forgotten_final_from_its_parts``)."""
+    repo = databases.repository()
     part, other = PARTS
     for upload_id in PARTS:
         await repo.add(new_upload(upload_id, concat="partial", state=UploadState.READY))
@@ -550,6 +587,26 @@ async def _part_records(databases: Databases) -> set[tuple[str, str]]:
         return {(final_id, part_id) for final_id, part_id in result}
 
 
+async def test_forget_drops_a_forgotten_final_from_its_parts(repo: UploadRepository) -> None:
+    part, other = PARTS
+    for upload_id in PARTS:
+        await repo.add(new_upload(upload_id, concat="partial", state=UploadState.READY))
+    final = new_upload("f" * 32, length=20, concat="final", parts=(part, other))
+    await repo.add_final(final)
+    await repo.assembled(final.id, 20, T1)
+    await repo.terminate(part, T1)
+    assert (await row(repo, other)).finals == (final.id,)
+    await repo.forget(part)
+    assert await repo.get(part) is None
+    assert (await row(repo, other)).finals == (final.id,)
+    await repo.fail(final.id, "why", T1, only_from=(UploadState.VERIFYING,))
+    await repo.forget(final.id)
+    assert await repo.get(final.id) is None
+    assert (await row(repo, other)).finals == ()
+    await repo.add(new_upload(final.id, length=20))  # the id is free again, and names no part
+    assert (await row(repo, other)).finals == ()
+
+
 async def test_two_finals_of_the_same_parts_each_count_in_full(repo: UploadRepository) -> None:
     await repo.add(new_upload(PARTS[0], length=10, concat="partial", owner="alice"))
     await repo.add(new_upload(PARTS[1], length=5, concat="partial", owner="alice"))
@@ -562,10 +619,11 @@ async def test_two_finals_of_the_same_parts_each_count_in_full(repo: UploadRepos
     assert await repo.usage("alice") == Usage(unfinished=2, bytes=10 + 5 + 15 + 15)
 
 
-async def test_add_final_and_the_parts_termination_racing(databases: Databases) -> None:
-    """A final created on one engine while its part is terminated on another (two replicas):
+async def test_add_final_and_the_parts_termination_racing(backend: Backend) -> None:
+    """A final created on one engine while its part is terminated on another (two replicas; on
+    memory, two tasks):
     exactly one of the two happens, in either order, so no final waits for a part that is gone."""
-    creating, terminating = databases.repository(), databases.repository()
+    creating, terminating = backend.repository(), backend.repository()
     for index in range(12):
         part = f"{index:032x}"
         await creating.add(new_upload(part, concat="partial", state=UploadState.READY))
@@ -733,9 +791,25 @@ async def test_a_refused_transition_writes_no_event(repo: UploadRepository) -> N
     assert [event.type for event in await outbox.events_of("f" * 32)] == [EventType.POST_CREATE]
 
 
-async def test_state_change_and_outbox_row_commit_or_roll_back_together(
-    repo: UploadRepository, monkeypatch: pytest.MonkeyPatch
+async def test_adding_an_existing_id_is_refused_and_writes_no_event(
+    repo: UploadRepository,
 ) -> None:
+    outbox = outbox_of(repo)
+    await repo.add(new_upload(), outbox=True)
+    with pytest.raises(Unavailable):  # as the SQL insert's integrity error leaves its session
+        await repo.add(new_upload(length=99), outbox=True)
+    with pytest.raises(Unavailable):
+        await repo.add_final(new_upload(length=99, concat="final"), outbox=True)
+    [created] = await outbox.events_of(ID)
+    assert created.type is EventType.POST_CREATE
+    assert (await row(repo)).length == 10
+
+
+async def test_state_change_and_outbox_row_commit_or_roll_back_together(
+    databases: Databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQL only: it makes the outbox row's own insert fail (``db.repository.outbox_row``)."""
+    repo = databases.repository()
     outbox = outbox_of(repo)
     await repo.add(new_upload(), outbox=True)
     with pytest.raises(Unavailable):  # the state change fails (the id exists): no event either
@@ -875,9 +949,9 @@ async def test_a_stored_error_that_is_no_fixed_reason_reads_as_unknown(
     assert event.last_error is FailureReason.REDIRECT
 
 
-async def test_concurrent_drainers_never_claim_one_event_twice(databases: Databases) -> None:
-    first = databases.repository()
-    second = databases.repository()  # another process on the same database
+async def test_concurrent_drainers_never_claim_one_event_twice(backend: Backend) -> None:
+    first = backend.repository()
+    second = backend.repository()  # another process on the same database (memory: the same)
     for number in range(40):
         await first.add(new_upload(f"{number:032x}"), outbox=True)
     claims: list[list[str]] = [[], []]
@@ -887,7 +961,7 @@ async def test_concurrent_drainers_never_claim_one_event_twice(databases: Databa
             into.extend(event.id for event in batch)
 
     async with anyio.create_task_group() as group:
-        group.start_soon(drain, first, claims[0])
-        group.start_soon(drain, second, claims[1])
+        group.start_soon(drain, outbox_of(first), claims[0])
+        group.start_soon(drain, outbox_of(second), claims[1])
     assert len(claims[0]) + len(claims[1]) == 40
     assert set(claims[0]).isdisjoint(claims[1])
