@@ -1,4 +1,6 @@
-"""The tus handler over an in-memory store, the real repository (SQLite) and a MemoryLocker.
+"""The tus handler over an in-memory store, the in-memory repository and a MemoryLocker: protocol
+rules, run once, with no database. The kill test restarts over what survived, so it runs on the
+SQL repository (SQLite and PostgreSQL), whose rows outlive the process.
 
 The centre is the crash story: offsets move only by compare-and-set after the store made the bytes
 durable, so after a kill at any point, reconciliation reports an offset that never exceeds the
@@ -20,6 +22,7 @@ import anyio.lowlevel
 import pytest
 
 from tests.conftest import Databases
+from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import (
     ClientGone,
@@ -32,7 +35,7 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
-from upload_service.repository import Quota
+from upload_service.repository import Quota, UploadRepository
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch
@@ -72,21 +75,21 @@ class Clock:
 @dataclass
 class World:
     store: MemoryStore
-    repository: SqlUploadRepository
+    repository: UploadRepository
     locker: MemoryLocker
     clock: Clock
     handler: TusHandler
 
 
 def make_world(
-    databases: Databases,
     config: HandlerConfig = CONFIG,
     *,
     store: MemoryStore | None = None,
     clock: Clock | None = None,
+    repository: UploadRepository | None = None,
 ) -> World:
     memory = store if store is not None else MemoryStore()
-    repository = databases.repository()
+    repository = repository if repository is not None else MemoryUploadRepository()
     locker = MemoryLocker()
     now = clock if clock is not None else Clock()
     handler = TusHandler(
@@ -96,8 +99,8 @@ def make_world(
 
 
 @pytest.fixture
-def world(databases: Databases) -> World:
-    return make_world(databases)
+def world() -> World:
+    return make_world()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ async def create(handler: TusHandler, length: int | None) -> str:
     return response.upload_id
 
 
-async def committed(repository: SqlUploadRepository, upload_id: str) -> Upload:
+async def committed(repository: UploadRepository, upload_id: str) -> Upload:
     upload = await repository.get(upload_id)
     assert upload is not None
     return upload
@@ -217,9 +220,9 @@ async def test_checkpoints_commit_the_offset_every_checkpoint_bytes(world: World
     assert (await committed(world.repository, upload_id)).offset == len(data)
 
 
-async def test_progress_is_visible_before_bytes_are_committed(databases: Databases) -> None:
+async def test_progress_is_visible_before_bytes_are_committed() -> None:
     config = replace(CONFIG, checkpoint_bytes=100 * MiB, progress_seconds=0)
-    world = make_world(databases, config)
+    world = make_world(config)
     data = payload(8 * CHUNK)
     upload_id = await create(world.handler, len(data) * 2)
     seen: list[tuple[int, int]] = []
@@ -326,10 +329,10 @@ class BufferingStore(MemoryStore):
     ],
 )
 async def test_a_failed_sync_commits_only_what_is_durable(
-    databases: Databases, failure: str, sent: int, durable: int
+    failure: str, sent: int, durable: int
 ) -> None:
     store = BufferingStore()
-    world = make_world(databases, store=store)
+    world = make_world(store=store)
     data = payload(40 * CHUNK)
     upload_id = await create(world.handler, len(data))
 
@@ -613,15 +616,18 @@ KILL_POINTS = [
 async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
     databases: Databases, point: tuple[str, int]
 ) -> None:
+    # On the SQL repository (both databases): the restart below is a new process over what
+    # survived the kill, and the memory repository's state dies with its process.
     data = payload(3 * MiB + MiB // 2)  # 56 chunks; checkpoints after 16, 32 and 48
     length = 4 * MiB
     memory = MemoryStore()
     switch = KillSwitch(memory, point)
-    setup = make_world(databases, store=memory)
+    killed = databases.repository()  # the process about to be killed
+    setup = make_world(store=memory, repository=killed)
     upload_id = await create(setup.handler, length)
     doomed = TusHandler(
         store=KillableStore(memory, switch),
-        repository=KillableRepository(setup.repository, switch),
+        repository=KillableRepository(killed, switch),
         locker=MemoryLocker(),
         config=CONFIG,
         clock=Clock(),
@@ -638,7 +644,7 @@ async def test_after_a_kill_reconciliation_reports_only_durable_committed_bytes(
     assert switch.dead
 
     # Restart: a new process with a new engine and locker over what survived.
-    restarted = make_world(databases, store=memory)
+    restarted = make_world(store=memory, repository=databases.repository())
     assert await restarted.handler.reconcile_all() == 1
     upload = await committed(restarted.repository, upload_id)
     durable = bytes(memory.durable[upload_id])
@@ -737,10 +743,8 @@ async def test_reconcile_all_looks_only_at_unfinished_uploads(world: World) -> N
 # -- expiry and termination -----------------------------------------------------------------------
 
 
-async def test_an_upload_expires_after_expire_after_since_its_last_commit(
-    databases: Databases,
-) -> None:
-    world = make_world(databases, replace(CONFIG, expire_after=60))
+async def test_an_upload_expires_after_expire_after_since_its_last_commit() -> None:
+    world = make_world(replace(CONFIG, expire_after=60))
     created = await world.handler.create(TusRequest(headers=tus(upload_length="10")), empty())
     assert created.headers["Upload-Expires"] == http_date(T0 + timedelta(seconds=60))
     assert created.upload_id is not None
@@ -770,8 +774,8 @@ async def test_an_upload_expires_after_expire_after_since_its_last_commit(
     assert (await committed(world.repository, upload_id)).state is UploadState.TERMINATED
 
 
-async def test_a_finished_upload_never_expires(databases: Databases) -> None:
-    world = make_world(databases, replace(CONFIG, expire_after=60))
+async def test_a_finished_upload_never_expires() -> None:
+    world = make_world(replace(CONFIG, expire_after=60))
     upload_id = await create(world.handler, 3)
     done = await world.handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     assert "Upload-Expires" not in done.headers
@@ -897,13 +901,11 @@ async def test_a_patch_after_drain_lets_go_at_once(world: World) -> None:
     assert (await committed(world.repository, upload_id)).offset == offset_of(response)
 
 
-async def test_a_request_reserves_again_what_a_cut_back_tail_released(
-    databases: Databases,
-) -> None:
+async def test_a_request_reserves_again_what_a_cut_back_tail_released() -> None:
     """A reservation released by a discarded checksummed request is taken again before the next
     request writes; when the space went to another upload meanwhile, that request is a 507
     before any byte is stored."""
-    world = make_world(databases, store=MemoryStore(capacity=100))
+    world = make_world(store=MemoryStore(capacity=100))
     upload_id = await create(world.handler, 60)
     wrong = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
     headers = replace(at(0), upload_checksum=wrong)
