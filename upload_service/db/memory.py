@@ -37,31 +37,26 @@ _Condition = Callable[[Upload], bool]
 _T = TypeVar("_T")
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    # the SQL repository reads every moment back in UTC (a naive one is taken as UTC)
-    if moment is None:
-        return None
+def _utc(moment: datetime) -> datetime:
+    # the SQL repository reads every moment back in UTC (a naive one taken as UTC)
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _utc_key(moment: datetime) -> datetime:
-    converted = _utc(moment)
-    assert converted is not None
-    return converted
+def _utc_or_none(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _utc(moment)
 
 
 def _stored(upload: Upload) -> Upload:
     """``upload`` as a row keeps it: its own metadata, moments in UTC, no finals (they are read
     from the parts' records)."""
-    created = _utc_key(upload.created_at)
     return replace(
         upload,
         metadata=dict(upload.metadata),
-        created_at=created,
-        updated_at=_utc_key(upload.updated_at),
-        expires_at=_utc(upload.expires_at),
-        completed_at=_utc(upload.completed_at),
-        state_changed_at=_utc(upload.state_changed_at) or created,
+        created_at=_utc(upload.created_at),
+        updated_at=_utc(upload.updated_at),
+        expires_at=_utc_or_none(upload.expires_at),
+        completed_at=_utc_or_none(upload.completed_at),
+        state_changed_at=_utc(upload.state_changed_at or upload.created_at),
         finals=(),
     )
 
@@ -132,8 +127,8 @@ class MemoryUploadRepository(MemoryOutbox):
         return await self._list(lambda row: row.state is state)
 
     async def list_page(self, query: UploadQuery) -> list[Upload]:
-        after = None if query.after is None else (_utc_key(query.after.created_at), query.after.id)
-        since, until = _utc(query.created_after), _utc(query.created_before)
+        after = None if query.after is None else (_utc(query.after.created_at), query.after.id)
+        since, until = _utc_or_none(query.created_after), _utc_or_none(query.created_before)
 
         def matches(row: Upload) -> bool:
             return (
