@@ -176,13 +176,13 @@ async def test_a_core_store_keeps_the_reference_and_verifies_by_reading(
     store = CoreStore()
     handler = handler_over(store, databases)
     upload_id = await create(handler, 6)
-    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    upload = await committed(handler._repo, upload_id)
     assert upload.storage_ref == f"ref-{upload_id[:6]}"
     # two requests: the second opens a new appender, so no digest was kept running across them
     await handler.patch(TusRequest(upload_id, at(0)), chunks(b"abc"))
     handler._digests.drop(upload_id)
     await handler.patch(TusRequest(upload_id, at(3)), chunks(b"def"))
-    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    upload = await committed(handler._repo, upload_id)
     assert upload.state is UploadState.READY
     assert upload.sha256 == hashlib.sha256(b"abcdef").hexdigest()
     assert store.reads == 1  # the whole file, streamed through read
@@ -200,7 +200,7 @@ async def test_a_checksum_mismatch_changes_nothing_on_a_store_that_cannot_cut_ba
         await handler.patch(
             TusRequest(upload_id, replace(at(5), upload_checksum=wrong)), chunks(b"56789")
         )
-    assert (await committed(handler._repo, upload_id)).offset == 5  # type: ignore[arg-type]
+    assert (await committed(handler._repo, upload_id)).offset == 5
     assert bytes(store.inner.durable[upload_id]) == b"01234"  # nothing of it was made durable
     right = "sha1 " + base64.b64encode(hashlib.sha1(b"56789").digest()).decode()
     done = await handler.patch(
@@ -217,13 +217,13 @@ async def test_only_the_durable_prefix_is_committed_and_finish_comes_before_veri
     upload_id = await create(handler, 2 * PART)
     first = await handler.patch(TusRequest(upload_id, at(0)), chunks(b"0123456"))
     assert offset_of(first) == PART  # 7 bytes written, one whole part durable
-    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    upload = await committed(handler._repo, upload_id)
     assert (upload.offset, upload.received, upload.state) == (4, 4, UploadState.RECEIVING)
     assert store.finished == []
     second = await handler.patch(TusRequest(upload_id, at(PART)), chunks(b"4567"))
     assert offset_of(second) == 2 * PART
     assert store.finished == [(upload_id, 2 * PART)]
-    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    upload = await committed(handler._repo, upload_id)
     assert upload.state is UploadState.READY
     assert upload.sha256 == hashlib.sha256(b"01234567").hexdigest()
 
@@ -239,7 +239,7 @@ async def test_a_checksummed_request_made_durable_only_in_part_commits_nothing(
         await handler.patch(
             TusRequest(upload_id, replace(at(0), upload_checksum=checksum)), chunks(b"abcdef")
         )
-    assert (await committed(handler._repo, upload_id)).offset == 0  # type: ignore[arg-type]
+    assert (await committed(handler._repo, upload_id)).offset == 0
 
 
 class CheckpointAppender(PartAppender):
@@ -295,7 +295,7 @@ async def test_checkpoints_mid_request_use_the_cheap_checkpoint_and_the_end_a_fu
     assert offset_of(done) == 10  # the end syncs everything, the tail included
     # every 3 bytes a checkpoint (whole parts only: 0, 4, 8), then one sync of all 10
     assert store.calls == [("checkpoint", 0), ("checkpoint", 4), ("checkpoint", 8), ("sync", 10)]
-    upload = await committed(handler._repo, upload_id)  # type: ignore[arg-type]
+    upload = await committed(handler._repo, upload_id)
     assert (upload.offset, upload.state) == (10, UploadState.RECEIVING)
 
 
