@@ -7,8 +7,8 @@ raising ``Conflict`` and changing nothing when its condition no longer holds; pa
 kept as ``upload_parts`` rows are (a part may be in several finals; ``forget`` drops its records);
 quotas count ``Usage`` as the SQL query does; an event is written with its state change or not at
 all. Each method checks and changes its state without yielding to the event loop, so it is one
-step, as a transaction is; then it yields once (shielded from cancellation, as the SQL sessions
-are), as a round trip to a database would.
+step, as a transaction is; an answer then yields once (shielded from cancellation, as the SQL
+sessions are), as a round trip to a database would, so racing tasks interleave between calls.
 
 Uploads are frozen, and stored and handed out as copies: a caller never shares the stored
 metadata or event payloads.
@@ -237,6 +237,8 @@ class MemoryUploadRepository(MemoryOutbox):
         event: EventType | None = None,
         **values: object,
     ) -> Upload:
+        """One compare-and-set of one row: ``Conflict``, nothing changed, unless every condition
+        holds; with ``event``, the event is written in the same step."""
         row = self._rows.get(upload_id)
         if row is None or not all(condition(row) for condition in conditions):
             raise Conflict(conflict)
