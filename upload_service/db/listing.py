@@ -1,0 +1,80 @@
+"""The repository's listings: uploads in a state, a page of the JSON API's list (newest first,
+keyed by creation time and id), the expired, the finals waiting for their parts and the ended
+uploads due for clean-up. A base of ``SqlUploadRepository``, which adds the transitions.
+
+Crash story: none of its own. Listings only read; each runs in one session and sees one
+committed state, so a process killed meanwhile is seen either before or after its commit.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from upload_service.db.models import UploadRow
+from upload_service.db.outbox import SqlOutbox
+from upload_service.db.parts import awaited, loaded
+from upload_service.db.rows import in_states, utc
+from upload_service.db.session import guarded_session
+from upload_service.repository import UploadQuery
+from upload_service.uploads import ENDED_STATES, Upload, UploadState
+
+
+class SqlListing(SqlOutbox):
+    """The listing queries over an async SQLAlchemy session factory (and the ``Outbox``)."""
+
+    def _session(self, *, begin: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+        return guarded_session(self._sessions, begin=begin)
+
+    async def list_by_state(self, state: UploadState) -> list[Upload]:
+        return await self._list(UploadRow.state == state.value)
+
+    async def list_page(self, query: UploadQuery) -> list[Upload]:
+        conditions: list[ColumnElement[bool]] = []
+        if query.owner is not None:
+            conditions.append(UploadRow.owner == query.owner)
+        if query.states:
+            conditions.append(in_states(query.states))
+        if query.created_after is not None:
+            conditions.append(UploadRow.created_at >= utc(query.created_after))
+        if query.created_before is not None:
+            conditions.append(UploadRow.created_at < utc(query.created_before))
+        if query.after is not None:
+            moment = utc(query.after.created_at)
+            conditions.append(
+                or_(
+                    UploadRow.created_at < moment,
+                    and_(UploadRow.created_at == moment, UploadRow.id < query.after.id),
+                )
+            )
+        statement = (
+            select(UploadRow)
+            .where(*conditions)
+            .order_by(UploadRow.created_at.desc(), UploadRow.id.desc())
+            .limit(query.limit)
+        )
+        async with self._session() as session:
+            return await loaded(session, list(await session.scalars(statement)))
+
+    async def list_expired(self, now: datetime) -> list[Upload]:
+        return await self._list(
+            UploadRow.state == UploadState.RECEIVING.value, UploadRow.expires_at <= now
+        )
+
+    async def list_finals_waiting(self) -> list[Upload]:
+        return await self._list(
+            UploadRow.state == UploadState.RECEIVING.value, UploadRow.concat == "final"
+        )
+
+    async def list_ended(self, before: datetime) -> list[Upload]:
+        return await self._list(
+            in_states(ENDED_STATES), UploadRow.state_changed_at < before, ~awaited()
+        )
+
+    async def _list(self, *conditions: ColumnElement[bool]) -> list[Upload]:
+        async with self._session() as session:
+            rows = await session.scalars(select(UploadRow).where(*conditions))
+            return await loaded(session, list(rows))
