@@ -35,7 +35,7 @@ from upload_service.errors import StorageFull
 from upload_service.settings import Settings
 from upload_service.storage.local.store import LocalStore
 from upload_service.storage.space import free_bytes
-from upload_service.tus.receive import GIVE_BACK
+from upload_service.tus.commit import GIVE_BACK
 
 pytestmark = pytest.mark.anyio
 

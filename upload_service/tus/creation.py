@@ -31,6 +31,7 @@ from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import Checksum, ChecksumMismatch
 from upload_service.tus.concat import check_parts, first_bytes
 from upload_service.tus.content_types import ContentRules
+from upload_service.tus.limits import Limits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
@@ -40,7 +41,7 @@ from upload_service.tus.protocol import (
     parse_concat,
     parse_uint,
 )
-from upload_service.tus.receive import Receiver, check_room
+from upload_service.tus.receive import Receiver
 from upload_service.tus.request import (
     TusHeaders,
     TusRequest,
@@ -48,7 +49,7 @@ from upload_service.tus.request import (
     request_content_length,
 )
 from upload_service.tus.types import HandlerConfig, TusResponse
-from upload_service.uploads import Metadata, Upload, UploadState, smallest
+from upload_service.uploads import Metadata, Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")
 
@@ -70,6 +71,7 @@ class Creator:
         lifecycle: Lifecycle,
         loader: UploadLoader,
         receiver: Receiver,
+        limits: Limits,
         pre_create: PreCreateHook = NO_PRE_CREATE,
     ) -> None:
         self._store = store
@@ -82,6 +84,7 @@ class Creator:
         self._lifecycle = lifecycle
         self._loader = loader
         self._receiver = receiver
+        self._limits = limits
         self._pre_create = pre_create
 
     async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
@@ -117,10 +120,10 @@ class Creator:
         checksum = request_checksum(headers) if with_data else None
         content_length = request_content_length(headers)
         if with_data and content_length is not None:
-            check_fits(self._receiver, 0, length, content_length, principal.max_size)
+            self._limits.check_fits(0, length, content_length, principal.max_size)
         if with_data and concat is None and rules.restricted:
             # the file's first bytes are checked before anything is created
-            limit = self._receiver.limit(0, length, principal.max_size)
+            limit = self._limits.limit(0, length, principal.max_size)
             body = await self._receiver.checked_head(body, rules, limit)
 
         now = self._clock()
@@ -135,7 +138,7 @@ class Creator:
             metadata=metadata,
             created_at=now,
             updated_at=now,
-            expires_at=None if complete else self._receiver.expiry(now),
+            expires_at=None if complete else self._config.expiry(now),
             completed_at=now if complete else None,
             concat=None if concat is None else "partial",
             owner=principal.owner,
@@ -208,7 +211,7 @@ class Creator:
         }
         length = check_parts(part_ids, parts, self._clock())
         if length is not None:
-            self.check_max_size(length, request.principal)
+            self._limits.check_max_size(length, request.principal)
         if rules.restricted:  # the final's first bytes are its first parts'
             head = await first_bytes(
                 self._store, [parts[part_id] for part_id in part_ids], rules.head_size
@@ -260,27 +263,8 @@ class Creator:
         if headers.upload_length is None:
             raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
         length = parse_uint("Upload-Length", headers.upload_length)
-        self.check_max_size(length, principal)
+        self._limits.check_max_size(length, principal)
         return length
-
-    def check_max_size(self, length: int, principal: Principal, cap: int | None = None) -> None:
-        """413 past ``UPLOAD_MAX_SIZE``, the caller's own cap or ``cap`` (an upload's creator's),
-        whichever is smallest."""
-        limit = smallest(self._config.max_size, principal.max_size, cap)
-        if limit is not None and length > limit:
-            raise TooLarge(f"Upload-Length {length} exceeds the maximum size {limit}")
-
-
-def check_fits(
-    receiver: Receiver,
-    offset: int,
-    length: int | None,
-    content_length: int,
-    cap: int | None = None,
-) -> None:
-    """What the upload's length and caps leave (the quota, which needs the database, is checked
-    where the body is received: ``Receiver.receive``)."""
-    check_room(receiver.limit(offset, length, cap), content_length)
 
 
 def media_type(value: str | None) -> str:

@@ -30,7 +30,6 @@ from upload_service.errors import (
     BadRequest,
     Forbidden,
     OffsetMismatch,
-    QuotaExceeded,
     ServiceError,
     TooLarge,
     Unavailable,
@@ -43,8 +42,10 @@ from upload_service.storage.base import Concatenator, Store, check_upload_id
 from upload_service.tasks import InlineRunner, Runner
 from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import ALGORITHMS, RunningDigests
+from upload_service.tus.commit import Committer
 from upload_service.tus.content_types import AllowedTypes, ContentRules
-from upload_service.tus.creation import Creator, check_fits
+from upload_service.tus.creation import Creator
+from upload_service.tus.limits import Limits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
     OFFSET_CONTENT_TYPE,
@@ -66,7 +67,7 @@ from upload_service.tus.request import (
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.tus.types import HandlerConfig, TusResponse
 from upload_service.tus.whole import WholeBody
-from upload_service.uploads import Metadata, Upload, UploadState, smallest
+from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
@@ -134,13 +135,15 @@ class TusHandler:
             quota=config.quota,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
+        self._limits = Limits(config=config, repository=repository)
+        self._committer = Committer(store=store, repository=repository, config=config, clock=clock)
         self._receiver = Receiver(
             store=store,
-            repository=repository,
             config=config,
-            clock=clock,
             digests=self._digests,
             lifecycle=self.lifecycle,
+            committer=self._committer,
+            limits=self._limits,
         )
         self._creator = Creator(
             store=store,
@@ -153,6 +156,7 @@ class TusHandler:
             lifecycle=self.lifecycle,
             loader=self._loader,
             receiver=self._receiver,
+            limits=self._limits,
             pre_create=pre_create,
         )
         self._reconciler = Reconciler(
@@ -163,6 +167,7 @@ class TusHandler:
             lifecycle=self.lifecycle,
             loader=self._loader,
             receiver=self._receiver,
+            committer=self._committer,
         )
 
     # -- discovery ------------------------------------------------------------------------------
@@ -237,19 +242,8 @@ class TusHandler:
     async def _whole_body(self, principal: Principal, body: AsyncIterator[bytes]) -> WholeBody:
         """The body cut at the maximum size, or where it would pass the owner's byte quota
         (the length is unknown until the body ends, so the quota is what is left of it now)."""
-        limit = smallest(self._config.max_size, principal.max_size)
-        quota, owner = self._config.quota, principal.owner
-        if quota is None or quota.bytes is None or owner is None:
-            return WholeBody(body, limit)
-        usage = await self._repo.usage(owner)
-        left = max(quota.bytes - usage.bytes, 0)
-        if limit is not None and limit <= left:
-            return WholeBody(body, limit)
-        refusal = QuotaExceeded(
-            f"quota exceeded: {usage.bytes} bytes stored, the file would pass "
-            f"the limit of {quota.bytes}"
-        )
-        return WholeBody(body, left, refusal)
+        limit, refusal = await self._limits.whole(principal)
+        return WholeBody(body, limit, refusal)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -317,7 +311,7 @@ class TusHandler:
                 await self._check_declared_length(upload, new_length, request)
                 length = new_length
             if content_length is not None:
-                check_fits(self._receiver, upload.offset, length, content_length, upload.size_cap)
+                self._limits.check_fits(upload.offset, length, content_length, upload.size_cap)
             if new_length is not None:
                 upload = await self._declare_length(upload, new_length)
             if upload.state is UploadState.RECEIVING:
@@ -357,7 +351,7 @@ class TusHandler:
                 )
             return
         # the caps of the service, of the caller now and of the upload's creator
-        self._creator.check_max_size(length, request.principal, upload.size_cap)
+        self._limits.check_max_size(length, request.principal, upload.size_cap)
         if length < upload.offset:
             raise BadRequest(f"Upload-Length {length} is less than the offset {upload.offset}")
         # the owner's quota is checked as the length is declared (``_declare_length``)
@@ -372,7 +366,7 @@ class TusHandler:
         )
         if length == upload.offset:
             digest = self._digests.take(upload.id, upload.offset)
-            upload = await self._receiver.complete(upload)
+            upload = await self._committer.complete(upload)
             upload = await self.lifecycle.completed(
                 upload, None if digest is None else digest.digest()
             )

@@ -1,29 +1,34 @@
 """Receiving a request body into an upload: write it through the store's appender, make it
-durable, and advance the committed offset (``Receiver``, used by ``handler.TusHandler``).
-The body is read through a size-limiting ``LimitedBody``; what is committed is one of two
-strategies: checkpointing (no checksum) or all or nothing (``Upload-Checksum``).
+durable, and advance the committed offset (``Receiver``, used by ``handler.TusHandler`` and
+``creation.Creator``). The body is read through a size-limiting ``LimitedBody`` cut at the room
+``limits.Limits`` computes; what is committed is one of two strategies over it:
+``checkpointing.Checkpointing`` (no checksum) or ``all_or_nothing.AllOrNothing``
+(``Upload-Checksum``), each committing through ``commit.Committer``.
 
 The caller holds the upload's lock and has loaded the upload and checked its state and offset;
 the body is read only after that, through a size limit (the bytes the upload has left).
 
 Crash story of a PATCH (what a kill -9 at each step leaves):
+- before the body is read (the type of the first bytes checked, space reserved): nothing was
+  written; the database holds the last committed offset.
 - while bytes are buffered or in the page cache: the database still holds the last committed offset;
   the file may be longer; start-up reconciliation and the next ``append`` cut the excess off.
 - after ``Appender.sync`` returned but before the offset commit: the same, the bytes are simply
   received again.
 - after the commit: the offset is durable and every byte below it was fsynced before it.
 So the reported offset never exceeds the durable bytes and never moves back past what was reported.
+Which bytes are committed when, and what a database outage or a lost lock leaves, is told in
+``commit`` and in each strategy's module.
 
-Outages: a commit the database refuses (unreachable, locked: 503; its disk full: 507) commits
-nothing, so the offset stays at the last commit, below the durable bytes; the next request's
-``append`` (or reconciliation) cuts the uncommitted rest off. A full disk under the bytes
-(``StorageFull``, 507) ends the body: the written prefix is made durable and committed. An upload of
-known length has its space reserved (``Reserver``), at creation and again before each request.
+A full disk under the bytes (``StorageFull``, 507) ends the body: the written prefix is made
+durable and committed (checkpointing) or cut back (all or nothing). An upload of known length has
+its space reserved (``Reserver``), at creation and again before each request.
 
 Across replicas (a locker that hands out fencing tokens): the holder claims the upload's row with
-its token before reading it, every commit is refused once a newer holder has claimed the row, and
-once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is committed; the
-request answers 409 and the client resumes from the committed offset, on whichever replica.
+its token before reading it (``load``), every commit is refused once a newer holder has claimed
+the row, and once the lock is lost (``Lease.lost``) the store writes nothing more and nothing is
+committed; the request answers 409 and the client resumes from the committed offset, on
+whichever replica.
 
 Shutdown (``Receiver.drain``): every running receive is asked to let go through the release path a
 preempting request uses, so it makes what it received durable, commits and answers; a receive that
@@ -33,59 +38,28 @@ starts after the drain lets go at once.
 from __future__ import annotations
 
 import logging
-import time
-from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 import anyio
 
-from upload_service.errors import (
-    ClientGone,
-    Conflict,
-    QuotaExceeded,
-    ServiceError,
-    StorageError,
-    StorageFull,
-    TooLarge,
-)
+from upload_service.errors import ClientGone, ServiceError, StorageError
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Lease
-from upload_service.storage.base import (
-    Appender,
-    Checkpointer,
-    Finisher,
-    Hasher,
-    Reserver,
-    Store,
-    TailDiscarder,
-)
+from upload_service.storage.base import Appender, Reserver, Store
+from upload_service.tus.all_or_nothing import AllOrNothing
 from upload_service.tus.body import LimitedBody
-from upload_service.tus.checksum import Checksum, ChecksumMismatch, RunningDigests
+from upload_service.tus.checkpointing import Checkpointing
+from upload_service.tus.checksum import Checksum, RunningDigests
+from upload_service.tus.commit import Committer
 from upload_service.tus.content_types import ContentRules
+from upload_service.tus.limits import Limits, check_room
 from upload_service.tus.sniff import HeadReader
-from upload_service.tus.types import HandlerConfig, LeaseLost
-from upload_service.uploads import Upload, UploadState, smallest
-
-if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+from upload_service.tus.strategy import Strategy
+from upload_service.tus.types import HandlerConfig
+from upload_service.uploads import Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")
-
-# A commit refused for a full disk under the database (often the disk the bytes just filled) is
-# tried again after cutting this many of the request's last bytes off, to make room for it.
-GIVE_BACK = 1024 * 1024
-
-
-def check_room(room: int | None, content_length: int, refusal: ServiceError | None = None) -> None:
-    """A request body of ``content_length`` bytes is refused before it is read when it does not
-    fit in ``room`` (``Receiver.limit`` or ``Receiver.room``): with ``refusal``, else a 413."""
-    if room is not None and content_length > room:
-        raise refusal or TooLarge(
-            f"Content-Length {content_length} exceeds the {room} bytes the upload has left"
-        )
 
 
 class Receiver:
@@ -95,18 +69,18 @@ class Receiver:
         self,
         *,
         store: Store,
-        repository: UploadRepository,
         config: HandlerConfig,
-        clock: Callable[[], datetime],
         digests: RunningDigests,
         lifecycle: Lifecycle,
+        committer: Committer,
+        limits: Limits,
     ) -> None:
         self._store = store
-        self._repo = repository
         self._config = config
-        self._clock = clock
         self._digests = digests
         self._lifecycle = lifecycle
+        self._committer = committer
+        self._limits = limits
         self._running: set[Lease] = set()
         self._reading: dict[str, int] = {}  # upload id -> receives still reading their body
         self._draining = False
@@ -151,32 +125,6 @@ class Receiver:
         finally:
             self._running.discard(lease)
 
-    def limit(self, offset: int, length: int | None, cap: int | None = None) -> int | None:
-        """The bytes an upload at ``offset`` may still take: up to its length, else up to the
-        service's maximum size or its creator's own ``cap``, whichever is smaller."""
-        if length is not None:
-            return length - offset
-        limit = smallest(self._config.max_size, cap)
-        return None if limit is None else max(limit - offset, 0)
-
-    async def room(self, upload: Upload) -> tuple[int | None, ServiceError | None]:
-        """The bytes a request may write into ``upload`` and the refusal past them: its
-        ``limit`` (413), or, for an upload of unknown length whose bytes count against its
-        owner's byte quota as they arrive, what is left of that quota now if that is less (403;
-        the commit checks the quota again, serialised with the owner's other uploads)."""
-        limit = self.limit(upload.offset, upload.length, upload.size_cap)
-        quota = self._config.quota
-        if upload.length is not None or upload.owner is None or quota is None:
-            return limit, None
-        usage = await self._repo.usage(upload.owner)
-        left = quota.left(usage)
-        if left is None or (limit is not None and limit <= left):
-            return limit, None
-        return left, QuotaExceeded(
-            f"quota exceeded: {usage.bytes} bytes stored, the upload's bytes would pass "
-            f"the limit of {quota.bytes}"
-        )
-
     async def receive(
         self,
         upload: Upload,
@@ -197,7 +145,8 @@ class Receiver:
 
         With ``rules`` (the request that carries offset 0), the file's first bytes are read and
         their type checked before the store is touched: ``UnsupportedMediaType`` stores nothing.
-        A ``content_length`` past the ``room`` the upload has is refused before anything is read.
+        A ``content_length`` past the room the upload has (``Limits.room``) is refused before
+        anything is read.
         """
         with self._registered(lease):
             return await self._receive(upload, body, lease, checksum, rules, content_length)
@@ -211,7 +160,7 @@ class Receiver:
         rules: ContentRules | None,
         content_length: int | None,
     ) -> Upload:
-        room, refusal = await self.room(upload)
+        room, refusal = await self._limits.room(upload)
         if content_length is not None:
             check_room(room, content_length, refusal)
         if rules is not None:
@@ -224,10 +173,12 @@ class Receiver:
         hashers = [hasher for hasher in (request_digest, whole) if hasher is not None]
         appender = await self._store.append(upload.storage, start, hashers, fence=lease)
         await self._reserved(upload, appender)
-        strategy: _Strategy = (
-            _Checkpointing(self, upload, appender, lease)
+        strategy: Strategy = (
+            Checkpointing(self._committer, self._config, upload, appender, lease)
             if checksum is None
-            else _AllOrNothing(self, upload, appender, lease, checksum, request_digest)
+            else AllOrNothing(
+                self._committer, self._config, upload, appender, lease, checksum, request_digest
+            )
         )
         overflow: ServiceError | None = None
         failure: StorageError | None = None
@@ -315,224 +266,3 @@ class Receiver:
             await reader.read()
         await rules.check_head(reader.head[:size], short=reader.received < size)
         return reader.rest()
-
-    async def _commit_checked(
-        self,
-        upload: Upload,
-        appender: Appender,
-        lease: Lease,
-        checksum: Checksum,
-        request_digest: Hasher | None,
-    ) -> tuple[Upload, ServiceError | None]:
-        """All or nothing: the digest is compared before anything is made durable, and only a
-        request made durable whole is committed."""
-        assert request_digest is not None
-        await appender.settle()
-        if request_digest.digest() != checksum.digest:
-            return upload, ChecksumMismatch(
-                f"{checksum.algorithm} of the request body does not match "
-                "Upload-Checksum; the chunk was discarded"
-            )
-        durable = await appender.sync()
-        if durable != appender.offset:
-            return upload, StorageError(
-                "storage could not make the whole checksummed request durable; resend it"
-            )
-        if durable != upload.offset:
-            upload = await self._commit(upload, durable, lease)
-        return upload, None
-
-    async def _discard(self, upload: Upload) -> None:
-        """Cut a rejected checksummed request's bytes off; the offset never moved. (A store that
-        cannot cut bytes back never made them part of the upload: ``append`` opens at the
-        committed offset.)"""
-        if isinstance(self._store, TailDiscarder):
-            await self._store.discard_tail(upload.storage, upload.offset)
-        await self._repo.set_received(upload.id, upload.offset)
-
-    async def _checkpoint(
-        self, upload: Upload, appender: Appender, lease: Lease, *, final: bool = True
-    ) -> Upload:
-        """Commit what is durable: all that was written (``final``, or an appender that syncs
-        cheaply), else what a ``Checkpointer`` makes durable cheaply."""
-        if lease.lost:
-            raise LeaseLost()  # before the sync: a lost holder flushes nothing more
-        if not final and isinstance(appender, Checkpointer):
-            durable = await appender.checkpoint()
-        else:
-            durable = await appender.sync()
-        if durable == upload.offset:
-            return upload
-        return await self._commit(upload, durable, lease)
-
-    async def _give_back(
-        self, upload: Upload, appender: Appender, lease: Lease, full: StorageFull
-    ) -> Upload:
-        """The body has ended and the database refused the commit for a full disk: cut the
-        request's last ``GIVE_BACK`` bytes off (durably) to make room, and commit the rest. The
-        stored bytes then end at the committed offset, whether the commit succeeds or not."""
-        if not isinstance(self._store, TailDiscarder):
-            raise full
-        durable = await appender.sync()
-        kept = max(upload.offset, durable - GIVE_BACK)
-        await self._store.discard_tail(upload.storage, kept)
-        if kept == upload.offset:
-            raise full
-        return await self._commit(upload, kept, lease)
-
-    async def _commit(self, upload: Upload, offset: int, lease: Lease) -> Upload:
-        """Advance the offset to durable ``offset``; the last byte also completes the upload
-        (a crash between the two leaves it complete but receiving: start-up completes it).
-
-        Fenced: nothing is committed once the lease is lost, and the database refuses a commit
-        whose fencing token a newer holder has replaced (the row check is in the same statement).
-        """
-        if lease.lost:
-            raise LeaseLost()
-        now = self._clock()
-        try:
-            upload = await self._repo.advance(
-                upload.id,
-                expected=upload.offset,
-                offset=offset,
-                now=now,
-                expires_at=self.expiry(now),
-                fence=lease.token,
-                # bytes of unknown length count against the quota as they are committed
-                quota=self._config.quota if upload.length is None else None,
-            )
-        except Conflict:
-            if lease.token is not None:
-                current = await self._repo.get(upload.id)
-                if current is not None and current.fence != lease.token:
-                    raise LeaseLost() from None
-            raise
-        if upload.is_complete:
-            upload = await self.complete(upload)
-        return upload
-
-    async def complete(self, upload: Upload) -> Upload:
-        """Every byte is committed: let the store finish the object, then leave ``receiving``."""
-        if isinstance(self._store, Finisher):
-            assert upload.length is not None
-            await self._store.finish(upload.storage, upload.length)
-        return await self._repo.complete(upload.id, self._clock())
-
-    def expiry(self, now: datetime) -> datetime:
-        return now + timedelta(seconds=self._config.expire_after)
-
-
-class _Strategy(ABC):
-    """How one request's written bytes become committed: a step after every chunk written
-    (the last, overflowing one excepted), the end once the body stops (shielded, before the
-    appender closes) and a step after it closed. Every step runs under the upload's lock."""
-
-    def __init__(
-        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
-    ) -> None:
-        self.upload = upload  # the committed upload, advanced by the strategy
-        self._receiver = receiver
-        self._config = receiver._config
-        self._appender = appender
-        self._lease = lease
-        self._last_progress = time.monotonic()
-
-    async def written(self) -> None:
-        await self._progress(time.monotonic())
-
-    async def _progress(self, now: float) -> None:
-        """Show how much arrived (``received``), committing nothing."""
-        if now - self._last_progress >= self._config.progress_seconds:
-            with anyio.CancelScope(shield=True):
-                await self._receiver._repo.set_received(self.upload.id, self._appender.offset)
-            self._last_progress = now
-
-    @abstractmethod
-    async def end(
-        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
-    ) -> tuple[StorageError | None, ServiceError | None]:
-        """Commit what this strategy keeps of the request; returns the failure and the error to
-        raise after the appender closed (``overflow``: 413, 460, or a request not made durable whole)."""
-
-    async def closed(self) -> None:
-        return None
-
-
-class _Checkpointing(_Strategy):
-    """Without a checksum: commit what is durable every ``checkpoint_bytes`` or
-    ``checkpoint_seconds``, and at the end whatever arrived, even of a cut-off body."""
-
-    def __init__(
-        self, receiver: Receiver, upload: Upload, appender: Appender, lease: Lease
-    ) -> None:
-        super().__init__(receiver, upload, appender, lease)
-        self._last_checkpoint = self._last_progress
-        self._checkpointed = appender.offset  # bytes accepted at the last checkpoint
-
-    async def written(self) -> None:
-        now = time.monotonic()
-        if (
-            self._appender.offset - self._checkpointed >= self._config.checkpoint_bytes
-            or now - self._last_checkpoint >= self._config.checkpoint_seconds
-        ):
-            with anyio.CancelScope(shield=True):
-                self.upload = await self._receiver._checkpoint(
-                    self.upload, self._appender, self._lease, final=False
-                )
-            self._checkpointed = self._appender.offset
-            self._last_checkpoint = self._last_progress = time.monotonic()
-        else:
-            await self._progress(now)
-
-    async def end(
-        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
-    ) -> tuple[StorageError | None, ServiceError | None]:
-        try:
-            self.upload = await self._receiver._checkpoint(self.upload, self._appender, self._lease)
-        except StorageError as exc:
-            failure = failure or exc
-            # the written prefix
-            try:
-                self.upload = await self._receiver._checkpoint(
-                    self.upload, self._appender, self._lease
-                )
-            except StorageFull as full:
-                if not isinstance(failure, StorageFull):
-                    raise
-                self.upload = await self._receiver._give_back(
-                    self.upload, self._appender, self._lease, full
-                )
-        return failure, overflow
-
-
-class _AllOrNothing(_Strategy):
-    """With ``Upload-Checksum``: commit nothing until the whole body arrived and its digest
-    matched; otherwise cut the stored bytes back to where the request started."""
-
-    def __init__(
-        self,
-        receiver: Receiver,
-        upload: Upload,
-        appender: Appender,
-        lease: Lease,
-        checksum: Checksum,
-        request_digest: Hasher | None,
-    ) -> None:
-        super().__init__(receiver, upload, appender, lease)
-        self._start = upload.offset
-        self._checksum = checksum
-        self._request_digest = request_digest
-
-    async def end(
-        self, complete_body: bool, failure: StorageError | None, overflow: ServiceError | None
-    ) -> tuple[StorageError | None, ServiceError | None]:
-        if complete_body and failure is None and overflow is None:
-            self.upload, overflow = await self._receiver._commit_checked(
-                self.upload, self._appender, self._lease, self._checksum, self._request_digest
-            )
-        return failure, overflow
-
-    async def closed(self) -> None:
-        start = self._start
-        if self.upload.offset == start and self._appender.offset != start:
-            await self._receiver._discard(self.upload)

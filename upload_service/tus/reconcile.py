@@ -13,6 +13,7 @@ from upload_service.errors import Locked, NotFound, StorageError
 from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle
 from upload_service.locking.base import Lease, Locker
 from upload_service.storage.base import StorageKey, Store, TailDiscarder
+from upload_service.tus.commit import Committer
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.receive import Receiver
 from upload_service.uploads import Upload, UploadState
@@ -34,6 +35,7 @@ class Reconciler:
         lifecycle: Lifecycle,
         loader: UploadLoader,
         receiver: Receiver,
+        committer: Committer,
     ) -> None:
         self._store = store
         self._repo = repository
@@ -42,6 +44,7 @@ class Reconciler:
         self._lifecycle = lifecycle
         self._loader = loader
         self._receiver = receiver
+        self._committer = committer
 
     async def reconcile(self, upload: Upload, lease: Lease) -> Upload:
         """Make the committed offset and the stored bytes agree (caller holds the lock).
@@ -98,7 +101,7 @@ class Reconciler:
                         reconciled += 1
                         if current.is_complete and not current.is_final:
                             # killed between the last commit and ``complete``
-                            await self._receiver.complete(current)
+                            await self._committer.complete(current)
             except Locked:
                 continue  # another worker process is writing it: consistent by construction
         return reconciled

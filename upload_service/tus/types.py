@@ -6,6 +6,7 @@ imports it and none needs another's owner module for a type."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from upload_service.errors import Conflict
 from upload_service.repository import Quota
@@ -26,6 +27,10 @@ class HandlerConfig:
     quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
     outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
     verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
+
+    def expiry(self, now: datetime) -> datetime:
+        """When an upload that receives bytes at ``now`` expires if nothing more arrives."""
+        return now + timedelta(seconds=self.expire_after)
 
 
 @dataclass(frozen=True, slots=True)
