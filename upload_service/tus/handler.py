@@ -8,32 +8,31 @@ concern: the app adds it to every response under the tus path, errors included.
 PATCH runs in a fixed order: check headers, take the upload's lock, load the upload, reject a wrong
 state or offset, and only then read the body, through a size limit.
 
-The body is received by ``receive.Receiver``, whose docstring tells the crash story of a PATCH and
-how fencing keeps replicas apart; ``reconcile.Reconciler`` makes the committed offset and the
-stored bytes agree on HEAD and at start-up; ``load.UploadLoader`` is the one place that loads an
-upload for a request and checks its existence, owner and state; ``creation.Creator`` creates.
+The handler builds its collaborators and keeps PATCH's order and termination; the rest is theirs.
+``receive.Receiver`` receives a body, whose docstring tells the crash story of a PATCH and how
+fencing keeps replicas apart, over the strategies ``checkpointing`` and ``all_or_nothing`` that
+commit through ``commit.Committer``; ``limits.Limits`` decides how much a body may carry;
+``reconcile.Reconciler`` makes the committed offset and the stored bytes agree on HEAD and at
+start-up; ``load.UploadLoader`` is the one place that loads an upload for a request and checks its
+existence, owner and state; ``creation.Creator`` creates; ``whole.WholeFiles`` receives a form's
+whole file; ``download_gate.DownloadGate`` decides what may be downloaded.
+
+Crash story of what the handler itself changes (what a kill -9 at each step leaves):
+- a PATCH declaring a deferred length: the length is one compare-and-set; killed after it but
+  before the upload is completed (a length equal to the offset), the upload is complete but
+  receiving, and start-up reconciliation completes it.
+- a DELETE: the row first, then the bytes. Once the row says terminated nothing reads the bytes,
+  so a kill -9 before the delete leaves only an orphan file for the clean-up task.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import anyio
-
-from upload_service.auth.principal import Principal
-from upload_service.errors import (
-    BadRequest,
-    Forbidden,
-    OffsetMismatch,
-    ServiceError,
-    TooLarge,
-    Unavailable,
-)
+from upload_service.errors import BadRequest, Forbidden, OffsetMismatch, TooLarge
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook
 from upload_service.lifecycle import Lifecycle
@@ -45,28 +44,23 @@ from upload_service.tus.checksum import ALGORITHMS, RunningDigests
 from upload_service.tus.commit import Committer
 from upload_service.tus.content_types import AllowedTypes, ContentRules
 from upload_service.tus.creation import Creator
+from upload_service.tus.download_gate import DownloadGate
 from upload_service.tus.limits import Limits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
-    OFFSET_CONTENT_TYPE,
     TUS_VERSION,
     check_offset_content_type,
     check_version,
-    encode_metadata,
     offset_headers,
     parse_uint,
+    status_headers,
 )
 from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
-from upload_service.tus.request import (
-    TusHeaders,
-    TusRequest,
-    request_checksum,
-    request_content_length,
-)
+from upload_service.tus.request import TusRequest, request_checksum, request_content_length
 from upload_service.tus.sniff import MagicSniffer, Sniffer
 from upload_service.tus.types import HandlerConfig, TusResponse
-from upload_service.tus.whole import WholeBody
+from upload_service.tus.whole import WholeFiles
 from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
 
@@ -84,9 +78,6 @@ CORE_EXTENSIONS = (
     "checksum",  # all or nothing on every store: the digest is checked before anything is synced
 )
 CONCAT_EXTENSIONS = ("concatenation", "concatenation-unfinished")
-# How often a download waiting for a verdict reads the upload again (the verification may run on
-# any replica: the database tells).
-VERDICT_POLL = 0.2
 
 
 def extensions(store: Store) -> tuple[str, ...]:
@@ -169,6 +160,8 @@ class TusHandler:
             receiver=self._receiver,
             committer=self._committer,
         )
+        self._gate = DownloadGate(store=store, loader=self._loader, verify_wait=config.verify_wait)
+        self._whole = WholeFiles(operations=self, limits=self._limits)
 
     # -- discovery ------------------------------------------------------------------------------
 
@@ -198,52 +191,11 @@ class TusHandler:
         (truncated, malformed): then, and on any failure once the upload exists, the upload is
         terminated and the error raised. Returns the upload (``ready`` when its digest was kept
         while it streamed in, else ``verifying``)."""
-        whole = await self._whole_body(request.principal, body)
-        headers = TusHeaders(
-            tus_resumable=TUS_VERSION,
-            content_type=OFFSET_CONTENT_TYPE,
-            upload_defer_length="1",
-            upload_metadata=encode_metadata(metadata),
-        )
-        try:
-            created = await self.create(replace(request, headers=headers), whole)
-        except ServiceError:
-            if whole.error is not None:  # e.g. a type refused on the first bytes of a cut body
-                raise whole.error from None
-            raise
-        target = replace(request, upload_id=created.upload_id, headers=VERSION_ONLY)
-        try:
-            whole.check()
-            size = str(whole.received)
-            declare = TusHeaders(
-                tus_resumable=TUS_VERSION,
-                content_type=OFFSET_CONTENT_TYPE,
-                upload_offset=size,
-                upload_length=size,
-            )
-            await self.patch(replace(target, headers=declare), _no_body())
-            return await self._loader.found(target)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.discard(target)
-            raise
+        return await self._whole.create(request, metadata, body)
 
     async def discard(self, request: TusRequest) -> None:
         """Terminate an upload that must not stay visible (best effort: a failure is logged)."""
-        try:
-            await self.delete(replace(request, headers=VERSION_ONLY))
-        except ServiceError as exc:
-            logger.warning(
-                "could not discard the upload: %s",
-                exc.message,
-                extra={"upload_id": request.upload_id},
-            )
-
-    async def _whole_body(self, principal: Principal, body: AsyncIterator[bytes]) -> WholeBody:
-        """The body cut at the maximum size, or where it would pass the owner's byte quota
-        (the length is unknown until the body ends, so the quota is what is left of it now)."""
-        limit, refusal = await self._limits.whole(principal)
-        return WholeBody(body, limit, refusal)
+        await self._whole.discard(request)
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -254,23 +206,7 @@ class TusHandler:
             upload = await self._reconciler.reconcile_if_idle(
                 upload, wait=self._config.lock_timeout
             )
-        response = offset_headers(upload)
-        response["Cache-Control"] = "no-store"
-        if upload.is_final:
-            response["Upload-Concat"] = "final;" + " ".join(
-                request.endpoint.url(part, relative=True) for part in upload.parts
-            )
-            if upload.state is UploadState.RECEIVING:
-                del response["Upload-Offset"]  # not assembled yet: there is no offset to resume
-        elif upload.is_partial:
-            response["Upload-Concat"] = "partial"
-        if upload.length is None:
-            response["Upload-Defer-Length"] = "1"
-        else:
-            response["Upload-Length"] = str(upload.length)
-        if upload.metadata:
-            response["Upload-Metadata"] = encode_metadata(upload.metadata)
-        return TusResponse(200, response, upload_id=upload.id)
+        return TusResponse(200, status_headers(upload, request.endpoint), upload_id=upload.id)
 
     async def get(self, request: TusRequest) -> Upload:
         """The upload as the JSON API shows it (any state except unknown)."""
@@ -399,39 +335,10 @@ class TusHandler:
         verification meanwhile is a 410, like any failed upload. A partial upload is never
         served (403): its bytes may lie anywhere in a file, so the content rules that check a
         file's first bytes never saw them; a final upload made of it is checked and served."""
-        upload = await self._loader.load(request)
-        if upload.is_partial:
-            raise Forbidden(
-                "a partial upload is not served as a download: download a final upload made of it"
-            )
-        if upload.state is UploadState.VERIFYING:
-            upload = await self._verdict(request, upload)
-        if upload.state is not UploadState.READY:
-            raise ServiceError(
-                f"upload is not finished ({upload.offset} of {upload.length} bytes)",
-                status=409,
-                code="not_finished",
-            )
-        return upload
-
-    async def _verdict(self, request: TusRequest, upload: Upload) -> Upload:
-        wait = self._config.verify_wait
-        deadline = anyio.current_time() + wait
-        while upload.state is UploadState.VERIFYING:
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                retry = max(1, math.ceil(min(wait, 5.0)))
-                raise Unavailable(
-                    "upload is complete and being verified; retry shortly",
-                    code="verifying",
-                    headers={"Retry-After": str(retry)},
-                )
-            await anyio.sleep(min(VERDICT_POLL, left))
-            upload = await self._loader.load(request)
-        return upload
+        return await self._gate.downloadable(request)
 
     def read(self, upload: Upload, start: int, end: int) -> AsyncIterator[bytes]:
-        return self._store.read(upload.storage, start, end)
+        return self._gate.read(upload, start, end)
 
     @property
     def draining(self) -> bool:
@@ -453,14 +360,6 @@ class TusHandler:
         """Start-up: reconcile every upload still receiving, then resume verifications and
         assemblies a stopped process left. Returns how many uploads were reconciled."""
         return await self._reconciler.reconcile_all()
-
-
-VERSION_ONLY = TusHeaders(tus_resumable=TUS_VERSION)  # the headers of an internal HEAD or DELETE
-
-
-async def _no_body() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an async generator without items
 
 
 async def _has_data(body: AsyncIterator[bytes]) -> bool:

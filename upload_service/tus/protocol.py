@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from upload_service.errors import BadRequest, PreconditionFailed, UnsupportedMediaType
+from upload_service.tus.endpoint import Endpoint
 from upload_service.uploads import Metadata, Upload, UploadState
 
 TUS_VERSION = "1.0.0"
@@ -228,4 +229,26 @@ def offset_headers(upload: Upload) -> dict[str, str]:
     headers = {"Upload-Offset": str(upload.offset)}
     if upload.expires_at is not None and upload.state is UploadState.RECEIVING:
         headers["Upload-Expires"] = http_date(upload.expires_at)
+    return headers
+
+
+def status_headers(upload: Upload, endpoint: Endpoint) -> dict[str, str]:
+    """The headers of a HEAD: the offset, the length (or that it is deferred), the metadata and
+    how the upload takes part in a concatenation (a final's parts as URLs under ``endpoint``)."""
+    headers = offset_headers(upload)
+    headers["Cache-Control"] = "no-store"
+    if upload.is_final:
+        headers["Upload-Concat"] = "final;" + " ".join(
+            endpoint.url(part, relative=True) for part in upload.parts
+        )
+        if upload.state is UploadState.RECEIVING:
+            del headers["Upload-Offset"]  # not assembled yet: there is no offset to resume
+    elif upload.is_partial:
+        headers["Upload-Concat"] = "partial"
+    if upload.length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(upload.length)
+    if upload.metadata:
+        headers["Upload-Metadata"] = encode_metadata(upload.metadata)
     return headers

@@ -1,6 +1,13 @@
 """Reconciliation: make the committed offset and the stored bytes agree, on HEAD when no request
-is writing and at start-up for every upload still receiving (see the crash story in
-``receive``: stored bytes past the committed offset were never committed and are cut off)."""
+is writing and at start-up for every upload still receiving (see the crash stories in
+``receive`` and ``commit``: stored bytes past the committed offset were never committed and are
+cut off).
+
+Crash story: reconciliation is safe to stop anywhere and run again. Cutting the bytes past the
+committed offset off is idempotent; lowering an offset the storage no longer backs is one
+compare-and-set; an upload killed between its last commit and ``complete`` is completed here,
+and the verifications and assemblies a stopped process left are resumed after.
+"""
 
 from __future__ import annotations
 
