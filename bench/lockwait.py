@@ -42,9 +42,9 @@ def locker_setting(postgres: bool) -> str:
 def locker_in_effect(wanted: str) -> str:
     """``wanted``, or what the server uses instead when it has no ``UPLOAD_LOCKER`` setting (the
     bench runs the server from this same checkout, so its settings class tells)."""
-    from upload_service.settings import Settings
+    from upload_service import settings
 
-    if "locker" in Settings.model_fields:
+    if "locker" in getattr(settings, "FLAT_NAMES", settings.Settings.model_fields):
         return wanted
     return "file (UPLOAD_LOCKER unknown to this upload_service)"
 

@@ -26,8 +26,8 @@ def _url() -> str:
     from upload_service.settings import load_settings
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.database_url
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.database.url
 
 
 def _configure(**kwargs: object) -> None:

@@ -26,7 +26,7 @@ from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import upgrade
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.services import Services
-from upload_service.settings import Settings
+from upload_service.settings import Settings, load_settings
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -77,7 +77,7 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "cors_origins": ("*",),
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return load_settings(**values)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

@@ -129,7 +129,7 @@ async def test_readyz(client: httpx.AsyncClient) -> None:
 async def test_readyz_reports_unreachable_storage(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    files = anyio.Path(services.settings.files_dir)
+    files = anyio.Path(services.settings.storage.files_dir)
     await files.rmdir()
     await files.write_bytes(b"not a directory")
     response = await client.get("/readyz")

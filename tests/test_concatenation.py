@@ -573,7 +573,7 @@ async def test_start_up_assembles_a_final_left_waiting(settings: Settings) -> No
                 .where(UploadRow.id == final_id)
                 .values(state="receiving", length=None, upload_offset=0, received=0, sha256=None)
             )
-        path = anyio.Path(settings.files_dir / final_id)
+        path = anyio.Path(settings.storage.files_dir / final_id)
         await path.write_bytes(b"")
 
     async with running(settings) as second:

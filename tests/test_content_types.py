@@ -60,14 +60,16 @@ def test_a_malformed_list_is_a_config_error_naming_the_variable(
 
 def test_the_setting_reads_a_list(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPLOAD_ALLOWED_TYPES", "video/*,image/PNG")
-    assert load_settings().allowed_types == ("video/*", "image/png")
+    assert load_settings().limits.allowed_types == ("video/*", "image/png")
     monkeypatch.delenv("UPLOAD_ALLOWED_TYPES")
-    assert load_settings().allowed_types == ()
+    assert load_settings().limits.allowed_types == ()
 
 
 def test_settings_take_a_string_or_a_tuple(tmp_path: Path) -> None:
-    assert make_settings(tmp_path, allowed_types="video/*").allowed_types == ("video/*",)
-    assert make_settings(tmp_path, allowed_types=("VIDEO/MP4",)).allowed_types == ("video/mp4",)
+    assert make_settings(tmp_path, allowed_types="video/*").limits.allowed_types == ("video/*",)
+    assert make_settings(tmp_path, allowed_types=("VIDEO/MP4",)).limits.allowed_types == (
+        "video/mp4",
+    )
 
 
 @pytest.mark.parametrize(

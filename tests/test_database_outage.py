@@ -212,7 +212,7 @@ async def test_postgres_cut_off_mid_patch_commits_nothing_past_the_durable_bytes
             answered = await _until_ok(client, "HEAD", f"/files/{upload_id}")
             offset = int(answered.headers["Upload-Offset"])
             assert offset == first  # the failed commit moved nothing
-            stored = await anyio.Path(settings.files_dir / upload_id).read_bytes()
+            stored = await anyio.Path(settings.storage.files_dir / upload_id).read_bytes()
             assert stored[:offset] == data[:offset]
             resumed = await patch(client, upload_id, offset, _chunks(data[offset:]))
             assert resumed.status_code == 204, resumed.text

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from upload_service.auth.setup import check_open_mode
 from upload_service.proxy import TrustedProxies
-from upload_service.settings import ConfigError, Settings, load_settings
+from upload_service.settings import FLAT_NAMES, ConfigError, Settings, load_settings
 from upload_service.storage.s3.layout import MAX_OBJECT_SIZE, choose_part_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def test_compose_replicas_share_postgresql_for_data_and_locks() -> None:
 def test_compose_replicas_trust_nginx_on_the_compose_network_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    trusted = TrustedProxies(replica_settings(monkeypatch, tmp_path).trusted_proxies)
+    trusted = TrustedProxies(replica_settings(monkeypatch, tmp_path).server.trusted_proxies)
     for nginx in ("172.18.0.5", "192.168.48.3", "10.5.0.2"):  # Docker's default address pools
         assert nginx in trusted
     assert "203.0.113.7" not in trusted
@@ -280,9 +280,9 @@ def test_compose_replicas_authenticate_and_the_image_alone_refuses_to_run_open(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     settings = replica_settings(monkeypatch, tmp_path)
-    assert settings.host == "0.0.0.0"
-    assert settings.auth_enabled, "replicas listening on 0.0.0.0 must authenticate"
-    assert settings.jwt_enabled
+    assert settings.server.host == "0.0.0.0"
+    assert settings.auth.enabled, "replicas listening on 0.0.0.0 must authenticate"
+    assert settings.auth.jwt_enabled
     check_open_mode(settings)
     env = next(iter(replica_services(compose()).values()))["environment"]
     assert "${UPLOAD_AUTH_JWT_SECRET:-" in env["UPLOAD_AUTH_JWT_SECRET"], "a variable"
@@ -307,16 +307,16 @@ def test_compose_replicas_keep_the_bytes_in_the_minio_bucket(
     with MinIO's credentials."""
     data = compose()
     env = next(iter(replica_services(data).values()))["environment"]
-    fields = set(Settings.model_fields)
+    fields = set(FLAT_NAMES)
     unknown = [key for key in env if key.startswith("UPLOAD_") and key[7:].lower() not in fields]
     assert unknown == [], f"no such settings: {unknown}"
     for key in ("UPLOAD_STORAGE", "UPLOAD_S3_ENDPOINT_URL", "UPLOAD_S3_BUCKET"):
         assert key in env, f"the replicas do not set {key}"
 
     settings = replica_settings(monkeypatch, tmp_path)
-    assert settings.storage == "s3"
-    assert settings.s3_path_style, "MinIO is addressed by path"
-    endpoint = urlsplit(str(settings.s3_endpoint_url))
+    assert settings.storage.backend == "s3"
+    assert settings.s3.path_style, "MinIO is addressed by path"
+    endpoint = urlsplit(str(settings.s3.endpoint_url))
     minio_name, minio = service_by_image(data, "minio/minio")
     assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", minio_name, 9000)
     minio_env = interpolated_env(minio)
@@ -328,9 +328,11 @@ def test_compose_replicas_keep_the_bytes_in_the_minio_bucket(
     assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses shorter passwords"
     assert "${MINIO_ROOT_PASSWORD:-" in env["AWS_SECRET_ACCESS_KEY"], "a variable, not a constant"
     # The largest upload fits in 10,000 parts of the default size: no part sized for 5 TiB.
-    assert settings.max_size is not None
-    assert settings.max_size <= MAX_OBJECT_SIZE
-    assert choose_part_size(settings.max_size, settings.s3_part_size) == settings.s3_part_size
+    assert settings.limits.max_size is not None
+    assert settings.limits.max_size <= MAX_OBJECT_SIZE
+    assert (
+        choose_part_size(settings.limits.max_size, settings.s3.part_size) == settings.s3.part_size
+    )
 
 
 def test_compose_minio_keeps_its_data_on_a_volume_and_reports_health() -> None:

@@ -132,7 +132,7 @@ async def test_a_patch_bigger_than_the_free_space_is_a_507_and_resumes_once_spac
         answered = await head(client, deferred)
         assert answered.status_code == 200
         offset = int(answered.headers["Upload-Offset"])
-        stored = await anyio.Path(settings.files_dir / deferred).read_bytes()
+        stored = await anyio.Path(settings.storage.files_dir / deferred).read_bytes()
         assert len(stored) == offset  # the committed offset is exactly what is durable
         assert stored == data[:offset]
         # What reached the disk is committed, but for what was given back to let the database
@@ -171,7 +171,7 @@ async def test_reservation_refuses_what_cannot_fit_and_keeps_the_size(
 
         length = 32 * MiB
         reserved = await create(client, length)
-        path = settings.files_dir / reserved
+        path = settings.storage.files_dir / reserved
         assert path.stat().st_size == 0  # the reservation keeps the size
         assert path.stat().st_blocks * 512 >= length
         assert free_bytes(disk) <= before - length

@@ -26,7 +26,7 @@ async def verifying_upload(client: httpx.AsyncClient, services: Services) -> str
     """An upload whose bytes are all stored and committed, left ``verifying`` (nobody verifies
     it until the test says so)."""
     upload_id = await create(client, len(DATA))
-    await anyio.Path(services.settings.files_dir / upload_id).write_bytes(DATA)
+    await anyio.Path(services.settings.storage.files_dir / upload_id).write_bytes(DATA)
     now = utcnow()
     await services.repository.advance(
         upload_id, expected=0, offset=len(DATA), now=now, expires_at=None

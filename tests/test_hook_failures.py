@@ -39,7 +39,7 @@ async def fail_once(
 ) -> tuple[str, httpx.Response, str]:
     """Create an upload whose post-create fails its one attempt: the upload id, the deliveries
     answer and the metrics (the log lines are in ``caplog``)."""
-    settings = settings.model_copy(update={"hook_max_attempts": 1})
+    settings = settings.replace(hook_max_attempts=1)
     with caplog.at_level(logging.WARNING, logger="upload_service.hooks"):
         async with running(settings) as (_, client):
             upload_id = await create(client)

@@ -295,7 +295,7 @@ async def test_an_undelivered_event_survives_a_restart(
 ) -> None:
     # the first process drains only as it starts: the event is written, then it stops
     first = hook_settings(data_dir, database_url, hook_url=hook_receiver.url)
-    first = first.model_copy(update={"hook_poll_interval": 3600.0})
+    first = first.replace(hook_poll_interval=3600.0)
     async with running(first) as (_, client):
         upload_id = await create(client)
         await anyio.sleep(0.2)
@@ -331,7 +331,7 @@ async def test_two_replicas_on_one_postgres_never_deliver_an_event_twice(
         for name in ("a", "b")
     ]
     for setting in settings:
-        setting.data_dir.mkdir()
+        setting.storage.data_dir.mkdir()
     async with running(settings[0]) as (_, client), running(settings[1]) as (_, other):
         ids = [await create(client if n % 2 else other) for n in range(20)]
         await eventually(lambda: len(hook_receiver.received()) >= 20)

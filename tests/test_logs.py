@@ -98,7 +98,11 @@ def _utc(value: object) -> datetime:
 
 def test_log_settings_default_to_text_info_and_an_access_log(clean_env: Path) -> None:
     settings = load_settings()
-    assert (settings.log_format, settings.log_level, settings.access_log) == ("text", "info", True)
+    assert (
+        settings.observability.log_format,
+        settings.observability.log_level,
+        settings.observability.access_log,
+    ) == ("text", "info", True)
 
 
 def test_log_settings_are_read_without_case_and_validated(
@@ -108,7 +112,11 @@ def test_log_settings_are_read_without_case_and_validated(
     monkeypatch.setenv("UPLOAD_LOG_LEVEL", "Warning")
     monkeypatch.setenv("UPLOAD_ACCESS_LOG", "false")
     settings = load_settings()
-    assert (settings.log_format, settings.log_level, settings.access_log) == (
+    assert (
+        settings.observability.log_format,
+        settings.observability.log_level,
+        settings.observability.access_log,
+    ) == (
         "json",
         "warning",
         False,
@@ -407,7 +415,7 @@ async def test_the_level_is_respected(client: httpx.AsyncClient) -> None:
 
 
 async def test_the_access_log_can_be_turned_off(settings: Settings, json_logs: Captured) -> None:
-    async with serve(settings.model_copy(update={"access_log": False})) as served:
+    async with serve(settings.replace(access_log=False)) as served:
         upload_id = await create(served.client, 3)
         response = await patch(served.client, upload_id, 0, b"abc")
     assert response.headers["X-Request-Id"]

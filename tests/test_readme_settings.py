@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from upload_service.settings import Settings
+from upload_service.settings import FLAT_NAMES
 
 README = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 HEADER = "| variable | default | meaning |"
@@ -55,7 +55,7 @@ def table_variables() -> list[str]:
 
 
 def field_variables() -> set[str]:
-    return {"UPLOAD_" + name.upper() for name in Settings.model_fields}
+    return {"UPLOAD_" + name.upper() for name in FLAT_NAMES}
 
 
 def test_every_setting_has_a_row_in_the_readme_table() -> None:

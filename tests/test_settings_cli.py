@@ -65,16 +65,16 @@ def _revision(database: Path) -> str | None:
 
 def test_defaults(clean_env: Path) -> None:
     settings = load_settings()
-    assert settings.data_dir == Path("./data")
+    assert settings.storage.data_dir == Path("./data")
     expected = (clean_env / "data" / "uploads.db").resolve()
-    assert settings.database_url == f"sqlite+aiosqlite:///{expected}"
-    assert settings.expire_after == WEEK
-    assert settings.max_size is None
-    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
-    assert settings.files_dir == Path("./data/files")
-    assert settings.is_sqlite
-    assert (settings.max_metadata_bytes, settings.max_metadata_keys) == (4096, 32)
-    assert settings.allowed_types == ()
+    assert settings.database.url == f"sqlite+aiosqlite:///{expected}"
+    assert settings.limits.expire_after == WEEK
+    assert settings.limits.max_size is None
+    assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
+    assert settings.storage.files_dir == Path("./data/files")
+    assert settings.database.is_sqlite
+    assert (settings.limits.max_metadata_bytes, settings.limits.max_metadata_keys) == (4096, 32)
+    assert settings.limits.allowed_types == ()
     config = handler_config(settings)
     assert (config.max_metadata_bytes, config.max_metadata_keys) == (4096, 32)
     assert config.allowed_types == ()
@@ -87,21 +87,21 @@ def test_environment_variables(clean_env: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("UPLOAD_PORT", "9000")
     monkeypatch.setenv("UPLOAD_CORS_ORIGINS", "https://a.example, https://b.example")
     settings = load_settings()
-    assert settings.data_dir == clean_env / "elsewhere"
+    assert settings.storage.data_dir == clean_env / "elsewhere"
     expected = clean_env / "elsewhere" / "uploads.db"
-    assert settings.database_url == f"sqlite+aiosqlite:///{expected}"
-    assert settings.max_size == 1048576
-    assert settings.expire_after == 60
-    assert settings.port == 9000
-    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.database.url == f"sqlite+aiosqlite:///{expected}"
+    assert settings.limits.max_size == 1048576
+    assert settings.limits.expire_after == 60
+    assert settings.server.port == 9000
+    assert settings.server.cors_origins == ("https://a.example", "https://b.example")
 
 
 def test_an_explicit_database_url_wins(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = "postgresql+asyncpg://user@db.example/uploads"
     monkeypatch.setenv("UPLOAD_DATABASE_URL", url)
     settings = load_settings()
-    assert settings.database_url == url
-    assert not settings.is_sqlite
+    assert settings.database.url == url
+    assert not settings.database.is_sqlite
 
 
 PG_URL = "postgresql+asyncpg://user@db.example/uploads"
@@ -161,8 +161,8 @@ def test_a_dotenv_file_is_read_and_the_environment_overrides_it(
     (clean_env / ".env").write_text("UPLOAD_MAX_SIZE=123\nUPLOAD_EXPIRE_AFTER=77\n")
     monkeypatch.setenv("UPLOAD_EXPIRE_AFTER", "88")
     settings = load_settings()
-    assert settings.max_size == 123
-    assert settings.expire_after == 88
+    assert settings.limits.max_size == 123
+    assert settings.limits.expire_after == 88
 
 
 @pytest.mark.parametrize(
@@ -222,8 +222,8 @@ def test_check_config_prints_the_settings(
     monkeypatch.setenv("UPLOAD_MAX_SIZE", "4096")
     assert main(["check-config"]) == 0
     shown = Settings.model_validate_json(capsys.readouterr().out)
-    assert shown.max_size == 4096
-    assert shown.expire_after == WEEK
+    assert shown.limits.max_size == 4096
+    assert shown.limits.expire_after == WEEK
 
 
 def test_check_config_with_an_invalid_value_exits_2_naming_it(
@@ -295,7 +295,7 @@ def test_python_dash_m_runs_the_same_command_line(clean_env: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert Settings.model_validate_json(result.stdout).max_size == 77
+    assert Settings.model_validate_json(result.stdout).limits.max_size == 77
 
 
 @pytest.mark.parametrize(
@@ -475,7 +475,7 @@ async def test_the_s3_store_is_built_from_the_settings(
     if max_size is not None:
         monkeypatch.setenv("UPLOAD_MAX_SIZE", max_size)
     settings = load_settings()
-    assert settings.s3_path_style  # a custom endpoint: path-style addressing
+    assert settings.s3.path_style  # a custom endpoint: path-style addressing
     store = await build_store(settings)
     try:
         assert isinstance(store, S3Store)
@@ -486,8 +486,8 @@ async def test_the_s3_store_is_built_from_the_settings(
         assert store.part_size_for(100 * 1024**3) == 11 * 1024 * 1024
         assert store.part_size_for(None) == deferred_part_size
         assert handler_config(settings).max_size == min(int(max_size or 5 * 1024**4), 5 * 1024**4)
-        assert store.spool_dir == settings.spool_dir
-        assert settings.spool_dir.is_dir()
+        assert store.spool_dir == settings.storage.spool_dir
+        assert settings.storage.spool_dir.is_dir()
     finally:
         await store.aclose()  # nothing was sent: the client connects on first use
 
@@ -497,6 +497,6 @@ def test_aws_itself_gets_virtual_hosted_addressing(
 ) -> None:
     monkeypatch.setenv("UPLOAD_STORAGE", "s3")
     monkeypatch.setenv("UPLOAD_S3_BUCKET", "videos")
-    assert not load_settings().s3_path_style
+    assert not load_settings().s3.path_style
     monkeypatch.setenv("UPLOAD_S3_ADDRESSING_STYLE", "path")
-    assert load_settings().s3_path_style
+    assert load_settings().s3.path_style

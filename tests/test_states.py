@@ -355,7 +355,7 @@ async def test_clean_up_forgets_ended_uploads_after_the_tombstone_period(
     for upload_id in (expired, terminated, failed):
         assert (await head(client, upload_id)).status_code == 410
 
-    long_ago = datetime.now(UTC) - timedelta(seconds=services.settings.expire_after + 60)
+    long_ago = datetime.now(UTC) - timedelta(seconds=services.settings.limits.expire_after + 60)
     async with services.engine.begin() as connection:
         await connection.execute(
             update(UploadRow)
@@ -376,7 +376,7 @@ async def test_clean_up_sweeps_files_that_no_upload_names(
     """A crash between creating an upload's file and inserting its row leaves a file nobody
     names: clean-up deletes it once it is older than the grace period, and nothing else."""
     kept = await create(client, 10, body=b"abc")
-    files = anyio.Path(services.settings.files_dir)
+    files = anyio.Path(services.settings.storage.files_dir)
     lost, young, foreign = "a" * 32, "b" * 32, "notes.txt"
     for name in (lost, young, foreign):
         await (files / name).write_bytes(b"lost")

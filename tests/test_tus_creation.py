@@ -170,7 +170,7 @@ async def test_create_returns_absolute_location_and_expiry(
     upload = await record(services, upload_id)
     assert upload.expires_at is not None
     assert expires == upload.expires_at.replace(microsecond=0)
-    week = timedelta(seconds=services.settings.expire_after)
+    week = timedelta(seconds=services.settings.limits.expire_after)
     assert before + week - timedelta(seconds=1) <= expires
 
     assert upload.length == 100

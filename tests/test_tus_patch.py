@@ -355,8 +355,8 @@ async def test_patch_to_malformed_id_is_404_and_writes_nothing(
     assert response.headers["Tus-Resumable"] == "1.0.0"
     if routed:  # an id holding "/" never reaches the handler: the router answers 404 itself
         assert reason(response) == "no such upload"
-    assert [path async for path in anyio.Path(services.settings.files_dir).iterdir()] == []
-    assert not await anyio.Path(services.settings.data_dir / "etc").exists()
+    assert [path async for path in anyio.Path(services.settings.storage.files_dir).iterdir()] == []
+    assert not await anyio.Path(services.settings.storage.data_dir / "etc").exists()
 
 
 async def test_patch_after_delete_is_410(client: httpx.AsyncClient, services: Services) -> None:

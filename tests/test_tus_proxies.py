@@ -64,7 +64,7 @@ async def test_location_ignores_proxy_headers_from_an_untrusted_peer(
 
 async def test_the_default_trusts_loopback_only(data_dir: Path, database_url: str) -> None:
     settings = make_settings(data_dir, database_url)
-    assert settings.trusted_proxies == ("127.0.0.1/32", "::1/128")
+    assert settings.server.trusted_proxies == ("127.0.0.1/32", "::1/128")
     async with serve_from(settings, peer=("127.0.0.1", 5)) as client:
         location = (await post(client, **BEHIND_TLS)).headers["Location"]
         assert location.startswith("https://uploads.example.com/files/")
@@ -252,8 +252,12 @@ def test_trusted_proxies_from_the_environment(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("UPLOAD_TRUSTED_PROXIES", " 10.1.2.3, 172.16.0.0/12 ,2001:db8::/32,")
-    assert load_settings().trusted_proxies == ("10.1.2.3/32", "172.16.0.0/12", "2001:db8::/32")
+    assert load_settings().server.trusted_proxies == (
+        "10.1.2.3/32",
+        "172.16.0.0/12",
+        "2001:db8::/32",
+    )
     monkeypatch.setenv("UPLOAD_TRUSTED_PROXIES", "")
-    assert load_settings().trusted_proxies == ()
+    assert load_settings().server.trusted_proxies == ()
     monkeypatch.setenv("UPLOAD_TRUSTED_PROXIES", "*")
-    assert load_settings().trusted_proxies == ("*",)
+    assert load_settings().server.trusted_proxies == ("*",)

@@ -90,7 +90,7 @@ async def head(client: httpx.AsyncClient, upload_id: str) -> httpx.Response:
 
 async def stored_bytes(services: Services, upload_id: str) -> bytes | None:
     """The bytes on disk for the upload, or None when it has no file."""
-    path = anyio.Path(services.settings.files_dir / upload_id)
+    path = anyio.Path(services.settings.storage.files_dir / upload_id)
     if not await path.exists():
         return None
     return await path.read_bytes()
@@ -122,7 +122,7 @@ async def count_uploads(services: Services) -> int:
 
 
 async def stored_files(services: Services) -> list[str]:
-    directory = anyio.Path(services.settings.files_dir)
+    directory = anyio.Path(services.settings.storage.files_dir)
     return sorted([path.name async for path in directory.iterdir()])
 
 

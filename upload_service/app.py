@@ -74,71 +74,71 @@ DRAIN = "upload_service.drain"  # lifespan state: called with no arguments as sh
 
 def max_upload_size(settings: Settings) -> int | None:
     """``UPLOAD_MAX_SIZE``; on S3 at most its largest object (5 TiB), also when unset."""
-    if settings.storage == "s3":
-        return min(settings.max_size or MAX_OBJECT_SIZE, MAX_OBJECT_SIZE)
-    return settings.max_size
+    if settings.storage.backend == "s3":
+        return min(settings.limits.max_size or MAX_OBJECT_SIZE, MAX_OBJECT_SIZE)
+    return settings.limits.max_size
 
 
 def handler_config(settings: Settings) -> HandlerConfig:
     return HandlerConfig(
         max_size=max_upload_size(settings),
-        expire_after=settings.expire_after,
-        checkpoint_bytes=settings.checkpoint_bytes,
-        checkpoint_seconds=settings.checkpoint_seconds,
-        progress_seconds=settings.progress_seconds,
-        lock_timeout=settings.lock_timeout,
-        relative_location=settings.relative_location,
-        max_metadata_bytes=settings.max_metadata_bytes,
-        max_metadata_keys=settings.max_metadata_keys,
-        allowed_types=settings.allowed_types,
+        expire_after=settings.limits.expire_after,
+        checkpoint_bytes=settings.storage.checkpoint_bytes,
+        checkpoint_seconds=settings.storage.checkpoint_seconds,
+        progress_seconds=settings.storage.progress_seconds,
+        lock_timeout=settings.locking.timeout,
+        relative_location=settings.server.relative_location,
+        max_metadata_bytes=settings.limits.max_metadata_bytes,
+        max_metadata_keys=settings.limits.max_metadata_keys,
+        allowed_types=settings.limits.allowed_types,
         quota=(
-            Quota(uploads=settings.quota_uploads, bytes=settings.quota_bytes)
-            if settings.quota_uploads is not None or settings.quota_bytes is not None
+            Quota(uploads=settings.limits.quota_uploads, bytes=settings.limits.quota_bytes)
+            if settings.limits.quota_uploads is not None or settings.limits.quota_bytes is not None
             else None
         ),
-        outbox=settings.events_enabled,
-        verify_wait=settings.download_verify_wait,
+        outbox=settings.hooks.events_enabled,
+        verify_wait=settings.api.download_verify_wait,
     )
 
 
 def build_locker(settings: Settings) -> Locker:
     if settings.effective_locker == "postgres":
-        dead_after = settings.lock_dead_after
+        dead_after = settings.locking.dead_after
         return PostgresLocker(
-            settings.database_url,
+            settings.database.url,
             heartbeat=dead_after / 10,
             timeout=dead_after / 5,
             dead_after=dead_after,
         )
-    return FileLocker(settings.data_dir / "locks")
+    return FileLocker(settings.storage.data_dir / "locks")
 
 
 async def build_store(settings: Settings) -> Store:
-    if settings.storage == "s3":
-        await anyio.Path(settings.spool_dir).mkdir(parents=True, exist_ok=True)
+    if settings.storage.backend == "s3":
+        await anyio.Path(settings.storage.spool_dir).mkdir(parents=True, exist_ok=True)
         connect = partial(  # boto3 reads its service models from disk: not on the loop
             Boto3ObjectClient.connect,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            path_style=settings.s3_path_style,
-            checksums=settings.s3_checksums,
+            endpoint_url=settings.s3.endpoint_url,
+            region=settings.s3.region,
+            path_style=settings.s3.path_style,
+            checksums=settings.s3.checksums,
         )
         client = await anyio.to_thread.run_sync(connect)
         return S3Store(
             client,
-            settings.s3_bucket,
-            settings.s3_prefix,
-            part_size=settings.s3_part_size,
-            spool_dir=settings.spool_dir,
-            concurrency=settings.s3_concurrency,
+            settings.s3.bucket,
+            settings.s3.prefix,
+            part_size=settings.s3.part_size,
+            spool_dir=settings.storage.spool_dir,
+            concurrency=settings.s3.concurrency,
             max_size=max_upload_size(settings) or MAX_OBJECT_SIZE,
         )
-    await anyio.Path(settings.files_dir).mkdir(parents=True, exist_ok=True)
+    await anyio.Path(settings.storage.files_dir).mkdir(parents=True, exist_ok=True)
     return LocalStore(
-        settings.files_dir,
-        buffer_size=settings.write_buffer,
-        min_free=settings.min_free_bytes,
-        reserve_space=settings.reserve_space,
+        settings.storage.files_dir,
+        buffer_size=settings.storage.write_buffer,
+        min_free=settings.storage.min_free_bytes,
+        reserve_space=settings.storage.reserve_space,
     )
 
 
@@ -147,11 +147,11 @@ async def open_services(
     settings: Settings, runner: Runner | None = None, events: Events = NO_EVENTS
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
-    await anyio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.database_url, busy_timeout=settings.database_busy_timeout)
+    await anyio.Path(settings.storage.data_dir).mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database.url, busy_timeout=settings.database.busy_timeout)
     try:
         await check_schema(engine)
-        await check_storage(engine, settings.storage)
+        await check_storage(engine, settings.storage.backend)
         repository = SqlUploadRepository(create_sessionmaker(engine))
         store = await build_store(settings)
         locker: Locker = build_locker(settings)
@@ -168,7 +168,7 @@ async def open_services(
                     events=events,
                     pre_create=hooks.pre_create,
                     video=await build_prober(
-                        settings.video_probe, settings.ffprobe, settings.video_probe_timeout
+                        settings.video.probe, settings.video.ffprobe, settings.video.probe_timeout
                     ),
                 )
                 yield Services(
@@ -227,7 +227,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     logger.warning("asyncio debug mode is on")
                 lifecycle = services.handler.lifecycle
                 runner.start_service(
-                    partial(expire_periodically, lifecycle, resolved.cleanup_interval), "clean-up"
+                    partial(expire_periodically, lifecycle, resolved.limits.cleanup_interval),
+                    "clean-up",
                 )
                 if metrics is not None:
                     runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
@@ -252,14 +253,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=OPENAPI_PATH,
     )
-    app.include_router(tus_router, prefix=resolved.base_path)
+    app.include_router(tus_router, prefix=resolved.server.base_path)
     app.include_router(api_router)
     app.include_router(page_router(resolved))
     app.include_router(listing_router)
     app.include_router(progress_router)
     mount_docs(app)
     app.include_router(forms_router)
-    errors = ErrorRenderer(resolved.base_path)
+    errors = ErrorRenderer(resolved.server.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
@@ -269,28 +270,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         # Innermost: MethodOverrideMiddleware copies the scope, and the router's route is read here.
         app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(TusResumableMiddleware, base_path=resolved.base_path)
+    app.add_middleware(TusResumableMiddleware, base_path=resolved.server.base_path)
     app.add_middleware(MethodOverrideMiddleware)
-    if resolved.cors_origins:
+    if resolved.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(resolved.cors_origins),
+            allow_origins=list(resolved.server.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=[*REQUEST_HEADERS, REQUEST_ID_HEADER],
             expose_headers=[*RESPONSE_HEADERS, REQUEST_ID_HEADER],
             max_age=86400,
         )
     # Inside the proxy middleware (its client address is logged), outside everything that answers.
-    app.add_middleware(RequestLogMiddleware, access_log=resolved.access_log)
+    app.add_middleware(RequestLogMiddleware, access_log=resolved.observability.access_log)
     # Every layer inside sees the scheme, host, prefix and client the proxy reported.
-    app.add_middleware(ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.trusted_proxies))
+    app.add_middleware(
+        ProxyHeadersMiddleware, trusted=TrustedProxies(resolved.server.trusted_proxies)
+    )
     # Outermost: nosniff and a policy on every answer, whichever layer made it.
     app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 
 def _build_metrics(settings: Settings) -> PrometheusMetrics | None:
-    if not settings.metrics:
+    if not settings.observability.metrics:
         return None
     return PrometheusMetrics()
 

@@ -33,8 +33,8 @@ def _settings() -> Settings:
 def _migrate(settings: Settings) -> None:
     from upload_service.db.migrate import upgrade
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database.url)
 
 
 def _migrate_if_needed(settings: Settings) -> None:
@@ -50,10 +50,10 @@ def _migrate_if_needed(settings: Settings) -> None:
     from upload_service.db.migrate import at_schema_revision
 
     exists = True
-    if settings.is_sqlite:  # reading a missing SQLite file would create it
-        database = make_url(settings.database_url).database
+    if settings.database.is_sqlite:  # reading a missing SQLite file would create it
+        database = make_url(settings.database.url).database
         exists = database not in (None, "", ":memory:") and Path(database).exists()
-    if exists and at_schema_revision(settings.database_url):
+    if exists and at_schema_revision(settings.database.url):
         return
     migrated = subprocess.run([sys.executable, "-m", "upload_service", "migrate"], check=False)
     if migrated.returncode != 0:
@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["UPLOAD_HOST"] = args.host
     settings = _settings()
     if args.log_level is not None:
-        settings = settings.model_copy(update={"log_level": args.log_level})
+        settings = settings.replace(log_level=args.log_level)
     try:
         check_open_mode(settings)
     except ConfigError as exc:
@@ -98,12 +98,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from upload_service.db.stores import check_storage_at
 
     try:  # checked again at every start-up, but there a failure is uvicorn's traceback
-        check_storage_at(settings.database_url, settings.storage)
+        check_storage_at(settings.database.url, settings.storage.backend)
     except ConfigError as exc:
         print(f"upload-service: {exc}", file=sys.stderr)
         return 2
-    workers = args.workers if args.workers is not None else settings.workers
-    if workers > 1 and settings.metrics:
+    workers = args.workers if args.workers is not None else settings.server.workers
+    if workers > 1 and settings.observability.metrics:
         _prepare_multiprocess_metrics(settings)
     # uvicorn raises the signal it shut down for again when it is done (the default action kills
     # the process): a drained, finished shutdown exits 0.
@@ -112,21 +112,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "upload_service.app:create_app",
         factory=True,
-        host=settings.host,
-        port=args.port if args.port is not None else settings.port,
+        host=settings.server.host,
+        port=args.port if args.port is not None else settings.server.port,
         loop="uvloop",
         # httptools, draining running uploads as shutdown begins; imported where the app is.
         http="upload_service.serving:DrainingHttpToolsProtocol",
         lifespan="on",
         # applied again in every worker process; the access lines are the app's own
         log_config=log_config(settings),
-        log_level=settings.log_level,
+        log_level=settings.observability.log_level,
         access_log=False,
         workers=workers,
         # Off: the app's ProxyHeadersMiddleware believes proxies (UPLOAD_TRUSTED_PROXIES) and
         # also reads Forwarded and X-Forwarded-Host/-Port/-Prefix, which uvicorn's ignores.
         proxy_headers=False,
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        timeout_graceful_shutdown=settings.server.shutdown_grace,
     )
     return 0
 
@@ -140,7 +140,7 @@ def _prepare_multiprocess_metrics(settings: Settings) -> None:
 
     from upload_service.metrics import MULTIPROC_ENV
 
-    directory = settings.data_dir / "metrics"
+    directory = settings.storage.data_dir / "metrics"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(directory.resolve())
@@ -159,7 +159,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     # logged, not printed: under ``serve`` this is part of the server's log, in its format
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    shown = make_url(settings.database.url).render_as_string(hide_password=True)
     logging.getLogger("upload_service.migrate").info("database at head: %s", shown)
     return 0
 
@@ -193,14 +193,14 @@ def cmd_check_config(_args: argparse.Namespace) -> int:
 def healthcheck_url(settings: Settings, path: str) -> str:
     """Where this host's own service answers ``path``: its bind address, or loopback when it
     binds every address."""
-    host = settings.host
+    host = settings.server.host
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.port}{path}"
+    return f"http://{host}:{settings.server.port}{path}"
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:

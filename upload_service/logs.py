@@ -110,8 +110,8 @@ def log_config(settings: Settings) -> dict[str, Any]:
     """The whole logging configuration: one stderr handler on the root logger, which uvicorn's
     loggers (``uvicorn.error``; ``uvicorn.access`` is replaced by ours and stays silent), ours
     and every library's propagate to."""
-    level = settings.log_level.upper()
-    formatter = "json" if settings.log_format == "json" else "text"
+    level = settings.observability.log_level.upper()
+    formatter = "json" if settings.observability.log_format == "json" else "text"
     return {
         "version": 1,
         "disable_existing_loggers": False,

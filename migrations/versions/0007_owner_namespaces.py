@@ -31,7 +31,7 @@ def _settings() -> tuple[frozenset[str], str]:
     from upload_service.settings import load_settings
 
     settings = load_settings()
-    return frozenset(name for name, _ in settings.auth_api_keys), settings.auth_jwt_issuer or ""
+    return frozenset(name for name, _ in settings.auth.api_keys), settings.auth.jwt_issuer or ""
 
 
 def _namespaced(owner: str, keys: frozenset[str], issuer: str) -> str:

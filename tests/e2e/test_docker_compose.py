@@ -55,7 +55,7 @@ from tests.postgres import (
     require_postgres,
     sqlalchemy_url,
 )
-from upload_service.settings import Settings
+from upload_service.settings import S3Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ CHUNKS_BEFORE_STOP = 4  # round robin: two on each replica
 PACE = 8 * MiB
 SENT_BEFORE_STOP = 8 * MiB
 # The compose file sets no part size: the service's default (UPLOAD_MAX_SIZE keeps it).
-PART_SIZE: int = Settings.model_fields["s3_part_size"].default
+PART_SIZE: int = S3Settings.model_fields["part_size"].default
 
 
 def placeholder_variables() -> dict[str, str]:

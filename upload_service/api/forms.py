@@ -50,12 +50,14 @@ async def form_upload(
                     )
                 _check_key(part.name, fields)
                 settings = services.settings
-                if len(fields) >= settings.max_metadata_keys:
+                if len(fields) >= settings.limits.max_metadata_keys:
                     raise BadRequest(
-                        f"the form has more than {settings.max_metadata_keys} text fields"
+                        f"the form has more than {settings.limits.max_metadata_keys} text fields"
                     )
                 used = sum(len(key) + len(value or b"") for key, value in fields.items())
-                fields[part.name] = await form.read_text(max(settings.max_metadata_bytes - used, 0))
+                fields[part.name] = await form.read_text(
+                    max(settings.limits.max_metadata_bytes - used, 0)
+                )
                 continue
             if not part.filename:  # a file input left empty: browsers send an empty part
                 async for _ in form.data():

@@ -127,8 +127,8 @@ async def events(
         upload,
         services.repository,
         services.handler,
-        interval=settings.sse_poll_interval,
-        heartbeat=settings.sse_heartbeat,
+        interval=settings.api.sse_poll_interval,
+        heartbeat=settings.api.sse_heartbeat,
     )
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # nginx: do not buffer
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)

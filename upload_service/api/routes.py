@@ -111,7 +111,7 @@ def download_url_of(upload: Upload, services: Services, endpoint: Endpoint) -> s
     partial upload, which is never served: ``TusHandler.downloadable``)."""
     if upload.state is not UploadState.READY or upload.is_partial:
         return None
-    download_url = endpoint.url(upload.id, relative=services.settings.relative_location)
+    download_url = endpoint.url(upload.id, relative=services.settings.server.relative_location)
     signer = services.auth.signer
     if signer is not None:
         download_url += "?" + signer.query(upload.id)
@@ -156,11 +156,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         detail = f"database unreachable: {exc}"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
     try:
-        free = await anyio.to_thread.run_sync(free_bytes, services.settings.data_dir)
+        free = await anyio.to_thread.run_sync(free_bytes, services.settings.storage.data_dir)
     except OSError as exc:
         detail = f"cannot inspect the data directory: {exc.strerror or exc}"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
-    if free < max(services.settings.min_free_bytes, 1):  # UPLOAD_MIN_FREE_BYTES, or none at all
+    if free < max(
+        services.settings.storage.min_free_bytes, 1
+    ):  # UPLOAD_MIN_FREE_BYTES, or none at all
         detail = f"disk full: {free} bytes free"
         return JSONResponse(Health(status="unavailable", detail=detail).model_dump(), 503)
     return JSONResponse(Health(status="ok").model_dump())

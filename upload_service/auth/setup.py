@@ -51,8 +51,8 @@ OPEN = Auth(OpenAuthenticator(), None)
 
 def check_open_mode(settings: Settings, host: str | None = None) -> None:
     """``ConfigError`` when the service would run open on an address others can reach."""
-    bind = settings.host if host is None else host
-    if settings.auth_enabled or settings.auth == "none" or is_loopback(bind):
+    bind = settings.server.host if host is None else host
+    if settings.auth.enabled or settings.auth.mode == "none" or is_loopback(bind):
         return
     raise ConfigError(
         f"refusing to run without authentication on {bind!r}, which is not a loopback address: "
@@ -62,22 +62,22 @@ def check_open_mode(settings: Settings, host: str | None = None) -> None:
 
 
 def signer(settings: Settings) -> UrlSigner | None:
-    if settings.auth_signing_key is not None:
-        key = settings.auth_signing_key.get_secret_value().encode()
-    elif settings.auth_jwt_secret is not None:
-        key = derived_key(settings.auth_jwt_secret.get_secret_value().encode())
+    if settings.auth.signing_key is not None:
+        key = settings.auth.signing_key.get_secret_value().encode()
+    elif settings.auth.jwt_secret is not None:
+        key = derived_key(settings.auth.jwt_secret.get_secret_value().encode())
     else:
         return None
-    return UrlSigner(key, settings.signed_url_ttl)
+    return UrlSigner(key, settings.auth.signed_url_ttl)
 
 
 async def _key_source(settings: Settings) -> tuple[KeySource, tuple[str, ...]]:
-    pinned = settings.auth_jwt_algorithms
-    if settings.auth_jwt_secret is not None:
-        secret = settings.auth_jwt_secret.get_secret_value().encode()
+    pinned = settings.auth.jwt_algorithms
+    if settings.auth.jwt_secret is not None:
+        secret = settings.auth.jwt_secret.get_secret_value().encode()
         return StaticKey(secret), pinned or ("HS256",)
-    if settings.auth_jwt_public_key_file is not None:
-        path = settings.auth_jwt_public_key_file
+    if settings.auth.jwt_public_key_file is not None:
+        path = settings.auth.jwt_public_key_file
         try:
             pem = await anyio.Path(path).read_bytes()
             key, implied = public_key_algorithms(pem)
@@ -88,14 +88,14 @@ async def _key_source(settings: Settings) -> tuple[KeySource, tuple[str, ...]]:
                 f"UPLOAD_AUTH_JWT_ALGORITHMS: {', '.join(pinned)} does not fit the key in {path}"
             )
         return StaticKey(key), pinned or implied
-    assert settings.auth_jwks_url is not None
+    assert settings.auth.jwks_url is not None
     algorithms = pinned or ("RS256", "ES256")
     client = httpx.AsyncClient(follow_redirects=False)
     keys = JwksKeys(
-        settings.auth_jwks_url,
+        settings.auth.jwks_url,
         client,
         algorithms,
-        refetch_interval=settings.auth_jwks_refetch_interval,
+        refetch_interval=settings.auth.jwks_refetch_interval,
     )
     return keys, algorithms
 
@@ -105,25 +105,25 @@ async def open_auth(settings: Settings) -> AsyncIterator[Auth]:
     """The authenticator and URL signer the settings ask for, closed after."""
     check_open_mode(settings)
     kinds: list[Authenticator] = []
-    if settings.jwt_enabled:
+    if settings.auth.jwt_enabled:
         keys, algorithms = await _key_source(settings)
         kinds.append(
             JwtAuthenticator(
                 keys,
                 algorithms,
-                issuer=settings.auth_jwt_issuer,
-                audience=settings.auth_jwt_audience,
-                leeway=settings.auth_jwt_leeway,
+                issuer=settings.auth.jwt_issuer,
+                audience=settings.auth.jwt_audience,
+                leeway=settings.auth.jwt_leeway,
             )
         )
-    if settings.api_keys_enabled:
-        kinds.append(ApiKeyAuthenticator(settings.auth_api_keys))
+    if settings.auth.api_keys_enabled:
+        kinds.append(ApiKeyAuthenticator(settings.auth.api_keys))
     if not kinds:
         logger.warning(
             "authentication is off: anyone who can reach %s:%d may upload, download and delete "
             "every upload (configure UPLOAD_AUTH_* for anything but local use)",
-            settings.host,
-            settings.port,
+            settings.server.host,
+            settings.server.port,
         )
         yield Auth(OpenAuthenticator(), signer(settings))
         return

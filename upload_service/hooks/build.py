@@ -42,7 +42,7 @@ async def open_hooks(
 ) -> AsyncIterator[Hooks]:
     """Load the hooks the settings name (``HookConfigError`` names a setting that cannot be
     loaded) and close their HTTP client after."""
-    uses_http = settings.hook_url or settings.hook_pre_create.startswith(("http://", "https://"))
+    uses_http = settings.hooks.url or settings.hooks.pre_create.startswith(("http://", "https://"))
     client = httpx.AsyncClient(follow_redirects=False) if uses_http else None
     try:
         yield Hooks(
@@ -62,22 +62,22 @@ async def _load(spec: str, variable: str) -> Callable[..., Any]:
 async def _pre_create(
     settings: Settings, client: httpx.AsyncClient | None, events: Events
 ) -> PreCreateHook:
-    spec = settings.hook_pre_create
-    limits = MetadataLimits(settings.max_metadata_bytes, settings.max_metadata_keys)
+    spec = settings.hooks.pre_create
+    limits = MetadataLimits(settings.limits.max_metadata_bytes, settings.limits.max_metadata_keys)
     if not spec:
         return NO_PRE_CREATE
     if spec.startswith(PREFIX):
         function = await _load(spec, "UPLOAD_HOOK_PRE_CREATE")
         return CallablePreCreate(
-            function, timeout=settings.hook_timeout, limits=limits, events=events
+            function, timeout=settings.hooks.timeout, limits=limits, events=events
         )
     assert client is not None
     return HttpPreCreate(
         client,
         spec,
-        timeout=settings.hook_timeout,
+        timeout=settings.hooks.timeout,
         limits=limits,
-        secret=settings.hook_secret.get_secret_value(),
+        secret=settings.hooks.secret.get_secret_value(),
         events=events,
     )
 
@@ -89,27 +89,27 @@ async def _drainer(
     clock: Callable[[], datetime],
     events: Events,
 ) -> Drainer | None:
-    if not settings.events_enabled:
+    if not settings.hooks.events_enabled:
         return None
     if outbox is None:
         raise HookConfigError("UPLOAD_HOOK_URL / UPLOAD_HOOK_POST: this repository has no outbox")
     deliverers: list[Deliverer] = []
-    if settings.hook_url:
+    if settings.hooks.url:
         assert client is not None
-        secret = settings.hook_secret.get_secret_value()
+        secret = settings.hooks.secret.get_secret_value()
         deliverers.append(
-            Webhook(client, settings.hook_url, secret=secret, timeout=settings.hook_timeout)
+            Webhook(client, settings.hooks.url, secret=secret, timeout=settings.hooks.timeout)
         )
-    if settings.hook_post:
-        function = await _load(settings.hook_post, "UPLOAD_HOOK_POST")
-        deliverers.append(PostCallable(function, timeout=settings.hook_post_timeout))
+    if settings.hooks.post:
+        function = await _load(settings.hooks.post, "UPLOAD_HOOK_POST")
+        deliverers.append(PostCallable(function, timeout=settings.hooks.post_timeout))
     return Drainer(
         outbox,
         deliverers,
         clock=clock,
-        max_attempts=settings.hook_max_attempts,
-        retry_delay=settings.hook_retry_delay,
-        poll_interval=settings.hook_poll_interval,
-        retention=settings.hook_retention,
+        max_attempts=settings.hooks.max_attempts,
+        retry_delay=settings.hooks.retry_delay,
+        poll_interval=settings.hooks.poll_interval,
+        retention=settings.hooks.retention,
         events=events,
     )

@@ -61,7 +61,7 @@ def tus_endpoint(request: Request) -> Endpoint:
     proxy's headers were applied to the scope)."""
     base = request.base_url  # origin + root_path
     return Endpoint(
-        path=base.path.rstrip("/") + get_services(request).settings.base_path,
+        path=base.path.rstrip("/") + get_services(request).settings.server.base_path,
         origin=f"{base.scheme}://{base.netloc}",
     )
 

@@ -125,9 +125,9 @@ def page_router(settings: Settings) -> APIRouter:
         body = render_page(
             await files.template(),
             root=root,
-            endpoint=root.rstrip("/") + settings.base_path + "/",
+            endpoint=root.rstrip("/") + settings.server.base_path + "/",
             api=root + "api",
-            chunk_size=settings.page_chunk_size,
+            chunk_size=settings.server.page_chunk_size,
         )
         headers = {
             **SECURITY_HEADERS,
