@@ -4,7 +4,8 @@ groups (``settings.storage.data_dir``, ``settings.auth.jwt_secret``).
 Each variable is ``UPLOAD_`` + a field's flat name, its alias (``UPLOAD_AUTH_JWT_SECRET`` is
 ``auth.jwt_secret``); the flat names are also what ``load_settings(**overrides)`` and
 ``Settings.replace`` take. Only entry points build a ``Settings``; invalid values stop start-up
-with a message naming the variable.
+with a message naming the variable. docs/configuration.md is generated from the fields
+(``upload_service.settings.docs``).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class VideoSettings(Group):
         default=True,
         description="describe verified videos with ffprobe (container, duration, codecs, "
         "resolution, frame rate) before they become `ready` (local storage only); off by "
-        '`false`, and without ffprobe installed (see "Video details")',
+        "`false`, and without ffprobe installed (see [video details](protocol.md#video-details))",
     )
     probe_timeout: float = Field(
         default=30.0,

@@ -1,4 +1,4 @@
-"""Who may upload (README "Authentication"): JWTs, API keys, or open on loopback, and the key
+"""Who may upload (docs/authentication.md): JWTs, API keys, or open on loopback, and the key
 of signed download URLs."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class AuthSettings(Group):
         description="`auto` (JWTs if a JWT key is configured, API keys if any are, either if "
         "both; open when neither, which start-up allows only on a loopback `UPLOAD_HOST`), "
         "`jwt` or `api-key` (only that kind, its setting required), `none` (open on any "
-        'address); see "Authentication"',
+        "address); see [authentication](authentication.md)",
     )
     jwt_secret: SecretStr | None = Field(
         default=None, description="HS256 secret (32 bytes or more)"

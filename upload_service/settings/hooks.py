@@ -1,4 +1,4 @@
-"""Hooks (README "Hooks and webhooks"): the pre-create hook that may reject or amend a creation,
+"""Hooks (docs/hooks.md): the pre-create hook that may reject or amend a creation,
 and the events of state changes, written to the outbox with the change and delivered after."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class HooksSettings(Group):
     pre_create: str = Field(
         default="",
         description="asked before every creation, may reject it or amend the metadata: an "
-        '`http(s)://` URL POSTed the upload to be, or `python:package.module:function` (see "Hooks '
-        'and webhooks")',
+        "`http(s)://` URL POSTed the upload to be, or `python:package.module:function` (see "
+        "[hooks](hooks.md))",
         json_schema_extra=shown("none"),
     )
     url: str = Field(

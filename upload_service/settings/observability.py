@@ -13,12 +13,12 @@ class ObservabilitySettings(Group):
     metrics: bool = Field(
         default=True,
         description="Prometheus metrics at `GET /metrics` (added up across workers with "
-        '`--workers N`); `false` turns the endpoint off (see "Metrics")',
+        "`--workers N`); `false` turns the endpoint off (see [metrics](operating.md#metrics))",
     )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="`text` (a line for humans) or `json` (one JSON object a line, for a log "
-        'collector; the Docker image and compose set it); see "Logs"',
+        "collector; the Docker image and compose set it); see [logs](operating.md#logs)",
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         default="info",
@@ -28,7 +28,7 @@ class ObservabilitySettings(Group):
     access_log: bool = Field(
         default=True,
         description="one access line a request (method, path, status, duration, request and "
-        'upload id; see "Logs"); `false` leaves them out, the other lines stay',
+        "upload id; see [logs](operating.md#logs)); `false` leaves them out, the other lines stay",
     )
 
     @field_validator("log_format", "log_level", mode="before")

@@ -29,7 +29,8 @@ class ServerSettings(Group):
         ge=1,
         le=3600,
         description="seconds requests may run after SIGTERM/SIGINT before they are cancelled "
-        '(running PATCHes commit and answer at once, durable bytes survive; see "Stopping")',
+        "(running PATCHes commit and answer at once, durable bytes survive; see "
+        "[stopping](operating.md#stopping))",
     )
     cors_origins: tuple[str, ...] = Field(
         default=("*",),
@@ -40,7 +41,7 @@ class ServerSettings(Group):
         description="comma-separated IPs and CIDR networks (or `*`) of reverse proxies whose "
         "`Forwarded` / `X-Forwarded-*` headers are believed; empty trusts none. Loopback by "
         "default, as uvicorn's own: a proxy on this host (nginx terminating TLS) just works "
-        '(see "Behind a proxy")',
+        "(see [behind a proxy](operating.md#behind-a-proxy))",
     )
     relative_location: bool = Field(
         default=False,

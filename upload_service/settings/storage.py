@@ -21,7 +21,7 @@ class StorageSettings(Group):
         alias="storage",
         description="where upload bytes live: `local` (`<data dir>/files/`) or `s3` (multipart "
         "uploads in a bucket of any S3-compatible object store; credentials from the standard "
-        'AWS variables or profile; see "Storing uploads in S3")',
+        "AWS variables or profile; see [S3](s3.md))",
     )
     min_free_bytes: int = Field(
         default=64 * MiB,
