@@ -30,7 +30,7 @@ from upload_service.db.migrate import (
 from upload_service.db.models import Base
 from upload_service.locking.file import FileLocker
 from upload_service.locking.postgres import PostgresLocker
-from upload_service.settings import ConfigError, Settings, load_settings
+from upload_service.settings import FLAT_NAMES, ConfigError, Settings, load_settings
 from upload_service.storage.s3.store import S3Store
 
 WEEK = 7 * 24 * 3600
@@ -211,6 +211,46 @@ def test_every_invalid_variable_is_named(clean_env: Path, monkeypatch: pytest.Mo
         load_settings()
     assert "UPLOAD_MAX_SIZE" in str(caught.value)
     assert "UPLOAD_PORT" in str(caught.value)
+
+
+def test_every_variable_sets_its_field_in_the_tree(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UPLOAD_ + a flat name reaches its group's field (the names are the variables, exactly)."""
+    assert FLAT_NAMES["auth_jwt_issuer"] == ("auth", "jwt_issuer")
+    assert FLAT_NAMES["storage"] == ("storage", "backend")
+    assert FLAT_NAMES["lock_timeout"] == ("locking", "timeout")
+    monkeypatch.setenv("UPLOAD_AUTH_JWT_ISSUER", "https://issuer.example")
+    monkeypatch.setenv("UPLOAD_HOOK_POLL_INTERVAL", "7")
+    monkeypatch.setenv("UPLOAD_LOCK_TIMEOUT", "1.5")
+    monkeypatch.setenv("upload_s3_region", "eu-west-1")  # names are not case-sensitive
+    settings = load_settings()
+    assert settings.auth.jwt_issuer == "https://issuer.example"
+    assert settings.hooks.poll_interval == 7
+    assert settings.locking.timeout == 1.5
+    assert settings.s3.region == "eu-west-1"
+    assert settings.flat()["hook_poll_interval"] == 7
+
+
+def test_replace_validates_the_copy(clean_env: Path) -> None:
+    settings = load_settings()
+    changed = settings.replace(max_size=10, log_level="DEBUG")
+    assert (changed.limits.max_size, changed.observability.log_level) == (10, "debug")
+    assert settings.limits.max_size is None  # the original is untouched
+    with pytest.raises(TypeError, match="not settings: max_sise"):
+        settings.replace(max_sise=10)
+
+
+def test_a_rule_of_a_group_is_reported_by_its_own_message(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UPLOAD_HOOK_URL", "https://hooks.example/in")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "invalid configuration: UPLOAD_HOOK_URL needs UPLOAD_HOOK_SECRET: receivers check each "
+        "event's Upload-Signature with it"
+    )
 
 
 # -- the command line -----------------------------------------------------------------------------
