@@ -158,7 +158,7 @@ def settings(data_dir: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
+    application = create_app(settings, settle_heap=False)
     async with application.router.lifespan_context(application):
         yield application
 

@@ -125,7 +125,7 @@ class Running:
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Like ``serve``, and with the app (for its runner): a fresh process on ``settings``."""
-    application = create_app(settings)
+    application = create_app(settings, settle_heap=False)
     async with application.router.lifespan_context(application):
         services: Services = application.state.services
         transport = httpx.ASGITransport(app=application)

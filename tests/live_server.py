@@ -107,7 +107,7 @@ class Live:
 
 @contextmanager
 def live_server(settings: Settings) -> Iterator[Live]:
-    faults = Faults(create_app(settings))
+    faults = Faults(create_app(settings, settle_heap=False))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -35,7 +35,9 @@ async def running(settings: Settings) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_config=None, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(settings, settle_heap=False), log_config=None, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as group:
         group.start_soon(server.serve, [sock])

@@ -16,7 +16,7 @@ async def test_start_up_collects_off_the_loop_and_freezes_what_survives(
     data_dir: Path, database_url: str
 ) -> None:
     assert gc.isenabled()
-    async with serve(make_settings(data_dir, database_url)):
+    async with serve(make_settings(data_dir, database_url), settle_heap=True):
         assert gc.isenabled(), "automatic collection is back on once the app serves"
         assert gc.get_freeze_count() > 0, "start-up's survivors are frozen"
     assert gc.get_freeze_count() == 0, "unfrozen at shutdown"
@@ -40,3 +40,18 @@ async def test_collection_stays_off_until_start_up_settles_and_comes_back_on_fai
     assert seen == [False]
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_process_of_many_apps_leaves_the_heap_alone(
+    data_dir: Path, database_url: str
+) -> None:
+    assert gc.isenabled()
+    seen: list[bool] = []
+    with StartUpHeap(enabled=False) as heap:
+        seen.append(gc.isenabled())
+        await heap.settle()
+    assert seen == [True]
+    async with serve(make_settings(data_dir, database_url), settle_heap=False):
+        assert gc.isenabled()
+        assert gc.get_freeze_count() == 0, "nothing frozen"
+    assert gc.isenabled()

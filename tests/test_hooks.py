@@ -53,7 +53,7 @@ def hook_settings(data_dir: Path, database_url: str | None = None, **values: obj
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
+    app = create_app(settings, settle_heap=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

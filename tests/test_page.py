@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 
 def page_app(tmp_path: Path, **overrides: object) -> FastAPI:
-    return create_app(make_settings(tmp_path, None, **overrides))
+    return create_app(make_settings(tmp_path, None, **overrides), settle_heap=False)
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ async def secured(sqlite_dir: Path) -> AsyncIterator[FastAPI]:
         cors_origins=(ORIGIN,),
         metrics=True,
     )
-    app = create_app(settings)
+    app = create_app(settings, settle_heap=False)
     async with app.router.lifespan_context(app):
         yield app
 
@@ -159,7 +159,7 @@ async def test_an_answers_own_headers_are_kept() -> None:
 
 @pytest.fixture
 async def open_client(sqlite_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(sqlite_dir))
+    app = create_app(make_settings(sqlite_dir), settle_heap=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -205,7 +205,7 @@ def inline_script_hashes(page: str) -> list[str]:
 
 @pytest.mark.parametrize("root_path", ["", "/uploads"])
 async def test_the_docs_page_allows_its_own_scripts_only(sqlite_dir: Path, root_path: str) -> None:
-    app = create_app(make_settings(sqlite_dir))
+    app = create_app(make_settings(sqlite_dir), settle_heap=False)
     transport = httpx.ASGITransport(app=app, root_path=root_path)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         page = await client.get(f"{root_path}/docs")

@@ -291,7 +291,7 @@ async def test_migrate_creates_the_database_at_head_and_the_app_starts_on_it(
     assert await anyio.to_thread.run_sync(main, ["migrate"]) == 0  # a second run changes nothing
     assert _revision(database) == head_revision()
 
-    app = create_app(load_settings())
+    app = create_app(load_settings(), settle_heap=False)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -391,7 +391,7 @@ def test_serve_refuses_a_bad_worker_count(
 
 async def test_the_app_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data")
-    app = create_app(settings)
+    app = create_app(settings, settle_heap=False)
     with pytest.raises(SchemaError, match="upload-service migrate"):
         async with app.router.lifespan_context(app):
             pytest.fail("the app started on a database without a schema")
@@ -408,7 +408,7 @@ async def test_the_app_refuses_a_database_behind_head(tmp_path: Path) -> None:
             connection.execute("UPDATE alembic_version SET version_num = 'older'")
     finally:
         connection.close()
-    app = create_app(make_settings(data_dir))
+    app = create_app(make_settings(data_dir), settle_heap=False)
     with pytest.raises(SchemaError, match=r"at older, expected .*upload-service migrate"):
         async with app.router.lifespan_context(app):
             pytest.fail("the app started on an outdated schema")

@@ -55,7 +55,7 @@ async def test_shutdown_mid_statement_leaves_nothing_pending(
 async def test_the_lifespan_hands_the_server_a_drain_hook(
     data_dir: Path, database_url: str
 ) -> None:
-    application = create_app(make_settings(data_dir, database_url))
+    application = create_app(make_settings(data_dir, database_url), settle_heap=False)
     async with application.router.lifespan_context(application) as state:
         assert state is not None
         services: Services = application.state.services

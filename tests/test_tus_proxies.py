@@ -28,7 +28,7 @@ async def serve_from(
     settings: Settings, peer: tuple[str, int] = PROXY
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan, and a client whose requests arrive from ``peer``."""
-    application = create_app(settings)
+    application = create_app(settings, settle_heap=False)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application, client=peer)
         async with httpx.AsyncClient(transport=transport, base_url="http://backend:8080") as http:

@@ -29,9 +29,10 @@ class Served:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[Served]:
-    """A per-test app built from ``settings``, with its lifespan running, and a client on it."""
-    application = create_app(settings)
+async def serve(settings: Settings, *, settle_heap: bool = False) -> AsyncIterator[Served]:
+    """A per-test app built from ``settings``, with its lifespan running, and a client on it
+    (``settle_heap``: as a server process does, see ``upload_service.heap``)."""
+    application = create_app(settings, settle_heap=settle_heap)
     async with application.router.lifespan_context(application):
         services: Services = application.state.services
         transport = httpx.ASGITransport(app=application)

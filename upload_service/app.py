@@ -203,7 +203,10 @@ def drain_uploads(handler: TusHandler) -> None:
         logger.info("shutting down: %d running uploads asked to commit and answer", handler.drain())
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, settle_heap: bool = True) -> FastAPI:
+    """The app on ``settings`` (else the environment's). ``settle_heap``: collect and freeze the
+    heap once start-up is done (``upload_service.heap``); a process that builds many apps, such as
+    the test suite, turns it off."""
     resolved = settings if settings is not None else load_settings()
     metrics = _build_metrics(resolved)
 
@@ -214,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Background work stops (runner) before what it uses closes (services).
         events: Events = NO_EVENTS if metrics is None else metrics
         # Authentication first: a service that must not run open stops before touching anything.
-        with StartUpHeap() as heap:
+        with StartUpHeap(enabled=settle_heap) as heap:
             async with (
                 open_auth(resolved) as auth,
                 open_services(resolved, runner, events) as built,
