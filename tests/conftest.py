@@ -80,11 +80,19 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
     return load_settings(**values)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
-def database_kind(request: pytest.FixtureRequest) -> str:
-    """Every test that touches the database runs on the embedded default and on PostgreSQL."""
-    kind: str = request.param
-    return kind
+DATABASE_KINDS = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The database a test runs on: the embedded default (SQLite) only, except the repository's
+    contract suites (the ``databases`` fixture) and tests marked ``every_database`` (those that
+    exist because of PostgreSQL: races it serialises, its locker), which run on both."""
+    if "database_kind" not in metafunc.fixturenames:
+        return
+    both = "databases" in metafunc.fixturenames or any(
+        True for _ in metafunc.definition.iter_markers("every_database")
+    )
+    metafunc.parametrize("database_kind", DATABASE_KINDS if both else ("sqlite",), scope="session")
 
 
 @pytest.fixture(scope="session")

@@ -270,6 +270,7 @@ async def test_a_tokens_size_cap_holds_for_deferred_lengths_and_finals(
         assert (state, failure) == ("failed", "assembled length 120 exceeds the maximum size 100")
 
 
+@pytest.mark.every_database  # quota checks are serialised per owner in the database
 async def test_racing_patches_of_one_owner_never_pass_the_quota(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -29,7 +29,8 @@ from upload_service.uploads import Upload
 
 ALICE = jwt_owner(ISSUER, "alice")
 
-pytestmark = pytest.mark.anyio
+# Which finals name a part, and refusals while one waits, are serialised in the database: both run.
+pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
 
 MiB = 1024 * 1024
 S3_PART = 5 * MiB

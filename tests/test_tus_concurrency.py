@@ -14,7 +14,8 @@ from tests.conftest import TUS, make_settings
 from tests.tus_http_helpers import create, head, patch, reason, record, serve, stored_bytes
 from upload_service.services import Services
 
-pytestmark = pytest.mark.anyio  # see test_tus_creation.py
+# Locks differ by database (PostgreSQL advisory locks, a file locker beside SQLite): both run.
+pytestmark = [pytest.mark.anyio, pytest.mark.every_database]  # anyio: see test_tus_creation.py
 
 
 class SlowBody:
