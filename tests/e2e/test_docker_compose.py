@@ -57,7 +57,8 @@ from tests.postgres import (
 )
 from upload_service.settings import S3Settings
 
-pytestmark = pytest.mark.e2e
+# One Docker engine on the machine: its tests run in one worker, one after another.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docker")]
 
 ROOT = COMPOSE_FILE.parent
 SECRET = "compose-test-secret-of-at-least-32-bytes"
