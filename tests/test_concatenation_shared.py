@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from tests import s3 as moto
-from tests.conftest import TUS, make_settings
+from tests.conftest import TUS, empty_database, make_settings
 from tests.integrity_helpers import Running, running, settled, status
 from tests.test_auth import AUDIENCE, ISSUER, SECRET, bearer, hs256
 from tests.test_concatenation import create_final, create_partial, final_of, post_final
@@ -29,8 +29,7 @@ from upload_service.uploads import Upload
 
 ALICE = jwt_owner(ISSUER, "alice")
 
-# Which finals name a part, and refusals while one waits, are serialised in the database: both run.
-pytestmark = [pytest.mark.anyio, pytest.mark.every_database]
+pytestmark = pytest.mark.anyio
 
 MiB = 1024 * 1024
 S3_PART = 5 * MiB
@@ -40,12 +39,26 @@ def data(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["local", "s3"])
+# Which finals name a part, and refusals while one waits, are the database's (serialised there),
+# the copies the store's: each store on the embedded default, and PostgreSQL under the local store.
+BACKENDS = [("local", "sqlite"), ("s3", "sqlite"), ("local", "postgres")]
+
+
+@pytest.fixture(params=BACKENDS, ids=["-".join(backend) for backend in BACKENDS])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    store, database = request.param
+    return store, database
+
+
+@pytest.fixture
 def store_settings(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    backend: tuple[str, str],
 ) -> dict[str, object]:
     """The settings of the store under test: the local disk, or a bucket of its own on moto."""
-    if request.param == "local":
+    if backend[0] == "local":
         return {}
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
@@ -63,10 +76,17 @@ def store_settings(
 
 
 @pytest.fixture
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]) -> str:
+    """An empty migrated database of the backend's kind."""
+    return empty_database(request, backend[1], tmp_path)
+
+
+@pytest.fixture
 async def served(
-    data_dir: Path, database_url: str, store_settings: dict[str, object]
+    tmp_path: Path, backend_url: str, store_settings: dict[str, object]
 ) -> AsyncIterator[Running]:
-    async with running(make_settings(data_dir, database_url, **store_settings)) as result:
+    settings = make_settings(tmp_path / "data", backend_url, **store_settings)
+    async with running(settings) as result:
         yield result
 
 
@@ -184,13 +204,13 @@ async def test_a_shared_part_is_kept_while_any_final_waits_for_it(served: Runnin
 
 
 async def test_each_final_counts_in_full_against_the_owners_quota(
-    data_dir: Path, database_url: str, store_settings: dict[str, object]
+    tmp_path: Path, backend_url: str, store_settings: dict[str, object]
 ) -> None:
     """Parts of 3, 4 and 2 bytes, finals A+B (7) and C+B (6): 22 bytes stored, a quota of 22
     is full, and a third final of A+B is refused (its copy would be 7 more)."""
     settings = make_settings(
-        data_dir,
-        database_url,
+        tmp_path / "data",
+        backend_url,
         auth_jwt_secret=SECRET,
         auth_jwt_audience=AUDIENCE,
         auth_jwt_issuer=ISSUER,
