@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import Databases, empty_database
 from upload_service.db import repository as db_repository
+from upload_service.db.base import PageKey, Quota, UploadQuery, UploadRepository, Usage
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.models import OutboxRow, UploadPartRow
@@ -28,7 +29,6 @@ from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import Conflict, QuotaExceeded, Unavailable
 from upload_service.outbox import DeliveryStatus, EventType, FailureReason, Outbox
-from upload_service.repository import PageKey, Quota, UploadQuery, UploadRepository, Usage
 from upload_service.uploads import Upload, UploadState, VideoInfo
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

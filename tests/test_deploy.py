@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from upload_service.auth.setup import check_open_mode
-from upload_service.proxy import TrustedProxies
+from upload_service.ops.proxy import TrustedProxies
 from upload_service.settings import FLAT_NAMES, ConfigError, Settings, load_settings
 from upload_service.storage.s3.layout import MAX_OBJECT_SIZE, choose_part_size
 

@@ -22,6 +22,7 @@ import anyio.lowlevel
 import pytest
 
 from tests.conftest import Databases
+from upload_service.db.base import Quota, UploadRepository
 from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.errors import (
@@ -35,7 +36,6 @@ from upload_service.errors import (
     TooLarge,
 )
 from upload_service.locking.memory import MemoryLocker
-from upload_service.repository import Quota, UploadRepository
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
 from upload_service.storage.memory import MemoryStore
 from upload_service.tus.checksum import ChecksumMismatch

@@ -1,4 +1,4 @@
-"""Start-up leaves no full garbage collection to the event loop (``upload_service.heap``)."""
+"""Start-up leaves no full garbage collection to the event loop (``upload_service.ops.heap``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.tus_http_helpers import serve
-from upload_service.heap import StartUpHeap
+from upload_service.ops.heap import StartUpHeap
 
 
 async def test_start_up_collects_off_the_loop_and_freezes_what_survives(

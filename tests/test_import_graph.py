@@ -174,7 +174,7 @@ from ..storage.base import Store
 from upload_service.tus import checksum
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 
 def late() -> None:
@@ -190,7 +190,7 @@ def test_the_graph_sees_every_kind_of_import() -> None:
         "upload_service.tus.request",  # relative
         "upload_service.storage.base",  # two levels up
         "upload_service.tus.checksum",  # from package import module
-        "upload_service.repository",  # under TYPE_CHECKING
+        "upload_service.db.base",  # under TYPE_CHECKING
         "upload_service.storage.s3",  # inside a function
     }
     assert "typing" not in found  # only the package's own modules

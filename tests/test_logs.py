@@ -24,9 +24,9 @@ from tests.conftest import TUS, make_settings
 from tests.test_deploy import compose, dockerfile, replica_services
 from tests.tus_http_helpers import BASE_URL as TEST_BASE_URL
 from tests.tus_http_helpers import OFFSET_CT, create, patch, serve, set_expires_at
-from upload_service.logcontext import ContextFilter, request_context
-from upload_service.logs import JsonFormatter, TextFormatter, log_config, redact_query
-from upload_service.requestlog import RequestLogMiddleware, incoming_request_id
+from upload_service.ops.logcontext import ContextFilter, request_context
+from upload_service.ops.logs import JsonFormatter, TextFormatter, log_config, redact_query
+from upload_service.ops.requestlog import RequestLogMiddleware, incoming_request_id
 from upload_service.settings import ConfigError, Settings, load_settings
 
 SUBPROCESS_GUARD = 120

@@ -18,7 +18,7 @@ from upload_service.errors import Locked
 from upload_service.events import NoEvents
 from upload_service.locking.memory import MemoryLocker
 from upload_service.locking.metered import MeteredLocker
-from upload_service.metrics import PrometheusMetrics
+from upload_service.ops.metrics import PrometheusMetrics
 from upload_service.settings import Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -9,7 +9,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from upload_service.proxy import (
+from upload_service.ops.proxy import (
     ProxyHeadersMiddleware,
     TrustedProxies,
     parse_forwarded,

@@ -23,7 +23,7 @@ from tests.conftest import TUS, make_settings
 from tests.tus_http_helpers import create
 from upload_service.app import create_app
 from upload_service.auth.apikey import hash_key
-from upload_service.middleware import DEFAULT_CSP, SecurityHeadersMiddleware
+from upload_service.ops.middleware import DEFAULT_CSP, SecurityHeadersMiddleware
 from upload_service.services import Services
 from upload_service.web.page import PAGE_CSP
 

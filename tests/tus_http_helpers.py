@@ -31,7 +31,7 @@ class Served:
 @asynccontextmanager
 async def serve(settings: Settings, *, settle_heap: bool = False) -> AsyncIterator[Served]:
     """A per-test app built from ``settings``, with its lifespan running, and a client on it
-    (``settle_heap``: as a server process does, see ``upload_service.heap``)."""
+    (``settle_heap``: as a server process does, see ``upload_service.ops.heap``)."""
     application = create_app(settings, settle_heap=settle_heap)
     async with application.router.lifespan_context(application):
         services: Services = application.state.services

@@ -26,31 +26,31 @@ from upload_service.api.listing import router as listing_router
 from upload_service.api.progress import router as progress_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
+from upload_service.db.base import Quota
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.db.stores import check_storage
 from upload_service.errors import BadRequest, ServiceError
 from upload_service.events import NO_EVENTS, Events
-from upload_service.heap import StartUpHeap
 from upload_service.hooks.build import open_hooks
 from upload_service.lifecycle import Lifecycle
 from upload_service.locking.base import Locker
 from upload_service.locking.file import FileLocker
 from upload_service.locking.metered import MeteredLocker
 from upload_service.locking.postgres import PostgresLocker
-from upload_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from upload_service.metrics import PrometheusMetrics, RequestMetrics, measure_loop_lag
-from upload_service.middleware import (
+from upload_service.ops.heap import StartUpHeap
+from upload_service.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from upload_service.ops.metrics import PrometheusMetrics, RequestMetrics, measure_loop_lag
+from upload_service.ops.middleware import (
     MethodOverrideMiddleware,
     SecurityHeadersMiddleware,
     TusResumableMiddleware,
     route_path,
     under,
 )
-from upload_service.proxy import ProxyHeadersMiddleware, TrustedProxies
-from upload_service.repository import Quota
-from upload_service.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
+from upload_service.ops.proxy import ProxyHeadersMiddleware, TrustedProxies
+from upload_service.ops.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 from upload_service.storage.base import Store
@@ -205,7 +205,7 @@ def drain_uploads(handler: TusHandler) -> None:
 
 def create_app(settings: Settings | None = None, *, settle_heap: bool = True) -> FastAPI:
     """The app on ``settings`` (else the environment's). ``settle_heap``: collect and freeze the
-    heap once start-up is done (``upload_service.heap``); a process that builds many apps, such as
+    heap once start-up is done (``upload_service.ops.heap``); a process that builds many apps, such as
     the test suite, turns it off."""
     resolved = settings if settings is not None else load_settings()
     metrics = _build_metrics(resolved)

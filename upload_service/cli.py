@@ -18,7 +18,7 @@ _configure_logging = False
 
 def _settings() -> Settings:
     """The settings, with this process's logging configured from them (once, here)."""
-    from upload_service.logs import configure
+    from upload_service.ops.logs import configure
 
     try:
         settings = load_settings()
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from upload_service.auth.setup import check_open_mode
-    from upload_service.logs import log_config
+    from upload_service.ops.logs import log_config
 
     if args.host:  # the app's factory (in every worker) sees the address it is served on
         os.environ["UPLOAD_HOST"] = args.host
@@ -116,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port if args.port is not None else settings.server.port,
         loop="uvloop",
         # httptools, draining running uploads as shutdown begins; imported where the app is.
-        http="upload_service.serving:DrainingHttpToolsProtocol",
+        http="upload_service.ops.serving:DrainingHttpToolsProtocol",
         lifespan="on",
         # applied again in every worker process; the access lines are the app's own
         log_config=log_config(settings),
@@ -138,7 +138,7 @@ def _prepare_multiprocess_metrics(settings: Settings) -> None:
     import os
     import shutil
 
-    from upload_service.metrics import MULTIPROC_ENV
+    from upload_service.ops.metrics import MULTIPROC_ENV
 
     directory = settings.storage.data_dir / "metrics"
     shutil.rmtree(directory, ignore_errors=True)

@@ -35,10 +35,10 @@ from functools import partial
 
 import anyio.to_thread
 
+from upload_service.db.base import Quota, UploadRepository
 from upload_service.errors import BadRequest, Conflict, Locked, QuotaExceeded
 from upload_service.events import NO_EVENTS, Events
 from upload_service.locking.base import Locker
-from upload_service.repository import Quota, UploadRepository
 from upload_service.storage.base import (
     Concatenator,
     Digester,

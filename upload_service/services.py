@@ -12,10 +12,10 @@ from upload_service.auth.setup import OPEN, Auth
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from upload_service.db.base import UploadRepository
     from upload_service.hooks.delivery import Drainer
     from upload_service.locking.base import Locker
     from upload_service.outbox import Outbox
-    from upload_service.repository import UploadRepository
     from upload_service.settings import Settings
     from upload_service.storage.base import Store
     from upload_service.tus.handler import TusHandler

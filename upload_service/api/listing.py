@@ -17,8 +17,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from upload_service.api.routes import ServicesDep, UploadOut, download_url_of
+from upload_service.db.base import PageKey, UploadQuery
 from upload_service.errors import BadRequest
-from upload_service.repository import PageKey, UploadQuery
 from upload_service.tus.routes import EndpointDep, PrincipalDep
 from upload_service.uploads import UploadState
 

@@ -24,9 +24,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from upload_service.api.routes import ServicesDep, VideoOut
+from upload_service.db.base import UploadRepository
 from upload_service.errors import ServiceError
-from upload_service.logcontext import bind_upload_id
-from upload_service.repository import UploadRepository
+from upload_service.ops.logcontext import bind_upload_id
 from upload_service.tus.handler import TusHandler
 from upload_service.tus.request import TusRequest
 from upload_service.tus.routes import PrincipalDep

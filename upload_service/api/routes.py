@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from upload_service.errors import ServiceError
-from upload_service.logcontext import bind_upload_id
+from upload_service.ops.logcontext import bind_upload_id
 from upload_service.outbox import OutboxEvent, latest_final
 from upload_service.services import Services, get_services
 from upload_service.storage.space import free_bytes

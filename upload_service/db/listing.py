@@ -14,12 +14,12 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from upload_service.db.base import UploadQuery
 from upload_service.db.models import UploadRow
 from upload_service.db.outbox import SqlOutbox
 from upload_service.db.parts import awaited, loaded
 from upload_service.db.rows import in_states, utc
 from upload_service.db.session import guarded_session
-from upload_service.repository import UploadQuery
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
 
 

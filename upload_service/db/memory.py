@@ -26,10 +26,10 @@ from typing import TypeVar
 
 import anyio.lowlevel
 
+from upload_service.db.base import Quota, UploadQuery, Usage
 from upload_service.db.memory_outbox import MemoryOutbox
 from upload_service.errors import Conflict, Unavailable
 from upload_service.outbox import EventType
-from upload_service.repository import Quota, UploadQuery, Usage
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Upload, UploadState, VideoInfo
 
 # What a transition expects of the row it changes (the SQL one's WHERE clause).

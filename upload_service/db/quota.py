@@ -17,9 +17,9 @@ import hashlib
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from upload_service.db.base import Quota, Usage
 from upload_service.db.models import UploadRow
 from upload_service.db.rows import in_states
-from upload_service.repository import Quota, Usage
 from upload_service.uploads import LIVE_STATES, Upload, UploadState
 
 # PostgreSQL: the advisory lock class (the two-int4 keyspace, apart from the upload locks'

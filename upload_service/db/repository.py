@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Update, delete, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from upload_service.db.base import Quota, Usage
 from upload_service.db.listing import SqlListing
 from upload_service.db.models import UploadPartRow, UploadRow
 from upload_service.db.outbox import outbox_row
@@ -26,7 +27,6 @@ from upload_service.db.quota import Growth, check_new, growth, usage_of
 from upload_service.db.rows import in_states, receiving, to_row, to_upload, video_json
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
-from upload_service.repository import Quota, Usage
 from upload_service.uploads import LIVE_STATES, Upload, UploadState, VideoInfo
 
 

@@ -37,7 +37,7 @@ from upload_service.tus.types import HandlerConfig, LeaseLost
 from upload_service.uploads import Upload
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 # A commit refused for a full disk under the database (often the disk the bytes just filled) is
 # tried again after cutting this many of the request's last bytes off, to make room for it.

@@ -25,7 +25,7 @@ from upload_service.events import Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.locking.base import Locker
-from upload_service.logcontext import bind_upload_id
+from upload_service.ops.logcontext import bind_upload_id
 from upload_service.storage.base import Concatenator, Store
 from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import Checksum, ChecksumMismatch
@@ -54,7 +54,7 @@ from upload_service.uploads import Metadata, Upload, UploadState
 logger = logging.getLogger("upload_service.tus")
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 
 class Creator:

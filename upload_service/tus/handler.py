@@ -65,7 +65,7 @@ from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 logger = logging.getLogger("upload_service.tus")
 

@@ -20,7 +20,7 @@ from upload_service.tus.types import HandlerConfig
 from upload_service.uploads import Upload, smallest
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 
 def check_room(room: int | None, content_length: int, refusal: ServiceError | None = None) -> None:

@@ -17,7 +17,7 @@ from upload_service.tus.types import LeaseLost
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 
 class UploadLoader:

@@ -26,7 +26,7 @@ from upload_service.tus.receive import Receiver
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
-    from upload_service.repository import UploadRepository
+    from upload_service.db.base import UploadRepository
 
 logger = logging.getLogger("upload_service.tus")
 

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from upload_service.auth.principal import Principal
 from upload_service.errors import ClientGone, Forbidden
-from upload_service.logcontext import bind_upload_id
+from upload_service.ops.logcontext import bind_upload_id
 from upload_service.services import Services, get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint

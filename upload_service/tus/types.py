@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from upload_service.db.base import Quota
 from upload_service.errors import Conflict
-from upload_service.repository import Quota
 
 
 @dataclass(frozen=True, slots=True)

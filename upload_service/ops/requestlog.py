@@ -23,8 +23,8 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from upload_service.logcontext import request_context
-from upload_service.logs import redact_query
+from upload_service.ops.logcontext import request_context
+from upload_service.ops.logs import redact_query
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("latin-1")

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
-from upload_service.logcontext import CONTEXT_FIELDS, ContextFilter
+from upload_service.ops.logcontext import CONTEXT_FIELDS, ContextFilter
 
 if TYPE_CHECKING:
     from upload_service.settings import Settings
