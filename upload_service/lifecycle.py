@@ -29,25 +29,22 @@ import base64
 import binascii
 import hashlib
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
 import anyio.to_thread
 
-from upload_service.db.base import Quota, UploadRepository
 from upload_service.errors import BadRequest, Conflict, Locked, QuotaExceeded
 from upload_service.events import NO_EVENTS, Events
-from upload_service.locking.base import Locker
 from upload_service.storage.base import (
     Concatenator,
     Digester,
     Hasher,
     OrphanLister,
     StorageKey,
-    Store,
 )
 from upload_service.tasks import Runner
+from upload_service.tus.types import Backends, HandlerConfig
 from upload_service.uploads import ENDED_STATES, Upload, UploadState, smallest
 from upload_service.video import VideoProber
 
@@ -93,29 +90,25 @@ class Lifecycle:
     def __init__(
         self,
         *,
-        store: Store,
-        repository: UploadRepository,
-        locker: Locker,
+        backends: Backends,
         runner: Runner,
-        clock: Callable[[], datetime],
-        max_size: int | None = None,
-        tombstone_seconds: float = 7 * 24 * 3600,
+        config: HandlerConfig,
         events: Events = NO_EVENTS,
-        outbox: bool = False,
         video: VideoProber | None = None,
-        quota: Quota | None = None,
     ) -> None:
-        self._store = store
-        self._repo = repository
-        self._locker = locker
+        self._store = backends.store
+        self._repo = backends.repository
+        self._locker = backends.locker
         self._runner = runner
-        self._clock = clock
-        self._max_size = max_size
-        self._tombstone = timedelta(seconds=tombstone_seconds)
+        self._clock = backends.clock
+        self._max_size = config.max_size
+        self._tombstone = timedelta(seconds=config.expire_after)
         self._events = events
-        self._outbox = outbox  # write post-finish and post-expire events with the transitions
+        self._outbox = (
+            config.outbox
+        )  # write post-finish and post-expire events with the transitions
         self._video = video  # ffprobe's details of a video, found before it becomes ready
-        self._quota = quota  # a final of parts of unknown length: its length is checked here
+        self._quota = config.quota  # a final of parts of unknown length: its length is checked here
 
     async def completed(self, upload: Upload, digest: bytes | None) -> Upload:
         """The upload's last byte is durable (state ``verifying``); the caller holds its lock.

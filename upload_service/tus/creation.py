@@ -14,9 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from upload_service.auth.principal import Principal
@@ -24,9 +23,8 @@ from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
 from upload_service.events import Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
 from upload_service.lifecycle import Lifecycle, parse_sha256
-from upload_service.locking.base import Locker
 from upload_service.ops.logcontext import bind_upload_id
-from upload_service.storage.base import Concatenator, Store
+from upload_service.storage.base import Concatenator
 from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import Checksum, ChecksumMismatch
 from upload_service.tus.concat import check_parts, first_bytes
@@ -48,24 +46,21 @@ from upload_service.tus.request import (
     request_checksum,
     request_content_length,
 )
-from upload_service.tus.types import HandlerConfig, TusResponse
+from upload_service.tus.types import Backends, HandlerConfig, TusResponse
 from upload_service.uploads import Metadata, Upload, UploadState
 
 logger = logging.getLogger("upload_service.tus")
 
 if TYPE_CHECKING:
-    from upload_service.db.base import UploadRepository
+    pass
 
 
 class Creator:
     def __init__(
         self,
         *,
-        store: Store,
-        repository: UploadRepository,
-        locker: Locker,
+        backends: Backends,
         config: HandlerConfig,
-        clock: Callable[[], datetime],
         events: Events,
         rules: ContentRules,
         lifecycle: Lifecycle,
@@ -74,11 +69,11 @@ class Creator:
         limits: Limits,
         pre_create: PreCreateHook = NO_PRE_CREATE,
     ) -> None:
-        self._store = store
-        self._repo = repository
-        self._locker = locker
+        self._store = backends.store
+        self._repo = backends.repository
+        self._locker = backends.locker
         self._config = config
-        self._clock = clock
+        self._clock = backends.clock
         self._events = events
         self._rules = rules
         self._lifecycle = lifecycle

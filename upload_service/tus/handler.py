@@ -59,7 +59,7 @@ from upload_service.tus.receive import Receiver
 from upload_service.tus.reconcile import Reconciler
 from upload_service.tus.request import TusRequest, request_checksum, request_content_length
 from upload_service.tus.sniff import MagicSniffer, Sniffer
-from upload_service.tus.types import HandlerConfig, TusResponse
+from upload_service.tus.types import Backends, HandlerConfig, TusResponse
 from upload_service.tus.whole import WholeFiles
 from upload_service.uploads import Metadata, Upload, UploadState
 from upload_service.video import VideoProber
@@ -112,18 +112,13 @@ class TusHandler:
         self._events = events
         self._digests = RunningDigests()
         self._rules = ContentRules(AllowedTypes(config.allowed_types), sniffer or MagicSniffer())
+        backends = Backends(store=store, repository=repository, locker=locker, clock=clock)
         self.lifecycle = Lifecycle(
-            store=store,
-            repository=repository,
-            locker=locker,
+            backends=backends,
             runner=runner or InlineRunner(),
-            clock=clock,
-            max_size=config.max_size,
-            tombstone_seconds=config.expire_after,
+            config=config,
             events=events,
-            outbox=config.outbox,
             video=video,
-            quota=config.quota,
         )
         self._loader = UploadLoader(repository=repository, clock=clock)
         self._limits = Limits(config=config, repository=repository)
@@ -137,11 +132,8 @@ class TusHandler:
             limits=self._limits,
         )
         self._creator = Creator(
-            store=store,
-            repository=repository,
-            locker=locker,
+            backends=backends,
             config=config,
-            clock=clock,
             events=events,
             rules=self._rules,
             lifecycle=self.lifecycle,

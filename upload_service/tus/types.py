@@ -1,15 +1,33 @@
 """The plain values the tus handler and its collaborators (``load``, ``receive``, ``reconcile``,
-``creation``) share: the handler's configuration, its response, and the conflict of a request
-that lost its lock. A leaf of ``tus/``: it imports none of the collaborators, so each of them
-imports it and none needs another's owner module for a type."""
+``creation``, the lifecycle) share: what they all work on (``Backends``), the handler's
+configuration, its response, and the conflict of a request that lost its lock. A leaf of
+``tus/``: it imports none of the collaborators, so each of them imports it and none needs
+another's owner module for a type."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from upload_service.db.base import Quota
 from upload_service.errors import Conflict
+
+if TYPE_CHECKING:
+    from upload_service.db.base import UploadRepository
+    from upload_service.locking.base import Locker
+    from upload_service.storage.base import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Backends:
+    """What every part of the handler works on: the bytes, the rows, the locks and the time."""
+
+    store: Store
+    repository: UploadRepository
+    locker: Locker
+    clock: Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)
