@@ -6,6 +6,7 @@ which each test copies (a fresh file per test, migrations exercised, no per-test
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -78,6 +79,29 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+@pytest.fixture(autouse=True)
+def e2e_turn(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """End-to-end tests run side by side in the parallel workers, except those marked ``solo``:
+    they run while no other end-to-end test does (a lock file of the run's workers, shared by the
+    others, exclusive for these). A solo test asserts what a server answers right after an event
+    (a broken connection), which a neighbour driving servers at full speed would delay, or shares
+    the machine's one Docker engine."""
+    if request.node.get_closest_marker("e2e") is None:
+        yield
+        return
+    solo = request.node.get_closest_marker("solo") is not None
+    # the workers of one run share the parent of their base temporary directories
+    path = tmp_path_factory.getbasetemp().parent / "e2e-turn.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if solo else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 DATABASE_KINDS = ("sqlite", "postgres")

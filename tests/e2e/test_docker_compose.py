@@ -57,8 +57,7 @@ from tests.postgres import (
 )
 from upload_service.settings import S3Settings
 
-# One Docker engine on the machine: its tests run in one worker, one after another.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docker")]
+pytestmark = [pytest.mark.e2e, pytest.mark.solo]
 
 ROOT = COMPOSE_FILE.parent
 SECRET = "compose-test-secret-of-at-least-32-bytes"

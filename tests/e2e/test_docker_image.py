@@ -34,8 +34,7 @@ from tests.e2e.support import (
 )
 from tests.test_video import make_video
 
-# One Docker engine on the machine: its tests run in one worker, one after another.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("docker")]
+pytestmark = [pytest.mark.e2e, pytest.mark.solo]
 
 SECRET = "docker-test-secret-of-at-least-32-bytes!"
 TOKEN = jwt.encode({"sub": "docker-test", "exp": int(time.time()) + 7200}, SECRET, "HS256")
