@@ -8,9 +8,11 @@ pytest's kept temporary directories); logs stay.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,6 +45,7 @@ from tests.postgres import (
     require_postgres,
     sqlalchemy_url,
 )
+from tests.workers import once_per_run
 
 # At least 200 MiB, and not a multiple of any chunk or buffer size, so the tail is exercised too.
 SOURCE_SIZE = 200 * MiB + 12_345
@@ -128,24 +131,33 @@ def http() -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    with start_docker_engine(tmp_path_factory.mktemp("dockerd")) as engine:
+    with start_docker_engine(tmp_path_factory) as engine:
         yield engine
 
 
 @pytest.fixture(scope="session")
-def docker_base(docker_engine: Engine) -> str:
-    return base_image(docker_engine)
+def docker_base(docker_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The local base image, made (if the engine lacks it) by one worker of the run."""
+    made = once_per_run(
+        tmp_path_factory, "base-image", lambda: {"image": base_image(docker_engine)}
+    )
+    return str(made["image"])
 
 
 @pytest.fixture(scope="session")
 def service_image(
     docker_engine: Engine, docker_base: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Build:
-    """The repository's Dockerfile, built once a session on the local base image."""
-    log = tmp_path_factory.mktemp("docker-build") / "build.log"
-    build = build_image(docker_engine, IMAGE, log, base=docker_base, wheels=wheelhouse())
-    record("image", {"bytes": build.size, "build_seconds": round(build.seconds, 1)})
-    return build
+    """The repository's Dockerfile, built once a run on the local base image: by the first
+    worker that needs it, the others waiting for it (tests/workers.py)."""
+
+    def build() -> dict[str, Any]:
+        log = tmp_path_factory.mktemp("docker-build") / "build.log"
+        made = build_image(docker_engine, IMAGE, log, base=docker_base, wheels=wheelhouse())
+        record("image", {"bytes": made.size, "build_seconds": round(made.seconds, 1)})
+        return dataclasses.asdict(made)
+
+    return Build(**once_per_run(tmp_path_factory, "service-image", build))
 
 
 @pytest.fixture(scope="session")

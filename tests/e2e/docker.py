@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.support import http_server, missing, require_tool
+from tests.workers import alive, while_used
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -48,12 +50,9 @@ PREFIX = f"upload-e2e-{os.getpid()}"
 
 @dataclass
 class Engine:
-    """A Docker engine reachable with the ``docker`` client; ``pid`` is the dockerd this session
-    started, if it started one."""
+    """A Docker engine reachable with the ``docker`` client."""
 
     docker: str
-    pid: int | None = None
-    log: Path | None = None
 
     def run(
         self, *args: str, timeout: float = 300, check: bool = True, env: Mapping[str, str] = {}
@@ -88,40 +87,64 @@ def _dockerd_binary() -> str | None:
 
 
 @contextmanager
-def docker_engine(log_dir: Path) -> Iterator[Engine]:
-    """The running engine, or one started for the session (root only) and stopped by PID."""
+def docker_engine(factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The running engine, or one started for the run (root only) and stopped by its PID when the
+    last worker of the run that uses it is done (tests/workers.py): a worker that finishes early
+    never stops it under another worker's test."""
     engine = Engine(require_tool("docker"))
-    if engine.answers():
+    log = factory.mktemp("dockerd") / "dockerd.log"
+    with while_used(factory, "docker-engine", lambda: _start_dockerd(engine, log), _stop_dockerd):
         yield engine
-        return
+
+
+# The dockerd processes this worker started, kept until they are stopped and reaped.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _start_dockerd(engine: Engine, log: Path) -> dict[str, Any] | None:
+    """None if an engine answers already (not ours to stop); else start ``dockerd`` and say its PID."""
+    if engine.answers():
+        return None
     dockerd = _dockerd_binary()
     if dockerd is None:
         missing("no Docker engine answers and dockerd is not installed (apt-get install docker.io)")
     if os.geteuid() != 0:
         missing("no Docker engine answers, and only root can start dockerd here")
-    engine.log = log_dir / "dockerd.log"
-    with engine.log.open("wb") as out:
+    with log.open("wb") as out:
         process = subprocess.Popen(
             [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    engine.pid = process.pid
-    try:
-        deadline = time.monotonic() + 60
-        while not engine.answers():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not start:\n{engine.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield engine
-    finally:
-        process.terminate()
+    _CHILDREN[process.pid] = process
+    deadline = time.monotonic() + 60
+    while not engine.answers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop_dockerd({"pid": process.pid})
+            pytest.fail(f"dockerd did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return {"pid": process.pid}
+
+
+def _stop_dockerd(started: dict[str, Any]) -> None:
+    """SIGTERM to the dockerd of ``started`` (perhaps another worker's child), then SIGKILL if it
+    has not exited within 30 s."""
+    pid = int(started["pid"])
+    for signal_number, seconds in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            os.kill(pid, signal_number)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + seconds
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not alive(pid):
+            break
+    # our own child: reap it (another worker's is reaped by its parent or by init)
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait(timeout=10)
 
 
 def base_image(engine: Engine) -> str:
@@ -171,8 +194,13 @@ class _QuietFiles(SimpleHTTPRequestHandler):
 
 @contextmanager
 def served_directory(directory: Path) -> Iterator[str]:
-    """``directory`` over HTTP on 127.0.0.1 (pip's ``--find-links`` reads its listing)."""
-    with http_server(functools.partial(_QuietFiles, directory=str(directory)), "files") as port:
+    """``directory`` over HTTP on 127.0.0.1 (pip's ``--find-links`` reads its listing), on a port
+    chosen by its path when that one is free: the URL is a build argument, and the engine's
+    layer cache (which keys every ``RUN`` on the build arguments' values) then serves a build
+    whose inputs have not changed since the last one."""
+    preferred = 20000 + int(hashlib.sha256(str(directory).encode()).hexdigest(), 16) % 10000
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    with http_server(handler, "files", port=preferred) as port:
         yield f"http://127.0.0.1:{port}/"
 
 

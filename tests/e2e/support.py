@@ -158,10 +158,16 @@ def wait_for_readyz(
 
 
 @contextmanager
-def http_server(handler: Callable[..., BaseRequestHandler], name: str) -> Iterator[int]:
-    """A threading HTTP server on 127.0.0.1 with ``handler``, in a thread named ``name``;
-    yields its port, and shuts it down at the end."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def http_server(
+    handler: Callable[..., BaseRequestHandler], name: str, *, port: int = 0
+) -> Iterator[int]:
+    """A threading HTTP server on 127.0.0.1 with ``handler``, in a thread named ``name``, on
+    ``port`` if it is free (else on any free port); yields its port, and shuts it down at the
+    end."""
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
