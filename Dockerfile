@@ -25,13 +25,20 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+# The dependencies first, in a layer of their own that only a change of pyproject.toml rebuilds:
+# a change of the code alone reinstalls just the service. pip compiles the bytecode as it
+# installs: the runtime user cannot write it, and importing without it would add seconds to every
+# start.
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        > /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --requirement /tmp/requirements.txt
+COPY README.md alembic.ini ./
 COPY upload_service ./upload_service
 COPY migrations ./migrations
-# pip compiles the bytecode as it installs: the runtime user cannot write it, and importing
-# without it would add seconds to every start. pip itself is not needed at run time.
-RUN /opt/venv/bin/pip wheel --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-index --find-links /wheels upload-service \
+# The service itself, then pip goes: it is not needed at run time.
+RUN /opt/venv/bin/pip install --no-deps . \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # -- runtime: the virtual environment, ffprobe, and an unprivileged user --------------------------
