@@ -6,7 +6,6 @@ which each test copies (a fresh file per test, migrations exercised, no per-test
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +21,7 @@ from tests.postgres import (
     migrated_database,
 )
 from tests.s3 import moto_server
+from tests.workers import run_lock
 from upload_service.app import create_app
 from upload_service.db.engine import create_engine, create_sessionmaker
 from upload_service.db.migrate import upgrade
@@ -81,6 +81,22 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
     return load_settings(**values)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order of a run: the ``solo`` end-to-end tests first, then the tests that are not
+    end-to-end, then the other end-to-end tests (each group in the order collected).
+
+    pytest-xdist hands each worker consecutive runs of this order. The worker that starts with the
+    solo tests holds their turn (``e2e_turn``) while the other works through the service tests,
+    which need no turn; an e2e test sent meanwhile would wait for it."""
+
+    def group(item: pytest.Item) -> int:
+        if item.get_closest_marker("e2e") is None:
+            return 1
+        return 0 if item.get_closest_marker("solo") is not None else 2
+
+    items.sort(key=group)
+
+
 @pytest.fixture(autouse=True)
 def e2e_turn(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -94,14 +110,8 @@ def e2e_turn(
         yield
         return
     solo = request.node.get_closest_marker("solo") is not None
-    # the workers of one run share the parent of their base temporary directories
-    path = tmp_path_factory.getbasetemp().parent / "e2e-turn.lock"
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if solo else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with run_lock(tmp_path_factory, "e2e-turn", exclusive=solo):
+        yield
 
 
 DATABASE_KINDS = ("sqlite", "postgres")
