@@ -169,8 +169,8 @@ class Databases:
         self._engines.append(engine)
         return engine
 
-    def repository(self) -> SqlUploadRepository:
-        return SqlUploadRepository(create_sessionmaker(self.engine()))
+    def repository(self, *, events: bool = False) -> SqlUploadRepository:
+        return SqlUploadRepository(create_sessionmaker(self.engine()), events=events)
 
     async def aclose(self) -> None:
         for engine in self._engines:

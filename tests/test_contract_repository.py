@@ -55,9 +55,10 @@ def new_upload(upload_id: str = ID, length: int | None = 10, **values: object) -
 
 
 class Backend(Protocol):
-    def repository(self) -> UploadRepository:
-        """A repository over the backend's one state: for SQL a new engine (another process or
-        replica on the same database), for memory the same repository (one process's state)."""
+    def repository(self, *, events: bool = False) -> UploadRepository:
+        """A repository over the backend's one state, writing events or not: for SQL a new
+        engine (another process or replica on the same database), for memory the same state
+        (one process's)."""
         ...
 
 
@@ -65,8 +66,8 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._repository = MemoryUploadRepository()
 
-    def repository(self) -> UploadRepository:
-        return self._repository
+    def repository(self, *, events: bool = False) -> UploadRepository:
+        return self._repository.sharing(events=events)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -734,20 +735,22 @@ def outbox_of(repo: UploadRepository) -> Outbox:
 async def ready_upload(repo: UploadRepository, upload_id: str = ID) -> Upload:
     await repo.advance(upload_id, expected=0, offset=10, now=T1, expires_at=None)
     await repo.complete(upload_id, T1)
-    return await repo.mark_ready(upload_id, "ab" * 32, T1, outbox=True)
+    return await repo.mark_ready(upload_id, "ab" * 32, T1)
 
 
-async def test_each_reported_transition_writes_its_event_and_only_with_outbox(
-    repo: UploadRepository,
+async def test_each_reported_transition_writes_its_event_and_only_with_events_on(
+    backend: Backend,
 ) -> None:
+    repo = backend.repository(events=True)
+    off = backend.repository()  # events off, over the same state
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload())
     await ready_upload(repo)
-    await repo.terminate(ID, T1, outbox=True)
-    await repo.add(new_upload(PARTS[0]), outbox=False)
-    await repo.expire(PARTS[0], T0 + timedelta(hours=2), outbox=True)
-    await repo.add(new_upload(PARTS[1]))  # events off: nothing written
-    await repo.terminate(PARTS[1], T1)
+    await repo.terminate(ID, T1)
+    await off.add(new_upload(PARTS[0]))
+    await repo.expire(PARTS[0], T0 + timedelta(hours=2))
+    await off.add(new_upload(PARTS[1]))  # events off: nothing written
+    await off.terminate(PARTS[1], T1)
 
     events = await outbox.events_of(ID)
     assert [event.type for event in events] == [
@@ -766,40 +769,41 @@ async def test_each_reported_transition_writes_its_event_and_only_with_outbox(
     assert await outbox.events_of(PARTS[1]) == []
 
 
-async def test_a_refused_transition_writes_no_event(repo: UploadRepository) -> None:
+async def test_a_refused_transition_writes_no_event(backend: Backend) -> None:
+    repo = backend.repository(events=True)
+    off = backend.repository()  # events off, over the same state
     outbox = outbox_of(repo)
-    await repo.add(new_upload())
+    await off.add(new_upload())
     with pytest.raises(Conflict):
-        await repo.mark_ready(ID, "ab" * 32, T1, outbox=True)  # not verifying
+        await repo.mark_ready(ID, "ab" * 32, T1)  # not verifying
     with pytest.raises(Conflict):
-        await repo.expire(ID, T0, outbox=True)  # not past its expiry
-    await repo.terminate(ID, T1)
+        await repo.expire(ID, T0)  # not past its expiry
+    await off.terminate(ID, T1)
     with pytest.raises(Conflict):
-        await repo.terminate(ID, T1, outbox=True)  # ended already
+        await repo.terminate(ID, T1)  # ended already
     for part in PARTS:
-        await repo.add(new_upload(part, concat="partial"))
-    await repo.add_final(new_upload("f" * 32, length=20, concat="final", parts=PARTS), outbox=True)
+        await off.add(new_upload(part, concat="partial"))
+    await repo.add_final(new_upload("f" * 32, length=20, concat="final", parts=PARTS))
     # (a second final of the same parts is no refusal since #24: a part that ended is)
     refused = new_upload("e" * 32, length=20, concat="final", parts=(PARTS[0], ID))
     with pytest.raises(Conflict):
-        await repo.add_final(refused, outbox=True)  # ID ended (and is no partial upload)
+        await repo.add_final(refused)  # ID ended (and is no partial upload)
     with pytest.raises(Conflict):
-        await repo.terminate(PARTS[0], T1, outbox=True)  # a final waits for it
+        await repo.terminate(PARTS[0], T1)  # a final waits for it
     assert await outbox.events_of(ID) == []
     assert await outbox.events_of(refused.id) == []
     assert await outbox.events_of(PARTS[0]) == []
     assert [event.type for event in await outbox.events_of("f" * 32)] == [EventType.POST_CREATE]
 
 
-async def test_adding_an_existing_id_is_refused_and_writes_no_event(
-    repo: UploadRepository,
-) -> None:
+async def test_adding_an_existing_id_is_refused_and_writes_no_event(backend: Backend) -> None:
+    repo = backend.repository(events=True)
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload())
     with pytest.raises(Unavailable):  # as the SQL insert's integrity error leaves its session
-        await repo.add(new_upload(length=99), outbox=True)
+        await repo.add(new_upload(length=99))
     with pytest.raises(Unavailable):
-        await repo.add_final(new_upload(length=99, concat="final"), outbox=True)
+        await repo.add_final(new_upload(length=99, concat="final"))
     [created] = await outbox.events_of(ID)
     assert created.type is EventType.POST_CREATE
     assert (await row(repo)).length == 10
@@ -809,11 +813,11 @@ async def test_state_change_and_outbox_row_commit_or_roll_back_together(
     databases: Databases, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQL only: it makes the outbox row's own insert fail (``db.repository.outbox_row``)."""
-    repo = databases.repository()
+    repo = databases.repository(events=True)
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload())
     with pytest.raises(Unavailable):  # the state change fails (the id exists): no event either
-        await repo.add(new_upload(), outbox=True)
+        await repo.add(new_upload())
     [first] = await outbox.events_of(ID)
 
     # the event's insert fails (its id is taken): the state change is rolled back with it
@@ -826,20 +830,19 @@ async def test_state_change_and_outbox_row_commit_or_roll_back_together(
     await repo.advance(ID, expected=0, offset=10, now=T1, expires_at=None)
     await repo.complete(ID, T1)
     with pytest.raises(Unavailable):
-        await repo.mark_ready(ID, "ab" * 32, T1, outbox=True)
+        await repo.mark_ready(ID, "ab" * 32, T1)
     with pytest.raises(Unavailable):
-        await repo.terminate(ID, T1, outbox=True)
+        await repo.terminate(ID, T1)
     stored = await row(repo)
     assert (stored.state, stored.sha256) == (UploadState.VERIFYING, None)
     assert await outbox.events_of(ID) == [first]
 
 
-async def test_claims_are_leased_and_outcomes_need_the_latest_claim(
-    repo: UploadRepository,
-) -> None:
+async def test_claims_are_leased_and_outcomes_need_the_latest_claim(backend: Backend) -> None:
+    repo = backend.repository(events=True)
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
-    await repo.add(new_upload(PARTS[0]), outbox=True)
+    await repo.add(new_upload())
+    await repo.add(new_upload(PARTS[0]))
     assert await outbox.claim_due(T0 - timedelta(seconds=1), T0 + LEASE, 10) == []  # not due
     claimed = await outbox.claim_due(T0, T0 + LEASE, 1)
     assert [event.upload_id for event in claimed] == [ID]  # oldest first, up to the limit
@@ -879,17 +882,16 @@ async def test_claims_are_leased_and_outcomes_need_the_latest_claim(
     assert await outbox.claim_due(due + LEASE * 10, due + LEASE * 11, 10) != []  # the other one
 
 
-async def test_an_uploads_events_are_claimed_one_at_a_time_in_order(
-    repo: UploadRepository,
-) -> None:
+async def test_an_uploads_events_are_claimed_one_at_a_time_in_order(backend: Backend) -> None:
     """post-finish is not claimed while post-create is out (held, or waiting for a retry): a
     webhook hears of one upload's events in the order they happened. Other uploads go on."""
+    repo = backend.repository(events=True)
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
+    await repo.add(new_upload())
     await repo.advance(ID, expected=0, offset=10, now=T0, expires_at=None)
     await repo.complete(ID, T0)
-    await repo.mark_ready(ID, "ab" * 32, T0, outbox=True)
-    await repo.add(new_upload(PARTS[0]), outbox=True)
+    await repo.mark_ready(ID, "ab" * 32, T0)
+    await repo.add(new_upload(PARTS[0]))
     created, finished = await outbox.events_of(ID)
     assert (created.type, finished.type) == (EventType.POST_CREATE, EventType.POST_FINISH)
     [other] = await outbox.events_of(PARTS[0])
@@ -911,13 +913,12 @@ async def test_an_uploads_events_are_claimed_one_at_a_time_in_order(
     assert then.id == finished.id
 
 
-async def test_given_up_events_are_failed_and_old_ended_events_pruned(
-    repo: UploadRepository,
-) -> None:
+async def test_given_up_events_are_failed_and_old_ended_events_pruned(backend: Backend) -> None:
+    repo = backend.repository(events=True)
     outbox = outbox_of(repo)
-    await repo.add(new_upload(), outbox=True)
-    await repo.add(new_upload(PARTS[0]), outbox=True)
-    await repo.add(new_upload(PARTS[1], created_at=T1 + LEASE), outbox=True)
+    await repo.add(new_upload())
+    await repo.add(new_upload(PARTS[0]))
+    await repo.add(new_upload(PARTS[1], created_at=T1 + LEASE))
     [failing, delivering] = await outbox.claim_due(T0, T0 + LEASE, 2)
     assert await outbox.give_up(failing, FailureReason.TIMEOUT, T1)
     assert await outbox.delivered(delivering, T1)
@@ -936,8 +937,8 @@ async def test_a_stored_error_that_is_no_fixed_reason_reads_as_unknown(
     databases: Databases,
 ) -> None:
     """Older versions stored the receiver's own words as the error: never read back as such."""
-    repo = databases.repository()
-    await repo.add(new_upload(), outbox=True)
+    repo = databases.repository(events=True)
+    await repo.add(new_upload())
     sessions = create_sessionmaker(databases.engine())
     async with sessions.begin() as session:
         await session.execute(update(OutboxRow).values(last_error="HTTP 307: http://10.0.0.5/"))
@@ -950,10 +951,10 @@ async def test_a_stored_error_that_is_no_fixed_reason_reads_as_unknown(
 
 
 async def test_concurrent_drainers_never_claim_one_event_twice(backend: Backend) -> None:
-    first = backend.repository()
+    first = backend.repository(events=True)
     second = backend.repository()  # another process on the same database (memory: the same)
     for number in range(40):
-        await first.add(new_upload(f"{number:032x}"), outbox=True)
+        await first.add(new_upload(f"{number:032x}"))
     claims: list[list[str]] = [[], []]
 
     async def drain(outbox: Outbox, into: list[str]) -> None:

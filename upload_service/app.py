@@ -96,7 +96,6 @@ def handler_config(settings: Settings) -> HandlerConfig:
             if settings.limits.quota_uploads is not None or settings.limits.quota_bytes is not None
             else None
         ),
-        outbox=settings.hooks.events_enabled,
         verify_wait=settings.api.download_verify_wait,
     )
 
@@ -152,7 +151,10 @@ async def open_services(
     try:
         await check_schema(engine)
         await check_storage(engine, settings.storage.backend)
-        repository = SqlUploadRepository(create_sessionmaker(engine))
+        # with hooks configured, the transitions they hear about write their events
+        repository = SqlUploadRepository(
+            create_sessionmaker(engine), events=settings.hooks.events_enabled
+        )
         store = await build_store(settings)
         locker: Locker = build_locker(settings)
         if events is not NO_EVENTS:

@@ -104,9 +104,6 @@ class Lifecycle:
         self._max_size = config.max_size
         self._tombstone = timedelta(seconds=config.expire_after)
         self._events = events
-        self._outbox = (
-            config.outbox
-        )  # write post-finish and post-expire events with the transitions
         self._video = video  # ffprobe's details of a video, found before it becomes ready
         self._quota = config.quota  # a final of parts of unknown length: its length is checked here
 
@@ -152,7 +149,7 @@ class Lifecycle:
                     None if self._video is None else await self._video.details(self._store, upload)
                 )
                 result = await self._repo.mark_ready(
-                    upload.id, digest.hex(), self._clock(), outbox=self._outbox, video=video
+                    upload.id, digest.hex(), self._clock(), video=video
                 )
         except Conflict:
             return upload  # someone else finished (or ended) it meanwhile
@@ -258,7 +255,7 @@ class Lifecycle:
                     current = await self._repo.get(upload.id)
                     if current is None or not current.expired(self._clock()):
                         continue
-                    expired = await self._repo.expire(upload.id, self._clock(), outbox=self._outbox)
+                    expired = await self._repo.expire(upload.id, self._clock())
                     await self._store.delete(current.storage)
                     count += 1
                     logger.info("upload expired, its bytes deleted", extra={"upload_id": upload.id})

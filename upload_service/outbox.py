@@ -1,8 +1,8 @@
 """The transactional outbox: events about uploads, written in the transaction of the state change
 they report, and delivered afterwards (at least once) by whichever process claims them.
 
-The repository's state-changing methods (``add``, ``add_final``, ``mark_ready``, ``terminate``,
-``expire``) take ``outbox=True`` to insert the event's row in their own transaction: the state
+The state-changing methods (``add``, ``add_final``, ``mark_ready``, ``terminate``, ``expire``)
+of a repository built with events on insert the event's row in their own transaction: the state
 change and its event commit together or not at all. ``Outbox`` is the delivery side's capability:
 claim due events under a lease, record the outcome of a delivery, list an upload's events, prune.
 

@@ -16,10 +16,11 @@ still receiving never names a terminated part, and the part that ``expire`` retu
 final that named it when it expired.
 
 The transitions that hooks hear about (``add``, ``add_final``: post-create; ``mark_ready``:
-post-finish; ``terminate``: post-terminate; ``expire``: post-expire) take ``outbox=True`` when
-events are enabled: the event's outbox row is then written in the transition's own transaction,
-so the state change and its event commit or roll back together. An implementation that takes
-``outbox=True`` also implements ``upload_service.outbox.Outbox``, the delivery side.
+post-finish; ``terminate``: post-terminate; ``expire``: post-expire) write their event when the
+repository was built with events on (``events=True``: hooks are configured): the event's outbox
+row is then written in the transition's own transaction, so the state change and its event
+commit or roll back together. An implementation that writes events also implements
+``upload_service.outbox.Outbox``, the delivery side.
 """
 
 from __future__ import annotations
@@ -100,10 +101,8 @@ class UploadQuery:
 
 
 class UploadRepository(Protocol):
-    async def add(
-        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
-        """Insert a new upload (its storage exists already); with ``outbox``, its post-create
+    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
+        """Insert a new upload (its storage exists already); with events on, its post-create
         event too. With a ``quota`` and an owner, in the same transaction as the insert and
         serialised with the owner's other quota-checked transitions (on every replica):
         ``QuotaExceeded`` if the owner's usage plus this upload (one more unfinished upload
@@ -115,10 +114,8 @@ class UploadRepository(Protocol):
         """What ``owner`` holds now (see ``Usage``)."""
         ...
 
-    async def add_final(
-        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
-        """Insert a final upload (with ``outbox``, its post-create event) and record its partial
+    async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
+        """Insert a final upload (with events on, its post-create event) and record its partial
         uploads, in order, in one transaction; a part may be a part of other finals too.
         ``Conflict`` names a part that is no longer a live partial upload (it ended while the
         final was being created); with a ``quota`` and an owner, ``QuotaExceeded`` as for
@@ -204,11 +201,10 @@ class UploadRepository(Protocol):
         sha256: str,
         now: datetime,
         *,
-        outbox: bool = False,
         video: VideoInfo | None = None,
     ) -> Upload:
         """verifying → ready, with the whole file's hex sha256 and, for a video, what was found
-        in it (with ``outbox``: post-finish, whose payload carries both)."""
+        in it (with events on: post-finish, whose payload carries both)."""
         ...
 
     async def fail(
@@ -217,16 +213,16 @@ class UploadRepository(Protocol):
         """→ failed with ``reason``, only from one of ``only_from``."""
         ...
 
-    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
-        """→ terminated, only from a live state (receiving, verifying, ready) (with ``outbox``:
+    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+        """→ terminated, only from a live state (receiving, verifying, ready) (with events on:
         post-terminate). A partial upload only while no final upload still receiving names it
         (else ``Conflict`` naming the oldest such final, and nothing changes): a final waiting for
         its parts, or being assembled from them, never loses one. Once a final is assembled it
         holds its own bytes, and its parts may go."""
         ...
 
-    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
-        """receiving → expired, only if its expiry has passed at ``now`` (with ``outbox``:
+    async def expire(self, upload_id: str, now: datetime) -> Upload:
+        """receiving → expired, only if its expiry has passed at ``now`` (with events on:
         post-expire). A partial upload comes back with every final that names it in ``finals``
         (all still receiving, waiting for it): the caller fails them."""
         ...

@@ -19,6 +19,7 @@ process and is lost with it; a restart starts empty. Nothing durable may ever re
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -71,14 +72,25 @@ def _fenced(fence: int | None) -> _Condition:
 
 
 class MemoryUploadRepository(MemoryOutbox):
-    """``UploadRepository`` over dictionaries, with the ``Outbox`` capability: the transitions
-    that report events write them in the same step."""
+    """``UploadRepository`` over dictionaries, with the ``Outbox`` capability: with ``events``
+    on, the transitions that report events write them in the same step."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, events: bool = False) -> None:
         super().__init__()
+        self._reporting = events
         self._rows: dict[str, Upload] = {}
         # upload_parts: final id -> {position: part id}
         self._parts: dict[str, dict[int, str]] = {}
+
+    def sharing(self, *, events: bool) -> MemoryUploadRepository:
+        """A repository over this one's state (uploads, parts, events) with ``events`` on or
+        off: as two processes configured apart on one database."""
+        other = copy.copy(self)
+        other._reporting = events
+        return other
+
+    def _reported(self, event: EventType) -> EventType | None:
+        return event if self._reporting else None
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -190,28 +202,24 @@ class MemoryUploadRepository(MemoryOutbox):
         if upload.id in self._rows:  # what the SQL insert's integrity error leaves as
             raise Unavailable(f"database unavailable: upload {upload.id} exists already")
 
-    def _insert(self, upload: Upload, outbox: bool) -> None:
+    def _insert(self, upload: Upload) -> None:
         row = _stored(upload)
         self._rows[row.id] = row
-        if outbox:
+        if self._reporting:
             self._write(EventType.POST_CREATE, self._read(row), row.created_at)
 
-    async def add(
-        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
+    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         self._check_new(upload, quota)
-        self._insert(upload, outbox)
+        self._insert(upload)
         await self._answer(None)
 
-    async def add_final(
-        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
+    async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
         self._check_new(final, quota)
         for part in final.parts:
             row = self._rows.get(part)
             if row is None or not row.is_partial or row.state not in LIVE_STATES:
                 raise Conflict(f"partial upload {part} ended meanwhile")
-        self._insert(final, outbox)
+        self._insert(final)
         self._parts[final.id] = dict(enumerate(final.parts))
         await self._answer(None)
 
@@ -329,14 +337,13 @@ class MemoryUploadRepository(MemoryOutbox):
         sha256: str,
         now: datetime,
         *,
-        outbox: bool = False,
         video: VideoInfo | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
             (lambda row: row.state is UploadState.VERIFYING,),
             "upload is no longer being verified",
-            EventType.POST_FINISH if outbox else None,
+            self._reported(EventType.POST_FINISH),
             state=UploadState.READY,
             sha256=sha256,
             video=video,
@@ -357,7 +364,7 @@ class MemoryUploadRepository(MemoryOutbox):
             state_changed_at=now,
         )
 
-    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime) -> Upload:
         row = self._rows.get(upload_id)
         if row is None or row.state not in LIVE_STATES:
             raise Conflict("upload has ended already")
@@ -370,18 +377,18 @@ class MemoryUploadRepository(MemoryOutbox):
             upload_id,
             (),
             "upload has ended already",
-            EventType.POST_TERMINATE if outbox else None,
+            self._reported(EventType.POST_TERMINATE),
             state=UploadState.TERMINATED,
             updated_at=now,
             state_changed_at=now,
         )
 
-    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+    async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
             upload_id,
             (_receiving, lambda row: _expired(row, now)),
             "upload was extended or ended meanwhile",
-            EventType.POST_EXPIRE if outbox else None,
+            self._reported(EventType.POST_EXPIRE),
             state=UploadState.EXPIRED,
             updated_at=now,
             state_changed_at=now,

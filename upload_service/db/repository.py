@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Update, delete, false, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from upload_service.db.base import Quota, Usage
 from upload_service.db.listing import SqlListing
@@ -32,17 +32,23 @@ from upload_service.uploads import LIVE_STATES, Upload, UploadState, VideoInfo
 
 class SqlUploadRepository(SqlListing):
     """``UploadRepository`` over an async SQLAlchemy session factory, with the ``Outbox``
-    capability: the transitions that report events insert them in their own transaction."""
+    capability: with ``events`` on, the transitions that report events insert them in their own
+    transaction."""
 
-    async def add(
-        self, upload: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, events: bool = False) -> None:
+        super().__init__(sessions)
+        self._reporting = events
+
+    def _reported(self, event: EventType) -> EventType | None:
+        return event if self._reporting else None
+
+    async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         async with self._session(begin=True) as session:
             if quota is not None and upload.owner is not None:
                 await check_new(session, upload, quota)
             row = to_row(upload)
             session.add(row)
-            if outbox:
+            if self._reporting:
                 session.add(outbox_row(EventType.POST_CREATE, to_upload(row), upload.created_at))
 
     async def usage(self, owner: str) -> Usage:
@@ -142,14 +148,13 @@ class SqlUploadRepository(SqlListing):
         sha256: str,
         now: datetime,
         *,
-        outbox: bool = False,
         video: VideoInfo | None = None,
     ) -> Upload:
         return await self._transition(
             upload_id,
             (UploadRow.state == UploadState.VERIFYING.value,),
             "upload is no longer being verified",
-            event=EventType.POST_FINISH if outbox else None,
+            event=self._reported(EventType.POST_FINISH),
             state=UploadState.READY.value,
             sha256=sha256,
             video=video_json(video),
@@ -170,7 +175,7 @@ class SqlUploadRepository(SqlListing):
             state_changed_at=now,
         )
 
-    async def terminate(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime) -> Upload:
         statement = (
             update(UploadRow)
             .where(UploadRow.id == upload_id, in_states(LIVE_STATES))
@@ -186,16 +191,16 @@ class SqlUploadRepository(SqlListing):
                 raise Conflict(
                     f"partial upload belongs to final upload {waiting}, not assembled yet"
                 )
-            if outbox:
+            if self._reporting:
                 session.add(outbox_row(EventType.POST_TERMINATE, upload, upload.updated_at))
             return upload
 
-    async def expire(self, upload_id: str, now: datetime, *, outbox: bool = False) -> Upload:
+    async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
             upload_id,
             (receiving(), UploadRow.expires_at <= now),
             "upload was extended or ended meanwhile",
-            event=EventType.POST_EXPIRE if outbox else None,
+            event=self._reported(EventType.POST_EXPIRE),
             state=UploadState.EXPIRED.value,
             updated_at=now,
             state_changed_at=now,
@@ -257,9 +262,7 @@ class SqlUploadRepository(SqlListing):
                 update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
             )
 
-    async def add_final(
-        self, final: Upload, quota: Quota | None = None, *, outbox: bool = False
-    ) -> None:
+    async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
         async with self._session(begin=True) as session:
             if quota is not None and final.owner is not None:
                 await check_new(session, final, quota)
@@ -267,7 +270,7 @@ class SqlUploadRepository(SqlListing):
             session.add(row)
             await session.flush()  # SQLite: the insert takes the write lock before parts are read
             await link_parts(session, final)
-            if outbox:
+            if self._reporting:
                 session.add(outbox_row(EventType.POST_CREATE, to_upload(row), final.created_at))
 
     async def forget(self, upload_id: str) -> None:

@@ -143,7 +143,7 @@ class Creator:
         key = await self._store.create(upload_id, upload.length)
         upload = replace(upload, storage_ref=key.ref)
         try:
-            await self._repo.add(upload, self._config.quota, outbox=self._config.outbox)
+            await self._repo.add(upload, self._config.quota)
         except QuotaExceeded:
             await self._store.delete(key)
             raise
@@ -174,7 +174,7 @@ class Creator:
                     upload = await self._receiver.receive(upload, body, lease, checksum)
             except (TooLarge, QuotaExceeded, ChecksumMismatch):
                 # The client never learns this upload's URL from an error: leave nothing.
-                await self._repo.terminate(upload.id, self._clock(), outbox=self._config.outbox)
+                await self._repo.terminate(upload.id, self._clock())
                 await self._store.delete(upload.storage)
                 raise
         if upload.state is UploadState.VERIFYING:
@@ -231,7 +231,7 @@ class Creator:
         key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
         try:
-            await self._repo.add_final(final, self._config.quota, outbox=self._config.outbox)
+            await self._repo.add_final(final, self._config.quota)
         except QuotaExceeded:
             await self._store.delete(key)
             raise

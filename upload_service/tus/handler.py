@@ -312,7 +312,7 @@ class TusHandler:
             # delete leaves only an orphan file for clean-up. A partial upload that a final still
             # waits for or is being assembled from is refused there (409), in the database, so
             # that no final created meanwhile can lose it either.
-            await self._repo.terminate(upload_id, self._clock(), outbox=self._config.outbox)
+            await self._repo.terminate(upload_id, self._clock())
             self._digests.drop(upload_id)
             await self._store.delete(upload.storage)
         self._events.terminated()

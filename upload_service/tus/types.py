@@ -43,7 +43,6 @@ class HandlerConfig:
     max_metadata_keys: int = 32
     allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
     quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
-    outbox: bool = False  # state changes write their events to the outbox (hooks deliver them)
     verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
 
     def expiry(self, now: datetime) -> datetime:
