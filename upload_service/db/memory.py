@@ -1,14 +1,15 @@
 """The upload repository in memory: ``UploadRepository`` with the ``Outbox`` capability, for tests
 and the protocol's rules (the handler's tests run on it: no database, no disk).
 
-It keeps the SQL repository's semantics to the letter, and the contract suite
-(``tests/test_contract_repository.py``) runs over both: every transition is a compare-and-set
-raising ``Conflict`` and changing nothing when its condition no longer holds; parts of finals are
-kept as ``upload_parts`` rows are (a part may be in several finals; ``forget`` drops its records);
-quotas count ``Usage`` as the SQL query does; an event is written with its state change or not at
-all. Each method checks and changes its state without yielding to the event loop, so it is one
-step, as a transaction is; an answer then yields once (shielded from cancellation, as the SQL
-sessions are), as a round trip to a database would, so racing tasks interleave between calls.
+It keeps the SQL repository's semantics to the letter, reading the same table of transitions
+(``transitions``), and the contract suite (``tests/test_contract_repository.py``) runs over
+both: every transition is a compare-and-set raising ``Conflict`` and changing nothing when its
+condition no longer holds; parts of finals are kept as ``upload_parts`` rows are (a part may be
+in several finals; ``forget`` drops its records); quotas count ``Usage`` as the SQL query does;
+an event is written with its state change or not at all. Each method checks and changes its
+state without yielding to the event loop, so it is one step, as a transaction is; an answer then
+yields once (shielded from cancellation, as the SQL sessions are), as a round trip to a database
+would, so racing tasks interleave between calls.
 
 Uploads are frozen, and stored and handed out as copies: a caller never shares the stored
 metadata or event payloads.
@@ -27,6 +28,7 @@ from typing import TypeVar
 
 import anyio.lowlevel
 
+from upload_service.db import transitions
 from upload_service.db.base import Quota, UploadQuery, Usage
 from upload_service.db.memory_outbox import MemoryOutbox
 from upload_service.errors import Conflict, Unavailable
@@ -88,9 +90,6 @@ class MemoryUploadRepository(MemoryOutbox):
         other = copy.copy(self)
         other._reporting = events
         return other
-
-    def _reported(self, event: EventType) -> EventType | None:
-        return event if self._reporting else None
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -218,7 +217,7 @@ class MemoryUploadRepository(MemoryOutbox):
         for part in final.parts:
             row = self._rows.get(part)
             if row is None or not row.is_partial or row.state not in LIVE_STATES:
-                raise Conflict(f"partial upload {part} ended meanwhile")
+                raise transitions.part_ended(part)
         self._insert(final)
         self._parts[final.id] = dict(enumerate(final.parts))
         await self._answer(None)
@@ -240,31 +239,34 @@ class MemoryUploadRepository(MemoryOutbox):
     async def _transition(
         self,
         upload_id: str,
-        conditions: tuple[_Condition, ...],
-        conflict: str,
-        event: EventType | None = None,
+        transition: transitions.Transition,
+        conditions: tuple[_Condition, ...] = (),
+        *,
+        now: datetime | None = None,
+        sources: tuple[UploadState, ...] | None = None,
         **values: object,
     ) -> Upload:
-        """One compare-and-set of one row: ``Conflict``, nothing changed, unless every condition
-        holds; with ``event``, the event is written in the same step."""
+        """One compare-and-set of one row, as the SQL one's (see there): ``Conflict``, nothing
+        changed, unless it is in one of the transition's states (or ``sources``) and every
+        condition holds; the event, with events on, in the same step."""
         row = self._rows.get(upload_id)
+        states = transition.sources if sources is None else sources
+        if states is not None:
+            conditions = (lambda row: row.state in states, *conditions)
         if row is None or not all(condition(row) for condition in conditions):
-            raise Conflict(conflict)
-        changed = _stored(replace(row, **values))  # type: ignore[arg-type]
+            raise Conflict(transition.conflict)
+        changed = _stored(replace(row, **transition.changes(now), **values))  # type: ignore[arg-type]
         self._rows[upload_id] = changed
         upload = self._read(changed)
-        if event is not None:
-            self._write(event, upload, upload.updated_at)
+        if self._reporting and transition.event is not None:
+            self._write(transition.event, upload, upload.updated_at)
         return await self._answer(upload)
 
     async def claim(self, upload_id: str, token: int) -> Upload | None:
         if upload_id not in self._rows:
             return await self._answer(None)
         return await self._transition(
-            upload_id,
-            (lambda row: row.fence <= token,),
-            "upload was taken over by a newer request",
-            fence=token,
+            upload_id, transitions.CLAIM, (lambda row: row.fence <= token,), fence=token
         )
 
     async def advance(
@@ -281,11 +283,11 @@ class MemoryUploadRepository(MemoryOutbox):
         self._growth(upload_id, quota, offset, since=expected)
         return await self._transition(
             upload_id,
-            (_receiving, lambda row: row.offset == expected, _fenced(fence)),
-            "upload changed concurrently; fetch its offset and retry",
+            transitions.ADVANCE,
+            (lambda row: row.offset == expected, _fenced(fence)),
+            now=now,
             offset=offset,
             received=offset,
-            updated_at=now,
             expires_at=expires_at,
         )
 
@@ -295,22 +297,20 @@ class MemoryUploadRepository(MemoryOutbox):
         self._growth(upload_id, quota, length, since=None)
         return await self._transition(
             upload_id,
-            (_receiving, lambda row: row.length is None and row.offset <= length),
-            "the upload's length was declared meanwhile",
+            transitions.DECLARE_LENGTH,
+            (lambda row: row.length is None and row.offset <= length,),
+            now=now,
             length=length,
-            updated_at=now,
         )
 
     async def complete(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
             upload_id,
-            (_receiving, lambda row: row.length == row.offset),
-            "upload is not complete, or was completed meanwhile",
-            state=UploadState.VERIFYING,
+            transitions.COMPLETE,
+            (lambda row: row.length == row.offset,),
+            now=now,
             completed_at=now,
             expires_at=None,
-            updated_at=now,
-            state_changed_at=now,
         )
 
     async def assembled(
@@ -319,15 +319,13 @@ class MemoryUploadRepository(MemoryOutbox):
         self._growth(upload_id, quota, length, since=None)
         return await self._transition(
             upload_id,
-            (_receiving, lambda row: row.is_final),
-            "final upload was assembled or ended meanwhile",
+            transitions.ASSEMBLED,
+            (lambda row: row.is_final,),
+            now=now,
             length=length,
             offset=length,
             received=length,
-            state=UploadState.VERIFYING,
             completed_at=now,
-            updated_at=now,
-            state_changed_at=now,
             expires_at=None,
         )
 
@@ -340,58 +338,27 @@ class MemoryUploadRepository(MemoryOutbox):
         video: VideoInfo | None = None,
     ) -> Upload:
         return await self._transition(
-            upload_id,
-            (lambda row: row.state is UploadState.VERIFYING,),
-            "upload is no longer being verified",
-            self._reported(EventType.POST_FINISH),
-            state=UploadState.READY,
-            sha256=sha256,
-            video=video,
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.MARK_READY, now=now, sha256=sha256, video=video
         )
 
     async def fail(
         self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
     ) -> Upload:
         return await self._transition(
-            upload_id,
-            (lambda row: row.state in only_from,),
-            "upload changed state meanwhile",
-            state=UploadState.FAILED,
-            failure=reason,
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.FAIL, now=now, sources=only_from, failure=reason
         )
 
     async def terminate(self, upload_id: str, now: datetime) -> Upload:
         row = self._rows.get(upload_id)
-        if row is None or row.state not in LIVE_STATES:
-            raise Conflict("upload has ended already")
-        waiting = self._finals_of(upload_id, (UploadState.RECEIVING,))
-        if waiting:  # refused before anything changes: the final keeps its part
-            raise Conflict(
-                f"partial upload belongs to final upload {waiting[0].id}, not assembled yet"
-            )
-        return await self._transition(
-            upload_id,
-            (),
-            "upload has ended already",
-            self._reported(EventType.POST_TERMINATE),
-            state=UploadState.TERMINATED,
-            updated_at=now,
-            state_changed_at=now,
-        )
+        if row is not None and row.state in LIVE_STATES:  # else the transition's own Conflict
+            waiting = self._finals_of(upload_id, (UploadState.RECEIVING,))
+            if waiting:  # refused before anything changes: the final keeps its part
+                raise transitions.part_awaited(waiting[0].id)
+        return await self._transition(upload_id, transitions.TERMINATE, now=now)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
-            upload_id,
-            (_receiving, lambda row: _expired(row, now)),
-            "upload was extended or ended meanwhile",
-            self._reported(EventType.POST_EXPIRE),
-            state=UploadState.EXPIRED,
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.EXPIRE, (lambda row: _expired(row, now),), now=now
         )
 
     async def force_offset(
@@ -405,11 +372,11 @@ class MemoryUploadRepository(MemoryOutbox):
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (_receiving, lambda row: row.offset == expected, _fenced(fence)),
-            "upload changed concurrently; fetch its offset and retry",
+            transitions.FORCE_OFFSET,
+            (lambda row: row.offset == expected, _fenced(fence)),
+            now=now,
             offset=offset,
             received=offset,
-            updated_at=now,
         )
 
     # -- not state changes ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from sqlalchemy.orm import aliased
 
 from upload_service.db.models import UploadPartRow, UploadRow
 from upload_service.db.rows import in_states, to_upload
-from upload_service.errors import Conflict
+from upload_service.db.transitions import part_ended
 from upload_service.uploads import LIVE_STATES, Upload, UploadState
 
 # A final upload, joined to the parts it names (made once: building an alias costs far more than
@@ -47,7 +47,7 @@ async def link_parts(session: AsyncSession, final: Upload) -> None:
             .with_for_update(read=True)
         )
         if live is None:
-            raise Conflict(f"partial upload {part} ended meanwhile")
+            raise part_ended(part)
         session.add(UploadPartRow(final_id=final.id, position=position, part_id=part))
 
 

@@ -1,9 +1,10 @@
 """The upload repository over SQLAlchemy 2.0 async (SQLite through aiosqlite, PostgreSQL through
 asyncpg): its transitions. Each is one conditional ``UPDATE ... RETURNING`` (compare-and-set); a
 driver failure of any kind leaves as ``Unavailable`` (503, ``Retry-After``), except a full disk
-under the database, which is ``StorageFull`` (507). Beside it: the row format (``rows``), the
-listings (``listing``, its base), the owner's quota (``quota``) and the parts of final uploads
-with their race story (``parts``).
+under the database, which is ``StorageFull`` (507). Beside it: the table of transitions it
+shares with the memory repository (``transitions``), the row format (``rows``), the listings
+(``listing``, its base), the owner's quota (``quota``) and the parts of final uploads with their
+race story (``parts``).
 
 Crash story: every transition, with its quota check and its outbox event, is one transaction. A
 kill -9 before the commit leaves the row as it was and no event; after it, the new state and its
@@ -13,21 +14,24 @@ state change that did not happen (nor lost for one that did).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import ColumnElement, Update, delete, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from upload_service.db import transitions
 from upload_service.db.base import Quota, Usage
 from upload_service.db.listing import SqlListing
 from upload_service.db.models import UploadPartRow, UploadRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
-from upload_service.db.rows import in_states, receiving, to_row, to_upload, video_json
+from upload_service.db.rows import in_states, to_row, to_upload, video_json
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
-from upload_service.uploads import LIVE_STATES, Upload, UploadState, VideoInfo
+from upload_service.uploads import Upload, UploadState, VideoInfo
 
 
 class SqlUploadRepository(SqlListing):
@@ -38,9 +42,6 @@ class SqlUploadRepository(SqlListing):
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, events: bool = False) -> None:
         super().__init__(sessions)
         self._reporting = events
-
-    def _reported(self, event: EventType) -> EventType | None:
-        return event if self._reporting else None
 
     async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         async with self._session(begin=True) as session:
@@ -65,13 +66,12 @@ class SqlUploadRepository(SqlListing):
             rows = await session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
             return {upload.id: upload for upload in await loaded(session, list(rows))}
 
-    # -- transitions, each a compare-and-set ----------------------------------------------------
+    # -- transitions, each a compare-and-set (their table: ``transitions``) ---------------------
 
     async def claim(self, upload_id: str, token: int) -> Upload | None:
-        statement = update(UploadRow).where(UploadRow.id == upload_id, UploadRow.fence <= token)
         try:
-            return await self._execute_one(
-                statement.values(fence=token), "upload was taken over by a newer request"
+            return await self._transition(
+                upload_id, transitions.CLAIM, (UploadRow.fence <= token,), fence=token
             )
         except Conflict:
             if await self.get(upload_id) is None:
@@ -91,12 +91,12 @@ class SqlUploadRepository(SqlListing):
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
-            "upload changed concurrently; fetch its offset and retry",
+            transitions.ADVANCE,
+            (UploadRow.upload_offset == expected, *_fenced(fence)),
+            now=now,
             guard=growth(upload_id, quota, offset, since=expected),
             upload_offset=offset,
             received=offset,
-            updated_at=now,
             expires_at=expires_at,
         )
 
@@ -105,23 +105,21 @@ class SqlUploadRepository(SqlListing):
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (receiving(), UploadRow.length.is_(None), UploadRow.upload_offset <= length),
-            "the upload's length was declared meanwhile",
+            transitions.DECLARE_LENGTH,
+            (UploadRow.length.is_(None), UploadRow.upload_offset <= length),
+            now=now,
             guard=growth(upload_id, quota, length),
             length=length,
-            updated_at=now,
         )
 
     async def complete(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
             upload_id,
-            (receiving(), UploadRow.length == UploadRow.upload_offset),
-            "upload is not complete, or was completed meanwhile",
-            state=UploadState.VERIFYING.value,
+            transitions.COMPLETE,
+            (UploadRow.length == UploadRow.upload_offset,),
+            now=now,
             completed_at=now,
             expires_at=None,
-            updated_at=now,
-            state_changed_at=now,
         )
 
     async def assembled(
@@ -129,16 +127,14 @@ class SqlUploadRepository(SqlListing):
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (receiving(), UploadRow.concat == "final"),
-            "final upload was assembled or ended meanwhile",
+            transitions.ASSEMBLED,
+            (UploadRow.concat == "final",),
+            now=now,
             guard=growth(upload_id, quota, length),
             length=length,
             upload_offset=length,
             received=length,
-            state=UploadState.VERIFYING.value,
             completed_at=now,
-            updated_at=now,
-            state_changed_at=now,
             expires_at=None,
         )
 
@@ -151,59 +147,24 @@ class SqlUploadRepository(SqlListing):
         video: VideoInfo | None = None,
     ) -> Upload:
         return await self._transition(
-            upload_id,
-            (UploadRow.state == UploadState.VERIFYING.value,),
-            "upload is no longer being verified",
-            event=self._reported(EventType.POST_FINISH),
-            state=UploadState.READY.value,
-            sha256=sha256,
-            video=video_json(video),
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.MARK_READY, now=now, sha256=sha256, video=video_json(video)
         )
 
     async def fail(
         self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
     ) -> Upload:
         return await self._transition(
-            upload_id,
-            (in_states(only_from),),
-            "upload changed state meanwhile",
-            state=UploadState.FAILED.value,
-            failure=reason,
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.FAIL, now=now, sources=only_from, failure=reason
         )
 
     async def terminate(self, upload_id: str, now: datetime) -> Upload:
-        statement = (
-            update(UploadRow)
-            .where(UploadRow.id == upload_id, in_states(LIVE_STATES))
-            .values(state=UploadState.TERMINATED.value, updated_at=now, state_changed_at=now)
+        return await self._transition(
+            upload_id, transitions.TERMINATE, now=now, after=partial(_not_awaited, upload_id)
         )
-        async with self._session(begin=True) as session:
-            upload = await _one(session, statement, "upload has ended already")
-            # Read after the update, which holds the row (PostgreSQL) or the database (SQLite)
-            # until the commit: a final inserted concurrently committed before it (and is seen
-            # here) or finds this part terminated (see the module's race story).
-            waiting = await session.scalar(finals_receiving(upload_id).limit(1))
-            if waiting is not None:  # raising rolls the termination back
-                raise Conflict(
-                    f"partial upload belongs to final upload {waiting}, not assembled yet"
-                )
-            if self._reporting:
-                session.add(outbox_row(EventType.POST_TERMINATE, upload, upload.updated_at))
-            return upload
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
-            upload_id,
-            (receiving(), UploadRow.expires_at <= now),
-            "upload was extended or ended meanwhile",
-            event=self._reported(EventType.POST_EXPIRE),
-            state=UploadState.EXPIRED.value,
-            updated_at=now,
-            state_changed_at=now,
+            upload_id, transitions.EXPIRE, (UploadRow.expires_at <= now,), now=now
         )
 
     async def force_offset(
@@ -217,41 +178,43 @@ class SqlUploadRepository(SqlListing):
     ) -> Upload:
         return await self._transition(
             upload_id,
-            (receiving(), UploadRow.upload_offset == expected, *_fenced(fence)),
-            "upload changed concurrently; fetch its offset and retry",
+            transitions.FORCE_OFFSET,
+            (UploadRow.upload_offset == expected, *_fenced(fence)),
+            now=now,
             upload_offset=offset,
             received=offset,
-            updated_at=now,
         )
 
     async def _transition(
         self,
         upload_id: str,
-        conditions: tuple[ColumnElement[bool], ...],
-        conflict: str,
-        event: EventType | None = None,
+        transition: transitions.Transition,
+        conditions: tuple[ColumnElement[bool], ...] = (),
+        *,
+        now: datetime | None = None,
+        sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
+        after: Callable[[AsyncSession], Awaitable[None]] | None = None,
         **values: object,
     ) -> Upload:
-        """One conditional update of one row; ``Conflict`` when its condition no longer holds.
-        With ``event``, the event's outbox row is inserted in the same transaction; with
-        ``guard``, the owner's quota is checked first, in it."""
+        """One conditional update of one row, from the transition's states (or ``sources``) and
+        under ``conditions``; ``Conflict`` when they no longer hold. With ``now``, the row's
+        update time, and the state's when the transition moves it. With ``guard``, the owner's
+        quota is checked first; ``after`` runs after the update (raising rolls it back); the
+        event, with events on, is inserted last: all in one transaction."""
+        states = transition.sources if sources is None else sources
+        if states is not None:
+            conditions = (in_states(states), *conditions)
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
-        return await self._execute_one(statement.values(**values), conflict, event, guard)
-
-    async def _execute_one(
-        self,
-        statement: Update,
-        conflict: str,
-        event: EventType | None = None,
-        guard: Growth | None = None,
-    ) -> Upload:
+        statement = statement.values(**transition.changes(now), **values)
         async with self._session(begin=True) as session:
             if guard is not None:
                 await guard.check(session)
-            upload = await _one(session, statement, conflict)
-            if event is not None:
-                session.add(outbox_row(event, upload, upload.updated_at))
+            upload = await _one(session, statement, transition.conflict)
+            if after is not None:
+                await after(session)
+            if self._reporting and transition.event is not None:
+                session.add(outbox_row(transition.event, upload, upload.updated_at))
             return upload
 
     # -- not state changes ----------------------------------------------------------------------
@@ -301,6 +264,16 @@ async def _one(session: AsyncSession, statement: Update, conflict: str) -> Uploa
     if row is None:
         raise Conflict(conflict)
     return (await loaded(session, [row]))[0]
+
+
+async def _not_awaited(part_id: str, session: AsyncSession) -> None:
+    """``terminate``: no final still receiving names the part. Read after the update, which
+    holds the row (PostgreSQL) or the database (SQLite) until the commit: a final inserted
+    concurrently committed before it (and is seen here) or finds this part terminated (see the
+    race story in ``parts``)."""
+    waiting = await session.scalar(finals_receiving(part_id).limit(1))
+    if waiting is not None:
+        raise transitions.part_awaited(waiting)
 
 
 def _fenced(fence: int | None) -> tuple[ColumnElement[bool], ...]:

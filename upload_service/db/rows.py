@@ -107,8 +107,6 @@ def to_row(upload: Upload) -> UploadRow:
 
 
 def in_states(states: tuple[UploadState, ...]) -> ColumnElement[bool]:
+    if len(states) == 1:
+        return UploadRow.state == states[0].value
     return UploadRow.state.in_([state.value for state in states])
-
-
-def receiving() -> ColumnElement[bool]:
-    return UploadRow.state == UploadState.RECEIVING.value
