@@ -74,6 +74,17 @@ class Quota:
                 "none left for an upload of unknown length"
             )
 
+    def check_new(self, usage: Usage, upload: Upload) -> None:
+        """``check`` of ``upload``, not inserted yet: one more unfinished upload while it is
+        receiving, its length (of unknown length: a byte left)."""
+        receiving = upload.state is UploadState.RECEIVING
+        self.check(
+            usage,
+            uploads=1 if receiving else 0,
+            size=upload.length or 0,
+            deferred=receiving and upload.length is None,
+        )
+
     def left(self, usage: Usage) -> int | None:
         """The bytes ``usage`` may still grow by (None: no byte quota)."""
         return None if self.bytes is None else max(self.bytes - usage.bytes, 0)

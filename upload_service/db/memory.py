@@ -5,11 +5,12 @@ It keeps the SQL repository's semantics to the letter, reading the same table of
 (``transitions``), and the contract suite (``tests/test_contract_repository.py``) runs over
 both: every transition is a compare-and-set raising ``Conflict`` and changing nothing when its
 condition no longer holds; parts of finals are kept as ``upload_parts`` rows are (a part may be
-in several finals; ``forget`` drops its records); quotas count ``Usage`` as the SQL query does;
-an event is written with its state change or not at all. Each method checks and changes its
-state without yielding to the event loop, so it is one step, as a transaction is; an answer then
-yields once (shielded from cancellation, as the SQL sessions are), as a round trip to a database
-would, so racing tasks interleave between calls.
+in several finals; ``forget`` drops its records); quotas count ``Usage`` as the SQL query does
+(and check a new upload by the same ``Quota.check_new``); an event is written with its state
+change or not at all. Each method checks and changes its state without yielding to the event
+loop, so it is one step, as a transaction is; an answer then yields once (shielded from
+cancellation, as the SQL sessions are), as a round trip to a database would, so racing tasks
+interleave between calls.
 
 Uploads are frozen, and stored and handed out as copies: a caller never shares the stored
 metadata or event payloads.
@@ -191,13 +192,7 @@ class MemoryUploadRepository(MemoryOutbox):
     def _check_new(self, upload: Upload, quota: Quota | None) -> None:
         """``quota`` admits ``upload`` beside what its owner holds, and its id is new."""
         if quota is not None and upload.owner is not None:
-            receiving = upload.state is UploadState.RECEIVING
-            quota.check(
-                self._usage(upload.owner),
-                uploads=1 if receiving else 0,
-                size=upload.length or 0,
-                deferred=receiving and upload.length is None,
-            )
+            quota.check_new(self._usage(upload.owner), upload)
         if upload.id in self._rows:  # what the SQL insert's integrity error leaves as
             raise Unavailable(f"database unavailable: upload {upload.id} exists already")
 

@@ -50,13 +50,7 @@ async def check_new(session: AsyncSession, upload: Upload, quota: Quota) -> None
     """``quota`` admits ``upload`` (not inserted yet) beside what its owner holds."""
     assert upload.owner is not None
     await serialise(session, upload.owner)
-    receiving = upload.state is UploadState.RECEIVING
-    quota.check(
-        await usage_of(session, upload.owner),
-        uploads=1 if receiving else 0,
-        size=upload.length or 0,
-        deferred=receiving and upload.length is None,
-    )
+    quota.check_new(await usage_of(session, upload.owner), upload)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
