@@ -431,6 +431,68 @@ def test_serving_does_not_import_alembic(clean_env: Path) -> None:
     assert result.stdout.strip() == "False"
 
 
+# What a service loads only when it is configured to use it (about 100 ms and 40 MiB together)
+ON_DEMAND = ("boto3", "botocore", "asyncpg", "jwt", "cryptography", "httpx", "rich")
+STARTED_PROBE = """
+import asyncio, sys
+from upload_service import cli
+from upload_service.app import create_app
+from upload_service.settings import load_settings
+
+cli.parser()  # serve builds the whole parser, the client's commands too
+app = create_app(load_settings())
+
+async def main():
+    async with app.router.lifespan_context(app):
+        pass
+
+asyncio.run(main())
+print(" ".join(name for name in ON_DEMAND if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "loaded"),
+    [
+        ({"UPLOAD_AUTH": "none"}, ""),
+        # httpx imports rich itself (its command line's, when rich is installed)
+        ({"UPLOAD_AUTH_JWT_SECRET": "s" * 32}, "cryptography jwt httpx rich"),
+        (
+            {
+                "UPLOAD_AUTH": "none",
+                "UPLOAD_HOOK_URL": "http://127.0.0.1:9/hook",
+                "UPLOAD_HOOK_SECRET": "h" * 32,
+            },
+            "httpx rich",
+        ),
+    ],
+    ids=["embedded-default", "jwt", "webhook"],
+)
+def test_a_started_service_loads_only_the_backends_it_is_configured_for(
+    clean_env: Path, template_db: Path, settings: dict[str, str], loaded: str
+) -> None:
+    """boto3 (S3), asyncpg (PostgreSQL), PyJWT and cryptography (JWTs), httpx (JWKS, HTTP hooks,
+    the client) and rich (the client) are imported only by what uses them."""
+    shutil.copyfile(template_db, clean_env / "uploads.db")
+    env = {
+        **os.environ,
+        **settings,
+        "UPLOAD_DATA_DIR": str(clean_env),
+        "UPLOAD_DATABASE_URL": f"sqlite+aiosqlite:///{clean_env / 'uploads.db'}",
+    }
+    probe = f"ON_DEMAND = {ON_DEMAND!r}\n{STARTED_PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_GUARD,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == sorted(loaded.split())
+
+
 def test_models_and_migrations_agree(tmp_path: Path, template_db: Path) -> None:
     database = tmp_path / "uploads.db"
     shutil.copyfile(template_db, database)

@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from upload_service.client.errors import INTERRUPTED, OK, USAGE, ExitError
-from upload_service.client.progress import display
-from upload_service.client.retry import RetryPolicy, Stopped
-from upload_service.client.store import ResumeStore
-from upload_service.client.tus import Session
+
+if TYPE_CHECKING:
+    from upload_service.client.tus import Session
+
+# The client's own modules (httpx, rich) are imported by its commands when they run: ``serve``,
+# which builds the same parser, never loads them.
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 CHECKSUMS = ("auto", "sha1", "sha256", "sha512", "md5", "crc32")
@@ -134,6 +137,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _session(args: argparse.Namespace, endpoint: str) -> Iterator[Session]:
     """A session whose ``stop`` SIGTERM and Ctrl+C set (the running transfers end at once and
     the command exits 130; what the server committed stays for the next run)."""
+    from upload_service.client.retry import RetryPolicy
+    from upload_service.client.tus import Session
+
     stop = threading.Event()
     token = args.token if args.token is not None else os.environ.get("UPLOAD_TOKEN")
     session = Session(
@@ -158,6 +164,8 @@ def _session(args: argparse.Namespace, endpoint: str) -> Iterator[Session]:
 
 
 def _run(body: Callable[[], None], what: str) -> int:
+    from upload_service.client.retry import Stopped
+
     try:
         body()
     except ExitError as exc:
@@ -170,6 +178,8 @@ def _run(body: Callable[[], None], what: str) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    from upload_service.client.progress import display
+    from upload_service.client.store import ResumeStore
     from upload_service.client.upload import Options, Uploader
 
     files: list[Path] = args.files
@@ -208,6 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from upload_service.client.download import download
+    from upload_service.client.progress import display
 
     def body() -> None:
         with _session(args, args.url) as session, display(args.progress) as shown:

@@ -3,20 +3,19 @@ the pre-create hook the tus handler calls, and the drainer that delivers the out
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import httpx
 
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.callables import PREFIX, HookConfigError, load_callable
 from upload_service.hooks.delivery import Deliverer, Drainer, PostCallable
-from upload_service.hooks.http import HttpPreCreate, Webhook
 from upload_service.hooks.pre_create import (
     NO_PRE_CREATE,
     CallablePreCreate,
@@ -25,6 +24,9 @@ from upload_service.hooks.pre_create import (
 )
 from upload_service.outbox import Outbox
 from upload_service.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,13 @@ async def open_hooks(
     """Load the hooks the settings name (``HookConfigError`` names a setting that cannot be
     loaded) and close their HTTP client after."""
     uses_http = settings.hooks.url or settings.hooks.pre_create.startswith(("http://", "https://"))
-    client = httpx.AsyncClient(follow_redirects=False) if uses_http else None
+    client = None
+    if uses_http:
+        # httpx and the HTTP hooks only when a hook is a URL, imported in a thread (reading files)
+        await anyio.to_thread.run_sync(importlib.import_module, "upload_service.hooks.http")
+        import httpx
+
+        client = httpx.AsyncClient(follow_redirects=False)
     try:
         yield Hooks(
             pre_create=await _pre_create(settings, client, events),
@@ -72,6 +80,8 @@ async def _pre_create(
             function, timeout=settings.hooks.timeout, limits=limits, events=events
         )
     assert client is not None
+    from upload_service.hooks.http import HttpPreCreate
+
     return HttpPreCreate(
         client,
         spec,
@@ -96,6 +106,8 @@ async def _drainer(
     deliverers: list[Deliverer] = []
     if settings.hooks.url:
         assert client is not None
+        from upload_service.hooks.http import Webhook
+
         secret = settings.hooks.secret.get_secret_value()
         deliverers.append(
             Webhook(client, settings.hooks.url, secret=secret, timeout=settings.hooks.timeout)
