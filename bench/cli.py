@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import lockwait, peers, pg, procfs, report, s3, s3upload, scenarios
+from bench import coldstart, lockwait, peers, pg, procfs, report, s3, s3upload, scenarios
 from bench.client import ClientError, Unsupported
 from bench.config import S3_MAX_SIZE, MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
@@ -33,6 +33,7 @@ DEFAULT_SERVERS = tuple(key for key in ORDER if key not in VARIANTS)
 LAUNCHED: dict[str, Callable[[Context, Launch], Measured]] = {
     "lockwait": lockwait.lockwait,
     "s3": s3upload.s3_vs_boto3,
+    "start": coldstart.cold_start,
 }
 
 

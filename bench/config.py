@@ -33,6 +33,7 @@ class Config:
     lockwait_seconds: float  # ... how long that PATCH would run (it is killed well before)
     lockwait_timeout: float  # ... seconds after the kill before the other replica is given up on
     request_timeout: float  # seconds before one request is given up
+    starts: int  # scenario 10: timed starts of each server (after one that makes its database)
 
     @property
     def slow_bytes(self) -> int:
@@ -71,6 +72,7 @@ FULL = Config(
     lockwait_seconds=10.0,
     lockwait_timeout=60.0,
     request_timeout=600.0,
+    starts=5,
 )
 
 SMOKE = Config(
@@ -90,6 +92,7 @@ SMOKE = Config(
     lockwait_seconds=4.0,
     lockwait_timeout=30.0,
     request_timeout=60.0,
+    starts=1,
 )
 
 

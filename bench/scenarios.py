@@ -114,6 +114,8 @@ def metrics(config: Config) -> list[Metric]:
         Metric("s3.ratio", "s3", "8 S3: service / boto3, per repetition", "x", True),
         Metric("s3.rss", "s3", "8 S3: server peak RSS, one PATCH", "MiB", False),
         Metric("s3.cpu", "s3", "8 S3: server CPU per GB, one PATCH", "s/GB", False),
+        Metric("start.seconds", "start", "10 cold start: command to first 200", "s", False),
+        Metric("start.rss", "start", "10 idle RSS, 1 s after the first 200", "MiB", False),
     ]
 
 
@@ -351,7 +353,9 @@ SCENARIOS: dict[str, Scenario] = {
 CLUSTER = ("lockwait",)
 # ... and our server on S3 beside boto3's own upload to the same moto server (bench/s3upload.py)
 S3 = ("s3",)
-NAMES = (*SCENARIOS, *CLUSTER, *S3)  # the order of a run and of the table
+# ... and every server started again and again (bench/coldstart.py)
+START = ("start",)
+NAMES = (*SCENARIOS, *CLUSTER, *S3, *START)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
 

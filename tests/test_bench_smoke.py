@@ -47,6 +47,8 @@ OUR_METRICS = (
     "lockwait.head",
     "form.form",
     "form.tus",
+    "start.seconds",
+    "start.rss",
 )
 
 
