@@ -117,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         # httptools, draining running uploads as shutdown begins; imported where the app is.
         http="upload_service.ops.serving:DrainingHttpToolsProtocol",
+        ws="none",  # no WebSocket route: nothing of it is imported
         lifespan="on",
         # applied again in every worker process; the access lines are the app's own
         log_config=log_config(settings),
