@@ -34,10 +34,18 @@ class Config:
     lockwait_timeout: float  # ... seconds after the kill before the other replica is given up on
     request_timeout: float  # seconds before one request is given up
     starts: int  # scenario 10: timed starts of each server (after one that makes its database)
+    many_base: int  # scenario 11: slow uploads held open first ...
+    many_uploads: int  # ... then this many, on the same process
+    many_rate: int  # ... bytes per second each
+    many_seconds: float  # ... how long each is held open
 
     @property
     def slow_bytes(self) -> int:
         return int(self.slow_rate * self.slow_seconds)
+
+    @property
+    def many_bytes(self) -> int:
+        return int(self.many_rate * self.many_seconds)
 
     @property
     def lockwait_bytes(self) -> int:
@@ -52,6 +60,7 @@ class Config:
             self.latency_bytes,
             self.slow_bytes,
             self.lockwait_bytes,
+            self.many_bytes,
         )
 
 
@@ -73,6 +82,10 @@ FULL = Config(
     lockwait_timeout=60.0,
     request_timeout=600.0,
     starts=5,
+    many_base=32,
+    many_uploads=256,
+    many_rate=256 * 1024,
+    many_seconds=10.0,
 )
 
 SMOKE = Config(
@@ -93,6 +106,10 @@ SMOKE = Config(
     lockwait_timeout=30.0,
     request_timeout=60.0,
     starts=1,
+    many_base=4,
+    many_uploads=16,
+    many_rate=256 * 1024,
+    many_seconds=0.5,
 )
 
 

@@ -68,6 +68,10 @@ def _mib(size: int) -> str:
     return f"{size / MiB:g} MiB"
 
 
+def _kib(size: int) -> str:
+    return f"{size / 1024:g} KiB"
+
+
 def metrics(config: Config) -> list[Metric]:
     c = config
     n, each = c.concurrent_uploads, _mib(c.concurrent_bytes)
@@ -116,6 +120,20 @@ def metrics(config: Config) -> list[Metric]:
         Metric("s3.cpu", "s3", "8 S3: server CPU per GB, one PATCH", "s/GB", False),
         Metric("start.seconds", "start", "10 cold start: command to first 200", "s", False),
         Metric("start.rss", "start", "10 idle RSS, 1 s after the first 200", "MiB", False),
+        Metric(
+            "many.rss",
+            "many",
+            f"11 peak RSS, {c.many_uploads} uploads at {_kib(c.many_rate)}/s",
+            "MiB",
+            False,
+        ),
+        Metric(
+            "many.per_upload",
+            "many",
+            f"11 RSS per added upload, {c.many_base} to {c.many_uploads} at {_kib(c.many_rate)}/s",
+            "KiB",
+            False,
+        ),
     ]
 
 
@@ -289,6 +307,43 @@ def rss(ctx: Context, server: RunningServer) -> Measured:
     )
 
 
+def _held_open(ctx: Context, server: RunningServer, count: int) -> tuple[int, float]:
+    """``count`` slow uploads held open together: the peak of the tree's summed RSS (sampled
+    every 100 ms) and the seconds until the last answer."""
+    cfg = ctx.config
+    sampler = _RssSampler(server.pid)
+    sampler.start()
+    try:
+        seconds = _parallel(ctx, server, count, cfg.many_bytes, cfg.many_rate)
+    finally:
+        sampler.stop()
+    return sampler.peak_total, seconds
+
+
+def many(ctx: Context, server: RunningServer) -> Measured:
+    """Scenario 11: ``many_base`` slow uploads held open together, then ``many_uploads``, on the
+    same process; what each added upload costs is the difference of the two peaks divided by the
+    difference of the counts. (The first round also pays for what the first uploads allocate once,
+    so the slope is the cost of one more upload, not of the first.)"""
+    cfg = ctx.config
+    server.remember_tree()
+    idle = procfs.memory(server.pid).rss_total
+    base_peak, base_seconds = _held_open(ctx, server, cfg.many_base)
+    peak, seconds = _held_open(ctx, server, cfg.many_uploads)
+    server.remember_tree()
+    added = cfg.many_uploads - cfg.many_base
+    return Measured(
+        {"many.rss": peak / MiB, "many.per_upload": (peak - base_peak) / added / 1024},
+        {
+            "idle_rss_mib": idle / MiB,
+            "base_peak_mib": base_peak / MiB,
+            "base_seconds": base_seconds,
+            "seconds": seconds,
+            "hwm_max_mib": procfs.memory(server.pid).hwm_max / MiB,
+        },
+    )
+
+
 def checksum(ctx: Context, server: RunningServer) -> Measured:
     """Chunked uploads with ``Upload-Checksum: sha256`` on every PATCH and without, on the same
     process (order alternating by the second); unsupported unless the server advertises it."""
@@ -348,6 +403,7 @@ SCENARIOS: dict[str, Scenario] = {
     "rss": rss,
     "checksum": checksum,
     "form": form,
+    "many": many,
 }
 # scenarios that start their own processes from a servers.Launch: replicas (bench/lockwait.py) ...
 CLUSTER = ("lockwait",)

@@ -49,6 +49,8 @@ OUR_METRICS = (
     "form.tus",
     "start.seconds",
     "start.rss",
+    "many.rss",
+    "many.per_upload",
 )
 
 
