@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import coldstart, lockwait, peers, pg, procfs, report, s3, s3upload, scenarios
+from bench import coldstart, lockwait, peers, pg, procfs, report, rows, s3, s3upload, scenarios
 from bench.client import ClientError, Unsupported
 from bench.config import S3_MAX_SIZE, MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
@@ -34,6 +34,7 @@ LAUNCHED: dict[str, Callable[[Context, Launch], Measured]] = {
     "lockwait": lockwait.lockwait,
     "s3": s3upload.s3_vs_boto3,
     "start": coldstart.cold_start,
+    "rows": rows.rows,
 }
 
 
@@ -390,7 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("bench: s3 runs on ours-s3 only; add it to --servers (it is not in the default)")
     source = ensure_source(cache, config.source_bytes)
     single_source = ensure_source(cache, config.single_bytes)
-    ctx = Context(config=config, source=source, single_source=single_source)
+    ctx = Context(
+        config=config,
+        source=source,
+        single_source=single_source,
+        cache=cache,
+        pg_url=args.pg_url,
+    )
     results = report.Results(scenarios.metrics(config), lineup)
     try:
         for scenario in chosen:

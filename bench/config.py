@@ -38,6 +38,9 @@ class Config:
     many_uploads: int  # ... then this many, on the same process
     many_rate: int  # ... bytes per second each
     many_seconds: float  # ... how long each is held open
+    rows: int  # scenario 12: uploads already in the table
+    rows_heads: int  # ... HEADs timed on each table
+    rows_pages: int  # ... listing pages timed, first and mid-table each
 
     @property
     def slow_bytes(self) -> int:
@@ -86,6 +89,9 @@ FULL = Config(
     many_uploads=256,
     many_rate=256 * 1024,
     many_seconds=10.0,
+    rows=1_000_000,
+    rows_heads=2000,
+    rows_pages=200,
 )
 
 SMOKE = Config(
@@ -110,6 +116,9 @@ SMOKE = Config(
     many_uploads=16,
     many_rate=256 * 1024,
     many_seconds=0.5,
+    rows=2_000,
+    rows_heads=200,
+    rows_pages=20,
 )
 
 

@@ -108,3 +108,44 @@ def fresh_database(url: str, hint: str) -> Iterator[str]:
         yield server_url(url, name)
     finally:
         _run(url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
+
+
+def database_name(url: str) -> str:
+    name = make_url(url).database
+    if not name:
+        raise DatabaseError(f"no database in {url!r}")
+    return name
+
+
+def exists(url: str, name: str) -> bool:
+    """Whether the server of ``url`` has a database ``name``."""
+    found = _run(url, [f"SELECT count(*) FROM pg_database WHERE datname = '{_plain(name)}'"])
+    return found == "1"
+
+
+def recreate(url: str, name: str, *, template: str | None = None) -> None:
+    """Drop ``name`` if it exists (with its sessions) and create it again: empty, or a copy of
+    ``template``."""
+    like = f' TEMPLATE "{_plain(template)}"' if template else ""
+    _run(
+        url,
+        [
+            f'DROP DATABASE IF EXISTS "{_plain(name)}" WITH (FORCE)',
+            f'CREATE DATABASE "{_plain(name)}"{like}',
+        ],
+    )
+
+
+def drop(url: str, name: str) -> None:
+    _run(url, [f'DROP DATABASE IF EXISTS "{_plain(name)}" WITH (FORCE)'])
+
+
+def rename(url: str, old: str, new: str) -> None:
+    _run(url, [f'ALTER DATABASE "{_plain(old)}" RENAME TO "{_plain(new)}"'])
+
+
+def _plain(name: str) -> str:
+    """A database name this suite made: letters, digits and underscores only."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise DatabaseError(f"not a database name of this suite: {name!r}")
+    return name

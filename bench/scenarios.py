@@ -45,6 +45,8 @@ class Context:
     config: Config
     source: Path  # random bytes, at least config.source_bytes long
     single_source: Path  # exactly config.single_bytes long (curl -T sends a whole file)
+    cache: Path = Path()  # the run's cache directory (--cache-dir): what scenarios build once
+    pg_url: str = ""  # --pg-url: the PostgreSQL server of ours-pg, to connect to as its admin
     _checksums: list[str] | None = None
     _digests: client.FileDigests | None = None
 
@@ -120,6 +122,13 @@ def metrics(config: Config) -> list[Metric]:
         Metric("s3.cpu", "s3", "8 S3: server CPU per GB, one PATCH", "s/GB", False),
         Metric("start.seconds", "start", "10 cold start: command to first 200", "s", False),
         Metric("start.rss", "start", "10 idle RSS, 1 s after the first 200", "MiB", False),
+        Metric("rows.head_empty", "rows", "12 HEAD p99, empty table", "ms", False),
+        Metric("rows.head", "rows", f"12 HEAD p99, {c.rows:,} uploads in the table", "ms", False),
+        Metric("rows.head_ratio", "rows", f"12 HEAD p99, {c.rows:,} rows / empty", "x", False),
+        Metric("rows.first_page", "rows", f"12 list p99, first page, {c.rows:,} rows", "ms", False),
+        Metric(
+            "rows.deep_page", "rows", f"12 list p99, a page mid-table, {c.rows:,} rows", "ms", False
+        ),
         Metric(
             "many.rss",
             "many",
@@ -411,7 +420,9 @@ CLUSTER = ("lockwait",)
 S3 = ("s3",)
 # ... and every server started again and again (bench/coldstart.py)
 START = ("start",)
-NAMES = (*SCENARIOS, *CLUSTER, *S3, *START)  # the order of a run and of the table
+# ... and our server on an empty uploads table and on one of Config.rows rows (bench/rows.py)
+ROWS = ("rows",)
+NAMES = (*SCENARIOS, *CLUSTER, *S3, *START, *ROWS)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
 
@@ -424,7 +435,7 @@ def applies(scenario: str, role: Role, *, s3: bool = False) -> bool:
         return role is not Role.FLOOR
     if scenario == "form":  # our own endpoint: no peer or floor has it
         return role is Role.OURS
-    if scenario in CLUSTER:
+    if scenario in CLUSTER or scenario in ROWS:
         return role is Role.OURS
     if scenario in S3:
         return s3

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from bench import pg, s3
-from bench.config import MiB
+from bench import rows as rows_scenario
+from bench.config import SMOKE, MiB
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -51,6 +52,11 @@ OUR_METRICS = (
     "start.rss",
     "many.rss",
     "many.per_upload",
+    "rows.head_empty",
+    "rows.head",
+    "rows.head_ratio",
+    "rows.first_page",
+    "rows.deep_page",
 )
 
 
@@ -142,14 +148,29 @@ def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
             "this upload_service has no UPLOAD_LOCKER setting yet (PostgreSQL support not merged)"
         )
     before = set(pg.leftovers(url))
-    table, document = _run_bench(
-        tmp_path, "--only", "single,lockwait", "--servers", "ours,ours-pg", "--pg-url", url
-    )
+    template = rows_scenario.template_name(SMOKE.rows)
+    pg.drop(url, template)  # built by this run, from this checkout's schema
+    try:
+        table, document = _run_bench(
+            tmp_path,
+            *("--only", "single,lockwait,rows", "--servers", "ours,ours-pg", "--pg-url", url),
+        )
+        assert pg.exists(url, template), "the rows scenario's template database was not built"
+    finally:
+        pg.drop(url, template)
     assert "| upload_service (PostgreSQL) |" in table, table
     assert document["servers"]["ours-pg"]["available"] is True, document["servers"]
     rows = {(row["server"], row["metric"]): row for row in document["results"]}
     for server in ("ours", "ours-pg"):
-        for metric in ("single", "cpu.single", "lockwait.patch", "lockwait.head"):
+        for metric in (
+            "single",
+            "cpu.single",
+            "lockwait.patch",
+            "lockwait.head",
+            "rows.head_empty",
+            "rows.head",
+            "rows.deep_page",
+        ):
             row = rows[(server, metric)]
             assert row["status"] == "ok", row
             assert row["median"] > 0, row
