@@ -115,10 +115,10 @@ SMOKE = Config(
     many_base=4,
     many_uploads=16,
     many_rate=256 * 1024,
-    many_seconds=0.5,
-    rows=2_000,
-    rows_heads=200,
-    rows_pages=20,
+    many_seconds=0.3,
+    rows=1_000,
+    rows_heads=100,
+    rows_pages=10,
 )
 
 

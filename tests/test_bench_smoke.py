@@ -25,9 +25,10 @@ from typing import Any
 
 import pytest
 
-from bench import pg, s3
+from bench import pg, s3, scenarios
 from bench import rows as rows_scenario
 from bench.config import SMOKE, MiB
+from bench.servers import Role
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -105,19 +106,61 @@ def _run_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
     return done.stdout, document
 
 
+# The smoke run in two halves, run side by side by the suite's workers; together they are every
+# scenario (``test_the_two_halves_cover_every_scenario``).
+BULK = ("single", "chunked", "concurrent", "latency", "rss", "checksum", "lockwait", "form")
+STARTS = ("start", "many", "rows")
+
+
+def _of(scenario_names: tuple[str, ...]) -> list[str]:
+    by_scenario = {metric.key: metric.scenario for metric in scenarios.metrics(SMOKE)}
+    return [metric for metric in OUR_METRICS if by_scenario[metric] in scenario_names]
+
+
+def _our_numbers(rows: dict[tuple[str, str], Any], metrics: list[str]) -> None:
+    assert metrics
+    for metric in metrics:
+        row = rows[("ours", metric)]
+        assert row["status"] == "ok", row
+        assert isinstance(row["median"], float), row
+        assert row["median"] >= 0, row
+
+
+def test_the_two_halves_cover_every_scenario() -> None:
+    assert sorted(BULK + STARTS) == sorted(
+        name for name in scenarios.NAMES if scenarios.applies(name, Role.OURS)
+    )
+    assert sorted(_of(BULK) + _of(STARTS)) == sorted(OUR_METRICS)
+    ours = {m.key for m in scenarios.metrics(SMOKE) if m.scenario not in ("s3",)}
+    assert ours == set(OUR_METRICS), "a metric of our server that the smoke run does not check"
+
+
+def test_bench_smoke_starts_many_uploads_and_rows(tmp_path: Path) -> None:
+    _require_curl()
+    table, document = _run_bench(
+        tmp_path, "--only", ",".join(STARTS), "--servers", "ours,asgi-floor,socket-floor"
+    )
+    assert "| upload_service |" in table, table
+    rows = {(row["server"], row["metric"]): row for row in document["results"]}
+    _our_numbers(rows, _of(STARTS))
+    for server in ("asgi-floor", "socket-floor"):
+        assert rows[(server, "many.per_upload")]["median"] > 0, rows[(server, "many.per_upload")]
+    for extra in rows[("ours", "rows.head")]["extras"]:
+        assert extra["rows"] == SMOKE.rows, extra
+    assert ("asgi-floor", "rows.head") not in rows  # our server only
+
+
 def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
     _require_curl()
-    table, document = _run_bench(tmp_path, "--servers", "ours,asgi-floor,socket-floor")
+    table, document = _run_bench(
+        tmp_path, "--only", ",".join(BULK), "--servers", "ours,asgi-floor,socket-floor"
+    )
     assert "| upload_service |" in table, table
     assert document["machine"]["nproc"] >= 1
     assert document["servers"]["ours"]["available"] is True
 
     rows = {(row["server"], row["metric"]): row for row in document["results"]}
-    for metric in OUR_METRICS:
-        row = rows[("ours", metric)]
-        assert row["status"] == "ok", row
-        assert isinstance(row["median"], float), row
-        assert row["median"] >= 0, row
+    _our_numbers(rows, _of(BULK))
     for metric in ("single", "chunked", "concurrent"):
         for server in ("ours", "asgi-floor", "socket-floor"):
             assert rows[(server, metric)]["median"] > 0, rows[(server, metric)]
@@ -148,35 +191,49 @@ def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
             "this upload_service has no UPLOAD_LOCKER setting yet (PostgreSQL support not merged)"
         )
     before = set(pg.leftovers(url))
-    template = rows_scenario.template_name(SMOKE.rows)
-    pg.drop(url, template)  # built by this run, from this checkout's schema
-    try:
-        table, document = _run_bench(
-            tmp_path,
-            *("--only", "single,lockwait,rows", "--servers", "ours,ours-pg", "--pg-url", url),
-        )
-        assert pg.exists(url, template), "the rows scenario's template database was not built"
-    finally:
-        pg.drop(url, template)
+    table, document = _run_bench(
+        tmp_path, "--only", "single,lockwait", "--servers", "ours,ours-pg", "--pg-url", url
+    )
     assert "| upload_service (PostgreSQL) |" in table, table
     assert document["servers"]["ours-pg"]["available"] is True, document["servers"]
     rows = {(row["server"], row["metric"]): row for row in document["results"]}
     for server in ("ours", "ours-pg"):
-        for metric in (
-            "single",
-            "cpu.single",
-            "lockwait.patch",
-            "lockwait.head",
-            "rows.head_empty",
-            "rows.head",
-            "rows.deep_page",
-        ):
+        for metric in ("single", "cpu.single", "lockwait.patch", "lockwait.head"):
             row = rows[(server, metric)]
             assert row["status"] == "ok", row
             assert row["median"] > 0, row
     assert rows[("ours-pg", "single")]["ratios"]["ours"] is not None
     for extra in rows[("ours-pg", "lockwait.patch")]["extras"]:
         assert extra["locker"] == "postgres", extra
+    assert set(pg.leftovers(url)) <= before, "databases of the run left behind"
+
+
+def test_bench_smoke_rows_on_postgresql(tmp_path: Path) -> None:
+    """Scenario 12 on PostgreSQL: the rows go into a template database, built by this run (from
+    this checkout's schema) and dropped after; each measurement's database is made from it."""
+    _require_curl()
+    url = os.environ.get("BENCH_PG_URL") or pg.DEFAULT_ADMIN_URL
+    try:
+        pg.server_version(url)
+    except pg.DatabaseError as exc:
+        _missing(f"PostgreSQL at {url} is unreachable ({exc}); set BENCH_PG_URL to use another")
+    before = set(pg.leftovers(url))
+    template = rows_scenario.template_name(SMOKE.rows)
+    pg.drop(url, template)
+    try:
+        _, document = _run_bench(
+            tmp_path, "--only", "rows", "--servers", "ours-pg", "--pg-url", url
+        )
+        assert pg.exists(url, template), "the rows scenario's template database was not built"
+    finally:
+        pg.drop(url, template)
+    rows = {(row["server"], row["metric"]): row for row in document["results"]}
+    for metric in ("rows.head_empty", "rows.head", "rows.head_ratio", "rows.deep_page"):
+        row = rows[("ours-pg", metric)]
+        assert row["status"] == "ok", row
+        assert row["median"] > 0, row
+    for extra in rows[("ours-pg", "rows.head")]["extras"]:
+        assert extra["rows"] == SMOKE.rows, extra
     assert set(pg.leftovers(url)) <= before, "databases of the run left behind"
 
 
