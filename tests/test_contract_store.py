@@ -914,53 +914,6 @@ async def test_local_a_slow_uploads_buffer_is_written_out_by_age(
     assert await _content(local, key) == b"a" * 100 + b"b" * 100 + b"c" * 100
 
 
-async def test_local_a_buffer_goes_to_the_disk_once_old_without_waiting_for_the_next_piece(
-    local: LocalStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A piece of an upload that trickles is written out ``MAX_BUFFER_AGE`` after it came, by a
-    timer, whether or not another follows; three in a row, so the writes that ended are counted
-    and the next one finds room. Nothing is acknowledged until ``sync``."""
-    monkeypatch.setattr(LocalAppender, "MAX_BUFFER_AGE", 0.03)
-    key = await local.create(UPLOAD_ID)
-    appender = await local.append(key, 0)
-    path = anyio.Path(local.path(UPLOAD_ID))
-    try:
-        for count, piece in enumerate((b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 100), 1):
-            await appender.write(piece)
-            for _ in range(100):  # up to 2 s
-                if (await path.stat()).st_size == 100 * count:
-                    break
-                await anyio.sleep(0.02)
-            assert (await path.stat()).st_size == 100 * count
-        assert await appender.sync() == 400
-    finally:
-        await appender.aclose()
-    assert await _content(local, key) == b"a" * 100 + b"b" * 100 + b"c" * 100 + b"d" * 100
-
-
-async def test_local_a_buffer_left_at_close_is_never_written_after_it(
-    local: LocalStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Closing an appender with a young buffer (a request that ended without ``sync``) drops the
-    buffer and its timer: nothing reaches the file later."""
-    monkeypatch.setattr(LocalAppender, "MAX_BUFFER_AGE", 0.03)
-    handed: list[int] = []
-    hand_over = LocalAppender._hand_over
-
-    def recording(self: LocalAppender, chunks: list[bytes]) -> None:
-        handed.append(sum(map(len, chunks)))
-        hand_over(self, chunks)
-
-    monkeypatch.setattr(LocalAppender, "_hand_over", recording)
-    key = await local.create(UPLOAD_ID)
-    appender = await local.append(key, 0)
-    await appender.write(b"a" * 100)
-    await appender.aclose()
-    await anyio.sleep(0.15)
-    assert handed == [], "a buffer went to the writer after the appender was closed"
-    assert (await anyio.Path(local.path(UPLOAD_ID)).stat()).st_size == 0
-
-
 async def test_local_bytes_written_before_a_failure_stay_durable_and_the_rest_is_not_counted(
     local: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -63,10 +63,6 @@ async def open_appender(
     return LocalAppender(file, offset, buffer_size, hashers, pool=pool, fence=fence)
 
 
-def _succeeded(future: asyncio.Future[None]) -> bool:
-    return future.done() and not future.cancelled() and future.exception() is None
-
-
 class LocalAppender:
     """Coalesces request bytes into large writes, which a pool thread hashes and writes in order
     (the appender's serial queue) while the next buffers fill. Up to ``MAX_IN_FLIGHT`` writes
@@ -76,11 +72,9 @@ class LocalAppender:
     ``MAX_IN_FLIGHT + 1`` buffers."""
 
     MAX_IN_FLIGHT = 2
-    # A slow upload's buffer is written out once it is this old (seconds), full or not, by a timer
-    # even when no more bytes come: memory per upload follows its rate (2 MiB/s holds about
-    # 40 KiB), not the buffer size, and a piece does not wait for the next one. Above 50 MB/s a
-    # 1 MiB buffer fills sooner, so fast uploads coalesce as before.
-    MAX_BUFFER_AGE = 0.02
+    # A slow upload's buffer is written out once it is this old (seconds), full or not: memory per
+    # upload follows its rate (2 MiB/s holds about 200 KiB), not the buffer size.
+    MAX_BUFFER_AGE = 0.1
 
     def __init__(
         self,
@@ -111,8 +105,6 @@ class LocalAppender:
         self._state = WriterState()
         self._state.fence = fence
         self._failed = False  # a write failed: later bytes must never land behind its prefix
-        self._timer: asyncio.TimerHandle | None = None  # writes out a buffer once it is old
-        self._submitting = False  # a _submit waits for room: the timer leaves the buffer to it
 
     @property
     def offset(self) -> int:
@@ -138,57 +130,14 @@ class LocalAppender:
                 self._failed = True
                 self._take_chunks()
                 raise
-        elif self._timer is None:
-            self._arm_timer(self._buffered_since + self.MAX_BUFFER_AGE - now)
-
-    def _on_timer(self) -> None:
-        """On the loop, once the oldest buffered piece may be old: hand the buffer to the writer
-        unless that would have to wait (then the next ``write`` or ``settle`` takes it)."""
-        self._timer = None
-        if not self._chunks or self._failed or self._submitting:
-            return
-        left = self._buffered_since + self.MAX_BUFFER_AGE - time.monotonic()
-        if left > 0:  # the buffer was taken and refilled since the timer was set
-            self._arm_timer(left)
-        else:
-            self._reap_written()
-            if len(self._in_flight) < self.MAX_IN_FLIGHT:
-                self._hand_over(self._take_chunks())
-
-    def _reap_written(self) -> None:
-        """Count the writes that have ended well, oldest first, without waiting; a failed one stays
-        queued, for ``_complete_oldest`` to raise."""
-        while self._in_flight:
-            job, side, progress = self._in_flight[0]
-            if not all(_succeeded(future) for future in (job, side) if future is not None):
-                return
-            self._in_flight.popleft()
-            self._written += progress[0]
-
-    def _arm_timer(self, delay: float) -> None:
-        self._timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._on_timer)
 
     def _take_chunks(self) -> list[bytes]:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
         return chunks
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     async def _submit(self, chunks: list[bytes]) -> None:
-        self._submitting = True
-        try:
-            while len(self._in_flight) >= self.MAX_IN_FLIGHT:
-                await self._complete_oldest()
-        finally:
-            self._submitting = False
-        self._hand_over(chunks)
-
-    def _hand_over(self, chunks: list[bytes]) -> None:
-        """Queue one write of ``chunks`` behind the earlier ones (no wait: the caller has made
-        room)."""
+        while len(self._in_flight) >= self.MAX_IN_FLIGHT:
+            await self._complete_oldest()
         side = None
         if self._side_hashers:
             side = self._side.submit(partial(hash_only, chunks, self._side_hashers))
@@ -231,7 +180,6 @@ class LocalAppender:
             raise failure
 
     async def settle(self) -> None:
-        self._stop_timer()
         pending = self._take_chunks()
         if pending:
             await self._submit(pending)
@@ -259,7 +207,6 @@ class LocalAppender:
             raise storage_error(exc, "make upload data durable") from exc
 
     async def aclose(self) -> None:
-        self._stop_timer()
         self._take_chunks()
         with contextlib.suppress(StorageError):
             await self._drain()
