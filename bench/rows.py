@@ -26,6 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _schema_key(count: int) -> str:
     return f"{digest.hexdigest()[:12]}_{count}"
 
 
-def _rows(count: int, now: datetime) -> Any:
+def _rows(count: int, now: datetime) -> Iterator[list[dict[str, object]]]:
     """The rows in batches: finished uploads of 1 MiB, oldest first, spread over ``SPAN``."""
     step = SPAN / max(count, 1)
     start = now - SPAN
@@ -80,7 +81,7 @@ def _rows(count: int, now: datetime) -> Any:
 
 
 async def _fill(url: str, count: int) -> None:
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from upload_service.db.models import UploadRow
@@ -92,16 +93,10 @@ async def _fill(url: str, count: int) -> None:
                 await conn.execute(insert(UploadRow), batch)
         if url.startswith("postgresql"):
             async with engine.connect() as conn:
-                await conn.execute(_analyze())
+                await conn.execute(text("ANALYZE uploads"))
                 await conn.commit()
     finally:
         await engine.dispose()
-
-
-def _analyze() -> Any:
-    from sqlalchemy import text
-
-    return text("ANALYZE uploads")
 
 
 def _migrated(launch: Launch, env: dict[str, str], data_dir: Path) -> None:

@@ -177,6 +177,18 @@ def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
     assert ("asgi-floor", "lockwait.patch") not in rows
 
 
+def _reachable_pg() -> str:
+    """The admin URL of the PostgreSQL the bench tests use (``BENCH_PG_URL``), once it answers;
+    otherwise the test skips (fails under ``CI=true``). Needs curl too, as every smoke run."""
+    _require_curl()
+    url = os.environ.get("BENCH_PG_URL") or pg.DEFAULT_ADMIN_URL
+    try:
+        pg.server_version(url)
+    except pg.DatabaseError as exc:
+        _missing(f"PostgreSQL at {url} is unreachable ({exc}); set BENCH_PG_URL to use another")
+    return url
+
+
 def _leftovers_of(url: str, *scenario_names: str) -> set[str]:
     """The bench's databases on the server that measurements of these scenarios made: each name
     ends with its scenario (``pg.fresh_database``'s hint), so the two PostgreSQL tests, which the
@@ -185,12 +197,7 @@ def _leftovers_of(url: str, *scenario_names: str) -> set[str]:
 
 
 def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
-    _require_curl()
-    url = os.environ.get("BENCH_PG_URL") or pg.DEFAULT_ADMIN_URL
-    try:
-        pg.server_version(url)
-    except pg.DatabaseError as exc:
-        _missing(f"PostgreSQL at {url} is unreachable ({exc}); set BENCH_PG_URL to use another")
+    url = _reachable_pg()
     from upload_service.settings import FLAT_NAMES
 
     if "locker" not in FLAT_NAMES:
@@ -218,12 +225,7 @@ def test_bench_smoke_on_postgresql(tmp_path: Path) -> None:
 def test_bench_smoke_rows_on_postgresql(tmp_path: Path) -> None:
     """Scenario 12 on PostgreSQL: the rows go into a template database, built by this run (from
     this checkout's schema) and dropped after; each measurement's database is made from it."""
-    _require_curl()
-    url = os.environ.get("BENCH_PG_URL") or pg.DEFAULT_ADMIN_URL
-    try:
-        pg.server_version(url)
-    except pg.DatabaseError as exc:
-        _missing(f"PostgreSQL at {url} is unreachable ({exc}); set BENCH_PG_URL to use another")
+    url = _reachable_pg()
     before = _leftovers_of(url, "rows")
     template = rows_scenario.template_name(SMOKE.rows)
     pg.drop(url, template)
