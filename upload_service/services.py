@@ -37,3 +37,9 @@ class Services:
 def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def services_dependency(request: Request) -> Services:
+    """``get_services`` for ``Depends``. A coroutine, as every dependency of ours is: FastAPI calls
+    a plain function's dependency in a worker thread, a thread hop per request for nothing."""
+    return get_services(request)

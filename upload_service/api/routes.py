@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from upload_service.errors import ServiceError
 from upload_service.ops.logcontext import bind_upload_id
 from upload_service.outbox import OutboxEvent, latest_final
-from upload_service.services import Services, get_services
+from upload_service.services import Services, services_dependency
 from upload_service.storage.space import free_bytes
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.protocol import metadata_text
@@ -23,7 +23,7 @@ from upload_service.tus.routes import EndpointDep, PrincipalDep
 from upload_service.uploads import Upload, UploadState
 
 router = APIRouter()
-ServicesDep = Annotated[Services, Depends(get_services)]
+ServicesDep = Annotated[Services, Depends(services_dependency)]
 
 
 class VideoOut(BaseModel):

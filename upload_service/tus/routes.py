@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from upload_service.auth.principal import Principal
 from upload_service.errors import ClientGone, Forbidden
 from upload_service.ops.logcontext import bind_upload_id
-from upload_service.services import Services, get_services
+from upload_service.services import Services, get_services, services_dependency
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler
@@ -26,15 +26,15 @@ from upload_service.tus.types import TusResponse
 router = APIRouter()
 
 
-def get_handler(request: Request) -> TusHandler:
+async def get_handler(request: Request) -> TusHandler:
     return get_services(request).handler
 
 
 HandlerDep = Annotated[TusHandler, Depends(get_handler)]
-ServicesDep = Annotated[Services, Depends(get_services)]
+ServicesDep = Annotated[Services, Depends(services_dependency)]
 
 
-def tus_headers(request: Request) -> TusHeaders:
+async def tus_headers(request: Request) -> TusHeaders:
     """The request's tus headers, each sent once or repeated identically (else 400)."""
 
     def get(name: str) -> str | None:
@@ -56,7 +56,7 @@ def tus_headers(request: Request) -> TusHeaders:
 HeadersDep = Annotated[TusHeaders, Depends(tus_headers)]
 
 
-def tus_endpoint(request: Request) -> Endpoint:
+async def tus_endpoint(request: Request) -> Endpoint:
     """The endpoint as this request's client sees it (scheme, host and prefix after any trusted
     proxy's headers were applied to the scope)."""
     base = request.base_url  # origin + root_path
@@ -113,7 +113,7 @@ async def download_principal(request: Request) -> Principal:
     )
 
 
-def tus_request(
+async def tus_request(
     request: Request, headers: HeadersDep, endpoint: EndpointDep, principal: PrincipalDep
 ) -> TusRequest:
     """The one value the handler reads of a request, besides its body."""
@@ -130,13 +130,13 @@ def tus_request(
 RequestDep = Annotated[TusRequest, Depends(tus_request)]
 
 
-def download_request(
+async def download_request(
     request: Request,
     headers: HeadersDep,
     endpoint: EndpointDep,
     principal: Annotated[Principal, Depends(download_principal)],
 ) -> TusRequest:
-    return tus_request(request, headers, endpoint, principal)
+    return await tus_request(request, headers, endpoint, principal)
 
 
 DownloadRequestDep = Annotated[TusRequest, Depends(download_request)]
