@@ -1,13 +1,19 @@
 """The OpenAPI docs at ``/docs`` load everything from this service: no external URL in the page,
 and each asset it names is served; ``/api/docs`` redirects there; every JSON endpoint declares
-its response model."""
+its response model; the tus endpoints are in the OpenAPI document."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
+
+from tests.conftest import make_settings
+from upload_service.app import create_app
+from upload_service.tus.protocol import TUS_ROUTES
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +61,27 @@ async def test_every_json_endpoint_has_a_response_model(client: httpx.AsyncClien
     events = spec["paths"]["/api/uploads/{upload_id}/events"]["get"]["responses"]["200"]
     assert "text/event-stream" in events["content"]
     assert "/docs" not in spec["paths"]
+
+
+async def test_the_tus_endpoints_are_in_the_openapi_document(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    """They answer below FastAPI's router, so the document gets them from ``TUS_ROUTES``: every
+    method that ``TusEndpoints`` answers, under the configured base path, in a valid document."""
+    spec = (await client.get("/api/openapi.json")).json()
+    validate(spec)
+    for template, methods in TUS_ROUTES:
+        item = spec["paths"]["/files" + template]
+        assert sorted(item) == sorted(m.lower() for m in methods), template
+        for operation in item.values():
+            assert operation["summary"], template
+            assert operation["responses"], template
+    assert spec["paths"]["/files/{upload_id}"]["patch"]["responses"]["204"]
+    assert spec["paths"]["/files/{upload_id}"]["patch"]["responses"]["409"]
+    assert "/api/uploads" in spec["paths"]
+
+    other = create_app(make_settings(tmp_path, base_path="/media/tus"), settle_heap=False)
+    paths = other.openapi()["paths"]
+    assert "/media/tus/" in paths
+    assert "/media/tus/{upload_id}" in paths
+    assert not any(path.startswith("/files") for path in paths)

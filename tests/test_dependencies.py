@@ -37,7 +37,7 @@ def _calls(dependant: Dependant) -> Iterator[object]:
 def test_every_dependency_runs_on_the_loop(settings: Settings) -> None:
     app = create_app(settings, settle_heap=False)
     routes = list(_routes(app.routes))
-    assert {"/{upload_id}", "/api/uploads"} <= {route.path for route in routes}
+    assert {"/api/uploads/{upload_id}", "/api/uploads"} <= {route.path for route in routes}
     plain = {
         f"{route.path} {getattr(call, '__qualname__', call)}"
         for route in routes

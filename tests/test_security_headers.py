@@ -25,6 +25,7 @@ from upload_service.app import create_app
 from upload_service.auth.apikey import hash_key
 from upload_service.ops.middleware import DEFAULT_CSP, SecurityHeadersMiddleware
 from upload_service.services import Services
+from upload_service.tus.protocol import TUS_ROUTES
 from upload_service.web.page import PAGE_CSP
 
 pytestmark = pytest.mark.anyio
@@ -50,7 +51,11 @@ class Route:
 
 
 def routes_of(app: FastAPI) -> Iterator[Route]:
-    """Every route of the app, included routers' routes among them, with its methods."""
+    """Every route of the app, included routers' routes among them, with its methods, and the
+    tus endpoints, which answer in front of the router."""
+    base_path = app.state.services.settings.server.base_path
+    for template, methods in TUS_ROUTES:
+        yield Route(base_path + template, frozenset(methods))
     try:
         from fastapi.routing import iter_route_contexts
     except ImportError:  # FastAPI before lazily included routers: app.routes lists them all

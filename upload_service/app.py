@@ -15,7 +15,7 @@ from functools import partial
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -59,9 +59,9 @@ from upload_service.storage.s3.layout import MAX_OBJECT_SIZE
 from upload_service.storage.s3.store import S3Store
 from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import TusHandler, utcnow
+from upload_service.tus.openapi import tus_paths
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
-from upload_service.tus.routes import router as tus_router
-from upload_service.tus.routes import tus_allowed_methods
+from upload_service.tus.routes import TusEndpoints, error_response, tus_allowed_methods
 from upload_service.tus.types import HandlerConfig
 from upload_service.video import build_prober
 from upload_service.web.page import page_router
@@ -267,22 +267,24 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
         redoc_url=None,
         openapi_url=OPENAPI_PATH,
     )
-    app.include_router(tus_router, prefix=resolved.server.base_path)
     app.include_router(api_router)
     app.include_router(page_router(resolved))
     app.include_router(listing_router)
     app.include_router(progress_router)
-    mount_docs(app)
+    mount_docs(app, tus_paths(resolved.server.base_path))
     app.include_router(forms_router)
     errors = ErrorRenderer(resolved.server.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
+    # Innermost: the tus endpoints answer below every middleware, in front of the router.
+    app.add_middleware(TusEndpoints, base_path=resolved.server.base_path)
     if metrics is not None:
         app.add_route(
             "/metrics", MetricsEndpoint(metrics).get, methods=["GET"], include_in_schema=False
         )
-        # Innermost: MethodOverrideMiddleware copies the scope, and the router's route is read here.
+        # Inside MethodOverrideMiddleware, which copies the scope: the route that the tus
+        # endpoints or the router leave in it is read here.
         app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(TusResumableMiddleware, base_path=resolved.server.base_path)
     app.add_middleware(MethodOverrideMiddleware)
@@ -343,13 +345,10 @@ class ErrorRenderer:
         self.base_path = base_path
 
     async def service_error(self, request: Request, exc: ServiceError) -> Response:
+        if under(route_path(request.scope), self.base_path):
+            return error_response(request, exc)
         if exc.status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        if under(route_path(request.scope), self.base_path):
-            # Tus-Resumable comes from TusResumableMiddleware, as on every tus response
-            return PlainTextResponse(
-                exc.message + "\n", status_code=exc.status, headers=exc.headers
-            )
         body = {"error": {"code": exc.code, "message": exc.message}}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -60,8 +62,18 @@ async def old_docs(request: Request) -> RedirectResponse:
     return RedirectResponse(root + DOCS_PATH, status_code=308)
 
 
-def mount_docs(app: FastAPI) -> None:
-    """Serve the docs page and its assets (found in the installed package, at app creation)."""
+def mount_docs(app: FastAPI, paths: Mapping[str, dict[str, Any]]) -> None:
+    """Serve the docs page and its assets (found in the installed package, at app creation);
+    the OpenAPI document gets ``paths`` beside the router's (endpoints that answer below it)."""
+    openapi = app.openapi
+
+    def with_paths() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = openapi()
+            schema["paths"] = {**paths, **schema.get("paths", {})}
+        return app.openapi_schema or openapi()
+
+    app.openapi = with_paths  # type: ignore[method-assign]
     app.include_router(router)
     app.mount(
         ASSETS_PATH, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs-assets"

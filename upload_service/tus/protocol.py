@@ -19,6 +19,11 @@ from upload_service.uploads import Metadata, Upload, UploadState
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+# the methods of the upload collection (``<base>/``) and of one upload (``<base>/<id>``), and
+# both as route templates below the base path
+COLLECTION_METHODS = ("OPTIONS", "POST")
+UPLOAD_METHODS = ("OPTIONS", "HEAD", "PATCH", "DELETE", "GET")
+TUS_ROUTES = (("/", COLLECTION_METHODS), ("/{upload_id}", UPLOAD_METHODS))
 
 # Headers a browser client sends and must be allowed to read (CORS).
 REQUEST_HEADERS = (

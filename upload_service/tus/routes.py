@@ -1,40 +1,45 @@
-"""Thin adapters between HTTP (FastAPI/Starlette) and the tus handler: parse, call, render.
+"""Thin adapters between HTTP (Starlette) and the tus handler: parse, call, render.
 
-The router's paths are relative: the app mounts it at ``UPLOAD_BASE_PATH``.
+The tus endpoints are one ASGI layer (``TusEndpoints``) inside the app's middleware, in front of
+FastAPI's router: a tus request is matched by two string tests and answered without FastAPI's
+routing, dependency solving and exception layers, which cost more than the handler's own work on
+a HEAD. Every middleware (security headers, proxy headers, request log, CORS, method override,
+``Tus-Resumable``, metrics) still wraps it. A path under the base path that names no tus
+resource goes on to the router, which answers 404; one slash short of or beyond a tus resource
+(``/files``, ``/files/<id>/``), it is redirected (307) as Starlette's router did.
+
+The request's parts that the JSON API shares (the caller, the endpoint, the body) are here too,
+as plain functions of a request and as FastAPI dependencies.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import StreamingResponse
-from starlette.requests import ClientDisconnect
+from fastapi import Depends
+from starlette.datastructures import URL
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from upload_service.auth.principal import Principal
-from upload_service.errors import ClientGone, Forbidden
+from upload_service.errors import ClientGone, Forbidden, ServiceError
 from upload_service.ops.logcontext import bind_upload_id
-from upload_service.services import Services, get_services, services_dependency
+from upload_service.ops.middleware import route_path
+from upload_service.services import get_services
 from upload_service.tus.download import DownloadHeaders, prepare
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler
-from upload_service.tus.protocol import single_header
+from upload_service.tus.protocol import COLLECTION_METHODS, UPLOAD_METHODS, single_header
 from upload_service.tus.request import TusHeaders, TusRequest
 from upload_service.tus.types import TusResponse
 
-router = APIRouter()
+logger = logging.getLogger("upload_service")
 
 
-async def get_handler(request: Request) -> TusHandler:
-    return get_services(request).handler
-
-
-HandlerDep = Annotated[TusHandler, Depends(get_handler)]
-ServicesDep = Annotated[Services, Depends(services_dependency)]
-
-
-async def tus_headers(request: Request) -> TusHeaders:
+def tus_headers(request: Request) -> TusHeaders:
     """The request's tus headers, each sent once or repeated identically (else 400)."""
 
     def get(name: str) -> str | None:
@@ -51,9 +56,6 @@ async def tus_headers(request: Request) -> TusHeaders:
         upload_checksum=get("Upload-Checksum"),
         upload_concat=get("Upload-Concat"),
     )
-
-
-HeadersDep = Annotated[TusHeaders, Depends(tus_headers)]
 
 
 async def tus_endpoint(request: Request) -> Endpoint:
@@ -80,12 +82,8 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
 
 def tus_allowed_methods(route_path: str, base_path: str) -> tuple[str, ...]:
     if route_path.rstrip("/") == base_path:
-        return ("OPTIONS", "POST")
-    return ("OPTIONS", "HEAD", "PATCH", "DELETE", "GET")
-
-
-def render(result: TusResponse) -> Response:
-    return Response(status_code=result.status, headers=result.headers)
+        return COLLECTION_METHODS
+    return UPLOAD_METHODS
 
 
 async def request_principal(request: Request) -> Principal:
@@ -98,7 +96,7 @@ async def request_principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(request_principal)]
 
 
-async def download_principal(request: Request) -> Principal:
+async def download_principal(request: Request, upload_id: str) -> Principal:
     """A download's caller: a signed link (``expires`` and ``signature``) reaches its one upload
     without a token, and a wrong or expired one is a 403, never a fallback; without them, the
     bearer token as on every route."""
@@ -108,75 +106,117 @@ async def download_principal(request: Request) -> Principal:
     signer = get_services(request).auth.signer
     if signer is None:
         raise Forbidden("signed download links are not enabled on this service")
-    return signer.verify(
-        request.path_params["upload_id"], query.get("expires"), query.get("signature")
-    )
+    return signer.verify(upload_id, query.get("expires"), query.get("signature"))
 
 
-async def tus_request(
-    request: Request, headers: HeadersDep, endpoint: EndpointDep, principal: PrincipalDep
-) -> TusRequest:
-    """The one value the handler reads of a request, besides its body."""
-    upload_id = request.path_params.get("upload_id")
-    bind_upload_id(upload_id)  # the request's log lines name the upload from here on
-    return TusRequest(
-        upload_id=upload_id,
-        headers=headers,
-        principal=principal,
-        endpoint=endpoint,
-    )
+def render(result: TusResponse) -> Response:
+    return Response(status_code=result.status, headers=result.headers)
 
 
-RequestDep = Annotated[TusRequest, Depends(tus_request)]
+def error_response(request: Request, exc: ServiceError) -> Response:
+    """A refusal on a tus path: its one-line reason as text (``Tus-Resumable`` comes from
+    ``TusResumableMiddleware``, as on every tus answer)."""
+    if exc.status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=exc.headers)
 
 
-async def download_request(
-    request: Request,
-    headers: HeadersDep,
-    endpoint: EndpointDep,
-    principal: Annotated[Principal, Depends(download_principal)],
-) -> TusRequest:
-    return await tus_request(request, headers, endpoint, principal)
+class TusEndpoints:
+    """``OPTIONS``/``POST`` on ``<base>/`` and ``OPTIONS``/``HEAD``/``PATCH``/``DELETE``/``GET`` on
+    ``<base>/<id>``; any other method there is a 405 naming the allowed ones. The scope gets the
+    route and its parameter, as a router's match leaves them, for ``RequestMetrics``."""
 
+    def __init__(self, app: ASGIApp, *, base_path: str) -> None:
+        self.app = app
+        self.base_path = base_path
+        self._prefix = base_path + "/"
 
-DownloadRequestDep = Annotated[TusRequest, Depends(download_request)]
+    def _target(self, path: str) -> str | None:
+        """``""`` for the collection, the upload id for an upload, None for any other path."""
+        if not path.startswith(self._prefix):
+            return None
+        rest = path[len(self._prefix) :]
+        return None if "/" in rest else rest
 
+    def _redirect(self, scope: Scope) -> Response | None:
+        """A path one slash short of or beyond a tus resource (``/files``, ``/files/<id>/``): a
+        307 to it, as Starlette's router redirects slashes for its routes."""
+        path = route_path(scope)
+        if path == self.base_path:
+            moved = dict(scope, path=scope["path"] + "/")
+        elif path.endswith("/") and self._target(path.rstrip("/")):
+            moved = dict(scope, path=scope["path"].rstrip("/"))
+        else:
+            return None
+        return RedirectResponse(str(URL(scope=moved)))
 
-@router.options("/")
-@router.options("/{upload_id}")
-async def options(handler: HandlerDep) -> Response:
-    return render(handler.options())
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = self._target(route_path(scope))
+        if target is None:
+            redirect = self._redirect(scope)
+            if redirect is None:
+                await self.app(scope, receive, send)
+            else:
+                await redirect(scope, receive, send)
+            return
+        scope["route"] = self
+        if target:
+            scope["path_params"] = {"upload_id": target}
+        request = Request(scope, receive)
+        try:
+            response = await self._answer(request, target)
+        except ServiceError as exc:
+            response = error_response(request, exc)
+        await response(scope, receive, send)
 
+    async def _answer(self, request: Request, upload_id: str) -> Response:
+        method = request.method
+        allowed = UPLOAD_METHODS if upload_id else COLLECTION_METHODS
+        if method not in allowed:
+            raise ServiceError(
+                f"{method} is not allowed here",
+                status=405,
+                code="http_error",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        handler: TusHandler = get_services(request).handler
+        if method == "OPTIONS":
+            return render(handler.options())
+        headers = tus_headers(request)  # a repeated header is a 400 before any other work
+        if method == "GET":
+            principal = await download_principal(request, upload_id)
+        else:
+            principal = await request_principal(request)
+        if upload_id:
+            bind_upload_id(upload_id)  # the request's log lines name the upload from here on
+        tus = TusRequest(
+            upload_id=upload_id or None,
+            headers=headers,
+            principal=principal,
+            endpoint=await tus_endpoint(request),
+        )
+        if method == "POST":
+            return render(await handler.create(tus, request_body(request)))
+        if method == "HEAD":
+            return render(await handler.head(tus))
+        if method == "PATCH":
+            return render(await handler.patch(tus, request_body(request)))
+        if method == "DELETE":
+            return render(await handler.delete(tus))
+        return await self._download(request, handler, tus)
 
-@router.post("/")
-async def create(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
-    return render(await handler.create(tus, request_body(request)))
-
-
-@router.head("/{upload_id}")
-async def head(handler: HandlerDep, tus: RequestDep) -> Response:
-    return render(await handler.head(tus))
-
-
-@router.patch("/{upload_id}")
-async def patch(request: Request, handler: HandlerDep, tus: RequestDep) -> Response:
-    return render(await handler.patch(tus, request_body(request)))
-
-
-@router.delete("/{upload_id}")
-async def delete(handler: HandlerDep, tus: RequestDep) -> Response:
-    return render(await handler.delete(tus))
-
-
-@router.get("/{upload_id}", name="tus_upload")
-async def download(request: Request, handler: HandlerDep, tus: DownloadRequestDep) -> Response:
-    upload = await handler.downloadable(tus)
-    result = prepare(upload, download_headers(request))
-    if result.span is None:
-        return Response(status_code=result.status, headers=result.headers)
-    return StreamingResponse(
-        handler.read(upload, *result.span), status_code=result.status, headers=result.headers
-    )
+    @staticmethod
+    async def _download(request: Request, handler: TusHandler, tus: TusRequest) -> Response:
+        upload = await handler.downloadable(tus)
+        result = prepare(upload, download_headers(request))
+        if result.span is None:
+            return Response(status_code=result.status, headers=result.headers)
+        return StreamingResponse(
+            handler.read(upload, *result.span), status_code=result.status, headers=result.headers
+        )
 
 
 def download_headers(request: Request) -> DownloadHeaders:
