@@ -23,9 +23,10 @@ from tests.postgres import (
 from tests.s3 import moto_server
 from tests.workers import run_lock
 from upload_service.app import create_app
-from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.engine import create_engine, create_transactions
 from upload_service.db.migrate import upgrade
 from upload_service.db.repository import SqlUploadRepository
+from upload_service.db.session import Transactions
 from upload_service.services import Services
 from upload_service.settings import Settings, load_settings
 
@@ -163,6 +164,7 @@ class Databases:
     def __init__(self, url: str) -> None:
         self.url = url
         self._engines: list[AsyncEngine] = []
+        self._transactions: list[Transactions] = []
 
     def engine(self) -> AsyncEngine:
         engine = create_engine(self.url)
@@ -170,9 +172,13 @@ class Databases:
         return engine
 
     def repository(self, *, events: bool = False) -> SqlUploadRepository:
-        return SqlUploadRepository(create_sessionmaker(self.engine()), events=events)
+        transactions = create_transactions(self.engine())
+        self._transactions.append(transactions)
+        return SqlUploadRepository(transactions, events=events)
 
     async def aclose(self) -> None:
+        for transactions in self._transactions:
+            await transactions.aclose()
         for engine in self._engines:
             await engine.dispose()
 

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from tests.conftest import Databases, empty_database
 from upload_service.db import repository as db_repository
 from upload_service.db.base import PageKey, Quota, UploadQuery, UploadRepository, Usage
-from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.engine import create_engine, create_sessionmaker, create_transactions
 from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.models import OutboxRow, UploadPartRow
 from upload_service.db.outbox import outbox_row
@@ -709,7 +709,8 @@ async def test_a_failing_database_is_unavailable_with_retry_after(
     else:
         url = "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
     engine = create_engine(url)
-    repo = SqlUploadRepository(create_sessionmaker(engine))
+    transactions = create_transactions(engine)
+    repo = SqlUploadRepository(transactions)
     try:
         for attempt in (repo.ping(), repo.get(ID), repo.add(new_upload())):
             with pytest.raises(Unavailable) as raised:
@@ -719,6 +720,7 @@ async def test_a_failing_database_is_unavailable_with_retry_after(
             assert raised.value.message.startswith("database unavailable: ")
             assert "\n" not in raised.value.message
     finally:
+        await transactions.aclose()
         await engine.dispose()
 
 

@@ -23,7 +23,7 @@ from tests.postgres import (
     require_postgres,
     sqlalchemy_url,
 )
-from upload_service.db.engine import create_sessionmaker
+from upload_service.db.engine import create_transactions
 from upload_service.db.migrate import alembic_config, upgrade
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.uploads import UploadState
@@ -73,7 +73,7 @@ async def test_metadata_written_at_0002_reads_back_the_same_and_downgrades(
     await anyio.to_thread.run_sync(upgrade, url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        upload = await SqlUploadRepository(create_sessionmaker(engine)).get(ID)
+        upload = await SqlUploadRepository(create_transactions(engine)).get(ID)
     finally:
         await engine.dispose()
     assert upload is not None
@@ -104,7 +104,7 @@ async def test_uploads_of_0003_have_no_owner_and_the_owner_downgrades_away(
     await anyio.to_thread.run_sync(upgrade, url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        upload = await SqlUploadRepository(create_sessionmaker(engine)).get(ID)
+        upload = await SqlUploadRepository(create_transactions(engine)).get(ID)
     finally:
         await engine.dispose()
     assert upload is not None
@@ -151,7 +151,7 @@ async def test_owners_of_0006_are_namespaced_by_the_credentials_configured_and_d
     await anyio.to_thread.run_sync(upgrade, url)
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        repository = SqlUploadRepository(create_sessionmaker(engine))
+        repository = SqlUploadRepository(create_transactions(engine))
         found = await repository.get_many(tuple(owners))
         (event,) = await repository.events_of("1" * 32)
     finally:
@@ -210,7 +210,7 @@ async def test_parts_of_0006_finals_move_to_upload_parts_and_downgrade_back(
     )
     engine = create_async_engine(url, poolclass=NullPool)
     try:
-        repository = SqlUploadRepository(create_sessionmaker(engine))
+        repository = SqlUploadRepository(create_transactions(engine))
         found = await repository.get_many((a, b, c, d, e))
         assert {part: upload.finals for part, upload in found.items()} == {
             a: (assembled,),

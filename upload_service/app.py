@@ -27,7 +27,7 @@ from upload_service.api.progress import router as progress_router
 from upload_service.api.routes import router as api_router
 from upload_service.auth.setup import open_auth
 from upload_service.db.base import Quota
-from upload_service.db.engine import create_engine, create_sessionmaker
+from upload_service.db.engine import create_engine, create_transactions
 from upload_service.db.migrate import check_schema
 from upload_service.db.repository import SqlUploadRepository
 from upload_service.db.stores import check_storage
@@ -156,14 +156,14 @@ async def open_services(
 ) -> AsyncIterator[Services]:
     """Build everything the service runs on, check the schema, and tear it all down after."""
     await anyio.Path(settings.storage.data_dir).mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.database.url, busy_timeout=settings.database.busy_timeout)
+    busy_timeout = settings.database.busy_timeout
+    engine = create_engine(settings.database.url, busy_timeout=busy_timeout)
+    transactions = create_transactions(engine, busy_timeout=busy_timeout)
     try:
         await check_schema(engine)
         await check_storage(engine, settings.storage.backend)
         # with hooks configured, the transitions they hear about write their events
-        repository = SqlUploadRepository(
-            create_sessionmaker(engine), events=settings.hooks.events_enabled
-        )
+        repository = SqlUploadRepository(transactions, events=settings.hooks.events_enabled)
         store = await build_store(settings)
         locker: Locker = build_locker(settings)
         if events is not NO_EVENTS:
@@ -196,6 +196,7 @@ async def open_services(
             await locker.aclose()
             await store.aclose()
     finally:
+        await transactions.aclose()
         await engine.dispose()
 
 

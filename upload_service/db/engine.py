@@ -7,9 +7,13 @@ import sqlite3
 from functools import partial
 from typing import Any
 
-from sqlalchemy import event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.pool import NullPool
+
+from upload_service.db.session import GreenletTransactions, ThreadTransactions, Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +47,11 @@ def _sqlite_pragmas(busy_timeout: float, dbapi_connection: Any, _record: Any) ->
     cursor.close()
 
 
-def sqlite_pragmas(engine: AsyncEngine, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
+def sqlite_pragmas(engine: AsyncEngine | Engine, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
     """Every new connection of a SQLite ``engine`` gets the service's pragmas (WAL, full sync,
     the busy timeout, foreign keys): the service's engines and the migration's."""
-    event.listen(engine.sync_engine, "connect", partial(_sqlite_pragmas, busy_timeout))
+    sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    event.listen(sync, "connect", partial(_sqlite_pragmas, busy_timeout))
 
 
 def create_engine(url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> AsyncEngine:
@@ -61,3 +66,26 @@ def create_engine(url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> AsyncEngin
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# SQLite: the threads (and pooled pysqlite connections) that run the repository's transactions
+SQLITE_THREADS = 16
+
+
+def create_transactions(engine: AsyncEngine, *, busy_timeout: float = BUSY_TIMEOUT) -> Transactions:
+    """How the repository and the outbox run their transactions on ``engine``'s database: on
+    SQLite, in worker threads over a synchronous engine on the same file, pooled like ``engine``
+    (no pool for a ``NullPool`` engine) and with the same pragmas; else over ``engine``'s async
+    sessions. Close it (``aclose``) before disposing ``engine``."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return GreenletTransactions(create_sessionmaker(engine))
+    sync_url = url.set(drivername="sqlite+pysqlite")
+    args: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if isinstance(engine.pool, NullPool):
+        args["poolclass"] = NullPool
+    else:
+        args.update(pool_size=SQLITE_THREADS, max_overflow=0)
+    sync = sqlalchemy.create_engine(sync_url, **args)
+    sqlite_pragmas(sync, busy_timeout=busy_timeout)
+    return ThreadTransactions(sync, SQLITE_THREADS)

@@ -8,26 +8,22 @@ committed state, so a process killed meanwhile is seen either before or after it
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from functools import partial
 
-from sqlalchemy import ColumnElement, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy.orm import Session
 
 from upload_service.db.base import UploadQuery
 from upload_service.db.models import UploadRow
 from upload_service.db.outbox import SqlOutbox
 from upload_service.db.parts import awaited, loaded
 from upload_service.db.rows import in_states, utc
-from upload_service.db.session import guarded_session
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
 
 
 class SqlListing(SqlOutbox):
-    """The listing queries over an async SQLAlchemy session factory (and the ``Outbox``)."""
-
-    def _session(self, *, begin: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
-        return guarded_session(self._sessions, begin=begin)
+    """The listing queries over ``Transactions`` (and the ``Outbox``)."""
 
     async def list_by_state(self, state: UploadState) -> list[Upload]:
         return await self._list(UploadRow.state == state.value)
@@ -56,8 +52,7 @@ class SqlListing(SqlOutbox):
             .order_by(UploadRow.created_at.desc(), UploadRow.id.desc())
             .limit(query.limit)
         )
-        async with self._session() as session:
-            return await loaded(session, list(await session.scalars(statement)))
+        return await self._sessions.run(partial(_uploads, statement))
 
     async def list_expired(self, now: datetime) -> list[Upload]:
         return await self._list(
@@ -75,6 +70,8 @@ class SqlListing(SqlOutbox):
         )
 
     async def _list(self, *conditions: ColumnElement[bool]) -> list[Upload]:
-        async with self._session() as session:
-            rows = await session.scalars(select(UploadRow).where(*conditions))
-            return await loaded(session, list(rows))
+        return await self._sessions.run(partial(_uploads, select(UploadRow).where(*conditions)))
+
+
+def _uploads(statement: Select[UploadRow], session: Session) -> list[Upload]:
+    return loaded(session, list(session.scalars(statement)))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import partial
 
-from sqlalchemy import ColumnElement, Update, delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Delete, Select, Update, delete, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from upload_service.db.models import OutboxRow, aware
-from upload_service.db.session import guarded_session
+from upload_service.db.session import Transactions
 from upload_service.outbox import (
     DeliveryStatus,
     EventType,
@@ -64,10 +64,10 @@ def _to_event(row: OutboxRow) -> OutboxEvent:
 
 
 class SqlOutbox:
-    """``Outbox`` over an async SQLAlchemy session factory (a base of the SQL repository, whose
-    transitions write the rows)."""
+    """``Outbox`` over ``Transactions`` (a base of the SQL repository, whose transitions write
+    the rows)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: Transactions) -> None:
         self._sessions = sessions
 
     async def claim_due(
@@ -103,11 +103,7 @@ class SqlOutbox:
             .values(claimed_until=lease_until, claim_token=token)
             .returning(OutboxRow)
         )
-        async with guarded_session(self._sessions, begin=True) as session:
-            rows = await session.scalars(
-                statement, execution_options={"synchronize_session": False}
-            )
-            events = [(row.seq, _to_event(row)) for row in rows]
+        events = await self._sessions.run(partial(_claimed, statement), begin=True)
         return [event for _, event in sorted(events, key=lambda pair: pair[0])]
 
     async def delivered(self, event: OutboxEvent, now: datetime) -> bool:
@@ -140,26 +136,33 @@ class SqlOutbox:
             .where(OutboxRow.id == event.id, OutboxRow.claim_token == event.claim, _pending())
             .values(claimed_until=None, claim_token=None, **values)
         )
-        async with guarded_session(self._sessions, begin=True) as session:
-            result = await session.execute(
-                statement, execution_options={"synchronize_session": False}
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return await self._sessions.run(partial(_changed, statement), begin=True) == 1
 
     async def events_of(self, upload_id: str) -> list[OutboxEvent]:
         statement = (
             select(OutboxRow).where(OutboxRow.upload_id == upload_id).order_by(OutboxRow.seq)
         )
-        async with guarded_session(self._sessions) as session:
-            return [_to_event(row) for row in await session.scalars(statement)]
+        return await self._sessions.run(partial(_events, statement))
 
     async def prune(self, before: datetime) -> int:
         statement = delete(OutboxRow).where(
             OutboxRow.status != DeliveryStatus.PENDING.value, OutboxRow.created_at < before
         )
-        async with guarded_session(self._sessions, begin=True) as session:
-            result = await session.execute(statement)
-            return int(result.rowcount)  # type: ignore[attr-defined]
+        return await self._sessions.run(partial(_changed, statement), begin=True)
+
+
+def _claimed(statement: Update, session: Session) -> list[tuple[int, OutboxEvent]]:
+    rows = session.scalars(statement, execution_options={"synchronize_session": False})
+    return [(row.seq, _to_event(row)) for row in rows]
+
+
+def _changed(statement: Update | Delete, session: Session) -> int:
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _events(statement: Select[OutboxRow], session: Session) -> list[OutboxEvent]:
+    return [_to_event(row) for row in session.scalars(statement)]
 
 
 def _pending() -> ColumnElement[bool]:

@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from upload_service.db.models import UploadPartRow, UploadRow
 from upload_service.db.rows import in_states, to_upload
@@ -34,14 +33,14 @@ from upload_service.uploads import LIVE_STATES, Upload, UploadState
 _FINAL = aliased(UploadRow, name="final")
 
 
-async def link_parts(session: AsyncSession, final: Upload) -> None:
+def link_parts(session: Session, final: Upload) -> None:
     """Insert the rows naming ``final``'s parts, in order, after the final's own row was flushed
     (SQLite: the insert took the write lock before the parts are read); ``Conflict`` when a
     part ended meanwhile (see the race story)."""
     for position, part in enumerate(final.parts):
         # FOR SHARE (PostgreSQL): the part cannot end until this commits, and a part that
         # ended meanwhile is re-read as it is now; finals naming one part do not wait
-        live = await session.scalar(
+        live = session.scalar(
             select(UploadRow.id)
             .where(UploadRow.id == part, UploadRow.concat == "partial", in_states(LIVE_STATES))
             .with_for_update(read=True)
@@ -51,7 +50,7 @@ async def link_parts(session: AsyncSession, final: Upload) -> None:
         session.add(UploadPartRow(final_id=final.id, position=position, part_id=part))
 
 
-async def loaded(session: AsyncSession, rows: Sequence[UploadRow]) -> list[Upload]:
+def loaded(session: Session, rows: Sequence[UploadRow]) -> list[Upload]:
     """The rows as uploads, each partial upload with its live finals, oldest first (one more
     query, only when a partial upload is among the rows)."""
     part_ids = [row.id for row in rows if row.concat == "partial"]
@@ -66,7 +65,7 @@ async def loaded(session: AsyncSession, rows: Sequence[UploadRow]) -> list[Uploa
             )
             .order_by(_FINAL.created_at, _FINAL.id)
         )
-        for part_id, final_id in await session.execute(statement):
+        for part_id, final_id in session.execute(statement):
             finals.setdefault(part_id, []).append(final_id)
     return [to_upload(row, tuple(finals.get(row.id, ()))) for row in rows]
 

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 
 from sqlalchemy import case, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from upload_service.db.base import Quota, Usage
 from upload_service.db.models import UploadRow
@@ -27,7 +27,7 @@ from upload_service.uploads import LIVE_STATES, Upload, UploadState
 QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
 
 
-async def serialise(session: AsyncSession, owner: str | None) -> None:
+def serialise(session: Session, owner: str | None) -> None:
     """Until this transaction ends, no other quota-checked transition of ``owner`` (in any
     process) reads the owner's usage: the check and the write are one step. On SQLite the write
     lock is taken before anything is read (a read transaction that later writes would be refused
@@ -36,21 +36,21 @@ async def serialise(session: AsyncSession, owner: str | None) -> None:
     if session.get_bind().dialect.name == "postgresql":
         if owner is not None:
             key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
-            await session.execute(
+            session.execute(
                 text("SELECT pg_advisory_xact_lock(:cls, :key)"),
                 {"cls": QUOTA_LOCK_CLASS, "key": key},
             )
         return
     # SQLite: a write that changes nothing opens the write transaction (one writer at a time,
     # across processes) before the usage is read
-    await session.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
+    session.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
 
 
-async def check_new(session: AsyncSession, upload: Upload, quota: Quota) -> None:
+def check_new(session: Session, upload: Upload, quota: Quota) -> None:
     """``quota`` admits ``upload`` (not inserted yet) beside what its owner holds."""
     assert upload.owner is not None
-    await serialise(session, upload.owner)
-    quota.check_new(await usage_of(session, upload.owner), upload)
+    serialise(session, upload.owner)
+    quota.check_new(usage_of(session, upload.owner), upload)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,12 +65,12 @@ class Growth:
     to: int
     since: int | None = None
 
-    async def check(self, session: AsyncSession) -> None:
+    def check(self, session: Session) -> None:
         postgres = session.get_bind().dialect.name == "postgresql"
         if not postgres:
-            await serialise(session, None)
+            serialise(session, None)
         found = (
-            await session.execute(
+            session.execute(
                 select(UploadRow.owner, UploadRow.length, UploadRow.upload_offset).where(
                     UploadRow.id == self.upload_id
                 )
@@ -82,8 +82,8 @@ class Growth:
         if size <= 0:
             return
         if postgres:
-            await serialise(session, found.owner)
-        self.quota.check(await usage_of(session, found.owner), size=size)
+            serialise(session, found.owner)
+        self.quota.check(usage_of(session, found.owner), size=size)
 
 
 def growth(
@@ -95,7 +95,7 @@ def growth(
     return Growth(upload_id, quota, to, since)
 
 
-async def usage_of(session: AsyncSession, owner: str) -> Usage:
+def usage_of(session: Session, owner: str) -> Usage:
     unfinished = func.count().filter(UploadRow.state == UploadState.RECEIVING.value)
     stored = func.coalesce(
         func.sum(
@@ -103,7 +103,7 @@ async def usage_of(session: AsyncSession, owner: str) -> Usage:
         ),
         0,
     )
-    result = await session.execute(
+    result = session.execute(
         select(unfinished, stored).where(UploadRow.owner == owner, in_states(LIVE_STATES))
     )
     count, total = result.one()

@@ -1,10 +1,10 @@
-"""The upload repository over SQLAlchemy 2.0 async (SQLite through aiosqlite, PostgreSQL through
-asyncpg): its transitions. Each is one conditional ``UPDATE ... RETURNING`` (compare-and-set); a
-driver failure of any kind leaves as ``Unavailable`` (503, ``Retry-After``), except a full disk
-under the database, which is ``StorageFull`` (507). Beside it: the table of transitions it
-shares with the memory repository (``transitions``), the row format (``rows``), the listings
-(``listing``, its base), the owner's quota (``quota``) and the parts of final uploads with their
-race story (``parts``).
+"""The upload repository over SQLAlchemy 2.0, each method one transaction that ``Transactions``
+runs (SQLite through pysqlite in a worker thread, PostgreSQL through asyncpg): its transitions.
+Each is one conditional ``UPDATE ... RETURNING`` (compare-and-set); a driver failure of any kind
+leaves as ``Unavailable`` (503, ``Retry-After``), except a full disk under the database, which
+is ``StorageFull`` (507). Beside it: the table of transitions it shares with the memory
+repository (``transitions``), the row format (``rows``), the listings (``listing``, its base),
+the owner's quota (``quota``) and the parts of final uploads with their race story (``parts``).
 
 Crash story: every transition, with its quota check and its outbox event, is one transaction. A
 kill -9 before the commit leaves the row as it was and no event; after it, the new state and its
@@ -14,12 +14,12 @@ state change that did not happen (nor lost for one that did).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import ColumnElement, Update, delete, false, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from upload_service.db import transitions
 from upload_service.db.base import Quota, Usage
@@ -29,42 +29,40 @@ from upload_service.db.outbox import outbox_row
 from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
 from upload_service.db.rows import in_states, to_row, to_upload, video_json
+from upload_service.db.session import Transactions
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
 from upload_service.uploads import Upload, UploadState, VideoInfo
 
 
 class SqlUploadRepository(SqlListing):
-    """``UploadRepository`` over an async SQLAlchemy session factory, with the ``Outbox``
-    capability: with ``events`` on, the transitions that report events insert them in their own
-    transaction."""
+    """``UploadRepository`` over ``Transactions`` (each method one transaction), with the
+    ``Outbox`` capability: with ``events`` on, the transitions that report events insert them in
+    their own transaction."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, events: bool = False) -> None:
+    def __init__(self, sessions: Transactions, *, events: bool = False) -> None:
         super().__init__(sessions)
         self._reporting = events
 
     async def add(self, upload: Upload, quota: Quota | None = None) -> None:
-        async with self._session(begin=True) as session:
-            if quota is not None and upload.owner is not None:
-                await check_new(session, upload, quota)
-            row = to_row(upload)
-            session.add(row)
-            if self._reporting:
-                session.add(outbox_row(EventType.POST_CREATE, to_upload(row), upload.created_at))
+        await self._sessions.run(partial(self._add, upload, quota), begin=True)
+
+    def _add(self, upload: Upload, quota: Quota | None, session: Session) -> None:
+        if quota is not None and upload.owner is not None:
+            check_new(session, upload, quota)
+        row = to_row(upload)
+        session.add(row)
+        if self._reporting:
+            session.add(outbox_row(EventType.POST_CREATE, to_upload(row), upload.created_at))
 
     async def usage(self, owner: str) -> Usage:
-        async with self._session() as session:
-            return await usage_of(session, owner)
+        return await self._sessions.run(partial(usage_of, owner=owner))
 
     async def get(self, upload_id: str) -> Upload | None:
-        async with self._session() as session:
-            row = await session.get(UploadRow, upload_id)
-            return None if row is None else (await loaded(session, [row]))[0]
+        return await self._sessions.run(partial(_get, upload_id))
 
     async def get_many(self, upload_ids: tuple[str, ...]) -> dict[str, Upload]:
-        async with self._session() as session:
-            rows = await session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
-            return {upload.id: upload for upload in await loaded(session, list(rows))}
+        return await self._sessions.run(partial(_get_many, upload_ids))
 
     # -- transitions, each a compare-and-set (their table: ``transitions``) ---------------------
 
@@ -194,7 +192,7 @@ class SqlUploadRepository(SqlListing):
         now: datetime | None = None,
         sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
-        after: Callable[[AsyncSession], Awaitable[None]] | None = None,
+        after: Callable[[Session], None] | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row, from the transition's states (or ``sources``) and
@@ -207,71 +205,88 @@ class SqlUploadRepository(SqlListing):
             conditions = (in_states(states), *conditions)
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
         statement = statement.values(**transition.changes(now), **values)
-        async with self._session(begin=True) as session:
+
+        def work(session: Session) -> Upload:
             if guard is not None:
-                await guard.check(session)
-            upload = await _one(session, statement, transition.conflict)
+                guard.check(session)
+            upload = _one(session, statement, transition.conflict)
             if after is not None:
-                await after(session)
+                after(session)
             if self._reporting and transition.event is not None:
                 session.add(outbox_row(transition.event, upload, upload.updated_at))
             return upload
 
+        return await self._sessions.run(work, begin=True)
+
     # -- not state changes ----------------------------------------------------------------------
 
     async def set_received(self, upload_id: str, received: int) -> None:
-        async with self._session(begin=True) as session:
-            await session.execute(
-                update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
-            )
+        statement = update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
+        await self._sessions.run(partial(_execute, statement), begin=True)
 
     async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
-        async with self._session(begin=True) as session:
-            if quota is not None and final.owner is not None:
-                await check_new(session, final, quota)
-            row = to_row(final)
-            session.add(row)
-            await session.flush()  # SQLite: the insert takes the write lock before parts are read
-            await link_parts(session, final)
-            if self._reporting:
-                session.add(outbox_row(EventType.POST_CREATE, to_upload(row), final.created_at))
+        await self._sessions.run(partial(self._add_final, final, quota), begin=True)
+
+    def _add_final(self, final: Upload, quota: Quota | None, session: Session) -> None:
+        if quota is not None and final.owner is not None:
+            check_new(session, final, quota)
+        row = to_row(final)
+        session.add(row)
+        session.flush()  # SQLite: the insert takes the write lock before parts are read
+        link_parts(session, final)
+        if self._reporting:
+            session.add(outbox_row(EventType.POST_CREATE, to_upload(row), final.created_at))
 
     async def forget(self, upload_id: str) -> None:
-        async with self._session(begin=True) as session:
-            await session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
-            await session.execute(
-                delete(UploadPartRow).where(
-                    or_(UploadPartRow.final_id == upload_id, UploadPartRow.part_id == upload_id)
-                )
-            )
+        await self._sessions.run(partial(_forget, upload_id), begin=True)
 
     async def ping(self) -> None:
         # A write that changes nothing: it needs the write lock (a SQLite database locked by
         # another connection is not ready, though it may still be read) and a live connection.
-        async with self._session(begin=True) as session:
-            await session.execute(
-                update(UploadRow).where(false()).values(fence=UploadRow.fence),
-                execution_options={"synchronize_session": False},
-            )
+        statement = update(UploadRow).where(false()).values(fence=UploadRow.fence)
+        await self._sessions.run(partial(_execute, statement), begin=True)
 
 
-async def _one(session: AsyncSession, statement: Update, conflict: str) -> Upload:
+def _get(upload_id: str, session: Session) -> Upload | None:
+    row = session.get(UploadRow, upload_id)
+    return None if row is None else loaded(session, [row])[0]
+
+
+def _get_many(upload_ids: tuple[str, ...], session: Session) -> dict[str, Upload]:
+    rows = session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
+    return {upload.id: upload for upload in loaded(session, list(rows))}
+
+
+def _execute(statement: Update, session: Session) -> None:
+    session.execute(statement, execution_options={"synchronize_session": False})
+
+
+def _forget(upload_id: str, session: Session) -> None:
+    session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
+    session.execute(
+        delete(UploadPartRow).where(
+            or_(UploadPartRow.final_id == upload_id, UploadPartRow.part_id == upload_id)
+        )
+    )
+
+
+def _one(session: Session, statement: Update, conflict: str) -> Upload:
     """Run a conditional update of one row; the row as it is now, ``Conflict`` if none matched."""
-    result = await session.execute(
+    result = session.execute(
         statement.returning(UploadRow), execution_options={"synchronize_session": False}
     )
     row = result.scalar_one_or_none()
     if row is None:
         raise Conflict(conflict)
-    return (await loaded(session, [row]))[0]
+    return loaded(session, [row])[0]
 
 
-async def _not_awaited(part_id: str, session: AsyncSession) -> None:
+def _not_awaited(part_id: str, session: Session) -> None:
     """``terminate``: no final still receiving names the part. Read after the update, which
     holds the row (PostgreSQL) or the database (SQLite) until the commit: a final inserted
     concurrently committed before it (and is seen here) or finds this part terminated (see the
     race story in ``parts``)."""
-    waiting = await session.scalar(finals_receiving(part_id).limit(1))
+    waiting = session.scalar(finals_receiving(part_id).limit(1))
     if waiting is not None:
         raise transitions.part_awaited(waiting)
 

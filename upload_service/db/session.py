@@ -1,15 +1,28 @@
-"""Sessions for the repository and the outbox: shielded from cancellation, and with every driver
-failure translated at this boundary: ``StorageFull`` (507) for a full disk under the database,
-else ``Unavailable`` (503, ``Retry-After``)."""
+"""Transactions for the repository and the outbox: shielded from cancellation, and with every
+driver failure translated at this boundary: ``StorageFull`` (507) for a full disk under the
+database, else ``Unavailable`` (503, ``Retry-After``).
+
+The queries are plain functions of a synchronous ``Session``, one function a transaction, and a
+``Transactions`` runs each: on PostgreSQL in SQLAlchemy's greenlet over the async session
+(asyncpg, on the loop), on SQLite as one call in a worker thread on a pysqlite connection. The
+async SQLite driver (aiosqlite) hands every call (a cursor, a statement, a fetch, a close, a
+rollback) to its connection's thread and back, five or more thread hops a transaction and most
+of a HEAD's cost; here a transaction is one hop.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Protocol, TypeVar
 
 import anyio
+import anyio.to_thread
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from upload_service.errors import ServiceError, StorageFull, Unavailable
 
@@ -49,6 +62,64 @@ def _is_disk_full(exc: BaseException) -> bool:
     if getattr(driver, "sqlstate", None) == _PG_DISK_FULL:
         return True
     return "database or disk is full" in str(driver)  # aiosqlite may lose the error code
+
+
+T = TypeVar("T")
+
+
+class Transactions(Protocol):
+    """Runs ``work`` in one session (``begin``: in one transaction, committed when it returns
+    and rolled back when it raises), uninterruptible once started, with driver failures
+    translated; ``aclose`` releases its connections."""
+
+    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T: ...
+
+    async def aclose(self) -> None: ...
+
+
+class GreenletTransactions:
+    """PostgreSQL (or any async driver): the work runs in SQLAlchemy's greenlet over an async
+    session, each statement awaiting the driver on the loop."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T:
+        async with guarded_session(self._sessions, begin=begin) as session:
+            return await session.run_sync(work)
+
+    async def aclose(self) -> None:
+        """The async engine is the caller's to dispose."""
+
+
+class ThreadTransactions:
+    """SQLite: each transaction is one call in a worker thread, on a connection of ``engine``
+    (synchronous pysqlite); at most ``threads`` at once, the size of the engine's pool.
+
+    A cancellation waits for the call to end, as ``guarded_session`` does: a statement is never
+    cut off half-way, and SQLite's busy timeout bounds the wait."""
+
+    def __init__(self, engine: Engine, threads: int) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T:
+        with anyio.CancelScope(shield=True):
+            try:
+                return await anyio.to_thread.run_sync(
+                    partial(self._in_session, work, begin), limiter=self._limiter
+                )
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise database_error(exc) from exc
+        raise AssertionError("unreachable: a shielded scope is never cancelled")  # for mypy
+
+    def _in_session(self, work: Callable[[Session], T], begin: bool) -> T:
+        with self._sessions.begin() if begin else self._sessions() as session:
+            return work(session)
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._engine.dispose)
 
 
 @asynccontextmanager
