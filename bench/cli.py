@@ -19,7 +19,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from bench import coldstart, lockwait, peers, pg, procfs, report, rows, s3, s3upload, scenarios
+from bench import (
+    coldstart,
+    lockwait,
+    peers,
+    pg,
+    procfs,
+    report,
+    request_cost,
+    rows,
+    s3,
+    s3upload,
+    scenarios,
+)
 from bench.client import ClientError, Unsupported
 from bench.config import S3_MAX_SIZE, MiB, build_config
 from bench.scenarios import Context, Measured, Scenario
@@ -36,6 +48,8 @@ LAUNCHED: dict[str, Callable[[Context, Launch], Measured]] = {
     "start": coldstart.cold_start,
     "rows": rows.rows,
 }
+# ... and those measured on one server that ``_on_one_server`` starts
+ON_ONE_SERVER: dict[str, Scenario] = {**scenarios.SCENARIOS, "requests": request_cost.request_cost}
 
 
 def default_cache() -> Path:
@@ -348,7 +362,7 @@ def _measure(
             if scenario in LAUNCHED:
                 measured = LAUNCHED[scenario](ctx, launch)
             else:
-                measured = _on_one_server(scenarios.SCENARIOS[scenario], ctx, launch)
+                measured = _on_one_server(ON_ONE_SERVER[scenario], ctx, launch)
     except StartError as exc:
         results.problem(
             scenario, spec.key, f"start: {_start_reason(exc, spec.label)}", unsupported=False
@@ -367,6 +381,8 @@ def _measure(
     log_path.unlink(missing_ok=True)  # logs are kept for failed measurements only
     for key, value in measured.values.items():
         results.add(key, spec.key, value, measured.extras)
+    for key, reason in measured.unsupported.items():
+        results.unsupported(key, spec.key, reason)
     return ", ".join(f"{key} {value:.2f}" for key, value in measured.values.items())
 
 
@@ -418,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not any(logdir.iterdir()):
             logdir.rmdir()
 
-    table_text = report.table(results, chosen)
+    table_text = report.table(results, chosen, config)
     print(table_text)
     out = args.results_dir / f"{stamp}.json"
     report.write_json(

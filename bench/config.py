@@ -41,6 +41,9 @@ class Config:
     rows: int  # scenario 12: uploads already in the table
     rows_heads: int  # ... HEADs timed on each table
     rows_pages: int  # ... listing pages timed, first and mid-table each
+    requests_clients: tuple[int, ...]  # scenario 13: the loads, in concurrent clients ...
+    requests_seconds: float  # ... how long each load repeats its tus cycles
+    requests_kind_seconds: float  # ... each phase of one kind of request (the first load's clients)
 
     @property
     def slow_bytes(self) -> int:
@@ -92,6 +95,9 @@ FULL = Config(
     rows=1_000_000,
     rows_heads=2000,
     rows_pages=200,
+    requests_clients=(50, 200),
+    requests_seconds=20.0,
+    requests_kind_seconds=5.0,
 )
 
 SMOKE = Config(
@@ -119,6 +125,9 @@ SMOKE = Config(
     rows=1_000,
     rows_heads=100,
     rows_pages=10,
+    requests_clients=(4,),
+    requests_seconds=1.0,
+    requests_kind_seconds=0.5,
 )
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.config import Config
-from bench.scenarios import Extra, Metric, applies
+from bench.scenarios import REQUEST_KINDS, REQUESTS, Extra, Metric, applies, request_key
 from bench.servers import Role, ServerSpec
 
 # the reference columns of the table, in order; only those in the run's line-up are shown
@@ -88,6 +88,10 @@ class Results:
                     row.unsupported = reason
                 else:
                     row.problems.append(reason)
+
+    def unsupported(self, metric_key: str, server_key: str, reason: str) -> None:
+        """One metric the server does not offer, while the others of its scenario were measured."""
+        self.rows[(metric_key, server_key)].unsupported = reason
 
     def ratio(self, row: Row, reference: str) -> float | None:
         other = self.rows.get((row.metric.key, reference))
@@ -180,7 +184,21 @@ def _s3_notes(row: Row) -> list[str]:
     return notes
 
 
-def table(results: Results, scenarios: list[str]) -> str:
+def table(results: Results, scenarios: list[str], config: Config) -> str:
+    """The table of every metric, then scenario 13's own tables, then who was unavailable."""
+    lines = []
+    general = [name for name in scenarios if name not in REQUESTS]
+    if general:
+        lines.append(_general_table(results, general))
+    if any(name in REQUESTS for name in scenarios):
+        lines.append(_request_tables(results, config))
+    for entry in results.lineup:
+        if entry.unavailable:
+            lines.append(f"{entry.label} unavailable: {entry.unavailable}")
+    return "\n\n".join(lines)
+
+
+def _general_table(results: Results, scenarios: list[str]) -> str:
     references = results.references()
     labels = {entry.key: entry.label for entry in results.lineup}
     head = ["scenario", "server", "median", "unit", "min-max"]
@@ -201,10 +219,75 @@ def table(results: Results, scenarios: list[str]) -> str:
             cells.append(f"{ratio:.2f}x" if ratio is not None else "")
         cells.append(_note(row))
         lines.append("| " + " | ".join(cells) + " |")
-    for entry in results.lineup:
-        if entry.unavailable:
-            lines.append(f"\n{entry.label} unavailable: {entry.unavailable}")
     return "\n".join(lines)
+
+
+def _cell(row: Row, *, count: bool = False) -> str:
+    if row.median is None:
+        return row.status
+    return f"{row.median:g}" if count else _number(row.median)
+
+
+def _vs(results: Results, row: Row, reference: str) -> str:
+    ratio = results.ratio(row, reference)
+    return f"{ratio:.2f}x" if ratio is not None else ""
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def _request_tables(results: Results, config: Config) -> str:
+    """Scenario 13: the cycles of each load, then each kind of request alone (medians of the
+    repetitions); the ratios to @tus/server when it ran."""
+    servers = [entry for entry in results.lineup if applies(REQUESTS[0], entry.role, s3=entry.s3)]
+    node = "tus-node"
+    vs_node = any(entry.key == node and not entry.unavailable for entry in servers)
+
+    def row(group: str, value: str, entry: Entry) -> Row:
+        return results.rows[(request_key(group, value), entry.key)]
+
+    head = ["server", "clients", "uploads/s ↑", "CPU ms/upload ↓", "HEAD p50 ms", "HEAD p99 ms"]
+    head += ["errors", "503s"]
+    head += ["uploads/s vs @tus/server", "CPU/upload vs @tus/server"] if vs_node else []
+    head.append("note")
+    body = []
+    for clients in config.requests_clients:
+        group = f"c{clients}"
+        for entry in servers:
+            uploads, cpu = row(group, "uploads", entry), row(group, "cpu", entry)
+            cells = [entry.label, str(clients), _cell(uploads), _cell(cpu)]
+            cells += [_cell(row(group, value, entry)) for value in ("head_p50", "head_p99")]
+            cells += [_cell(row(group, value, entry), count=True) for value in ("errors", "shed")]
+            cells += [_vs(results, uploads, node), _vs(results, cpu, node)] if vs_node else []
+            kinds = {str(extra.get(f"{group}_error_kinds", "")) for extra in uploads.extras}
+            notes = [_note(uploads), *sorted(kind for kind in kinds if kind)]
+            cells.append("; ".join(note for note in notes if note))
+            body.append(cells)
+    kind_head = ["request", "server", "requests/s ↑", "CPU ms/request ↓", "errors", "503s"]
+    kind_head += ["requests/s vs @tus/server", "CPU vs @tus/server"] if vs_node else []
+    kind_head.append("note")
+    kind_body = []
+    for kind in REQUEST_KINDS:
+        group = kind.lower()
+        for entry in servers:
+            rate, cpu = row(group, "rps", entry), row(group, "cpu", entry)
+            cells = [f"{kind} alone, {config.requests_clients[0]} clients", entry.label]
+            cells += [_cell(rate), _cell(cpu)]
+            for value in ("errors", "shed"):
+                median = _median_of(rate, f"{group}_{value}")
+                cells.append(f"{median:g}" if median is not None else "")
+            cells += [_vs(results, rate, node), _vs(results, cpu, node)] if vs_node else []
+            notes = [_note(rate)]
+            created = _median_of(rate, f"{group}_created_in_phase")
+            if created:
+                notes.append(f"{created:g} uploads created in the measured time")
+            kinds = {str(extra.get(f"{group}_error_kinds", "")) for extra in rate.extras}
+            notes += sorted(kind for kind in kinds if kind)
+            cells.append("; ".join(note for note in notes if note))
+            kind_body.append(cells)
+    return _markdown(head, body) + "\n\n" + _markdown(kind_head, kind_body)
 
 
 def _command(argv: list[str]) -> str:

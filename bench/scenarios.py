@@ -38,6 +38,7 @@ class Metric:
 class Measured:
     values: dict[str, float]  # metric key -> value
     extras: dict[str, Extra] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)  # metric key -> why not measured
 
 
 @dataclass(slots=True)
@@ -72,6 +73,42 @@ def _mib(size: int) -> str:
 
 def _kib(size: int) -> str:
     return f"{size / 1024:g} KiB"
+
+
+# scenario 13 (bench/request_cost.py): each kind of tus request alone, in the table's order
+REQUEST_KINDS = ("POST", "PATCH", "HEAD", "DELETE", "GET")
+
+
+def request_key(group: str, value: str) -> str:
+    """A metric of scenario 13: ``group`` is a load (``c50``: 50 clients) or a kind (``post``)."""
+    return f"requests.{group}.{value}"
+
+
+# ... the figures of each load of cycles: (value, label, unit, higher is better)
+REQUEST_LOAD_VALUES = (
+    ("uploads", "tus cycles", "uploads/s", True),
+    ("cpu", "server CPU per upload", "ms", False),
+    ("head_p50", "HEAD p50 in the cycle", "ms", False),
+    ("head_p99", "HEAD p99 in the cycle", "ms", False),
+    ("errors", "errors in the cycles", "requests", False),
+    ("shed", "503s in the cycles", "requests", False),
+)
+
+
+def _request_metrics(c: Config) -> list[Metric]:
+    found = [
+        Metric(request_key(f"c{n}", value), "requests", f"13 {label}, {n} clients", unit, up)
+        for n in c.requests_clients
+        for value, label, unit, up in REQUEST_LOAD_VALUES
+    ]
+    load = f"{c.requests_clients[0]} clients"
+    for kind in REQUEST_KINDS:
+        group = kind.lower()
+        rate = f"13 {kind} alone, {load}"
+        cpu = f"13 server CPU per {kind}, {load}"
+        found.append(Metric(request_key(group, "rps"), "requests", rate, "req/s", True))
+        found.append(Metric(request_key(group, "cpu"), "requests", cpu, "ms", False))
+    return found
 
 
 def metrics(config: Config) -> list[Metric]:
@@ -143,6 +180,7 @@ def metrics(config: Config) -> list[Metric]:
             "KiB",
             False,
         ),
+        *_request_metrics(c),
     ]
 
 
@@ -422,16 +460,19 @@ S3 = ("s3",)
 START = ("start",)
 # ... and our server on an empty uploads table and on one of Config.rows rows (bench/rows.py)
 ROWS = ("rows",)
-NAMES = (*SCENARIOS, *CLUSTER, *S3, *START, *ROWS)  # the order of a run and of the table
+# scenarios on one fresh server whose code lives in a module of its own: tus requests, not bytes
+# (bench/request_cost.py), with a table of their own
+REQUESTS = ("requests",)
+NAMES = (*SCENARIOS, *CLUSTER, *S3, *START, *ROWS, *REQUESTS)  # the order of a run and of the table
 # --only also takes "cpu": the two runs that measure server CPU per GB along with throughput
 ALIASES = {"cpu": ("single", "concurrent")}
 
 
 def applies(scenario: str, role: Role, *, s3: bool = False) -> bool:
     """Whether ``scenario`` is measured on a server of ``role`` (``s3``: our server on an S3
-    store): the floors speak no checksums, only our server has replicas that share uploads, and
-    the S3 comparison needs the S3 store."""
-    if scenario == "checksum":
+    store): the floors speak no checksums and no more tus than an upload needs, only our server
+    has replicas that share uploads, and the S3 comparison needs the S3 store."""
+    if scenario == "checksum" or scenario in REQUESTS:  # the floors are no tus servers
         return role is not Role.FLOOR
     if scenario == "form":  # our own endpoint: no peer or floor has it
         return role is Role.OURS

@@ -58,6 +58,23 @@ OUR_METRICS = (
     "rows.head_ratio",
     "rows.first_page",
     "rows.deep_page",
+    # scenario 13 at the smoke run's one load of 4 clients, then each kind of request alone
+    "requests.c4.uploads",
+    "requests.c4.cpu",
+    "requests.c4.head_p50",
+    "requests.c4.head_p99",
+    "requests.c4.errors",
+    "requests.c4.shed",
+    "requests.post.rps",
+    "requests.post.cpu",
+    "requests.patch.rps",
+    "requests.patch.cpu",
+    "requests.head.rps",
+    "requests.head.cpu",
+    "requests.delete.rps",
+    "requests.delete.cpu",
+    "requests.get.rps",
+    "requests.get.cpu",
 )
 
 
@@ -109,7 +126,7 @@ def _run_bench(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
 # The smoke run in two halves, run side by side by the suite's workers; together they are every
 # scenario (``test_the_two_halves_cover_every_scenario``).
 BULK = ("single", "chunked", "concurrent", "latency", "rss", "checksum", "lockwait", "form")
-STARTS = ("start", "many", "rows")
+STARTS = ("start", "many", "rows", "requests")
 
 
 def _of(scenario_names: tuple[str, ...]) -> list[str]:
@@ -135,7 +152,7 @@ def test_the_two_halves_cover_every_scenario() -> None:
     assert ours == set(OUR_METRICS), "a metric of our server that the smoke run does not check"
 
 
-def test_bench_smoke_starts_many_uploads_and_rows(tmp_path: Path) -> None:
+def test_bench_smoke_starts_many_uploads_rows_and_requests(tmp_path: Path) -> None:
     _require_curl()
     table, document = _run_bench(
         tmp_path, "--only", ",".join(STARTS), "--servers", "ours,asgi-floor,socket-floor"
@@ -148,6 +165,17 @@ def test_bench_smoke_starts_many_uploads_and_rows(tmp_path: Path) -> None:
     for extra in rows[("ours", "rows.head")]["extras"]:
         assert extra["rows"] == SMOKE.rows, extra
     assert ("asgi-floor", "rows.head") not in rows  # our server only
+    # requests: every cycle and every request answered as tus prescribes, at a cost
+    assert SMOKE.requests_clients == (4,)
+    for metric in ("requests.c4.uploads", "requests.c4.cpu", "requests.head.rps"):
+        assert rows[("ours", metric)]["median"] > 0, rows[("ours", metric)]
+    assert rows[("ours", "requests.c4.errors")]["median"] == 0, rows[("ours", "requests.c4.errors")]
+    for extra in rows[("ours", "requests.c4.uploads")]["extras"]:
+        assert extra["kind_clients"] == 4, extra
+        for kind in ("post", "patch", "head", "delete", "get"):
+            assert extra[f"{kind}_errors"] == 0, extra
+    assert ("asgi-floor", "requests.c4.uploads") not in rows  # tus servers only
+    assert "| upload_service | 4 |" in table, table  # the scenario's own table
 
 
 def test_bench_smoke_writes_numbers_for_our_server(tmp_path: Path) -> None:
