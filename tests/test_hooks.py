@@ -296,9 +296,13 @@ async def test_an_undelivered_event_survives_a_restart(
     # the first process drains only as it starts: the event is written, then it stops
     first = hook_settings(data_dir, database_url, hook_url=hook_receiver.url)
     first = first.replace(hook_poll_interval=3600.0)
-    async with running(first) as (_, client):
+    async with running(first) as (app, client):
+        drainer = services_of(app).drainer
+        assert drainer is not None
+        await eventually(lambda: drainer.passes == 1)  # its pass at start found nothing
         upload_id = await create(client)
         await anyio.sleep(0.2)
+        assert drainer.passes == 1
     assert hook_receiver.received() == []
     async with running(hook_settings(data_dir, database_url, hook_url=hook_receiver.url)) as (
         _,

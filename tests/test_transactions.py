@@ -12,8 +12,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 from upload_service.db.engine import create_engine, create_transactions
 from upload_service.db.migrate import upgrade
@@ -38,7 +37,7 @@ async def test_sqlite_transactions_run_in_a_worker_thread_with_the_service_pragm
         assert isinstance(transactions, ThreadTransactions)
         loop_thread = threading.get_ident()
 
-        def pragmas(session: Session) -> tuple[int, int, str, int, int]:
+        def pragmas(session: Connection) -> tuple[int, int, str, int, int]:
             value = [
                 session.execute(text(f"PRAGMA {name}")).scalar_one()
                 for name in ("synchronous", "busy_timeout", "journal_mode", "foreign_keys")
@@ -73,7 +72,7 @@ async def test_a_cancelled_caller_waits_for_its_started_transaction_which_commit
     finished = threading.Event()
     done = threading.Event()
 
-    def slow_write(session: Session) -> None:
+    def slow_write(session: Connection) -> None:
         session.execute(text("CREATE TABLE marks (n INTEGER)"))
         session.execute(text("INSERT INTO marks VALUES (1)"))
         started.set()

@@ -79,7 +79,7 @@ def create_transactions(engine: AsyncEngine, *, busy_timeout: float = BUSY_TIMEO
     sessions. Close it (``aclose``) before disposing ``engine``."""
     url = engine.url
     if url.get_backend_name() != "sqlite":
-        return GreenletTransactions(create_sessionmaker(engine))
+        return GreenletTransactions(engine)
     sync_url = url.set(drivername="sqlite+pysqlite")
     args: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if isinstance(engine.pool, NullPool):

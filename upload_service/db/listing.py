@@ -2,7 +2,7 @@
 keyed by creation time and id), the expired, the finals waiting for their parts and the ended
 uploads due for clean-up. A base of ``SqlUploadRepository``, which adds the transitions.
 
-Crash story: none of its own. Listings only read; each runs in one session and sees one
+Crash story: none of its own. Listings only read; each runs in one connection and sees one
 committed state, so a process killed meanwhile is seen either before or after its commit.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, Select, and_, or_, select
 
 from upload_service.db.base import UploadQuery
 from upload_service.db.models import UploadRow
@@ -20,6 +20,8 @@ from upload_service.db.outbox import SqlOutbox
 from upload_service.db.parts import awaited, loaded
 from upload_service.db.rows import in_states, utc
 from upload_service.uploads import ENDED_STATES, Upload, UploadState
+
+_UPLOADS = UploadRow.__table__
 
 
 class SqlListing(SqlOutbox):
@@ -47,7 +49,7 @@ class SqlListing(SqlOutbox):
                 )
             )
         statement = (
-            select(UploadRow)
+            select(_UPLOADS)
             .where(*conditions)
             .order_by(UploadRow.created_at.desc(), UploadRow.id.desc())
             .limit(query.limit)
@@ -70,8 +72,8 @@ class SqlListing(SqlOutbox):
         )
 
     async def _list(self, *conditions: ColumnElement[bool]) -> list[Upload]:
-        return await self._sessions.run(partial(_uploads, select(UploadRow).where(*conditions)))
+        return await self._sessions.run(partial(_uploads, select(_UPLOADS).where(*conditions)))
 
 
-def _uploads(statement: Select[UploadRow], session: Session) -> list[Upload]:
-    return loaded(session, list(session.scalars(statement)))
+def _uploads(statement: Select[Any], connection: Connection) -> list[Upload]:
+    return loaded(connection, connection.execute(statement).all())

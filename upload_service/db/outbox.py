@@ -13,9 +13,21 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
+from typing import Any
 
-from sqlalchemy import ColumnElement, Delete, Select, Update, delete, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Delete,
+    Row,
+    Select,
+    Update,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import aliased
 
 from upload_service.db.models import OutboxRow, aware
 from upload_service.db.session import Transactions
@@ -44,10 +56,10 @@ def outbox_row(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
     )
 
 
-def _to_event(row: OutboxRow) -> OutboxEvent:
+def _to_event(row: Row[Any]) -> OutboxEvent:
     created = aware(row.created_at)
     assert created is not None
-    payload: dict[str, JsonValue] = row.payload  # type: ignore[assignment]
+    payload: dict[str, JsonValue] = row.payload
     return OutboxEvent(
         id=row.id,
         type=EventType(row.type),
@@ -101,7 +113,7 @@ class SqlOutbox:
             update(OutboxRow)
             .where(OutboxRow.id.in_(select(due.c.id)), _pending(), _unclaimed(now))
             .values(claimed_until=lease_until, claim_token=token)
-            .returning(OutboxRow)
+            .returning(*OutboxRow.__table__.c)
         )
         events = await self._sessions.run(partial(_claimed, statement), begin=True)
         return [event for _, event in sorted(events, key=lambda pair: pair[0])]
@@ -151,18 +163,18 @@ class SqlOutbox:
         return await self._sessions.run(partial(_changed, statement), begin=True)
 
 
-def _claimed(statement: Update, session: Session) -> list[tuple[int, OutboxEvent]]:
-    rows = session.scalars(statement, execution_options={"synchronize_session": False})
+def _claimed(statement: Update, connection: Connection) -> list[tuple[int, OutboxEvent]]:
+    rows = connection.execute(statement)
     return [(row.seq, _to_event(row)) for row in rows]
 
 
-def _changed(statement: Update | Delete, session: Session) -> int:
-    result = session.execute(statement, execution_options={"synchronize_session": False})
-    return int(result.rowcount)  # type: ignore[attr-defined]
+def _changed(statement: Update | Delete, connection: Connection) -> int:
+    result = connection.execute(statement)
+    return int(result.rowcount)
 
 
-def _events(statement: Select[OutboxRow], session: Session) -> list[OutboxEvent]:
-    return [_to_event(row) for row in session.scalars(statement)]
+def _events(statement: Select[Any], connection: Connection) -> list[OutboxEvent]:
+    return [_to_event(row) for row in connection.execute(statement)]
 
 
 def _pending() -> ColumnElement[bool]:

@@ -19,12 +19,13 @@ leaves either the final with every part linked or neither.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Connection, Row, Select, select
+from sqlalchemy.orm import aliased
 
 from upload_service.db.models import UploadPartRow, UploadRow
-from upload_service.db.rows import in_states, to_upload
+from upload_service.db.rows import in_states, inserted, to_upload
 from upload_service.db.transitions import part_ended
 from upload_service.uploads import LIVE_STATES, Upload, UploadState
 
@@ -33,24 +34,26 @@ from upload_service.uploads import LIVE_STATES, Upload, UploadState
 _FINAL = aliased(UploadRow, name="final")
 
 
-def link_parts(session: Session, final: Upload) -> None:
+def link_parts(connection: Connection, final: Upload) -> None:
     """Insert the rows naming ``final``'s parts, in order, after the final's own row was flushed
     (SQLite: the insert took the write lock before the parts are read); ``Conflict`` when a
     part ended meanwhile (see the race story)."""
     for position, part in enumerate(final.parts):
         # FOR SHARE (PostgreSQL): the part cannot end until this commits, and a part that
         # ended meanwhile is re-read as it is now; finals naming one part do not wait
-        live = session.scalar(
+        live = connection.scalar(
             select(UploadRow.id)
             .where(UploadRow.id == part, UploadRow.concat == "partial", in_states(LIVE_STATES))
             .with_for_update(read=True)
         )
         if live is None:
             raise part_ended(part)
-        session.add(UploadPartRow(final_id=final.id, position=position, part_id=part))
+        connection.execute(
+            inserted(UploadPartRow(final_id=final.id, position=position, part_id=part))
+        )
 
 
-def loaded(session: Session, rows: Sequence[UploadRow]) -> list[Upload]:
+def loaded(connection: Connection, rows: Sequence[Row[Any]]) -> list[Upload]:
     """The rows as uploads, each partial upload with its live finals, oldest first (one more
     query, only when a partial upload is among the rows)."""
     part_ids = [row.id for row in rows if row.concat == "partial"]
@@ -65,7 +68,7 @@ def loaded(session: Session, rows: Sequence[UploadRow]) -> list[Upload]:
             )
             .order_by(_FINAL.created_at, _FINAL.id)
         )
-        for part_id, final_id in session.execute(statement):
+        for part_id, final_id in connection.execute(statement):
             finals.setdefault(part_id, []).append(final_id)
     return [to_upload(row, tuple(finals.get(row.id, ()))) for row in rows]
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from sqlalchemy import case, func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, case, func, select, text, update
 
 from upload_service.db.base import Quota, Usage
 from upload_service.db.models import UploadRow
@@ -27,30 +26,30 @@ from upload_service.uploads import LIVE_STATES, Upload, UploadState
 QUOTA_LOCK_CLASS = 0x75706C64  # "upld"
 
 
-def serialise(session: Session, owner: str | None) -> None:
+def serialise(connection: Connection, owner: str | None) -> None:
     """Until this transaction ends, no other quota-checked transition of ``owner`` (in any
     process) reads the owner's usage: the check and the write are one step. On SQLite the write
     lock is taken before anything is read (a read transaction that later writes would be refused
     at once if another connection wrote meanwhile), so ``owner`` may be None there: it is looked
     up after."""
-    if session.get_bind().dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         if owner is not None:
             key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
-            session.execute(
+            connection.execute(
                 text("SELECT pg_advisory_xact_lock(:cls, :key)"),
                 {"cls": QUOTA_LOCK_CLASS, "key": key},
             )
         return
     # SQLite: a write that changes nothing opens the write transaction (one writer at a time,
     # across processes) before the usage is read
-    session.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
+    connection.execute(update(UploadRow).where(UploadRow.id == "").values(owner=None))
 
 
-def check_new(session: Session, upload: Upload, quota: Quota) -> None:
+def check_new(connection: Connection, upload: Upload, quota: Quota) -> None:
     """``quota`` admits ``upload`` (not inserted yet) beside what its owner holds."""
     assert upload.owner is not None
-    serialise(session, upload.owner)
-    quota.check_new(usage_of(session, upload.owner), upload)
+    serialise(connection, upload.owner)
+    quota.check_new(usage_of(connection, upload.owner), upload)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,12 +64,12 @@ class Growth:
     to: int
     since: int | None = None
 
-    def check(self, session: Session) -> None:
-        postgres = session.get_bind().dialect.name == "postgresql"
+    def check(self, connection: Connection) -> None:
+        postgres = connection.dialect.name == "postgresql"
         if not postgres:
-            serialise(session, None)
+            serialise(connection, None)
         found = (
-            session.execute(
+            connection.execute(
                 select(UploadRow.owner, UploadRow.length, UploadRow.upload_offset).where(
                     UploadRow.id == self.upload_id
                 )
@@ -82,8 +81,8 @@ class Growth:
         if size <= 0:
             return
         if postgres:
-            serialise(session, found.owner)
-        self.quota.check(usage_of(session, found.owner), size=size)
+            serialise(connection, found.owner)
+        self.quota.check(usage_of(connection, found.owner), size=size)
 
 
 def growth(
@@ -95,7 +94,7 @@ def growth(
     return Growth(upload_id, quota, to, since)
 
 
-def usage_of(session: Session, owner: str) -> Usage:
+def usage_of(connection: Connection, owner: str) -> Usage:
     unfinished = func.count().filter(UploadRow.state == UploadState.RECEIVING.value)
     stored = func.coalesce(
         func.sum(
@@ -103,7 +102,7 @@ def usage_of(session: Session, owner: str) -> Usage:
         ),
         0,
     )
-    result = session.execute(
+    result = connection.execute(
         select(unfinished, stored).where(UploadRow.owner == owner, in_states(LIVE_STATES))
     )
     count, total = result.one()

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import ColumnElement, Update, delete, false, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, Update, delete, false, or_, select, update
 
 from upload_service.db import transitions
 from upload_service.db.base import Quota, Usage
@@ -28,11 +27,13 @@ from upload_service.db.models import UploadPartRow, UploadRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
-from upload_service.db.rows import in_states, to_row, to_upload, video_json
+from upload_service.db.rows import in_states, inserted, to_row, video_json
 from upload_service.db.session import Transactions
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
 from upload_service.uploads import Upload, UploadState, VideoInfo
+
+_UPLOADS = UploadRow.__table__
 
 
 class SqlUploadRepository(SqlListing):
@@ -47,13 +48,14 @@ class SqlUploadRepository(SqlListing):
     async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         await self._sessions.run(partial(self._add, upload, quota), begin=True)
 
-    def _add(self, upload: Upload, quota: Quota | None, session: Session) -> None:
+    def _add(self, upload: Upload, quota: Quota | None, connection: Connection) -> None:
         if quota is not None and upload.owner is not None:
-            check_new(session, upload, quota)
-        row = to_row(upload)
-        session.add(row)
+            check_new(connection, upload, quota)
+        connection.execute(inserted(to_row(upload)))
         if self._reporting:
-            session.add(outbox_row(EventType.POST_CREATE, to_upload(row), upload.created_at))
+            connection.execute(
+                inserted(outbox_row(EventType.POST_CREATE, upload, upload.created_at))
+            )
 
     async def usage(self, owner: str) -> Usage:
         return await self._sessions.run(partial(usage_of, owner=owner))
@@ -192,7 +194,7 @@ class SqlUploadRepository(SqlListing):
         now: datetime | None = None,
         sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
-        after: Callable[[Session], None] | None = None,
+        after: Callable[[Connection], None] | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row, from the transition's states (or ``sources``) and
@@ -206,14 +208,16 @@ class SqlUploadRepository(SqlListing):
         statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
         statement = statement.values(**transition.changes(now), **values)
 
-        def work(session: Session) -> Upload:
+        def work(connection: Connection) -> Upload:
             if guard is not None:
-                guard.check(session)
-            upload = _one(session, statement, transition.conflict)
+                guard.check(connection)
+            upload = _one(connection, statement, transition.conflict)
             if after is not None:
-                after(session)
+                after(connection)
             if self._reporting and transition.event is not None:
-                session.add(outbox_row(transition.event, upload, upload.updated_at))
+                connection.execute(
+                    inserted(outbox_row(transition.event, upload, upload.updated_at))
+                )
             return upload
 
         return await self._sessions.run(work, begin=True)
@@ -227,15 +231,14 @@ class SqlUploadRepository(SqlListing):
     async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
         await self._sessions.run(partial(self._add_final, final, quota), begin=True)
 
-    def _add_final(self, final: Upload, quota: Quota | None, session: Session) -> None:
+    def _add_final(self, final: Upload, quota: Quota | None, connection: Connection) -> None:
         if quota is not None and final.owner is not None:
-            check_new(session, final, quota)
-        row = to_row(final)
-        session.add(row)
-        session.flush()  # SQLite: the insert takes the write lock before parts are read
-        link_parts(session, final)
+            check_new(connection, final, quota)
+        # first: on SQLite the insert takes the write lock before the parts are read
+        connection.execute(inserted(to_row(final)))
+        link_parts(connection, final)
         if self._reporting:
-            session.add(outbox_row(EventType.POST_CREATE, to_upload(row), final.created_at))
+            connection.execute(inserted(outbox_row(EventType.POST_CREATE, final, final.created_at)))
 
     async def forget(self, upload_id: str) -> None:
         await self._sessions.run(partial(_forget, upload_id), begin=True)
@@ -247,46 +250,43 @@ class SqlUploadRepository(SqlListing):
         await self._sessions.run(partial(_execute, statement), begin=True)
 
 
-def _get(upload_id: str, session: Session) -> Upload | None:
-    row = session.get(UploadRow, upload_id)
-    return None if row is None else loaded(session, [row])[0]
+def _get(upload_id: str, connection: Connection) -> Upload | None:
+    row = connection.execute(select(_UPLOADS).where(_UPLOADS.c.id == upload_id)).first()
+    return None if row is None else loaded(connection, [row])[0]
 
 
-def _get_many(upload_ids: tuple[str, ...], session: Session) -> dict[str, Upload]:
-    rows = session.scalars(select(UploadRow).where(UploadRow.id.in_(upload_ids)))
-    return {upload.id: upload for upload in loaded(session, list(rows))}
+def _get_many(upload_ids: tuple[str, ...], connection: Connection) -> dict[str, Upload]:
+    rows = connection.execute(select(_UPLOADS).where(_UPLOADS.c.id.in_(upload_ids))).all()
+    return {upload.id: upload for upload in loaded(connection, rows)}
 
 
-def _execute(statement: Update, session: Session) -> None:
-    session.execute(statement, execution_options={"synchronize_session": False})
+def _execute(statement: Update, connection: Connection) -> None:
+    connection.execute(statement)
 
 
-def _forget(upload_id: str, session: Session) -> None:
-    session.execute(delete(UploadRow).where(UploadRow.id == upload_id))
-    session.execute(
+def _forget(upload_id: str, connection: Connection) -> None:
+    connection.execute(delete(UploadRow).where(UploadRow.id == upload_id))
+    connection.execute(
         delete(UploadPartRow).where(
             or_(UploadPartRow.final_id == upload_id, UploadPartRow.part_id == upload_id)
         )
     )
 
 
-def _one(session: Session, statement: Update, conflict: str) -> Upload:
+def _one(connection: Connection, statement: Update, conflict: str) -> Upload:
     """Run a conditional update of one row; the row as it is now, ``Conflict`` if none matched."""
-    result = session.execute(
-        statement.returning(UploadRow), execution_options={"synchronize_session": False}
-    )
-    row = result.scalar_one_or_none()
+    row = connection.execute(statement.returning(*_UPLOADS.c)).one_or_none()
     if row is None:
         raise Conflict(conflict)
-    return loaded(session, [row])[0]
+    return loaded(connection, [row])[0]
 
 
-def _not_awaited(part_id: str, session: Session) -> None:
+def _not_awaited(part_id: str, connection: Connection) -> None:
     """``terminate``: no final still receiving names the part. Read after the update, which
     holds the row (PostgreSQL) or the database (SQLite) until the commit: a final inserted
     concurrently committed before it (and is seen here) or finds this part terminated (see the
     race story in ``parts``)."""
-    waiting = session.scalar(finals_receiving(part_id).limit(1))
+    waiting = connection.scalar(finals_receiving(part_id).limit(1))
     if waiting is not None:
         raise transitions.part_awaited(waiting)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Insert, Row, Table, insert
 
-from upload_service.db.models import UploadRow, aware
+from upload_service.db.models import Base, UploadRow, aware
 from upload_service.uploads import Metadata, Upload, UploadState, VideoInfo
 
 
@@ -51,7 +52,8 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def to_upload(row: UploadRow, finals: tuple[str, ...] = ()) -> Upload:
+def to_upload(row: UploadRow | Row[Any], finals: tuple[str, ...] = ()) -> Upload:
+    """The upload of a row: a mapped object, or a row of the table's columns (by name)."""
     created = aware(row.created_at)
     updated = aware(row.updated_at)
     assert created is not None
@@ -104,6 +106,19 @@ def to_row(upload: Upload) -> UploadRow:
         size_cap=upload.size_cap,
         video=video_json(upload.video),
     )
+
+
+def inserted(row: Base) -> Insert:
+    """The insert of a new mapped ``row`` (its columns that are set; the others get their
+    defaults), for a connection: the ORM objects only carry a new row's values."""
+    table = row.__table__
+    assert isinstance(table, Table)
+    values = {
+        column.key: value
+        for column in table.columns
+        if (value := getattr(row, column.key)) is not None
+    }
+    return insert(table).values(values)
 
 
 def in_states(states: tuple[UploadState, ...]) -> ColumnElement[bool]:

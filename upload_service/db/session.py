@@ -2,27 +2,26 @@
 driver failure translated at this boundary: ``StorageFull`` (507) for a full disk under the
 database, else ``Unavailable`` (503, ``Retry-After``).
 
-The queries are plain functions of a synchronous ``Session``, one function a transaction, and a
-``Transactions`` runs each: on PostgreSQL in SQLAlchemy's greenlet over the async session
-(asyncpg, on the loop), on SQLite as one call in a worker thread on a pysqlite connection. The
-async SQLite driver (aiosqlite) hands every call (a cursor, a statement, a fetch, a close, a
-rollback) to its connection's thread and back, five or more thread hops a transaction and most
-of a HEAD's cost; here a transaction is one hop.
+The queries are plain functions of a synchronous ``Connection`` (SQLAlchemy Core: an ORM
+session costs three times the statement), one function a transaction, and a ``Transactions``
+runs each: on PostgreSQL in SQLAlchemy's greenlet over an async connection (asyncpg, on the
+loop), on SQLite as one call in a worker thread on a pysqlite connection. The async SQLite
+driver (aiosqlite) hands every call (a cursor, a statement, a fetch, a close, a rollback) to its
+connection's thread and back, five or more thread hops a transaction and most of a HEAD's cost;
+here a transaction is one hop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from upload_service.errors import ServiceError, StorageFull, Unavailable
 
@@ -68,25 +67,35 @@ T = TypeVar("T")
 
 
 class Transactions(Protocol):
-    """Runs ``work`` in one session (``begin``: in one transaction, committed when it returns
+    """Runs ``work`` on one connection (``begin``: in one transaction, committed when it returns
     and rolled back when it raises), uninterruptible once started, with driver failures
     translated; ``aclose`` releases its connections."""
 
-    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T: ...
+    async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T: ...
 
     async def aclose(self) -> None: ...
 
 
 class GreenletTransactions:
     """PostgreSQL (or any async driver): the work runs in SQLAlchemy's greenlet over an async
-    session, each statement awaiting the driver on the loop."""
+    connection of ``engine``, each statement awaiting the driver on the loop.
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
-        self._sessions = sessions
+    Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
+    pending for ever, so a cancellation (at shutdown, on a client's disconnect) waits until the
+    work and the connection's release are done; each statement is short, the pool's and the
+    server's timeouts bound it."""
 
-    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T:
-        async with guarded_session(self._sessions, begin=begin) as session:
-            return await session.run_sync(work)
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T:
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._engine.begin() if begin else self._engine.connect() as connection:
+                    return await connection.run_sync(work)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                raise database_error(exc) from exc
+        raise AssertionError("unreachable: a shielded scope is never cancelled")  # for mypy
 
     async def aclose(self) -> None:
         """The async engine is the caller's to dispose."""
@@ -96,47 +105,26 @@ class ThreadTransactions:
     """SQLite: each transaction is one call in a worker thread, on a connection of ``engine``
     (synchronous pysqlite); at most ``threads`` at once, the size of the engine's pool.
 
-    A cancellation waits for the call to end, as ``guarded_session`` does: a statement is never
-    cut off half-way, and SQLite's busy timeout bounds the wait."""
+    A cancellation waits for the call to end: a statement is never cut off half-way, and
+    SQLite's busy timeout bounds the wait."""
 
     def __init__(self, engine: Engine, threads: int) -> None:
         self._engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._limiter = anyio.CapacityLimiter(threads)
 
-    async def run(self, work: Callable[[Session], T], *, begin: bool = False) -> T:
+    async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T:
         with anyio.CancelScope(shield=True):
             try:
                 return await anyio.to_thread.run_sync(
-                    partial(self._in_session, work, begin), limiter=self._limiter
+                    partial(self._on_connection, work, begin), limiter=self._limiter
                 )
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 raise database_error(exc) from exc
         raise AssertionError("unreachable: a shielded scope is never cancelled")  # for mypy
 
-    def _in_session(self, work: Callable[[Session], T], begin: bool) -> T:
-        with self._sessions.begin() if begin else self._sessions() as session:
-            return work(session)
+    def _on_connection(self, work: Callable[[Connection], T], begin: bool) -> T:
+        with self._engine.begin() if begin else self._engine.connect() as connection:
+            return work(connection)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._engine.dispose)
-
-
-@asynccontextmanager
-async def guarded_session(
-    sessions: async_sessionmaker[AsyncSession], *, begin: bool = False
-) -> AsyncIterator[AsyncSession]:
-    """A session whose statements a cancellation cannot interrupt, and whose driver errors
-    leave as ``Unavailable`` (``StorageFull`` for a full disk).
-
-    Cancelled mid-statement, SQLAlchemy invalidates the connection and leaves a close of it
-    pending for ever (aiosqlite's worker is stopped under it), so at shutdown or on a client's
-    disconnect the cancellation waits until the statement and the session's close are done.
-    Each statement is short: SQLite's busy timeout and the pool's timeouts bound it.
-    """
-    with anyio.CancelScope(shield=True):
-        try:
-            async with sessions.begin() if begin else sessions() as session:
-                yield session
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise database_error(exc) from exc

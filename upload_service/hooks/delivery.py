@@ -113,6 +113,7 @@ class Drainer:
         self._poll = poll_interval
         self._retention = timedelta(seconds=retention)
         self._events = events
+        self.passes = 0  # the passes of ``run`` over the outbox done so far
         self.lease = timedelta(seconds=sum(d.timeout for d in deliverers) + LEASE_GRACE)
 
     def retry_delay(self, attempts: int) -> float:
@@ -125,6 +126,7 @@ class Drainer:
         while True:
             try:
                 await self.drain()
+                self.passes += 1
                 if time.monotonic() - pruned_at >= PRUNE_EVERY:
                     pruned_at = time.monotonic()
                     await self._outbox.prune(self._clock() - self._retention)
