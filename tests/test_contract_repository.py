@@ -823,10 +823,8 @@ async def test_state_change_and_outbox_row_commit_or_roll_back_together(
     [first] = await outbox.events_of(ID)
 
     # the event's insert fails (its id is taken): the state change is rolled back with it
-    def same_id(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
-        row = outbox_row(event, upload, at)
-        row.id = first.id
-        return row
+    def same_id(event: EventType, upload: Upload, at: datetime) -> dict[str, object]:
+        return {**outbox_row(event, upload, at), "id": first.id}
 
     monkeypatch.setattr(db_repository, "outbox_row", same_id)
     await repo.advance(ID, expected=0, offset=10, now=T1, expires_at=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -21,8 +21,10 @@ from sqlalchemy import (
     Delete,
     Row,
     Select,
+    Table,
     Update,
     delete,
+    insert,
     or_,
     select,
     update,
@@ -41,10 +43,15 @@ from upload_service.outbox import (
 )
 from upload_service.uploads import Upload
 
+# the insert of one event's row (its values given at execution)
+_EVENTS: Table = cast(Table, OutboxRow.__table__)
+INSERT_EVENT = insert(_EVENTS)
 
-def outbox_row(event: EventType, upload: Upload, at: datetime) -> OutboxRow:
-    """The row of a new event about ``upload`` (as the transition left it), due at once."""
-    return OutboxRow(
+
+def outbox_row(event: EventType, upload: Upload, at: datetime) -> dict[str, object]:
+    """The values of the row of a new event about ``upload`` (as the transition left it), due
+    at once (for ``INSERT_EVENT``)."""
+    return dict(
         id=uuid.uuid4().hex,
         type=event.value,
         upload_id=upload.id,

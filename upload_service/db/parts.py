@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Select, select
+from sqlalchemy import ColumnElement, Connection, Row, Select, insert, select
 from sqlalchemy.orm import aliased
 
 from upload_service.db.models import UploadPartRow, UploadRow
-from upload_service.db.rows import in_states, inserted, to_upload
+from upload_service.db.rows import in_states, to_upload
 from upload_service.db.transitions import part_ended
 from upload_service.uploads import LIVE_STATES, Upload, UploadState
 
@@ -49,7 +49,8 @@ def link_parts(connection: Connection, final: Upload) -> None:
         if live is None:
             raise part_ended(part)
         connection.execute(
-            inserted(UploadPartRow(final_id=final.id, position=position, part_id=part))
+            insert(UploadPartRow),
+            {"final_id": final.id, "position": position, "part_id": part},
         )
 
 

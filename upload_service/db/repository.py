@@ -18,22 +18,33 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import ColumnElement, Connection, Update, delete, false, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Update,
+    bindparam,
+    delete,
+    false,
+    or_,
+    select,
+    update,
+)
 
 from upload_service.db import transitions
 from upload_service.db.base import Quota, Usage
 from upload_service.db.listing import SqlListing
-from upload_service.db.models import UploadPartRow, UploadRow
-from upload_service.db.outbox import outbox_row
+from upload_service.db.models import UploadPartRow
+from upload_service.db.outbox import INSERT_EVENT, outbox_row
 from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
-from upload_service.db.rows import in_states, inserted, to_row, video_json
+from upload_service.db.rows import INSERT_UPLOAD, UPLOADS, in_states, to_row, video_json
 from upload_service.db.session import Transactions
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
 from upload_service.uploads import Upload, UploadState, VideoInfo
 
-_UPLOADS = UploadRow.__table__
+# one row by its id
+_BY_ID = select(UPLOADS).where(UPLOADS.c.id == bindparam("upload_id"))
 
 
 class SqlUploadRepository(SqlListing):
@@ -51,10 +62,10 @@ class SqlUploadRepository(SqlListing):
     def _add(self, upload: Upload, quota: Quota | None, connection: Connection) -> None:
         if quota is not None and upload.owner is not None:
             check_new(connection, upload, quota)
-        connection.execute(inserted(to_row(upload)))
+        connection.execute(INSERT_UPLOAD, to_row(upload))
         if self._reporting:
             connection.execute(
-                inserted(outbox_row(EventType.POST_CREATE, upload, upload.created_at))
+                INSERT_EVENT, outbox_row(EventType.POST_CREATE, upload, upload.created_at)
             )
 
     async def usage(self, owner: str) -> Usage:
@@ -71,7 +82,7 @@ class SqlUploadRepository(SqlListing):
     async def claim(self, upload_id: str, token: int) -> Upload | None:
         try:
             return await self._transition(
-                upload_id, transitions.CLAIM, (UploadRow.fence <= token,), fence=token
+                upload_id, transitions.CLAIM, (UPLOADS.c.fence <= token,), fence=token
             )
         except Conflict:
             if await self.get(upload_id) is None:
@@ -92,7 +103,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.ADVANCE,
-            (UploadRow.upload_offset == expected, *_fenced(fence)),
+            (UPLOADS.c.upload_offset == expected, *_fenced(fence)),
             now=now,
             guard=growth(upload_id, quota, offset, since=expected),
             upload_offset=offset,
@@ -106,7 +117,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.DECLARE_LENGTH,
-            (UploadRow.length.is_(None), UploadRow.upload_offset <= length),
+            (UPLOADS.c.length.is_(None), UPLOADS.c.upload_offset <= length),
             now=now,
             guard=growth(upload_id, quota, length),
             length=length,
@@ -116,7 +127,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.COMPLETE,
-            (UploadRow.length == UploadRow.upload_offset,),
+            (UPLOADS.c.length == UPLOADS.c.upload_offset,),
             now=now,
             completed_at=now,
             expires_at=None,
@@ -128,7 +139,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.ASSEMBLED,
-            (UploadRow.concat == "final",),
+            (UPLOADS.c.concat == "final",),
             now=now,
             guard=growth(upload_id, quota, length),
             length=length,
@@ -164,7 +175,7 @@ class SqlUploadRepository(SqlListing):
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
-            upload_id, transitions.EXPIRE, (UploadRow.expires_at <= now,), now=now
+            upload_id, transitions.EXPIRE, (UPLOADS.c.expires_at <= now,), now=now
         )
 
     async def force_offset(
@@ -179,7 +190,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.FORCE_OFFSET,
-            (UploadRow.upload_offset == expected, *_fenced(fence)),
+            (UPLOADS.c.upload_offset == expected, *_fenced(fence)),
             now=now,
             upload_offset=offset,
             received=offset,
@@ -205,7 +216,7 @@ class SqlUploadRepository(SqlListing):
         states = transition.sources if sources is None else sources
         if states is not None:
             conditions = (in_states(states), *conditions)
-        statement = update(UploadRow).where(UploadRow.id == upload_id, *conditions)
+        statement = update(UPLOADS).where(UPLOADS.c.id == upload_id, *conditions)
         statement = statement.values(**transition.changes(now), **values)
 
         def work(connection: Connection) -> Upload:
@@ -216,7 +227,7 @@ class SqlUploadRepository(SqlListing):
                 after(connection)
             if self._reporting and transition.event is not None:
                 connection.execute(
-                    inserted(outbox_row(transition.event, upload, upload.updated_at))
+                    INSERT_EVENT, outbox_row(transition.event, upload, upload.updated_at)
                 )
             return upload
 
@@ -225,7 +236,7 @@ class SqlUploadRepository(SqlListing):
     # -- not state changes ----------------------------------------------------------------------
 
     async def set_received(self, upload_id: str, received: int) -> None:
-        statement = update(UploadRow).where(UploadRow.id == upload_id).values(received=received)
+        statement = update(UPLOADS).where(UPLOADS.c.id == upload_id).values(received=received)
         await self._sessions.run(partial(_execute, statement), begin=True)
 
     async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
@@ -235,10 +246,12 @@ class SqlUploadRepository(SqlListing):
         if quota is not None and final.owner is not None:
             check_new(connection, final, quota)
         # first: on SQLite the insert takes the write lock before the parts are read
-        connection.execute(inserted(to_row(final)))
+        connection.execute(INSERT_UPLOAD, to_row(final))
         link_parts(connection, final)
         if self._reporting:
-            connection.execute(inserted(outbox_row(EventType.POST_CREATE, final, final.created_at)))
+            connection.execute(
+                INSERT_EVENT, outbox_row(EventType.POST_CREATE, final, final.created_at)
+            )
 
     async def forget(self, upload_id: str) -> None:
         await self._sessions.run(partial(_forget, upload_id), begin=True)
@@ -246,17 +259,17 @@ class SqlUploadRepository(SqlListing):
     async def ping(self) -> None:
         # A write that changes nothing: it needs the write lock (a SQLite database locked by
         # another connection is not ready, though it may still be read) and a live connection.
-        statement = update(UploadRow).where(false()).values(fence=UploadRow.fence)
+        statement = update(UPLOADS).where(false()).values(fence=UPLOADS.c.fence)
         await self._sessions.run(partial(_execute, statement), begin=True)
 
 
 def _get(upload_id: str, connection: Connection) -> Upload | None:
-    row = connection.execute(select(_UPLOADS).where(_UPLOADS.c.id == upload_id)).first()
+    row = connection.execute(_BY_ID, {"upload_id": upload_id}).first()
     return None if row is None else loaded(connection, [row])[0]
 
 
 def _get_many(upload_ids: tuple[str, ...], connection: Connection) -> dict[str, Upload]:
-    rows = connection.execute(select(_UPLOADS).where(_UPLOADS.c.id.in_(upload_ids))).all()
+    rows = connection.execute(select(UPLOADS).where(UPLOADS.c.id.in_(upload_ids))).all()
     return {upload.id: upload for upload in loaded(connection, rows)}
 
 
@@ -265,7 +278,7 @@ def _execute(statement: Update, connection: Connection) -> None:
 
 
 def _forget(upload_id: str, connection: Connection) -> None:
-    connection.execute(delete(UploadRow).where(UploadRow.id == upload_id))
+    connection.execute(delete(UPLOADS).where(UPLOADS.c.id == upload_id))
     connection.execute(
         delete(UploadPartRow).where(
             or_(UploadPartRow.final_id == upload_id, UploadPartRow.part_id == upload_id)
@@ -275,7 +288,7 @@ def _forget(upload_id: str, connection: Connection) -> None:
 
 def _one(connection: Connection, statement: Update, conflict: str) -> Upload:
     """Run a conditional update of one row; the row as it is now, ``Conflict`` if none matched."""
-    row = connection.execute(statement.returning(*_UPLOADS.c)).one_or_none()
+    row = connection.execute(statement.returning(*UPLOADS.c)).one_or_none()
     if row is None:
         raise Conflict(conflict)
     return loaded(connection, [row])[0]
@@ -293,4 +306,4 @@ def _not_awaited(part_id: str, connection: Connection) -> None:
 
 def _fenced(fence: int | None) -> tuple[ColumnElement[bool], ...]:
     """A commit by a holder whose fencing token is no longer the row's latest is refused."""
-    return () if fence is None else (UploadRow.fence == fence,)
+    return () if fence is None else (UPLOADS.c.fence == fence,)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Insert, Row, Table, insert
+from sqlalchemy import ColumnElement, Row, Table, insert
 
-from upload_service.db.models import Base, UploadRow, aware
+from upload_service.db.models import UploadRow, aware
 from upload_service.uploads import Metadata, Upload, UploadState, VideoInfo
 
 
@@ -83,8 +83,14 @@ def to_upload(row: UploadRow | Row[Any], finals: tuple[str, ...] = ()) -> Upload
     )
 
 
-def to_row(upload: Upload) -> UploadRow:
-    return UploadRow(
+# the uploads table, and the insert of one row of it (its values given at execution)
+UPLOADS: Table = cast(Table, UploadRow.__table__)
+INSERT_UPLOAD = insert(UPLOADS)
+
+
+def to_row(upload: Upload) -> dict[str, object]:
+    """The values of ``upload``'s row, by column (for ``INSERT_UPLOAD``)."""
+    return dict(
         id=upload.id,
         length=upload.length,
         upload_offset=upload.offset,
@@ -108,20 +114,7 @@ def to_row(upload: Upload) -> UploadRow:
     )
 
 
-def inserted(row: Base) -> Insert:
-    """The insert of a new mapped ``row`` (its columns that are set; the others get their
-    defaults), for a connection: the ORM objects only carry a new row's values."""
-    table = row.__table__
-    assert isinstance(table, Table)
-    values = {
-        column.key: value
-        for column in table.columns
-        if (value := getattr(row, column.key)) is not None
-    }
-    return insert(table).values(values)
-
-
 def in_states(states: tuple[UploadState, ...]) -> ColumnElement[bool]:
     if len(states) == 1:
-        return UploadRow.state == states[0].value
-    return UploadRow.state.in_([state.value for state in states])
+        return UPLOADS.c.state == states[0].value
+    return UPLOADS.c.state.in_([state.value for state in states])
