@@ -20,18 +20,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import aiofiles
 import anyio.to_thread
 
 from upload_service.errors import StorageError
 from upload_service.storage.base import LOCK_LOST, Fence, Hasher
 from upload_service.storage.local.files import fdatasync, storage_error, translated
 from upload_service.storage.local.writer import SerialQueue, WriterState, hash_only, write_job
-
-if TYPE_CHECKING:
-    from aiofiles.threadpool.binary import AsyncFileIO
 
 
 async def open_appender(
@@ -45,22 +40,27 @@ async def open_appender(
 ) -> LocalAppender:
     """The appender of the file at ``path``, at ``offset``; bytes past it (uncommitted
     leftovers) are cut first."""
+    # one worker-thread call: open, cut the leftovers, seek (through aiofiles, a hop each)
     with translated("open upload"):
-        # Unbuffered: each coalesced buffer is one write in one worker-thread hop.
-        file = await aiofiles.open(path, "r+b", buffering=0)
+        fd = await anyio.to_thread.run_sync(_open_at, path, offset)
+    return LocalAppender(fd, offset, buffer_size, hashers, pool=pool, fence=fence)
+
+
+def _open_at(path: Path, offset: int) -> int:
+    """A descriptor of the file at ``path`` positioned at ``offset``, bytes past it cut off;
+    ``StorageError`` if it holds fewer."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        size = await file.seek(0, os.SEEK_END)
+        size = os.fstat(fd).st_size
         if size < offset:
             raise StorageError(f"upload data holds {size} bytes, fewer than offset {offset}")
         if size > offset:
-            await file.truncate(offset)
-        await file.seek(offset)
-    except BaseException as exc:
-        await file.close()
-        if isinstance(exc, OSError):
-            raise storage_error(exc, "open upload") from exc
+            os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
         raise
-    return LocalAppender(file, offset, buffer_size, hashers, pool=pool, fence=fence)
+    return fd
 
 
 class LocalAppender:
@@ -78,7 +78,7 @@ class LocalAppender:
 
     def __init__(
         self,
-        file: AsyncFileIO,
+        fd: int,
         offset: int,
         buffer_size: int,
         hashers: Sequence[Hasher] = (),
@@ -86,7 +86,7 @@ class LocalAppender:
         pool: ThreadPoolExecutor,
         fence: Fence | None = None,
     ) -> None:
-        self._file = file
+        self._fd = fd
         # Each digest is fed, in order, by one thread only: the writer's, or the side hasher's.
         self._side_hashers = tuple(hashers)[:-1]
         self._hashers = tuple(hashers)[-1:]
@@ -145,7 +145,7 @@ class LocalAppender:
         job = self._writer.submit(
             partial(
                 write_job,
-                self._file.fileno(),
+                self._fd,
                 chunks,
                 self._hashers,
                 self._start + self._submitted,
@@ -202,7 +202,7 @@ class LocalAppender:
 
     async def _fsync(self) -> None:
         try:
-            await anyio.to_thread.run_sync(fdatasync, self._file.fileno())
+            await anyio.to_thread.run_sync(fdatasync, self._fd)
         except OSError as exc:
             raise storage_error(exc, "make upload data durable") from exc
 
@@ -212,4 +212,4 @@ class LocalAppender:
             await self._drain()
         # Nothing unsynced is ever reported, so a failing close loses nothing promised.
         with contextlib.suppress(OSError):
-            await self._file.close()
+            await anyio.to_thread.run_sync(os.close, self._fd)
