@@ -19,6 +19,7 @@ from datetime import datetime
 from functools import partial
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Update,
@@ -100,15 +101,14 @@ class SqlUploadRepository(SqlListing):
         fence: int | None = None,
         quota: Quota | None = None,
     ) -> Upload:
+        # every committed piece of every PATCH: a statement made once, its values bound
+        values = {"b_id": upload_id, "b_expected": expected, "b_offset": offset}
+        values.update(b_now=now, b_expires=expires_at, b_fence=fence)
         return await self._transition(
             upload_id,
             transitions.ADVANCE,
-            (UPLOADS.c.upload_offset == expected, *_fenced(fence)),
-            now=now,
             guard=growth(upload_id, quota, offset, since=expected),
-            upload_offset=offset,
-            received=offset,
-            expires_at=expires_at,
+            prepared=(_ADVANCE[fence is not None], values),
         )
 
     async def declare_length(
@@ -206,23 +206,28 @@ class SqlUploadRepository(SqlListing):
         sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
         after: Callable[[Connection], None] | None = None,
+        prepared: tuple[Update, dict[str, object]] | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row, from the transition's states (or ``sources``) and
         under ``conditions``; ``Conflict`` when they no longer hold. With ``now``, the row's
         update time, and the state's when the transition moves it. With ``guard``, the owner's
         quota is checked first; ``after`` runs after the update (raising rolls it back); the
-        event, with events on, is inserted last: all in one transaction."""
+        event, with events on, is inserted last: all in one transaction. ``prepared``: the
+        statement made beforehand (with its ``RETURNING``) and its bound values, in place of
+        one made of ``conditions`` and ``values``."""
         states = transition.sources if sources is None else sources
         if states is not None:
             conditions = (in_states(states), *conditions)
-        statement = update(UPLOADS).where(UPLOADS.c.id == upload_id, *conditions)
-        statement = statement.values(**transition.changes(now), **values)
+        if prepared is None:
+            statement = update(UPLOADS).where(UPLOADS.c.id == upload_id, *conditions)
+            statement = statement.values(**transition.changes(now), **values)
+            prepared = statement.returning(*UPLOADS.c), {}
 
         def work(connection: Connection) -> Upload:
             if guard is not None:
                 guard.check(connection)
-            upload = _one(connection, statement, transition.conflict)
+            upload = _one(connection, *prepared, transition.conflict)
             if after is not None:
                 after(connection)
             if self._reporting and transition.event is not None:
@@ -286,9 +291,12 @@ def _forget(upload_id: str, connection: Connection) -> None:
     )
 
 
-def _one(connection: Connection, statement: Update, conflict: str) -> Upload:
-    """Run a conditional update of one row; the row as it is now, ``Conflict`` if none matched."""
-    row = connection.execute(statement.returning(*UPLOADS.c)).one_or_none()
+def _one(
+    connection: Connection, statement: Update, values: dict[str, object], conflict: str
+) -> Upload:
+    """Run a conditional update of one row (``RETURNING`` it); the row as it is now,
+    ``Conflict`` if none matched."""
+    row = connection.execute(statement, values).one_or_none()
     if row is None:
         raise Conflict(conflict)
     return loaded(connection, [row])[0]
@@ -302,6 +310,31 @@ def _not_awaited(part_id: str, connection: Connection) -> None:
     waiting = connection.scalar(finals_receiving(part_id).limit(1))
     if waiting is not None:
         raise transitions.part_awaited(waiting)
+
+
+def _advance(fenced: bool) -> Update:
+    """``advance``'s statement (fenced: for a holder with a fencing token), its values bound
+    as ``b_*``: compiled and keyed for the statement cache once."""
+    conditions = [
+        UPLOADS.c.id == bindparam("b_id"),
+        in_states(transitions.ADVANCE.sources or ()),
+        UPLOADS.c.upload_offset == bindparam("b_expected"),
+    ]
+    if fenced:
+        conditions.append(UPLOADS.c.fence == bindparam("b_fence"))
+    assert transitions.ADVANCE.target is None  # it moves no state: none to set here
+    offset: BindParameter[int] = bindparam("b_offset")
+    statement = update(UPLOADS).where(*conditions)
+    statement = statement.values(
+        updated_at=bindparam("b_now"),
+        upload_offset=offset,
+        received=offset,
+        expires_at=bindparam("b_expires"),
+    )
+    return statement.returning(*UPLOADS.c)
+
+
+_ADVANCE = {fenced: _advance(fenced) for fenced in (False, True)}
 
 
 def _fenced(fence: int | None) -> tuple[ColumnElement[bool], ...]:
