@@ -169,9 +169,7 @@ class SqlUploadRepository(SqlListing):
         )
 
     async def terminate(self, upload_id: str, now: datetime) -> Upload:
-        return await self._transition(
-            upload_id, transitions.TERMINATE, now=now, after=partial(_not_awaited, upload_id)
-        )
+        return await self._transition(upload_id, transitions.TERMINATE, now=now, after=_not_awaited)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
@@ -205,14 +203,15 @@ class SqlUploadRepository(SqlListing):
         now: datetime | None = None,
         sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
-        after: Callable[[Connection], None] | None = None,
+        after: Callable[[Connection, Upload], None] | None = None,
         prepared: tuple[Update, dict[str, object]] | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row, from the transition's states (or ``sources``) and
         under ``conditions``; ``Conflict`` when they no longer hold. With ``now``, the row's
         update time, and the state's when the transition moves it. With ``guard``, the owner's
-        quota is checked first; ``after`` runs after the update (raising rolls it back); the
+        quota is checked first; ``after`` runs after the update, with the row as it left it (raising
+        rolls it back); the
         event, with events on, is inserted last: all in one transaction. ``prepared``: the
         statement made beforehand (with its ``RETURNING``) and its bound values, in place of
         one made of ``conditions`` and ``values``."""
@@ -229,7 +228,7 @@ class SqlUploadRepository(SqlListing):
                 guard.check(connection)
             upload = _one(connection, *prepared, transition.conflict)
             if after is not None:
-                after(connection)
+                after(connection, upload)
             if self._reporting and transition.event is not None:
                 connection.execute(
                     INSERT_EVENT, outbox_row(transition.event, upload, upload.updated_at)
@@ -302,12 +301,14 @@ def _one(
     return loaded(connection, [row])[0]
 
 
-def _not_awaited(part_id: str, connection: Connection) -> None:
-    """``terminate``: no final still receiving names the part. Read after the update, which
-    holds the row (PostgreSQL) or the database (SQLite) until the commit: a final inserted
-    concurrently committed before it (and is seen here) or finds this part terminated (see the
-    race story in ``parts``)."""
-    waiting = connection.scalar(finals_receiving(part_id).limit(1))
+def _not_awaited(connection: Connection, upload: Upload) -> None:
+    """``terminate``: no final still receiving names the upload if it is a part (only a partial
+    upload can be). Read after the update, which holds the row (PostgreSQL) or the database
+    (SQLite) until the commit: a final inserted concurrently committed before it (and is seen
+    here) or finds this part terminated (see the race story in ``parts``)."""
+    if not upload.is_partial:
+        return
+    waiting = connection.scalar(finals_receiving(upload.id).limit(1))
     if waiting is not None:
         raise transitions.part_awaited(waiting)
 
