@@ -61,7 +61,7 @@ from upload_service.tasks import Runner, TaskRunner
 from upload_service.tus.handler import TusHandler, utcnow
 from upload_service.tus.openapi import tus_paths
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
-from upload_service.tus.routes import TusEndpoints, error_response, tus_allowed_methods
+from upload_service.tus.routes import TusEndpoints, error_response
 from upload_service.tus.types import HandlerConfig
 from upload_service.video import build_prober
 from upload_service.web.page import page_router
@@ -362,11 +362,10 @@ class ErrorRenderer:
         return await self.service_error(request, BadRequest(message))
 
     async def http_error(self, request: Request, exc: StarletteHTTPException) -> Response:
-        """Routing errors (unknown path, method) in the same one family and format as ours."""
+        """Routing errors (unknown path, method) in the same one family and format as ours (a
+        tus resource's 405 is ``TusEndpoints``'s: no route of the router lies under the base
+        path)."""
         headers = dict(exc.headers or {})
-        path = route_path(request.scope)
-        if exc.status_code == 405 and under(path, self.base_path):
-            headers["Allow"] = ", ".join(tus_allowed_methods(path, self.base_path))
         message = f"{request.method} is not allowed here" if exc.status_code == 405 else exc.detail
         error = ServiceError(message, status=exc.status_code, code="http_error", headers=headers)
         return await self.service_error(request, error)

@@ -80,12 +80,6 @@ async def request_body(request: Request) -> AsyncIterator[bytes]:
         raise ClientGone from None
 
 
-def tus_allowed_methods(route_path: str, base_path: str) -> tuple[str, ...]:
-    if route_path.rstrip("/") == base_path:
-        return COLLECTION_METHODS
-    return UPLOAD_METHODS
-
-
 async def request_principal(request: Request) -> Principal:
     """The caller, as the request's bearer token establishes it (401 unless it holds; the
     anonymous caller while the service runs open)."""
