@@ -69,9 +69,9 @@ def mount_docs(app: FastAPI, paths: Mapping[str, dict[str, Any]]) -> None:
 
     def with_paths() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = openapi()
-            schema["paths"] = {**paths, **schema.get("paths", {})}
-        return app.openapi_schema or openapi()
+            schema = openapi()  # made once, and kept by FastAPI as app.openapi_schema
+            app.openapi_schema = {**schema, "paths": {**paths, **schema.get("paths", {})}}
+        return app.openapi_schema
 
     app.openapi = with_paths  # type: ignore[method-assign]
     app.include_router(router)

@@ -13,7 +13,8 @@ here a transaction is one hop.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -76,6 +77,17 @@ class Transactions(Protocol):
     async def aclose(self) -> None: ...
 
 
+@contextmanager
+def _guarded() -> Iterator[None]:
+    """Both ``Transactions``: a started transaction runs to its end whatever cancels its caller,
+    and a driver failure leaves as ``database_error``."""
+    with anyio.CancelScope(shield=True):
+        try:
+            yield
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise database_error(exc) from exc
+
+
 class GreenletTransactions:
     """PostgreSQL (or any async driver): the work runs in SQLAlchemy's greenlet over an async
     connection of ``engine``, each statement awaiting the driver on the loop.
@@ -89,13 +101,10 @@ class GreenletTransactions:
         self._engine = engine
 
     async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T:
-        with anyio.CancelScope(shield=True):
-            try:
-                async with self._engine.begin() if begin else self._engine.connect() as connection:
-                    return await connection.run_sync(work)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise database_error(exc) from exc
-        raise AssertionError("unreachable: a shielded scope is never cancelled")  # for mypy
+        with _guarded():
+            async with self._engine.begin() if begin else self._engine.connect() as connection:
+                result = await connection.run_sync(work)
+        return result
 
     async def aclose(self) -> None:
         """The async engine is the caller's to dispose."""
@@ -113,14 +122,10 @@ class ThreadTransactions:
         self._limiter = anyio.CapacityLimiter(threads)
 
     async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T:
-        with anyio.CancelScope(shield=True):
-            try:
-                return await anyio.to_thread.run_sync(
-                    partial(self._on_connection, work, begin), limiter=self._limiter
-                )
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                raise database_error(exc) from exc
-        raise AssertionError("unreachable: a shielded scope is never cancelled")  # for mypy
+        call = partial(self._on_connection, work, begin)
+        with _guarded():
+            result = await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return result
 
     def _on_connection(self, work: Callable[[Connection], T], begin: bool) -> T:
         with self._engine.begin() if begin else self._engine.connect() as connection:
