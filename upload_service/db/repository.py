@@ -14,12 +14,12 @@ state change that did not happen (nor lost for one that did).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Connection,
     Update,
@@ -83,7 +83,7 @@ class SqlUploadRepository(SqlListing):
     async def claim(self, upload_id: str, token: int) -> Upload | None:
         try:
             return await self._transition(
-                upload_id, transitions.CLAIM, (UPLOADS.c.fence <= token,), fence=token
+                upload_id, transitions.CLAIM, {"fence_at_most": token}, fence=token
             )
         except Conflict:
             if await self.get(upload_id) is None:
@@ -101,14 +101,15 @@ class SqlUploadRepository(SqlListing):
         fence: int | None = None,
         quota: Quota | None = None,
     ) -> Upload:
-        # every committed piece of every PATCH: a statement made once, its values bound
-        values = {"b_id": upload_id, "b_expected": expected, "b_offset": offset}
-        values.update(b_now=now, b_expires=expires_at, b_fence=fence)
         return await self._transition(
             upload_id,
             transitions.ADVANCE,
+            _offset_is(expected, fence),
+            now=now,
             guard=growth(upload_id, quota, offset, since=expected),
-            prepared=(_ADVANCE[fence is not None], values),
+            upload_offset=offset,
+            received=offset,
+            expires_at=expires_at,
         )
 
     async def declare_length(
@@ -117,7 +118,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.DECLARE_LENGTH,
-            (UPLOADS.c.length.is_(None), UPLOADS.c.upload_offset <= length),
+            {"length_unknown": None, "offset_at_most": length},
             now=now,
             guard=growth(upload_id, quota, length),
             length=length,
@@ -127,7 +128,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.COMPLETE,
-            (UPLOADS.c.length == UPLOADS.c.upload_offset,),
+            {"length_reached": None},
             now=now,
             completed_at=now,
             expires_at=None,
@@ -139,7 +140,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.ASSEMBLED,
-            (UPLOADS.c.concat == "final",),
+            {"final": None},
             now=now,
             guard=growth(upload_id, quota, length),
             length=length,
@@ -172,9 +173,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(upload_id, transitions.TERMINATE, now=now, after=_not_awaited)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
-        return await self._transition(
-            upload_id, transitions.EXPIRE, (UPLOADS.c.expires_at <= now,), now=now
-        )
+        return await self._transition(upload_id, transitions.EXPIRE, {"expires_by": now}, now=now)
 
     async def force_offset(
         self,
@@ -188,7 +187,7 @@ class SqlUploadRepository(SqlListing):
         return await self._transition(
             upload_id,
             transitions.FORCE_OFFSET,
-            (UPLOADS.c.upload_offset == expected, *_fenced(fence)),
+            _offset_is(expected, fence),
             now=now,
             upload_offset=offset,
             received=offset,
@@ -198,35 +197,34 @@ class SqlUploadRepository(SqlListing):
         self,
         upload_id: str,
         transition: transitions.Transition,
-        conditions: tuple[ColumnElement[bool], ...] = (),
+        where: Mapping[str, object] | None = None,
         *,
         now: datetime | None = None,
         sources: tuple[UploadState, ...] | None = None,
         guard: Growth | None = None,
         after: Callable[[Connection, Upload], None] | None = None,
-        prepared: tuple[Update, dict[str, object]] | None = None,
         **values: object,
     ) -> Upload:
         """One conditional update of one row, from the transition's states (or ``sources``) and
-        under ``conditions``; ``Conflict`` when they no longer hold. With ``now``, the row's
-        update time, and the state's when the transition moves it. With ``guard``, the owner's
-        quota is checked first; ``after`` runs after the update, with the row as it left it (raising
-        rolls it back); the
-        event, with events on, is inserted last: all in one transaction. ``prepared``: the
-        statement made beforehand (with its ``RETURNING``) and its bound values, in place of
-        one made of ``conditions`` and ``values``."""
+        under the named conditions ``where`` (each with its value, see ``_CONDITIONS``);
+        ``Conflict`` when they no longer hold. With ``now``, the row's update time, and the
+        state's when the transition moves it. With ``guard``, the owner's quota is checked
+        first; ``after`` runs after the update, with the row as it left it (raising rolls it
+        back); the event, with events on, is inserted last: all in one transaction. The
+        statement is made once for each shape (``_statement``); the values are bound."""
+        where = where or {}
         states = transition.sources if sources is None else sources
-        if states is not None:
-            conditions = (in_states(states), *conditions)
-        if prepared is None:
-            statement = update(UPLOADS).where(UPLOADS.c.id == upload_id, *conditions)
-            statement = statement.values(**transition.changes(now), **values)
-            prepared = statement.returning(*UPLOADS.c), {}
+        statement = _statement(
+            transition, states, tuple(sorted(where)), now is not None, tuple(sorted(values))
+        )
+        bound = {f"c_{name}": value for name, value in where.items()}
+        bound.update({f"b_{column}": value for column, value in values.items()})
+        bound.update(b_id=upload_id, b_now=now)
 
         def work(connection: Connection) -> Upload:
             if guard is not None:
                 guard.check(connection)
-            upload = _one(connection, *prepared, transition.conflict)
+            upload = _one(connection, statement, bound, transition.conflict)
             if after is not None:
                 after(connection, upload)
             if self._reporting and transition.event is not None:
@@ -240,8 +238,8 @@ class SqlUploadRepository(SqlListing):
     # -- not state changes ----------------------------------------------------------------------
 
     async def set_received(self, upload_id: str, received: int) -> None:
-        statement = update(UPLOADS).where(UPLOADS.c.id == upload_id).values(received=received)
-        await self._sessions.run(partial(_execute, statement), begin=True)
+        values = {"b_id": upload_id, "b_received": received}
+        await self._sessions.run(partial(_execute, _SET_RECEIVED, values), begin=True)
 
     async def add_final(self, final: Upload, quota: Quota | None = None) -> None:
         await self._sessions.run(partial(self._add_final, final, quota), begin=True)
@@ -261,10 +259,7 @@ class SqlUploadRepository(SqlListing):
         await self._sessions.run(partial(_forget, upload_id), begin=True)
 
     async def ping(self) -> None:
-        # A write that changes nothing: it needs the write lock (a SQLite database locked by
-        # another connection is not ready, though it may still be read) and a live connection.
-        statement = update(UPLOADS).where(false()).values(fence=UPLOADS.c.fence)
-        await self._sessions.run(partial(_execute, statement), begin=True)
+        await self._sessions.run(partial(_execute, _PING, {}), begin=True)
 
 
 def _get(upload_id: str, connection: Connection) -> Upload | None:
@@ -277,8 +272,8 @@ def _get_many(upload_ids: tuple[str, ...], connection: Connection) -> dict[str, 
     return {upload.id: upload for upload in loaded(connection, rows)}
 
 
-def _execute(statement: Update, connection: Connection) -> None:
-    connection.execute(statement)
+def _execute(statement: Update, values: dict[str, object], connection: Connection) -> None:
+    connection.execute(statement, values)
 
 
 def _forget(upload_id: str, connection: Connection) -> None:
@@ -313,31 +308,58 @@ def _not_awaited(connection: Connection, upload: Upload) -> None:
         raise transitions.part_awaited(waiting)
 
 
-def _advance(fenced: bool) -> Update:
-    """``advance``'s statement (fenced: for a holder with a fencing token), its values bound
-    as ``b_*``: compiled and keyed for the statement cache once."""
-    conditions = [
-        UPLOADS.c.id == bindparam("b_id"),
-        in_states(transitions.ADVANCE.sources or ()),
-        UPLOADS.c.upload_offset == bindparam("b_expected"),
-    ]
-    if fenced:
-        conditions.append(UPLOADS.c.fence == bindparam("b_fence"))
-    assert transitions.ADVANCE.target is None  # it moves no state: none to set here
-    offset: BindParameter[int] = bindparam("b_offset")
-    statement = update(UPLOADS).where(*conditions)
-    statement = statement.values(
-        updated_at=bindparam("b_now"),
-        upload_offset=offset,
-        received=offset,
-        expires_at=bindparam("b_expires"),
-    )
-    return statement.returning(*UPLOADS.c)
+# The conditions a transition may add to its states, by name, each value bound as ``c_<name>``
+# (those that compare two columns take none; the value passed is ignored).
+_CONDITIONS: dict[str, ColumnElement[bool]] = {
+    "offset_is": UPLOADS.c.upload_offset == bindparam("c_offset_is"),
+    "offset_at_most": UPLOADS.c.upload_offset <= bindparam("c_offset_at_most"),
+    "fence_is": UPLOADS.c.fence == bindparam("c_fence_is"),
+    "fence_at_most": UPLOADS.c.fence <= bindparam("c_fence_at_most"),
+    "expires_by": UPLOADS.c.expires_at <= bindparam("c_expires_by"),
+    "length_unknown": UPLOADS.c.length.is_(None),
+    "length_reached": UPLOADS.c.length == UPLOADS.c.upload_offset,
+    "final": UPLOADS.c.concat == "final",
+}
 
 
-_ADVANCE = {fenced: _advance(fenced) for fenced in (False, True)}
+@functools.cache
+def _statement(
+    transition: transitions.Transition,
+    states: tuple[UploadState, ...] | None,
+    conditions: tuple[str, ...],
+    timed: bool,
+    columns: tuple[str, ...],
+) -> Update:
+    """A transition's conditional update (``RETURNING`` the row), made once for each shape:
+    the row by ``b_id``, the states, the named conditions, and the columns it sets, each bound
+    as ``b_<column>`` (with ``timed``, the update time and the state's as ``b_now``). Statements
+    made once are compiled and keyed for SQLAlchemy's statement cache once; a statement made per
+    call cost a DELETE about a tenth of its CPU."""
+    where = [UPLOADS.c.id == bindparam("b_id")]
+    if states is not None:
+        where.append(in_states(states))
+    where.extend(_CONDITIONS[name] for name in conditions)
+    values: dict[str, object] = {column: bindparam(f"b_{column}") for column in columns}
+    if timed:
+        values["updated_at"] = bindparam("b_now")
+    if transition.target is not None:
+        values["state"] = transition.target.value
+        if timed:
+            values["state_changed_at"] = bindparam("b_now")
+    return update(UPLOADS).where(*where).values(values).returning(*UPLOADS.c)
 
 
-def _fenced(fence: int | None) -> tuple[ColumnElement[bool], ...]:
-    """A commit by a holder whose fencing token is no longer the row's latest is refused."""
-    return () if fence is None else (UPLOADS.c.fence == fence,)
+def _offset_is(expected: int, fence: int | None) -> dict[str, object]:
+    """The offset the commit expects; a commit by a holder whose fencing token is no longer the
+    row's latest is refused."""
+    return {"offset_is": expected} if fence is None else {"offset_is": expected, "fence_is": fence}
+
+
+_SET_RECEIVED = (
+    update(UPLOADS)
+    .where(UPLOADS.c.id == bindparam("b_id"))
+    .values(received=bindparam("b_received"))
+)
+# A write that changes nothing: it needs the write lock (a SQLite database locked by another
+# connection is not ready, though it may still be read) and a live connection.
+_PING = update(UPLOADS).where(false()).values(fence=UPLOADS.c.fence)
