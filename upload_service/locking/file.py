@@ -55,6 +55,19 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)  # its last holder unlinked this file meanwhile: lock the one there now
 
 
+def _try_acquire(path: Path, marker: Path) -> int | None:
+    """``_try_lock``, and once held, the release request an earlier holder was left taken: it is
+    not meant for this one. One worker-thread call for both."""
+    fd = _try_lock(path)
+    if fd is not None:
+        try:
+            _take_request(marker)
+        except BaseException:
+            _unlock(path, marker, fd)
+            raise
+    return fd
+
+
 def _unlock(path: Path, marker: Path, fd: int) -> None:
     for stale in (marker, path):  # unlinked while still held: nobody can lock a stale file
         with contextlib.suppress(FileNotFoundError):
@@ -108,11 +121,11 @@ class FileLocker:
             raise ValueError(f"not a lock key: {key!r}")
         return self._root / f"{key}.lock", self._root / f"{key}.release"
 
-    async def _acquire(self, path: Path) -> int | None:
+    async def _acquire(self, path: Path, marker: Path) -> int | None:
         if not self._made_root:
             await anyio.Path(self._root).mkdir(parents=True, exist_ok=True)
             self._made_root = True
-        return await anyio.to_thread.run_sync(_try_lock, path)
+        return await anyio.to_thread.run_sync(_try_acquire, path, marker)
 
     @asynccontextmanager
     async def lock(self, key: str, *, wait: float, preempt: bool = True) -> AsyncIterator[Lease]:
@@ -134,9 +147,9 @@ class FileLocker:
     ) -> int:
         deadline = anyio.current_time() + wait
         while True:
-            fd = await self._acquire(path)
+            fd = await self._acquire(path, marker)
             if fd is not None:
-                break
+                return fd
             if preempt:
                 local = self._leases.get(key)
                 if local is not None:
@@ -145,14 +158,6 @@ class FileLocker:
             if anyio.current_time() >= deadline:
                 raise Locked("upload is in use by another request; retry shortly")
             await anyio.sleep(min(self._poll, max(0.0, deadline - anyio.current_time())))
-        try:
-            # A request left for an earlier holder is not meant for this one.
-            await anyio.to_thread.run_sync(_take_request, marker)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_unlock, path, marker, fd)
-            raise
-        return fd
 
     async def _watch_requests(self) -> None:
         """One scan every ``watch`` seconds for all the leases this process holds; ends (and is
