@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import aiofiles
 import anyio
 import botocore.exceptions
 import pytest
@@ -960,25 +959,17 @@ async def test_local_read_failures_are_storage_errors(
 ) -> None:
     data = _random_bytes(600 * KiB)
     key = await _stored(local, UPLOAD_ID, data)
-    real_open = aiofiles.open
+    real_pread = os.pread
+    calls = 0
 
-    async def failing_open(*args: Any, **kwargs: Any) -> Any:
-        file = await real_open(*args, **kwargs)
-        calls = 0
-        real_read = file.read
+    def bad_sector(fd: int, size: int, offset: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, size, offset)
 
-        async def bad_sector(size: int = -1) -> bytes:
-            nonlocal calls
-            calls += 1
-            if calls > 1:
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-            piece: bytes = await real_read(size)
-            return piece
-
-        monkeypatch.setattr(file, "read", bad_sector)
-        return file
-
-    monkeypatch.setattr(aiofiles, "open", failing_open)
+    monkeypatch.setattr(os, "pread", bad_sector)
     received: list[bytes] = []
 
     async def download() -> None:

@@ -13,6 +13,7 @@ here a transaction is one hop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -24,6 +25,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from upload_service import threads
 from upload_service.errors import ServiceError, StorageFull, Unavailable
 
 # What a client is told to wait before retrying while the database is unreachable.
@@ -119,12 +121,13 @@ class ThreadTransactions:
 
     def __init__(self, engine: Engine, threads: int) -> None:
         self._engine = engine
-        self._limiter = anyio.CapacityLimiter(threads)
+        self._slots = asyncio.Semaphore(threads)  # free slots are taken without a turn of the loop
 
     async def run(self, work: Callable[[Connection], T], *, begin: bool = False) -> T:
         call = partial(self._on_connection, work, begin)
         with _guarded():
-            result = await anyio.to_thread.run_sync(call, limiter=self._limiter)
+            async with self._slots:
+                result = await threads.run_sync(call)
         return result
 
     def _on_connection(self, work: Callable[[Connection], T], begin: bool) -> T:

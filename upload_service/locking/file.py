@@ -24,8 +24,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 
+from upload_service import threads
 from upload_service.errors import Locked
 from upload_service.locking.base import Lease
 
@@ -125,7 +125,7 @@ class FileLocker:
         if not self._made_root:
             await anyio.Path(self._root).mkdir(parents=True, exist_ok=True)
             self._made_root = True
-        return await anyio.to_thread.run_sync(_try_acquire, path, marker)
+        return await threads.run_sync(_try_acquire, path, marker)
 
     @asynccontextmanager
     async def lock(self, key: str, *, wait: float, preempt: bool = True) -> AsyncIterator[Lease]:
@@ -140,7 +140,7 @@ class FileLocker:
             with anyio.CancelScope(shield=True):
                 if self._leases.get(key) is lease:
                     del self._leases[key]
-                await anyio.to_thread.run_sync(_unlock, path, marker, fd)
+                await threads.run_sync(_unlock, path, marker, fd)
 
     async def _wait_for(
         self, key: str, path: Path, marker: Path, *, wait: float, preempt: bool
@@ -154,7 +154,7 @@ class FileLocker:
                 local = self._leases.get(key)
                 if local is not None:
                     local.request_release()
-                await anyio.to_thread.run_sync(_touch, marker)
+                await threads.run_sync(_touch, marker)
             if anyio.current_time() >= deadline:
                 raise Locked("upload is in use by another request; retry shortly")
             await anyio.sleep(min(self._poll, max(0.0, deadline - anyio.current_time())))
@@ -167,7 +167,7 @@ class FileLocker:
                 await anyio.sleep(self._watch)
                 held = frozenset(self._leases)
                 try:
-                    taken = await anyio.to_thread.run_sync(_take_requests, self._root, held)
+                    taken = await threads.run_sync(_take_requests, self._root, held)
                 except OSError:
                     logger.exception("cannot watch %s for release requests", self._root)
                     continue

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import anyio.to_thread
+import anyio
 
+from upload_service import threads
 from upload_service.errors import StorageError
 from upload_service.storage.base import LOCK_LOST, Fence, Hasher
 from upload_service.storage.local.files import fdatasync, storage_error, translated
@@ -42,7 +43,7 @@ async def open_appender(
     leftovers) are cut first."""
     # one worker-thread call: open, cut the leftovers, seek (through aiofiles, a hop each)
     with translated("open upload"):
-        fd = await anyio.to_thread.run_sync(_open_at, path, offset)
+        fd = await threads.run_sync(_open_at, path, offset)
     return LocalAppender(fd, offset, buffer_size, hashers, pool=pool, fence=fence)
 
 
@@ -202,7 +203,7 @@ class LocalAppender:
 
     async def _fsync(self) -> None:
         try:
-            await anyio.to_thread.run_sync(fdatasync, self._fd)
+            await threads.run_sync(fdatasync, self._fd)
         except OSError as exc:
             raise storage_error(exc, "make upload data durable") from exc
 
@@ -212,4 +213,4 @@ class LocalAppender:
             await self._drain()
         # Nothing unsynced is ever reported, so a failing close loses nothing promised.
         with contextlib.suppress(OSError):
-            await anyio.to_thread.run_sync(os.close, self._fd)
+            await threads.run_sync(os.close, self._fd)

@@ -10,6 +10,7 @@ removes the file (a missing one is already deleted), so a sweep killed midway ju
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-import anyio.to_thread
 
+from upload_service import threads
 from upload_service.errors import StorageError
 from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
 from upload_service.storage.local import concat, recovery
@@ -83,7 +84,7 @@ class LocalStore:
         path = self.path(upload_id)
         try:
             reserved = length if self._reserve_space else None
-            await anyio.to_thread.run_sync(create_file, path, reserved, self._min_free)
+            await threads.run_sync(create_file, path, reserved, self._min_free)
         except OSError as exc:
             raise storage_error(exc, "create upload") from exc
         return StorageKey(upload_id)
@@ -92,7 +93,7 @@ class LocalStore:
         if not self._reserve_space:
             return
         with translated("reserve space for the upload"):
-            await anyio.to_thread.run_sync(reserve_file, self.path(key), start, end)
+            await threads.run_sync(reserve_file, self.path(key), start, end)
 
     async def append(
         self,
@@ -107,44 +108,46 @@ class LocalStore:
 
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
         with translated("list uploads"):
-            return await anyio.to_thread.run_sync(
-                recovery.stored_before, self._root, moment.timestamp()
-            )
+            return await threads.run_sync(recovery.stored_before, self._root, moment.timestamp())
 
     async def size(self, key: StorageKey) -> int:
         with translated("inspect upload"):
-            stat = await aiofiles.os.stat(self.path(key))
+            stat = await threads.run_sync(os.stat, self.path(key))
         return stat.st_size
 
     async def discard_tail(self, key: StorageKey, length: int) -> None:
         with translated("truncate upload"):
-            await anyio.to_thread.run_sync(recovery.truncate_file, self.path(key), length)
+            await threads.run_sync(recovery.truncate_file, self.path(key), length)
 
     async def read(self, key: StorageKey, start: int, end: int) -> AsyncIterator[bytes]:
+        # one worker-thread call opens the file and reads the first piece (and closes it when
+        # that was all: a small file is one call); each further piece is one more
         path = self.path(key)
-        with translated("open upload"):
-            file = await aiofiles.open(path, "rb")
+        size = min(READ_CHUNK, end - start)
+        with translated("open upload"):  # even for no bytes: a missing upload is NotFound
+            fd, chunk = await threads.run_sync(_open_and_read, path, start, size, end)
+        position = start
         try:
-            remaining = end - start
-            try:
-                await file.seek(start)
-            except OSError as exc:
-                raise storage_error(exc, "read upload data") from exc
-            while remaining > 0:
-                try:
-                    chunk = await file.read(min(READ_CHUNK, remaining))
-                except OSError as exc:
-                    raise storage_error(exc, "read upload data") from exc
-                if not chunk:
+            while size > 0:
+                if len(chunk) < size:
                     raise StorageError("upload data is shorter than its offset")
-                remaining -= len(chunk)
+                position += size
                 yield chunk
+                size = min(READ_CHUNK, end - position)
+                if size > 0:
+                    assert fd is not None
+                    try:
+                        chunk = await threads.run_sync(os.pread, fd, size, position)
+                    except OSError as exc:
+                        raise storage_error(exc, "read upload data") from exc
         finally:
-            await file.close()
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    await threads.run_sync(os.close, fd)
 
     async def delete(self, key: StorageKey) -> None:
         try:
-            await aiofiles.os.remove(self.path(key))
+            await threads.run_sync(os.remove, self.path(key))
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -152,12 +155,12 @@ class LocalStore:
 
     async def digest(self, key: StorageKey, hasher: Hasher) -> bytes:
         with translated("read upload data"):
-            return await anyio.to_thread.run_sync(_hash_file, self.path(key), hasher)
+            return await threads.run_sync(_hash_file, self.path(key), hasher)
 
     async def concatenate(self, key: StorageKey, parts: Sequence[StorageKey]) -> int:
         paths = [self.path(part) for part in parts]
         with translated("concatenate uploads", missing="a partial upload's data is missing"):
-            return await anyio.to_thread.run_sync(
+            return await threads.run_sync(
                 concat.concatenate, self.path(key), paths, self._reserve_space
             )
 
@@ -173,4 +176,19 @@ class LocalStore:
     async def aclose(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await anyio.to_thread.run_sync(pool.shutdown)  # lets queued writes end first
+            await threads.run_sync(pool.shutdown)  # lets queued writes end first
+
+
+def _open_and_read(path: Path, start: int, size: int, end: int) -> tuple[int | None, bytes]:
+    """The file at ``path`` opened and up to ``size`` bytes read at ``start``; its descriptor,
+    or None when those bytes reach ``end`` (it is closed then: nothing more to read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunk = os.pread(fd, size, start)
+    except BaseException:
+        os.close(fd)
+        raise
+    if start + len(chunk) >= end or len(chunk) < size:
+        os.close(fd)
+        return None, chunk
+    return fd, chunk
