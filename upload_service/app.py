@@ -48,6 +48,7 @@ from upload_service.ops.middleware import (
     route_path,
     under,
 )
+from upload_service.ops.pressure import LoadShedding, Pressure
 from upload_service.ops.proxy import ProxyHeadersMiddleware, TrustedProxies
 from upload_service.ops.requestlog import REQUEST_ID_HEADER, RequestLogMiddleware
 from upload_service.services import Services
@@ -280,6 +281,10 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     # Innermost: the tus endpoints answer below every middleware, in front of the router.
     app.add_middleware(TusEndpoints, base_path=resolved.server.base_path)
+    if resolved.server.shed_latency > 0:
+        # Right outside what answers, so the metrics, the log and Tus-Resumable see its 503s.
+        pressure = Pressure(resolved.server.shed_latency)
+        app.add_middleware(LoadShedding, pressure=pressure, render=errors.service_error)
     if metrics is not None:
         app.add_route(
             "/metrics", MetricsEndpoint(metrics).get, methods=["GET"], include_in_schema=False

@@ -63,6 +63,15 @@ class ServerSettings(Group):
         json_schema_extra=shown("`8388608` (8 MiB)"),
     )
 
+    shed_latency: float = Field(
+        default=0.5,
+        ge=0,
+        description="past capacity, shed load: when even the quickest answer to a request "
+        "without a body took longer than this many seconds over the last second, new requests "
+        "get 503 with `Retry-After: 1` until answers are quick again (`/healthz`, `/readyz` and "
+        "`/metrics` never are); `0` turns shedding off",
+    )
+
     _split = field_validator("cors_origins", "trusted_proxies", mode="before")(split_commas)
 
     @field_validator("trusted_proxies")
