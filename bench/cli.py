@@ -158,10 +158,26 @@ def _assignment(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _client_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every load needs at least one client: {text}")
+    return counts
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, help="single upload size (default 1024; smoke 8)")
     parser.add_argument("--reps", type=int, help="repetitions, median reported (default 3)")
+    parser.add_argument(
+        "--requests-clients",
+        type=_client_counts,
+        help="comma-separated loads of the requests scenario, in concurrent clients (default "
+        "50,200; 50,200,400,800 finds where shedding starts)",
+    )
     parser.add_argument(
         "--only",
         help="comma-separated scenarios: " + ", ".join([*scenarios.NAMES, *scenarios.ALIASES]),
@@ -390,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    config = build_config(smoke=args.smoke, size_mib=args.size_mib, reps=args.reps)
+    config = build_config(
+        smoke=args.smoke,
+        size_mib=args.size_mib,
+        reps=args.reps,
+        requests_clients=args.requests_clients,
+    )
     chosen = _selected_scenarios(args.only)
     cache: Path = (args.cache_dir or default_cache()).resolve()
     cache.mkdir(parents=True, exist_ok=True)

@@ -131,10 +131,19 @@ SMOKE = Config(
 )
 
 
-def build_config(*, smoke: bool, size_mib: int | None, reps: int | None) -> Config:
+def build_config(
+    *,
+    smoke: bool,
+    size_mib: int | None,
+    reps: int | None,
+    requests_clients: tuple[int, ...] | None = None,
+) -> Config:
     """The preset, scaled by ``--size-mib`` (the single upload; concurrent uploads get a quarter
-    of it, latency-load uploads a half, chunks stay at their preset size but never exceed it)."""
+    of it, latency-load uploads a half, chunks stay at their preset size but never exceed it);
+    ``--requests-clients`` replaces the loads of scenario 13."""
     config = SMOKE if smoke else FULL
+    if requests_clients:
+        config = replace(config, requests_clients=requests_clients)
     if size_mib is not None:
         size = size_mib * MiB
         config = replace(

@@ -326,3 +326,18 @@ def test_bench_smoke_on_s3(tmp_path: Path) -> None:
         assert extra["moto_cpu_s_per_gb"] > 0, extra
         assert extra["boto3_moto_cpu_s_per_gb"] > 0, extra
     assert not _processes_in(tmp_path), "processes of the run left behind"
+
+
+def test_the_loads_of_the_requests_scenario_can_be_chosen() -> None:
+    from bench.cli import parse_args
+    from bench.config import build_config
+
+    args = parse_args(["--requests-clients", "50,400,800"])
+    config = build_config(
+        smoke=False, size_mib=None, reps=None, requests_clients=args.requests_clients
+    )
+    assert config.requests_clients == (50, 400, 800)
+    assert build_config(smoke=False, size_mib=None, reps=None).requests_clients == (50, 200)
+    for bad in ("", "50,x", "0,50", "-3"):
+        with pytest.raises(SystemExit):
+            parse_args(["--requests-clients", bad])
