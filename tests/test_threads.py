@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import multiprocessing
 import threading
 import time
 
@@ -104,3 +105,27 @@ async def test_no_call_is_lost_while_threads_idle_out() -> None:
             assert await threads.run_sync(same, n, pool=pool) == n
             if n % 7 == 0:
                 await anyio.sleep(0.001)
+
+
+def _call_once_in_child() -> None:
+    import asyncio
+
+    assert asyncio.run(threads.run_sync(lambda: 42)) == 42
+
+
+async def test_a_forked_child_makes_its_own_threads() -> None:
+    # the parent's pool has idle workers; in a forked child they do not exist
+    assert await threads.run_sync(lambda: 1) == 1
+    for _ in range(500):  # the worker goes idle just after it hands the result back
+        if threads.process_pool().idle:
+            break
+        await anyio.sleep(0.01)
+    assert threads.process_pool().idle
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_call_once_in_child, daemon=True)
+    child.start()
+    try:
+        await threads.run_sync(child.join, 30)
+        assert child.exitcode == 0  # None: still waiting for a worker that is not there
+    finally:
+        child.kill()

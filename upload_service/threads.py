@@ -15,8 +15,9 @@ such calls, a HEAD five. ``run_sync`` keeps what the request path relies on and 
 
 What it does not do: it is no checkpoint (a cancelled scope is noticed at the next one), and it
 has no per-call limiter (a caller bounds its own calls, as ``ThreadTransactions`` does).
-The pool is made on first use, once per process, and its threads are daemons: a call still
-running at exit does not hold the process up (every caller waits for its calls first).
+The pool is made on first use, once per process (a child made by fork makes its own), and its
+threads are daemons: a call still running at exit does not hold the process up (every caller
+waits for its calls first).
 
 Crash story: none of its own. A call is a thread running the caller's function; a kill -9 ends
 it as it ends the loop.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import queue
 import threading
 from collections import deque
@@ -116,6 +118,10 @@ class ThreadPool:
     def threads(self) -> int:
         return self._threads
 
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
     def submit(self, call: _Call[object]) -> None:
         with self._lock:
             if self._idle:
@@ -159,6 +165,22 @@ class ThreadPool:
 
 _pool: ThreadPool | None = None
 _pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a child made by fork: the parent's workers are not there, so their pool is dropped
+    (a call handed to one would wait for ever) and the child makes its own on first use."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def process_pool() -> ThreadPool:
+    """The process's pool (made on first use)."""
+    return _the_pool()
 
 
 def _the_pool() -> ThreadPool:
