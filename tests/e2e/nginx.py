@@ -15,6 +15,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,17 @@ class Nginx:
         except FileNotFoundError:
             return []
         return [Access.parse(line) for line in lines if line]
+
+    def accesses_after(self, before: int, count: int, timeout: float = 10.0) -> list[Access]:
+        """The ``count`` lines nginx writes after the first ``before``: waited for, since nginx
+        writes a request's line only after the last byte of its answer went out, so a client can
+        have its answer before the line is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.accesses()[before:]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def _workers(self) -> list[int]:
         found = []

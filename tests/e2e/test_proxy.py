@@ -116,11 +116,12 @@ def test_proxy_headers_from_an_untrusted_peer_are_ignored(proxied: Proxied) -> N
 
 def test_one_request_id_in_nginx_the_server_and_the_answer(proxied: Proxied) -> None:
     """Without an X-Request-Id nginx passes its own on; the client's own is kept end to end."""
+    before = len(proxied.nginx.accesses())  # the readiness probes' lines
     with proxied.client() as client:
         answered = client.get(f"{proxied.nginx.base_url}/healthz")
         mine = client.get(f"{proxied.nginx.base_url}/readyz", headers={"X-Request-Id": "job-42"})
     assert answered.status_code == mine.status_code == 200
-    accesses = {access.uri: access for access in proxied.nginx.accesses()}
+    accesses = {access.uri: access for access in proxied.nginx.accesses_after(before, 2)}
     nginx_made = accesses["/healthz"].request_id
     assert re.fullmatch(r"[0-9a-f]{32}", nginx_made), nginx_made
     assert answered.headers["X-Request-Id"] == nginx_made  # the server took nginx's id
