@@ -47,13 +47,11 @@ async def open_appender(
     return LocalAppender(fd, offset, buffer_size, hashers, pool=pool, fence=fence)
 
 
-def _write_and_sync(
-    job: Callable[[WriterState], None], state: WriterState, fd: int
-) -> OSError | None:
+def _write_and_sync(job: Callable[[], None], fd: int) -> OSError | None:
     """``job`` (a ``write_job``), then, if it wrote, the fdatasync; the write's error is
     returned (the caller makes the prefix durable then), the fdatasync's raised."""
     try:
-        job(state)
+        job()
     except OSError as exc:
         return exc
     try:
@@ -158,20 +156,18 @@ class LocalAppender:
         side = None
         if self._side_hashers:
             side = self._side.submit(partial(hash_only, chunks, self._side_hashers))
-        progress = [0]
-        job = self._writer.submit(
-            partial(
-                write_job,
-                self._fd,
-                chunks,
-                self._hashers,
-                self._start + self._submitted,
-                progress,
-                self._state,
-            )
-        )
-        self._submitted += sum(len(chunk) for chunk in chunks)
+        write, progress = self._write_job(chunks)
+        job = self._writer.submit(write)
         self._in_flight.append((job, side, progress))
+
+    def _write_job(self, chunks: list[bytes]) -> tuple[Callable[[], None], list[int]]:
+        """The ``write_job`` of ``chunks``, next after every byte submitted so far, and the
+        count of its bytes the OS took (its progress); the chunks count as submitted."""
+        progress = [0]
+        position = self._start + self._submitted
+        self._submitted += sum(len(chunk) for chunk in chunks)
+        job = partial(write_job, self._fd, chunks, self._hashers, position, progress, self._state)
+        return job, progress
 
     async def _complete_oldest(self) -> None:
         job, side, progress = self._in_flight.popleft()
@@ -206,13 +202,9 @@ class LocalAppender:
         if self._chunks and not self._in_flight and not self._side_hashers and not self._failed:
             # Nothing in flight: the last buffer's write and the fdatasync in one worker-thread
             # call (a small PATCH is all one buffer: one hop instead of a write's and a sync's).
-            chunks = self._take_chunks()
-            progress = [0]
-            position = self._start + self._submitted
-            self._submitted += sum(len(chunk) for chunk in chunks)
-            job = partial(write_job, self._fd, chunks, self._hashers, position, progress)
+            job, progress = self._write_job(self._take_chunks())
             try:
-                written = await threads.run_sync(_write_and_sync, job, self._state, self._fd)
+                written = await threads.run_sync(_write_and_sync, job, self._fd)
             finally:
                 self._written += progress[0]
             if written is not None:  # the write failed: make the prefix durable, report it
