@@ -180,10 +180,6 @@ os.register_at_fork(after_in_child=_forget_pool)
 
 def process_pool() -> ThreadPool:
     """The process's pool (made on first use)."""
-    return _the_pool()
-
-
-def _the_pool() -> ThreadPool:
     global _pool
     if _pool is None:
         with _pool_lock:
@@ -199,7 +195,7 @@ async def run_sync(
     module's docstring)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
-    (pool or _the_pool()).submit(_Call(func, args, loop, future))  # type: ignore[arg-type]
+    (pool or process_pool()).submit(_Call(func, args, loop, future))  # type: ignore[arg-type]
     with anyio.CancelScope(shield=True):
         result = await future
     return result
