@@ -31,17 +31,21 @@ class Clock:
         return self.now
 
 
-def test_no_answers_never_shed() -> None:
+def _pressure(min_answers: int = 1) -> tuple[Pressure, Clock]:
+    """A target of 0.1 s, on a clock the test moves."""
     clock = Clock()
-    pressure = Pressure(0.1, min_answers=1, clock=clock)
+    return Pressure(0.1, min_answers=min_answers, clock=clock), clock
+
+
+def test_no_answers_never_shed() -> None:
+    pressure, clock = _pressure()
     for _ in range(5):
         clock.now += 1.0
         assert not pressure.shedding
 
 
 def test_a_window_of_slow_answers_sheds_the_next_and_a_quick_answer_ends_it() -> None:
-    clock = Clock()
-    pressure = Pressure(0.1, min_answers=1, clock=clock)
+    pressure, clock = _pressure()
     pressure.answered(0.5)
     pressure.answered(0.2)
     assert not pressure.shedding  # the window has not ended
@@ -55,8 +59,7 @@ def test_a_window_of_slow_answers_sheds_the_next_and_a_quick_answer_ends_it() ->
 
 def test_a_few_slow_answers_are_no_queue() -> None:
     # a HEAD waiting for a PATCH to commit is slow on purpose: it alone sheds nothing
-    clock = Clock()
-    pressure = Pressure(0.1, min_answers=3, clock=clock)
+    pressure, clock = _pressure(min_answers=3)
     pressure.answered(1.5)
     pressure.answered(1.5)
     clock.now += 1.0
@@ -68,8 +71,7 @@ def test_a_few_slow_answers_are_no_queue() -> None:
 
 
 def test_how_slow_the_quickest_answer_was_says_what_is_shed() -> None:
-    clock = Clock()
-    pressure = Pressure(0.1, min_answers=1, clock=clock)
+    pressure, clock = _pressure()
     pressure.answered(0.3)
     clock.now += 1.0
     first = pressure.shedding
@@ -80,8 +82,7 @@ def test_how_slow_the_quickest_answer_was_says_what_is_shed() -> None:
 
 
 def test_one_quick_answer_in_a_window_keeps_it_admitting() -> None:
-    clock = Clock()
-    pressure = Pressure(0.1, min_answers=1, clock=clock)
+    pressure, clock = _pressure()
     pressure.answered(2.0)
     pressure.answered(0.01)
     clock.now += 1.0
@@ -89,8 +90,7 @@ def test_one_quick_answer_in_a_window_keeps_it_admitting() -> None:
 
 
 def test_a_window_with_no_answers_admits_again() -> None:
-    clock = Clock()
-    pressure = Pressure(0.1, min_answers=1, clock=clock)
+    pressure, clock = _pressure()
     pressure.answered(0.5)
     clock.now += 1.0
     assert pressure.shedding
