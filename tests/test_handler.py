@@ -774,6 +774,19 @@ async def test_an_upload_expires_after_expire_after_since_its_last_commit() -> N
     assert (await committed(world.repository, upload_id)).state is UploadState.TERMINATED
 
 
+async def test_orphaned_bytes_are_swept_once_older_than_orphan_grace() -> None:
+    world = make_world(replace(CONFIG, orphan_grace=30), clock=Clock(datetime.now(UTC)))
+    orphan = "0f" * 16
+    await world.store.create(orphan)  # storage no row names: a crash before the row's insert
+    kept = await create(world.handler, 10)
+    await world.handler.lifecycle.expire()
+    assert orphan in world.store.volatile  # younger than the grace: kept
+    world.clock.advance(31)
+    await world.handler.lifecycle.expire()
+    assert orphan not in world.store.volatile
+    assert kept in world.store.volatile  # a row names it
+
+
 async def test_a_finished_upload_never_expires() -> None:
     world = make_world(replace(CONFIG, expire_after=60))
     upload_id = await create(world.handler, 3)

@@ -27,7 +27,6 @@ from tests.conftest import TUS, Databases, make_settings
 from tests.test_handler import CONFIG, Clock
 from tests.test_handler import create as handler_create
 from tests.tus_http_helpers import Served, count_uploads, create, head, patch, reason, serve
-from upload_service.lifecycle import ORPHAN_GRACE
 from upload_service.locking.memory import MemoryLocker
 from upload_service.settings import Settings
 from upload_service.storage.s3.store import S3Store
@@ -308,7 +307,7 @@ async def test_clean_up_aborts_multipart_uploads_no_row_names(
         assert listed == sorted([PREFIX + orphan, PREFIX + kept])
         await handler.lifecycle.expire()  # too young: kept
         assert len(await anyio.to_thread.run_sync(_multipart_uploads, moto_endpoint, bucket)) == 2
-        clock.advance(ORPHAN_GRACE.total_seconds() + 60)  # the real upload has not expired
+        clock.advance(CONFIG.orphan_grace + 60)  # the real upload has not expired
         await handler.lifecycle.expire()
         assert await anyio.to_thread.run_sync(_multipart_uploads, moto_endpoint, bucket) == [
             PREFIX + kept

@@ -83,6 +83,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
     return HandlerConfig(
         max_size=max_upload_size(settings),
         expire_after=settings.limits.expire_after,
+        orphan_grace=settings.limits.orphan_grace,
         checkpoint_bytes=settings.storage.checkpoint_bytes,
         checkpoint_seconds=settings.storage.checkpoint_seconds,
         progress_seconds=settings.storage.progress_seconds,

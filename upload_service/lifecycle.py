@@ -52,7 +52,6 @@ logger = logging.getLogger("upload_service.lifecycle")
 
 # Stored bytes without an upload row are swept once they are this old: creating an upload's
 # storage and inserting its row take milliseconds, so only a crash between them leaves such bytes.
-ORPHAN_GRACE = timedelta(minutes=10)
 ORPHAN_BATCH = 500
 
 ASSEMBLY_LOCK_WAIT = 60.0
@@ -103,6 +102,7 @@ class Lifecycle:
         self._clock = backends.clock
         self._max_size = config.max_size
         self._tombstone = timedelta(seconds=config.expire_after)
+        self._orphan_grace = timedelta(seconds=config.orphan_grace)
         self._events = events
         self._video = video  # ffprobe's details of a video, found before it becomes ready
         self._quota = config.quota  # a final of parts of unknown length: its length is checked here
@@ -267,7 +267,7 @@ class Lifecycle:
                 await self.assemble(final_id)
         self._events.expired(count)
         purged = await self._purge(self._clock() - self._tombstone)
-        swept = await self._sweep_orphans(self._clock() - ORPHAN_GRACE)
+        swept = await self._sweep_orphans(self._clock() - self._orphan_grace)
         if count or purged or swept:
             logger.info(
                 "expired %d unfinished uploads, forgot %d ended ones, swept %d orphaned files",

@@ -27,6 +27,14 @@ class LimitsSettings(Group):
         description="seconds between clean-up passes that expire unfinished uploads past their "
         "expiry",
     )
+    orphan_grace: float = Field(
+        default=600.0,
+        ge=0,
+        description="seconds stored bytes that no upload row names (left by a crash between "
+        "creating an upload's storage and inserting its row) are kept before a clean-up pass "
+        "deletes them",
+        json_schema_extra=shown("`600` (ten minutes)"),
+    )
     # the metadata is stored and echoed on every HEAD
     max_metadata_bytes: int = Field(
         default=4096,

@@ -34,6 +34,7 @@ class Backends:
 class HandlerConfig:
     max_size: int | None = None
     expire_after: float = 7 * 24 * 3600
+    orphan_grace: float = 600.0  # seconds unnamed stored bytes are kept before the sweep
     checkpoint_bytes: int = 64 * 1024 * 1024
     checkpoint_seconds: float = 2.0
     progress_seconds: float = 0.5
