@@ -34,3 +34,15 @@ def test_serve_names_the_command_then_serves(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"serve: the upload-service command (upload, status, download, token, ...) is {command}"
     ]
+
+
+def test_reliability_refuses_an_unknown_configuration() -> None:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "reliability"), "--configs", "sqlite,mongodb", "--kills", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "unknown configuration(s) mongodb" in done.stderr

@@ -197,10 +197,15 @@ def established(port: int) -> int:
 
 
 def serve_command() -> list[str]:
+    return cli_command("serve")
+
+
+def cli_command(command: str) -> list[str]:
+    """``upload-service COMMAND`` of the running interpreter's environment."""
     script = Path(sys.executable).with_name("upload-service")
     if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-m", "upload_service", "serve"]
+        return [str(script), command]
+    return [sys.executable, "-m", "upload_service", command]
 
 
 class ServerProcess:
@@ -227,6 +232,7 @@ class ServerProcess:
         }
         environment.update(UPLOAD_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
         environment.update(env)
+        self.environment = environment  # what the process got (a CLI command beside it, too)
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [*(command or serve_command()), "--host", "127.0.0.1", "--port", str(port)]
         with log_path.open("ab") as log:
