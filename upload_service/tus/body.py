@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from upload_service.errors import ServiceError, TooLarge
 from upload_service.events import Events
+from upload_service.tus.inflight import Reading
 
 
 class LimitedBody:
@@ -48,14 +49,22 @@ class CountedBody:
     """Reports every chunk of a request body as it is read (not an async generator: one left
     unfinished when a request ends early would be finalised later, outside the request)."""
 
-    def __init__(self, body: AsyncIterator[bytes], events: Events) -> None:
+    def __init__(
+        self, body: AsyncIterator[bytes], events: Events, reading: Reading | None = None
+    ) -> None:
         self._body = body
         self._events = events
+        self._reading = reading  # told when the body ends, breaks off or fails
 
     def __aiter__(self) -> CountedBody:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self._body.__anext__()
+        try:
+            chunk = await self._body.__anext__()
+        except BaseException:
+            if self._reading is not None:
+                self._reading.done()
+            raise
         self._events.received(len(chunk))
         return chunk

@@ -45,6 +45,7 @@ from upload_service.tus.commit import Committer
 from upload_service.tus.content_types import AllowedTypes, ContentRules
 from upload_service.tus.creation import Creator
 from upload_service.tus.download_gate import DownloadGate
+from upload_service.tus.inflight import InFlight
 from upload_service.tus.limits import Limits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
@@ -111,6 +112,7 @@ class TusHandler:
         self._clock = clock
         self._events = events
         self._digests = RunningDigests()
+        self._in_flight = InFlight()  # this process's PATCHes not yet answered, by upload
         self._rules = ContentRules(AllowedTypes(config.allowed_types), sniffer or MagicSniffer())
         backends = Backends(store=store, repository=repository, locker=locker, clock=clock)
         self.lifecycle = Lifecycle(
@@ -149,7 +151,7 @@ class TusHandler:
             clock=clock,
             lifecycle=self.lifecycle,
             loader=self._loader,
-            receiver=self._receiver,
+            in_flight=self._in_flight,
             committer=self._committer,
         )
         self._gate = DownloadGate(store=store, loader=self._loader, verify_wait=config.verify_wait)
@@ -221,43 +223,45 @@ class TusHandler:
         content_length = request_content_length(headers)
         checksum = request_checksum(headers)
         upload_id = check_upload_id(request.target)
-        body = CountedBody(body, self._events)
-        await self._loader.check_reachable(request)
+        # counted until it answers: a HEAD on the upload waits for it unless it is alive
+        with self._in_flight.patch(upload_id) as reading:
+            body = CountedBody(body, self._events, reading)
+            await self._loader.check_reachable(request)
 
-        async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
-            upload = await self._loader.load_held(request, lease)
-            loaded_state = upload.state
-            if upload.is_final:
-                raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
-            if offset != upload.offset:
-                raise OffsetMismatch(
-                    f"Upload-Offset {offset} does not match the upload's offset {upload.offset}"
-                )
-            # Every check passes before the length is declared: a rejected PATCH changes nothing.
-            length = upload.length
-            if new_length is not None:
-                await self._check_declared_length(upload, new_length, request)
-                length = new_length
-            if content_length is not None:
-                self._limits.check_fits(upload.offset, length, content_length, upload.size_cap)
-            if new_length is not None:
-                upload = await self._declare_length(upload, new_length)
-            if upload.state is UploadState.RECEIVING:
-                with self._events.receiving():
-                    upload = await self._receiver.receive(
-                        upload,
-                        body,
-                        lease,
-                        checksum,
-                        rules=self._first_bytes_rules(upload, request),
-                        content_length=content_length,  # checked against the quota there
+            async with self._locker.lock(upload_id, wait=self._config.lock_timeout) as lease:
+                upload = await self._loader.load_held(request, lease)
+                loaded_state = upload.state
+                if upload.is_final:
+                    raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
+                if offset != upload.offset:
+                    raise OffsetMismatch(
+                        f"Upload-Offset {offset} does not match the upload's offset {upload.offset}"
                     )
-            elif await _has_data(body):  # a chunked body sent to a complete upload
-                raise TooLarge("the upload is already complete")
-        if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
-            # this request completed it: the bytes are read back now that the lock is let go
-            await self.lifecycle.verify_soon(upload_id)
-        return TusResponse(204, offset_headers(upload), upload_id=upload_id)
+                # Every check passes before the length is declared: a rejected PATCH changes nothing.
+                length = upload.length
+                if new_length is not None:
+                    await self._check_declared_length(upload, new_length, request)
+                    length = new_length
+                if content_length is not None:
+                    self._limits.check_fits(upload.offset, length, content_length, upload.size_cap)
+                if new_length is not None:
+                    upload = await self._declare_length(upload, new_length)
+                if upload.state is UploadState.RECEIVING:
+                    with self._events.receiving():
+                        upload = await self._receiver.receive(
+                            upload,
+                            body,
+                            lease,
+                            checksum,
+                            rules=self._first_bytes_rules(upload, request),
+                            content_length=content_length,  # checked against the quota there
+                        )
+                elif await _has_data(body):  # a chunked body sent to a complete upload
+                    raise TooLarge("the upload is already complete")
+            if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
+                # this request completed it: the bytes are read back now that the lock is let go
+                await self.lifecycle.verify_soon(upload_id)
+            return TusResponse(204, offset_headers(upload), upload_id=upload_id)
 
     def _first_bytes_rules(self, upload: Upload, request: TusRequest) -> ContentRules | None:
         """The rules that check this request's first bytes: only with allowed types configured

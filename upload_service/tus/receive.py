@@ -82,7 +82,6 @@ class Receiver:
         self._committer = committer
         self._limits = limits
         self._running: set[Lease] = set()
-        self._reading: dict[str, int] = {}  # upload id -> receives still reading their body
         self._draining = False
 
     @property
@@ -98,22 +97,6 @@ class Receiver:
         for lease in running:
             lease.request_release()
         return len(running)
-
-    def reading(self, upload_id: str) -> bool:
-        """Whether a receive in this process is still reading a body into the upload (its
-        client is sending); false once the body ended, broke off or was asked to stop, while the
-        receive commits what arrived and lets go."""
-        return self._reading.get(upload_id, 0) > 0
-
-    @contextmanager
-    def _reading_body(self, upload_id: str) -> Iterator[None]:
-        self._reading[upload_id] = self._reading.get(upload_id, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._reading.pop(upload_id) - 1
-            if left:
-                self._reading[upload_id] = left
 
     @contextmanager
     def _registered(self, lease: Lease) -> Iterator[None]:
@@ -164,8 +147,7 @@ class Receiver:
         if content_length is not None:
             check_room(room, content_length, refusal)
         if rules is not None:
-            with self._reading_body(upload.id):
-                body = await self.checked_head(body, rules, room, lease)
+            body = await self.checked_head(body, rules, room, lease)
         start = upload.offset
         reader = LimitedBody(body, room, refusal)
         request_digest = None if checksum is None else checksum.hasher()
@@ -185,7 +167,7 @@ class Receiver:
         complete_body = False
         ended = "the body ended"
         try:
-            with anyio.CancelScope() as reading, self._reading_body(upload.id):
+            with anyio.CancelScope() as reading:
                 lease.on_release_request(reading.cancel)
                 async for chunk in reader:
                     with anyio.CancelScope(shield=True):

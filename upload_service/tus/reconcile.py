@@ -21,8 +21,8 @@ from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle
 from upload_service.locking.base import Lease, Locker
 from upload_service.storage.base import StorageKey, Store, TailDiscarder
 from upload_service.tus.commit import Committer
+from upload_service.tus.inflight import InFlight
 from upload_service.tus.load import UploadLoader
-from upload_service.tus.receive import Receiver
 from upload_service.uploads import Upload, UploadState
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Reconciler:
         clock: Callable[[], datetime],
         lifecycle: Lifecycle,
         loader: UploadLoader,
-        receiver: Receiver,
+        in_flight: InFlight,
         committer: Committer,
     ) -> None:
         self._store = store
@@ -50,7 +50,7 @@ class Reconciler:
         self._clock = clock
         self._lifecycle = lifecycle
         self._loader = loader
-        self._receiver = receiver
+        self._in_flight = in_flight
         self._committer = committer
 
     async def reconcile(self, upload: Upload, lease: Lease) -> Upload:
@@ -117,15 +117,16 @@ class Reconciler:
         """HEAD: if no request is writing, make sure the offset is backed by stored bytes.
 
         A request holding the upload that this process sees still reading its body (its client
-        is sending) is neither waited for nor disturbed: the committed offset is the answer. Any
-        other holder (a PATCH whose body ended or broke off and is committing what arrived,
-        one in another process or on another replica, a verification) is waited for, without
-        being asked to let go, for up to ``wait`` seconds: a client that lost its connection and
-        asks at once where to resume then learns the offset its broken request ends at, instead
-        of an older one that its next PATCH would find stale (409).
+        is sending: ``InFlight.settled``) is neither waited for nor disturbed: the committed
+        offset is the answer. Any other (a PATCH whose body ended or broke off and is committing
+        what arrived, one whose first bytes this process has not read yet, one in another
+        process or on another replica, a verification) is waited for, without being asked to
+        let go, for up to ``wait`` seconds: a client that lost its connection and asks at once
+        where to resume then learns the offset its broken request ends at, instead of an older
+        one that its next PATCH would find stale (409).
         """
-        if self._receiver.reading(upload.id):
-            wait = 0
+        if not await self._in_flight.settled(upload.id, wait=wait):
+            wait = 0  # alive, or still running after the whole wait
         try:
             async with self._locker.lock(upload.id, wait=wait, preempt=False) as lease:
                 current = self._loader.live(await self._loader.claimed(upload.id, lease))
