@@ -1,6 +1,7 @@
-"""A download of an upload still being verified waits for the verdict (bounded by
-``UPLOAD_DOWNLOAD_VERIFY_WAIT``), then answers with the file, a 410 if it failed, or a 503 with
-``Retry-After``: never a bare 409."""
+"""A download of an upload still being verified, or of a final upload being assembled, waits for
+the verdict or the assembly (bounded by ``UPLOAD_DOWNLOAD_VERIFY_WAIT``), then answers with the
+file, a 410 if it failed, or a 503 with ``Retry-After``: never a bare 409. A final that waits for
+parts still receiving is a 409 at once: that may take any time."""
 
 from __future__ import annotations
 
@@ -100,3 +101,89 @@ async def test_no_verdict_in_time_is_a_503_with_retry_after(
         assert response.headers["Tus-Resumable"] == "1.0.0"
         assert reason(response) == "upload is complete and being verified; retry shortly"
         assert (await services.repository.get(upload_id)).state is UploadState.VERIFYING  # type: ignore[union-attr]
+
+
+# -- a final upload whose parts are complete is being assembled: waited for like a verdict ------
+
+
+async def partial_upload(client: httpx.AsyncClient, body: bytes | None, length: int) -> str:
+    headers = {**TUS, "Upload-Concat": "partial", "Upload-Length": str(length)}
+    if body is not None:
+        headers["Content-Type"] = "application/offset+octet-stream"
+    response = await client.post("/files/", headers=headers, content=body)
+    assert response.status_code == 201, response.text
+    return str(response.headers["Location"]).rsplit("/", 1)[-1]
+
+
+async def final_upload(client: httpx.AsyncClient, *parts: str) -> str:
+    concat = "final;" + " ".join(f"/files/{part}" for part in parts)
+    response = await client.post("/files/", headers={**TUS, "Upload-Concat": concat})
+    assert response.status_code == 201, response.text
+    return str(response.headers["Location"]).rsplit("/", 1)[-1]
+
+
+class HeldAssembly:
+    """The store's concatenation, held until ``release``: a final stays assembling meanwhile."""
+
+    def __init__(self, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started, self.release = anyio.Event(), anyio.Event()
+        concatenate = services.store.concatenate  # type: ignore[attr-defined]
+
+        async def held(*args: object) -> int:
+            self.started.set()
+            await self.release.wait()
+            length: int = await concatenate(*args)
+            return length
+
+        monkeypatch.setattr(services.store, "concatenate", held)
+
+
+async def test_a_download_of_a_final_being_assembled_waits_and_gets_the_file(
+    data_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve(make_settings(data_dir, database_url)) as served:
+        client, services = served.client, served.services
+        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, b"de", 2)]
+        held = HeldAssembly(services, monkeypatch)
+        final_id = await final_upload(client, *parts)
+        with anyio.fail_after(10):
+            await held.started.wait()
+
+        async def assembled() -> None:
+            held.release.set()
+
+        response = await download_while(client, final_id, assembled)
+        assert response.status_code == 200
+        assert response.content == b"abcde"
+
+
+async def test_no_assembly_in_time_is_a_503_with_retry_after(
+    data_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(data_dir, database_url, download_verify_wait=0.3)
+    async with serve(settings) as served:
+        client, services = served.client, served.services
+        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, b"de", 2)]
+        held = HeldAssembly(services, monkeypatch)
+        final_id = await final_upload(client, *parts)
+        with anyio.fail_after(10):
+            await held.started.wait()
+            response = await client.get(f"/files/{final_id}", headers=TUS)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert reason(response) == "final upload is being assembled; retry shortly"
+        held.release.set()
+
+
+async def test_a_final_waiting_for_an_unfinished_part_is_a_409_at_once(
+    data_dir: Path, database_url: str
+) -> None:
+    async with serve(make_settings(data_dir, database_url)) as served:
+        client = served.client
+        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, None, 2)]
+        final_id = await final_upload(client, *parts)
+        with anyio.fail_after(5):  # verify_wait is 10 s: a wait would show
+            response = await client.get(f"/files/{final_id}", headers=TUS)
+        assert response.status_code == 409
+        assert "Retry-After" not in response.headers
+        assert reason(response) == "final upload waits for its partial uploads (1 of 2 complete)"

@@ -12,8 +12,9 @@ class ApiSettings(Group):
         default=10.0,
         ge=0,
         le=300,
-        description="seconds a download of an upload still `verifying` waits for the verdict "
-        "before a 503 with `Retry-After`; `0`: the 503 at once",
+        description="seconds a download of an upload still `verifying` waits for the verdict, "
+        "and one of a final upload being assembled for its assembly, before a 503 with "
+        "`Retry-After`; `0`: the 503 at once",
     )
     sse_poll_interval: float = Field(
         default=0.5,

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
+from upload_service.db.base import UploadRepository
 from upload_service.errors import Forbidden, ServiceError, Unavailable
 from upload_service.storage.base import Store
 from upload_service.tus.load import UploadLoader
@@ -29,8 +30,16 @@ VERDICT_POLL = 0.2
 
 
 class DownloadGate:
-    def __init__(self, *, store: Store, loader: UploadLoader, verify_wait: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        repository: UploadRepository,
+        loader: UploadLoader,
+        verify_wait: float,
+    ) -> None:
         self._store = store
+        self._repo = repository
         self._loader = loader
         self._verify_wait = verify_wait
 
@@ -45,6 +54,8 @@ class DownloadGate:
             raise Forbidden(
                 "a partial upload is not served as a download: download a final upload made of it"
             )
+        if upload.is_final and upload.state is UploadState.RECEIVING:
+            upload = await self._assembled(request, upload)
         if upload.state is UploadState.VERIFYING:
             upload = await self._verdict(request, upload)
         if upload.state is not UploadState.READY:
@@ -55,17 +66,50 @@ class DownloadGate:
             )
         return upload
 
+    async def _assembled(self, request: TusRequest, upload: Upload) -> Upload:
+        """A final upload not assembled yet: once every part has all its bytes, its assembly is
+        under way (on any replica) and is waited for like a verdict; before that it waits for
+        its parts, which may take any time: 409 at once, saying how many are done."""
+        parts = await self._repo.get_many(upload.parts)
+        done = [
+            part_id
+            for part_id in upload.parts
+            if (part := parts.get(part_id)) is not None
+            and part.state in (UploadState.VERIFYING, UploadState.READY)
+        ]
+        if len(done) < len(upload.parts):
+            raise ServiceError(
+                f"final upload waits for its partial uploads ({len(done)} of "
+                f"{len(upload.parts)} complete)",
+                status=409,
+                code="not_finished",
+            )
+        return await self._waited(
+            request, upload, UploadState.RECEIVING, "final upload is being assembled", "assembling"
+        )
+
     async def _verdict(self, request: TusRequest, upload: Upload) -> Upload:
+        return await self._waited(
+            request,
+            upload,
+            UploadState.VERIFYING,
+            "upload is complete and being verified",
+            "verifying",
+        )
+
+    async def _waited(
+        self, request: TusRequest, upload: Upload, state: UploadState, doing: str, code: str
+    ) -> Upload:
+        """The upload once it has left ``state``, read again every ``VERDICT_POLL`` seconds for
+        up to ``verify_wait`` seconds; then 503 with ``Retry-After``."""
         wait = self._verify_wait
         deadline = anyio.current_time() + wait
-        while upload.state is UploadState.VERIFYING:
+        while upload.state is state:
             left = deadline - anyio.current_time()
             if left <= 0:
                 retry = max(1, math.ceil(min(wait, 5.0)))
                 raise Unavailable(
-                    "upload is complete and being verified; retry shortly",
-                    code="verifying",
-                    headers={"Retry-After": str(retry)},
+                    f"{doing}; retry shortly", code=code, headers={"Retry-After": str(retry)}
                 )
             await anyio.sleep(min(VERDICT_POLL, left))
             upload = await self._loader.load(request)

@@ -154,7 +154,9 @@ class TusHandler:
             in_flight=self._in_flight,
             committer=self._committer,
         )
-        self._gate = DownloadGate(store=store, loader=self._loader, verify_wait=config.verify_wait)
+        self._gate = DownloadGate(
+            store=store, repository=repository, loader=self._loader, verify_wait=config.verify_wait
+        )
         self._whole = WholeFiles(operations=self, limits=self._limits)
 
     # -- discovery ------------------------------------------------------------------------------
