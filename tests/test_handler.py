@@ -438,6 +438,27 @@ async def test_head_during_a_patch_neither_waits_nor_preempts(world: World) -> N
     assert offset_of(first[0]) == len(data)
 
 
+async def test_a_body_without_a_byte_for_body_idle_timeout_ends_as_if_cut() -> None:
+    world = make_world(replace(CONFIG, body_idle_timeout=0.2))
+    data = payload(3 * CHUNK)
+    upload_id = await create(world.handler, len(data))
+    never = anyio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield data[:CHUNK]
+        await never.wait()  # the client neither sends nor goes away
+        yield data[CHUNK:]
+
+    with anyio.fail_after(GUARD):
+        stalled = await world.handler.patch(TusRequest(upload_id, at(0)), stalls())
+    assert stalled.status == 204
+    assert offset_of(stalled) == CHUNK  # what arrived is durable and committed
+    assert (await committed(world.repository, upload_id)).offset == CHUNK
+    with anyio.fail_after(GUARD):  # the lock was let go: the upload goes on at once
+        resumed = await world.handler.patch(TusRequest(upload_id, at(CHUNK)), chunks(data[CHUNK:]))
+    assert offset_of(resumed) == len(data)
+
+
 # -- the crash story ------------------------------------------------------------------------------
 
 

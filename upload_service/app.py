@@ -86,6 +86,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         orphan_grace=settings.limits.orphan_grace,
         checkpoint_bytes=settings.storage.checkpoint_bytes,
         checkpoint_seconds=settings.storage.checkpoint_seconds,
+        body_idle_timeout=settings.storage.body_idle_timeout,
         progress_seconds=settings.storage.progress_seconds,
         lock_timeout=settings.locking.timeout,
         relative_location=settings.server.relative_location,

@@ -55,6 +55,13 @@ class StorageSettings(Group):
     checkpoint_seconds: float = Field(
         default=2.0, gt=0, description="... or after this many seconds, whichever comes first"
     )
+    body_idle_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a request body may go without a byte before the service ends the "
+        "request as if its client had gone: what arrived is made durable and committed, the "
+        "upload's lock is let go, and the answer is 204 with the offset reached",
+    )
     progress_seconds: float = Field(
         default=0.5,
         gt=0,

@@ -166,20 +166,32 @@ class Receiver:
         failure: StorageError | None = None
         complete_body = False
         ended = "the body ended"
+        idle = self._config.body_idle_timeout
         try:
             with anyio.CancelScope() as reading:
                 lease.on_release_request(reading.cancel)
+                # The idle deadline moves on with the bytes, checked each piece but moved only
+                # every quarter of it (moving a scope's deadline reschedules a timer).
+                refreshed = anyio.current_time()
+                reading.deadline = refreshed + idle
                 async for chunk in reader:
                     with anyio.CancelScope(shield=True):
                         await appender.write(chunk)
                     if reader.overflow is not None:
                         break
                     await strategy.written()
+                    now = anyio.current_time()
+                    if now - refreshed > idle / 4:
+                        refreshed = now
+                        reading.deadline = now + idle
                 else:
                     complete_body = True
             if reading.cancelled_caught:
                 complete_body = False
-                ended = "another request or the shutdown asked for the upload"
+                if anyio.current_time() >= reading.deadline:
+                    ended = f"no byte of the body for {idle:g} s"
+                else:
+                    ended = "another request or the shutdown asked for the upload"
         except ClientGone:
             ended = "the client went away"  # keep what arrived (unless checksummed): see below
         except StorageError as exc:

@@ -37,6 +37,7 @@ class HandlerConfig:
     orphan_grace: float = 600.0  # seconds unnamed stored bytes are kept before the sweep
     checkpoint_bytes: int = 64 * 1024 * 1024
     checkpoint_seconds: float = 2.0
+    body_idle_timeout: float = 60.0  # seconds without a byte: the body ends as if cut
     progress_seconds: float = 0.5
     lock_timeout: float = 3.0
     relative_location: bool = False  # Location on creation: a path instead of an absolute URL
