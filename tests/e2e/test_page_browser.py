@@ -413,3 +413,36 @@ def test_network_errors_and_busy_answers_are_retried_from_the_servers_offset(
     url = row_data(page, "url")
     assert url is not None
     assert download_sha256(http, url) == (expected, path.stat().st_size)
+
+
+def test_two_tabs_on_one_file_one_yields_and_the_other_goes_on(
+    servers: Servers, context: BrowserContext, source: Source, http: httpx.Client
+) -> None:
+    server = servers.start(env={"UPLOAD_PAGE_CHUNK_SIZE": str(8 * MiB)})
+    first, second = context.new_page(), context.new_page()
+    second_patches = Patches()
+    second.on("request", second_patches.record)
+    for page in (first, second):
+        throttle(context, page)
+        page.goto(f"{server.base_url}/")
+    first.locator("#file-input").set_input_files(source.path)
+    wait_for_bytes(first, 8 * MiB)
+
+    # the second tab, given the same file, yields to the first: paused, saying why
+    second.locator("#file-input").set_input_files(source.path)
+    wait_for_state(second, "paused")
+    assert "Another tab" in second.locator(f"{ROW} .status").inner_text()
+    assert row_data(first, "state") == "uploading"
+    url = row_data(first, "url")
+    assert url is not None
+    assert second_patches.sent == []
+
+    # the first tab is closed mid-upload: the second one resumes the same upload and ends it
+    first.close()
+    second.get_by_role("button", name=f"Resume {source.path.name}").click()
+    wait_for_state(second, "done", timeout=180_000)
+    wait_for_server_state(second, "ready")
+    assert row_data(second, "url") == url
+    assert {sent_url for sent_url, _ in second_patches.sent} == {url}
+    assert second_patches.sent[0][1] > 0, "the second tab started over"
+    assert download_sha256(http, url) == (source.sha256, source.size)

@@ -373,7 +373,7 @@ class Item {
         text = this.upload.resumedFrom ? `Uploading (resumed at ${formatBytes(this.upload.resumedFrom)})` : "Uploading";
         break;
       case "paused":
-        text = "Paused";
+        text = detail.message || "Paused";
         this.page.announce(`${name} paused.`);
         break;
       case "retrying": {

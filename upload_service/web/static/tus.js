@@ -28,6 +28,8 @@ export class TusError extends Error {
 
 class Stale extends Error {} // the run that awaited was paused or cancelled meanwhile
 
+export const ANOTHER_TAB = "Another tab of this browser is uploading this file; resume here once it is done or closed.";
+
 // -- base64 of UTF-8 text (Upload-Metadata values) -----------------------------------------------
 
 export function base64Utf8(text) {
@@ -271,6 +273,25 @@ export class TusUpload {
 
   async _main(run) {
     this._setState("starting");
+    // One tab at a time uploads a file: the run holds a Web Lock named by the file's resume key
+    // (shared by every tab of this origin) for as long as it runs. A second tab finds it taken
+    // and yields: paused, saying why; its Resume tries again. Without the API (an old browser, a
+    // page not served over https or from localhost) the tabs would fight over the upload's lock
+    // on the server, as before.
+    const locks = globalThis.navigator?.locks;
+    if (!locks) return this._upload(run);
+    return locks.request(`${STORE_PREFIX}${this.storeKey}`, { ifAvailable: true }, async (lock) => {
+      if (lock === null) {
+        this._check(run);
+        this._stop();
+        this._setState("paused", { message: ANOTHER_TAB });
+        return;
+      }
+      await this._upload(run);
+    });
+  }
+
+  async _upload(run) {
     if (this.url === null) {
       await this._retrying(run, () => this._findOrCreate(run));
     }
