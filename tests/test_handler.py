@@ -34,6 +34,7 @@ from upload_service.errors import (
     StorageError,
     StorageFull,
     TooLarge,
+    Unavailable,
 )
 from upload_service.locking.memory import MemoryLocker
 from upload_service.storage.base import Appender, Fence, Hasher, StorageKey
@@ -457,6 +458,27 @@ async def test_a_body_without_a_byte_for_body_idle_timeout_ends_as_if_cut() -> N
     with anyio.fail_after(GUARD):  # the lock was let go: the upload goes on at once
         resumed = await world.handler.patch(TusRequest(upload_id, at(CHUNK)), chunks(data[CHUNK:]))
     assert offset_of(resumed) == len(data)
+
+
+async def test_start_up_reconciliation_goes_past_an_upload_it_cannot_reconcile() -> None:
+    class Unreachable(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.broken: set[str] = set()
+
+        async def size(self, key: StorageKey) -> int:
+            if key.upload_id in self.broken:
+                raise Unavailable("object storage is unreachable")
+            return await super().size(key)
+
+    store = Unreachable()
+    world = make_world(store=store)
+    broken = await create(world.handler, 10)
+    fine = await create(world.handler, 10)
+    store.broken.add(broken)
+    store.volatile[fine] += b"uncommitted"  # a kill left bytes past the committed offset
+    assert await world.handler.reconcile_all() == 1  # the other one, cut back
+    assert bytes(store.volatile[fine]) == b""
 
 
 # -- the crash story ------------------------------------------------------------------------------

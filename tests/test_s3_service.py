@@ -31,6 +31,8 @@ from upload_service.locking.memory import MemoryLocker
 from upload_service.settings import Settings
 from upload_service.storage.s3.store import S3Store
 from upload_service.tus.handler import TusHandler
+from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.uploads import UploadState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -316,3 +318,77 @@ async def test_clean_up_aborts_multipart_uploads_no_row_names(
         assert all(not key.startswith(PREFIX + orphan) for key in keys)
     finally:
         await store.aclose()
+
+
+class Killed(BaseException):
+    """kill -9: nothing after it runs."""
+
+
+async def test_start_up_after_a_kill_between_a_finals_object_and_its_commit(
+    databases: Databases,
+    moto_endpoint: str,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the kill storm: the final's object was completed in the bucket, the kill came
+    before its row said so. Start-up then cut the final back as if it were a receiving upload,
+    asked S3 for a multipart upload that no longer exists, and refused to start. A final's
+    bytes are its assembly's: start-up leaves them to the assembly, which it resumes."""
+    client = moto.client(moto_endpoint)
+    store = S3Store(client, bucket, PREFIX, part_size=PART, spool_dir=tmp_path, max_size=GiB)
+    repository = databases.repository()
+    handler = TusHandler(store=store, repository=repository, locker=MemoryLocker(), config=CONFIG)
+    pieces = [_data(PART + 10, seed=1), _data(300, seed=2)]
+    try:
+        part_ids = []
+        for piece in pieces:
+            headers = TusHeaders(
+                tus_resumable="1.0.0", upload_length=str(len(piece)), upload_concat="partial"
+            )
+            created = await handler.create(TusRequest(headers=headers), _empty())
+            assert created.upload_id is not None
+            headers = TusHeaders(
+                tus_resumable="1.0.0",
+                content_type="application/offset+octet-stream",
+                upload_offset="0",
+            )
+            await handler.patch(TusRequest(created.upload_id, headers), _pieces(piece))
+            part_ids.append(created.upload_id)
+
+        async def killed(*_args: object, **_kwargs: object) -> None:
+            raise Killed
+
+        assembled = repository.assembled
+        monkeypatch.setattr(repository, "assembled", killed)
+        concat = "final;" + " ".join(f"/files/{part}" for part in part_ids)
+        final = TusRequest(headers=TusHeaders(tus_resumable="1.0.0", upload_concat=concat))
+        with pytest.raises(Killed):
+            await handler.create(final, _empty())
+        monkeypatch.setattr(repository, "assembled", assembled)
+        (final_row,) = [u for u in await repository.list_by_state(UploadState.RECEIVING)]
+        assert final_row.is_final
+
+        await handler.reconcile_all()  # start-up: it raised NotFound here
+
+        final_row = await repository.get(final_row.id)  # type: ignore[assignment]
+        assert final_row is not None
+        assert final_row.state in (UploadState.VERIFYING, UploadState.READY)
+        assert final_row.length == sum(len(piece) for piece in pieces)
+        stored = b"".join(
+            [chunk async for chunk in store.read(final_row.storage, 0, final_row.length)]
+        )
+        assert stored == b"".join(pieces)
+    finally:
+        await store.aclose()
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    nothing: tuple[bytes, ...] = ()
+    for piece in nothing:
+        yield piece
+
+
+async def _pieces(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 64 * 1024):
+        yield data[start : start + 64 * 1024]

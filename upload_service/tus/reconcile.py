@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from upload_service.errors import Locked, NotFound, StorageError
+from upload_service.errors import Locked, NotFound, ServiceError, StorageError
 from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle
 from upload_service.locking.base import Lease, Locker
 from upload_service.storage.base import StorageKey, Store, TailDiscarder
@@ -98,19 +98,32 @@ class Reconciler:
         return reconciled
 
     async def _reconcile_receiving(self) -> int:
+        """Every upload still receiving, but finals: a final's bytes are its assembly's, which
+        ``Lifecycle.resume`` runs again (a kill may have left its object complete and its row
+        receiving; it is neither cut back nor read here). One upload that cannot be reconciled
+        (its storage unreachable, say) is logged and left for its next request, whose ``append``
+        cuts what was not committed: it never keeps the service from starting."""
         reconciled = 0
         for upload in await self._repo.list_by_state(UploadState.RECEIVING):
+            if upload.is_final:
+                continue
             try:
                 async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
                     current = await self._loader.claimed(upload.id, lease)
                     if current is not None and current.state is UploadState.RECEIVING:
                         current = await self.reconcile(current, lease)
                         reconciled += 1
-                        if current.is_complete and not current.is_final:
+                        if current.is_complete:
                             # killed between the last commit and ``complete``
                             await self._committer.complete(current)
             except Locked:
                 continue  # another worker process is writing it: consistent by construction
+            except ServiceError as exc:
+                logger.error(
+                    "start-up reconciliation of an upload failed, left for its next request: %s",
+                    exc.message,
+                    extra={"upload_id": upload.id},
+                )
         return reconciled
 
     async def reconcile_if_idle(self, upload: Upload, *, wait: float) -> Upload:
