@@ -271,6 +271,42 @@ async def test_failed_deliveries_are_retried_with_backoff_then_succeed(
     assert 'upload_hook_deliveries_total{outcome="retried",type="post-create"} 2.0' in metrics
 
 
+async def test_a_receiver_that_hangs_slows_no_upload_and_the_outbox_catches_up(
+    sqlite_dir: Path, hook_receiver: Receiver
+) -> None:
+    # the receiver hangs past the timeout twice (its attempts time out), then answers again
+    hook_receiver.answers = [Answer(delay=3.0), Answer(delay=3.0)]
+    settings = hook_settings(sqlite_dir, hook_url=hook_receiver.url, hook_timeout=1.0)
+    async with running(settings) as (_, client):
+        first = await create(client, data=b"abcd")  # created and finished in one request
+        second = await create(client, data=b"efgh")
+
+        async def states() -> list[str]:
+            return [
+                (await client.get(f"/api/uploads/{upload_id}")).json()["state"]
+                for upload_id in (first, second)
+            ]
+
+        with anyio.fail_after(10):
+            while await states() != ["ready", "ready"]:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        # both uploads are done while the receiver still hangs on the first delivery
+        pending = (await client.get(f"/api/uploads/{first}/deliveries")).json()
+        assert pending
+        assert all(delivery["status"] != "delivered" for delivery in pending)
+
+        async def all_delivered() -> bool:
+            for upload_id in (first, second):
+                found = (await client.get(f"/api/uploads/{upload_id}/deliveries")).json()
+                if not found or any(delivery["status"] != "delivered" for delivery in found):
+                    return False
+            return True
+
+        with anyio.fail_after(30):
+            while not await all_delivered():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+
+
 async def test_an_event_is_failed_after_the_last_attempt(
     sqlite_dir: Path, hook_receiver: Receiver
 ) -> None:
