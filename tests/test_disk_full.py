@@ -117,6 +117,10 @@ async def test_a_patch_bigger_than_the_free_space_is_a_507_and_resumes_once_spac
         client = served.client
         kept = await create(client, len(other))
         assert (await patch(client, kept, 0, other)).status_code == 204
+        # another upload on the same disk, half sent when the disk fills: it goes on after
+        going_data = _data(3 * MiB, seed=3)
+        going = await create(client, len(going_data))
+        assert (await patch(client, going, 0, going_data[: MiB + 7])).status_code == 204
         # Something else fills the disk until less than the upload is left.
         filler = disk / "filler"
         await anyio.Path(filler).write_bytes(b"\0" * (48 * MiB))
@@ -153,6 +157,10 @@ async def test_a_patch_bigger_than_the_free_space_is_a_507_and_resumes_once_spac
         assert resumed.headers["Upload-Offset"] == str(len(data))
         assert await sha256_when_ready(client, deferred, GUARD) == hashlib.sha256(data).hexdigest()
         assert await _download(client, kept) == other
+        went_on = await patch(client, going, MiB + 7, going_data[MiB + 7 :])
+        assert went_on.status_code == 204, went_on.text
+        digest = hashlib.sha256(going_data).hexdigest()
+        assert await sha256_when_ready(client, going, GUARD) == digest
 
 
 async def test_reservation_refuses_what_cannot_fit_and_keeps_the_size(
