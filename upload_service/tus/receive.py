@@ -38,6 +38,7 @@ starts after the drain lets go at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -170,20 +171,20 @@ class Receiver:
         try:
             with anyio.CancelScope() as reading:
                 lease.on_release_request(reading.cancel)
-                # The idle deadline moves on with the bytes, checked each piece but moved only
-                # every quarter of it (moving a scope's deadline reschedules a timer).
-                refreshed = anyio.current_time()
-                reading.deadline = refreshed + idle
+                # The idle deadline moves on with the bytes, checked each piece (a monotonic
+                # clock read) but moved only every quarter of it (moving a scope's deadline
+                # reschedules a timer; the deadline is in the event loop's clock).
+                refreshed = time.monotonic()
+                reading.deadline = anyio.current_time() + idle
                 async for chunk in reader:
                     with anyio.CancelScope(shield=True):
                         await appender.write(chunk)
                     if reader.overflow is not None:
                         break
                     await strategy.written()
-                    now = anyio.current_time()
-                    if now - refreshed > idle / 4:
-                        refreshed = now
-                        reading.deadline = now + idle
+                    if time.monotonic() - refreshed > idle / 4:
+                        refreshed = time.monotonic()
+                        reading.deadline = anyio.current_time() + idle
                 else:
                     complete_body = True
             if reading.cancelled_caught:
