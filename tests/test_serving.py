@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
+from upload_service.app import HEADER_TIMEOUT
 from upload_service.ops.serving import BodyPieces, DrainingHttpToolsProtocol
 
 pytestmark = pytest.mark.anyio
@@ -156,3 +157,38 @@ def test_body_pieces_count_join_and_hand_over_a_single_piece_as_it_is() -> None:
     assert bytes(pieces) == one + b"yz"
     assert bytes(BodyPieces(bytearray(b"ab"))) == b"ab"
     assert type(bytes(BodyPieces(bytearray(b"ab")))) is bytes
+
+
+def timed_serving(app: Any, timeout: float) -> tuple[Spy, Transport]:
+    config = uvicorn.Config(app=app, lifespan="off", log_level="warning")
+    protocol = Spy(
+        config=config,
+        server_state=ServerState(),
+        app_state={HEADER_TIMEOUT: timeout},
+        _loop=asyncio.get_running_loop(),
+    )
+    protocol.pieces = []
+    transport = Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_headers_that_do_not_come_in_time_are_a_408_and_a_close() -> None:
+    for sent in (b"", b"PATCH /files/x HTTP/1.1\r\nHost: t\r\nX-Slow: a"):
+        protocol, transport = timed_serving(recording([]), 0.05)
+        if sent:
+            protocol.data_received(sent)
+        await asyncio.sleep(0.2)
+        assert transport.closed, sent
+        assert bytes(transport.written).startswith(b"HTTP/1.1 408 Request Timeout\r\n"), sent
+        assert bytes(transport.written).endswith(b"\r\n\r\nthe request headers took too long")
+
+
+async def test_headers_in_time_are_served_and_the_timer_is_off() -> None:
+    messages: list[dict[str, Any]] = []
+    protocol, transport = timed_serving(recording(messages), 0.05)
+    protocol.data_received(HEAD % 3 + b"abc")
+    await asyncio.sleep(0.2)  # past the timeout: the request was whole long before
+    assert bytes(transport.written).startswith(b"HTTP/1.1 204 ")
+    assert b"408" not in bytes(transport.written)
+    assert [message["body"] for message in messages] == [b"abc"]

@@ -70,6 +70,7 @@ from upload_service.web.page import page_router
 logger = logging.getLogger("upload_service")
 
 DRAIN = "upload_service.drain"  # lifespan state: called with no arguments as shutdown begins
+HEADER_TIMEOUT = "upload_service.header_timeout"  # lifespan state: seconds for a request's headers
 
 
 def max_upload_size(settings: Settings) -> int | None:
@@ -258,7 +259,10 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
                 try:
                     # The server calls this as its shutdown begins (``serving``): before it waits for
                     # requests, not after, as the lifespan's own exit would.
-                    yield {DRAIN: partial(drain_uploads, services.handler)}
+                    yield {
+                        DRAIN: partial(drain_uploads, services.handler),
+                        HEADER_TIMEOUT: resolved.server.header_timeout,
+                    }
                 finally:
                     if metrics is not None:
                         metrics.close()

@@ -232,3 +232,23 @@ def test_idle_connections_slowloris_and_cut_bodies_leave_others_served(
     assert response.status_code == 204, response.text
     wait_until_ready(http, cut_url)
     assert download_sha256(http, cut_url) == (source.sha256, source.size)
+
+
+def test_a_client_slow_with_its_headers_is_answered_408_and_disconnected(
+    servers: Servers, http: httpx.Client
+) -> None:
+    server = servers.start(env={"UPLOAD_HEADER_TIMEOUT": "1"})
+    silent = connect(server.base_url)  # connects and never asks
+    trickler = connect(server.base_url)  # slowloris: a byte of its headers now and then
+    with silent, trickler:
+        started = time.monotonic()
+        for byte in b"GET ":
+            trickler.send(bytes([byte]))
+            time.sleep(0.2)
+        for sock in (silent, trickler):
+            sock.settimeout(30)
+            status, _ = read_answer(sock)
+            assert status == 408
+            assert sock.recv(65536) == b""  # then closed
+        assert time.monotonic() - started >= 0.75
+        assert http.get(f"{server.base_url}/healthz").status_code == 200  # others are served

@@ -16,15 +16,27 @@ in a bytearray (a copy) and gives the app ``bytes()`` of it (a second copy): for
 two more passes over every byte on the event loop, and two more buffers per connection held at
 once. Here the pieces are kept as they came (``BodyPieces``) and a single piece, the usual case,
 is the ``body`` of the ASGI message itself; several are joined once.
+
+And it gives a client ``UPLOAD_HEADER_TIMEOUT`` seconds (``app.HEADER_TIMEOUT`` in the lifespan
+state) to send a request's headers, counted from the connection and again from each request's
+first byte: uvicorn itself waits forever for them, so a slowloris client, or a connection that
+never asks, would be held for good. Past it the client is answered 408 and disconnected. The
+body has its own idle timeout (``UPLOAD_BODY_IDLE_TIMEOUT``, in the handler).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from upload_service.app import DRAIN
+from upload_service.app import DRAIN, HEADER_TIMEOUT
+
+TOO_SLOW = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 33\r\n\r\nthe request headers took too long"
+)
 
 
 class BodyPieces:
@@ -55,6 +67,41 @@ class BodyPieces:
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        timeout = self.app_state.get(HEADER_TIMEOUT)
+        self._disarm_header_timer()
+        if timeout:
+            self._header_timer = self.loop.call_later(timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(TOO_SLOW)
+            self.transport.close()
+
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
         if not isinstance(cycle.body, BodyPieces):  # a new cycle, or a receive just took the body

@@ -63,6 +63,13 @@ class ServerSettings(Group):
         json_schema_extra=shown("`8388608` (8 MiB)"),
     )
 
+    header_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a client has to send a request's headers, from its connection or "
+        "its request's first byte, before it is answered 408 and disconnected (slowloris "
+        "clients, idle connections that never ask)",
+    )
     shed_latency: float = Field(
         default=0.5,
         ge=0,
