@@ -182,8 +182,9 @@ class Receiver:
                     if reader.overflow is not None:
                         break
                     await strategy.written()
-                    if time.monotonic() - refreshed > idle / 4:
-                        refreshed = time.monotonic()
+                    now = time.monotonic()
+                    if now - refreshed > idle / 4:
+                        refreshed = now
                         reading.deadline = anyio.current_time() + idle
                 else:
                     complete_body = True

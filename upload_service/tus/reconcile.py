@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import anyio
+
 from upload_service.errors import Locked, NotFound, ServiceError, StorageError
 from upload_service.lifecycle import RECONCILE_LOCK, Lifecycle
 from upload_service.locking.base import Lease, Locker
@@ -138,7 +140,10 @@ class Reconciler:
         where to resume then learns the offset its broken request ends at, instead of an older
         one that its next PATCH would find stale (409).
         """
-        if not await self._in_flight.settled(upload.id, wait=wait):
+        began = anyio.current_time()
+        if await self._in_flight.settled(upload.id, wait=wait):
+            wait = max(0.0, wait - (anyio.current_time() - began))  # one bound for both waits
+        else:
             wait = 0  # alive, or still running after the whole wait
         try:
             async with self._locker.lock(upload.id, wait=wait, preempt=False) as lease:
