@@ -76,20 +76,26 @@ def drop_database(name: str) -> None:
 
 
 @contextmanager
-def migrated_database(purpose: str) -> Iterator[str]:
-    """A new database built by the real migrations (skips or fails without a server, as
-    ``require_postgres``), dropped afterwards: its SQLAlchemy URL."""
-    from upload_service.db.migrate import upgrade
-
+def new_database(purpose: str) -> Iterator[str]:
+    """A new, empty database (skips or fails without a server, as ``require_postgres``),
+    dropped afterwards: its SQLAlchemy URL."""
     require_postgres()
     name = new_database_name(purpose)
     create_database(name)
     try:
-        url = sqlalchemy_url(name)
-        upgrade(url)
-        yield url
+        yield sqlalchemy_url(name)
     finally:
         drop_database(name)
+
+
+@contextmanager
+def migrated_database(purpose: str) -> Iterator[str]:
+    """A new database built by the real migrations, dropped afterwards: its SQLAlchemy URL."""
+    from upload_service.db.migrate import upgrade
+
+    with new_database(purpose) as url:
+        upgrade(url)
+        yield url
 
 
 def empty_tables(dsn: str) -> None:

@@ -38,13 +38,7 @@ from tests.e2e.support import (
     sha256_file,
     write_random_file,
 )
-from tests.postgres import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    sqlalchemy_url,
-)
+from tests.postgres import new_database
 from tests.workers import once_per_run
 
 # At least 200 MiB, and not a multiple of any chunk or buffer size, so the tail is exercised too.
@@ -96,13 +90,8 @@ def server_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     if request.param == "sqlite":
         yield {}
         return
-    require_postgres()
-    name = new_database_name("e2e")
-    create_database(name)
-    try:
-        yield {"UPLOAD_DATABASE_URL": sqlalchemy_url(name)}
-    finally:
-        drop_database(name)
+    with new_database("e2e") as url:
+        yield {"UPLOAD_DATABASE_URL": url}
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,13 +53,7 @@ from tests.e2e.support import (
     upload_in_chunks,
     write_random_file,
 )
-from tests.postgres import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    sqlalchemy_url,
-)
+from tests.postgres import new_database
 
 pytestmark = pytest.mark.e2e
 
@@ -120,18 +113,6 @@ class ReplicaEnv:
     bucket: Bucket | None = None
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A PostgreSQL database of the test's own (its SQLAlchemy URL), dropped at the end."""
-    require_postgres()
-    name = new_database_name("replicas")
-    create_database(name)
-    try:
-        yield sqlalchemy_url(name)
-    finally:
-        drop_database(name)
-
-
 @pytest.fixture(params=["postgres", "sqlite", "s3"])
 def replica_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReplicaEnv]:
     """What the replicas share: where the bytes live, the database, the locker.
@@ -155,7 +136,7 @@ def replica_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repl
         )
         return
     if request.param == "postgres":
-        with postgres_database() as url:
+        with new_database("replicas") as url:
             yield ReplicaEnv(
                 env={
                     "UPLOAD_DATA_DIR": str(shared),
@@ -166,7 +147,7 @@ def replica_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Repl
             )
         return
     endpoint: str = request.getfixturevalue("moto_endpoint")
-    with postgres_database() as url:
+    with new_database("replicas") as url:
         bucket = Bucket(endpoint, s3.new_bucket(endpoint), S3_PREFIX)
         try:
             yield ReplicaEnv(

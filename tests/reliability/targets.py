@@ -9,13 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from tests import s3
-from tests.postgres import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    sqlalchemy_url,
-)
+from tests.postgres import new_database
 from tests.reliability.storm import Target, local_files
 
 NAMES = ("sqlite", "postgres", "postgres-s3")
@@ -40,11 +34,8 @@ def target(name: str, moto_endpoint: Callable[[], str]) -> Iterator[Target]:
     if name == "sqlite":
         yield Target(name, {}, local_files)
         return
-    require_postgres()
-    database = new_database_name("storm")
-    create_database(database)
-    try:
-        env = {"UPLOAD_DATABASE_URL": sqlalchemy_url(database), "UPLOAD_LOCKER": "postgres"}
+    with new_database("storm") as url:
+        env = {"UPLOAD_DATABASE_URL": url, "UPLOAD_LOCKER": "postgres"}
         if name == "postgres":
             yield Target(name, env, local_files)
             return
@@ -64,5 +55,3 @@ def target(name: str, moto_endpoint: Callable[[], str]) -> Iterator[Target]:
             yield Target(name, env, partial(s3_stored, endpoint, bucket))
         finally:
             s3.empty_bucket(endpoint, bucket)  # moto keeps every byte in its memory
-    finally:
-        drop_database(database)
