@@ -579,19 +579,27 @@ class RawPatch(threading.Thread):
         return False
 
     def _read_answer(self, sock: socket.socket) -> None:
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-        lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-        if lines and lines[0].startswith("HTTP/1.1 "):
-            self.status = int(lines[0].split()[1])
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "upload-offset":
-                self.answered_offset = int(value.strip())
+        self.status, headers = read_answer(sock)
+        if "upload-offset" in headers:
+            self.answered_offset = int(headers["upload-offset"])
+
+
+def read_answer(sock: socket.socket) -> tuple[int | None, dict[str, str]]:
+    """The status and the headers (names in lower case) of the answer read from ``sock``; None
+    for the status when the server closed before a status line."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        data = sock.recv(65536)
+        if not data:
+            break
+        answer += data
+    lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/1.1 ") else None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
 
 
 # -- asyncio's slow-callback warnings -----------------------------------------------------------

@@ -30,6 +30,7 @@ from tests.e2e.support import (
     download_sha256,
     head_offset,
     patch_file,
+    read_answer,
     wait_until_ready,
 )
 
@@ -84,21 +85,6 @@ def stalled_patch(url: str, source: Source, sent: int) -> socket.socket:
     with source.path.open("rb") as stream:
         sock.sendall(stream.read(sent))
     return sock
-
-
-def read_answer(sock: socket.socket) -> tuple[int, dict[str, str]]:
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        data = sock.recv(65536)
-        if not data:
-            break
-        answer += data
-    lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers
 
 
 def test_a_stalled_patch_lets_go_after_the_idle_timeout(
