@@ -11,6 +11,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from tests.postgres import (
     empty_tables,
     migrated_database,
 )
-from tests.s3 import moto_server
+from tests.s3 import moto_server, new_bucket
 from tests.workers import run_lock
 from upload_service.app import create_app
 from upload_service.db.engine import create_engine, create_transactions
@@ -53,6 +54,20 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The session's moto S3 server (a separate process), started on first use."""
     with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The standard AWS variables, as a user sets them (moto accepts any)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+async def bucket(moto_endpoint: str) -> str:
+    return await anyio.to_thread.run_sync(new_bucket, moto_endpoint)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import TUS, make_settings
+from tests.test_concatenation import create_final, create_partial
 from tests.tus_http_helpers import create, reason, serve
 from upload_service.services import Services
 from upload_service.tus.handler import utcnow
@@ -106,22 +107,6 @@ async def test_no_verdict_in_time_is_a_503_with_retry_after(
 # -- a final upload whose parts are complete is being assembled: waited for like a verdict ------
 
 
-async def partial_upload(client: httpx.AsyncClient, body: bytes | None, length: int) -> str:
-    headers = {**TUS, "Upload-Concat": "partial", "Upload-Length": str(length)}
-    if body is not None:
-        headers["Content-Type"] = "application/offset+octet-stream"
-    response = await client.post("/files/", headers=headers, content=body)
-    assert response.status_code == 201, response.text
-    return str(response.headers["Location"]).rsplit("/", 1)[-1]
-
-
-async def final_upload(client: httpx.AsyncClient, *parts: str) -> str:
-    concat = "final;" + " ".join(f"/files/{part}" for part in parts)
-    response = await client.post("/files/", headers={**TUS, "Upload-Concat": concat})
-    assert response.status_code == 201, response.text
-    return str(response.headers["Location"]).rsplit("/", 1)[-1]
-
-
 class HeldAssembly:
     """The store's concatenation, held until ``release``: a final stays assembling meanwhile."""
 
@@ -138,16 +123,28 @@ class HeldAssembly:
         monkeypatch.setattr(services.store, "concatenate", held)
 
 
+async def assembling(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> tuple[HeldAssembly, str]:
+    """A final upload of two finished parts (``abc``, ``de``) whose assembly has begun and is
+    held: the hold and the final's id."""
+    parts = [
+        await create_partial(client, 3, body=b"abc"),
+        await create_partial(client, 2, body=b"de"),
+    ]
+    held = HeldAssembly(services, monkeypatch)
+    final_id = await create_final(client, *parts)
+    with anyio.fail_after(10):
+        await held.started.wait()
+    return held, final_id
+
+
 async def test_a_download_of_a_final_being_assembled_waits_and_gets_the_file(
     data_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with serve(make_settings(data_dir, database_url)) as served:
         client, services = served.client, served.services
-        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, b"de", 2)]
-        held = HeldAssembly(services, monkeypatch)
-        final_id = await final_upload(client, *parts)
-        with anyio.fail_after(10):
-            await held.started.wait()
+        held, final_id = await assembling(client, services, monkeypatch)
 
         async def assembled() -> None:
             held.release.set()
@@ -163,11 +160,8 @@ async def test_no_assembly_in_time_is_a_503_with_retry_after(
     settings = make_settings(data_dir, database_url, download_verify_wait=0.3)
     async with serve(settings) as served:
         client, services = served.client, served.services
-        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, b"de", 2)]
-        held = HeldAssembly(services, monkeypatch)
-        final_id = await final_upload(client, *parts)
+        held, final_id = await assembling(client, services, monkeypatch)
         with anyio.fail_after(10):
-            await held.started.wait()
             response = await client.get(f"/files/{final_id}", headers=TUS)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
@@ -180,8 +174,8 @@ async def test_a_final_waiting_for_an_unfinished_part_is_a_409_at_once(
 ) -> None:
     async with serve(make_settings(data_dir, database_url)) as served:
         client = served.client
-        parts = [await partial_upload(client, b"abc", 3), await partial_upload(client, None, 2)]
-        final_id = await final_upload(client, *parts)
+        parts = [await create_partial(client, 3, body=b"abc"), await create_partial(client, 2)]
+        final_id = await create_final(client, *parts)
         with anyio.fail_after(5):  # verify_wait is 10 s: a wait would show
             response = await client.get(f"/files/{final_id}", headers=TUS)
         assert response.status_code == 409

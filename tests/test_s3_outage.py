@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import TUS
 from tests.test_database_outage import CuttableProxy
-from tests.test_s3_service import PART, aws_credentials, bucket, s3_settings  # noqa: F401
+from tests.test_s3_service import PART, s3_settings
 from tests.tus_http_helpers import create, head, serve
 
 pytestmark = pytest.mark.anyio
@@ -39,11 +39,11 @@ def offset_of(response: httpx.Response) -> int:
 
 
 async def test_the_s3_endpoint_gone_for_5_s_mid_upload_is_503_then_resumes(
-    aws_credentials: None,  # noqa: F811
+    aws_credentials: None,
     data_dir: Path,
     database_url: str,
     moto_endpoint: str,
-    bucket: str,  # noqa: F811
+    bucket: str,
 ) -> None:
     target = urlsplit(moto_endpoint)
     proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 80)

@@ -24,7 +24,7 @@ import pytest
 
 from tests import s3 as moto
 from tests.conftest import TUS, Databases, make_settings
-from tests.test_handler import CONFIG, Clock
+from tests.test_handler import CONFIG, Clock, Killed, chunks, empty
 from tests.test_handler import create as handler_create
 from tests.tus_http_helpers import Served, count_uploads, create, head, patch, reason, serve
 from upload_service.locking.memory import MemoryLocker
@@ -68,20 +68,6 @@ def _closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port  # nothing listens there once the probe is closed
-
-
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The standard AWS variables, as a user sets them (moto accepts any)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-
-
-@pytest.fixture
-async def bucket(moto_endpoint: str) -> str:
-    return await anyio.to_thread.run_sync(moto.new_bucket, moto_endpoint)
 
 
 def s3_settings(data_dir: Path, database_url: str, endpoint: str, bucket: str) -> Settings:
@@ -320,10 +306,6 @@ async def test_clean_up_aborts_multipart_uploads_no_row_names(
         await store.aclose()
 
 
-class Killed(BaseException):
-    """kill -9: nothing after it runs."""
-
-
 async def test_start_up_after_a_kill_between_a_finals_object_and_its_commit(
     databases: Databases,
     moto_endpoint: str,
@@ -346,14 +328,14 @@ async def test_start_up_after_a_kill_between_a_finals_object_and_its_commit(
             headers = TusHeaders(
                 tus_resumable="1.0.0", upload_length=str(len(piece)), upload_concat="partial"
             )
-            created = await handler.create(TusRequest(headers=headers), _empty())
+            created = await handler.create(TusRequest(headers=headers), empty())
             assert created.upload_id is not None
             headers = TusHeaders(
                 tus_resumable="1.0.0",
                 content_type="application/offset+octet-stream",
                 upload_offset="0",
             )
-            await handler.patch(TusRequest(created.upload_id, headers), _pieces(piece))
+            await handler.patch(TusRequest(created.upload_id, headers), chunks(piece))
             part_ids.append(created.upload_id)
 
         async def killed(*_args: object, **_kwargs: object) -> None:
@@ -364,7 +346,7 @@ async def test_start_up_after_a_kill_between_a_finals_object_and_its_commit(
         concat = "final;" + " ".join(f"/files/{part}" for part in part_ids)
         final = TusRequest(headers=TusHeaders(tus_resumable="1.0.0", upload_concat=concat))
         with pytest.raises(Killed):
-            await handler.create(final, _empty())
+            await handler.create(final, empty())
         monkeypatch.setattr(repository, "assembled", assembled)
         (final_row,) = [u for u in await repository.list_by_state(UploadState.RECEIVING)]
         assert final_row.is_final
@@ -381,14 +363,3 @@ async def test_start_up_after_a_kill_between_a_finals_object_and_its_commit(
         assert stored == b"".join(pieces)
     finally:
         await store.aclose()
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    nothing: tuple[bytes, ...] = ()
-    for piece in nothing:
-        yield piece
-
-
-async def _pieces(data: bytes) -> AsyncIterator[bytes]:
-    for start in range(0, len(data), 64 * 1024):
-        yield data[start : start + 64 * 1024]
