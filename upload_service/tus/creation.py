@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from upload_service.auth.principal import Principal
 from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
-from upload_service.events import Events
+from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.ops.logcontext import bind_upload_id
@@ -29,6 +29,7 @@ from upload_service.tus.body import CountedBody
 from upload_service.tus.checksum import Checksum, ChecksumMismatch
 from upload_service.tus.concat import check_parts, first_bytes
 from upload_service.tus.content_types import ContentRules
+from upload_service.tus.inflight import InFlight
 from upload_service.tus.limits import Limits
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import (
@@ -67,8 +68,10 @@ class Creator:
         loader: UploadLoader,
         receiver: Receiver,
         limits: Limits,
+        in_flight: InFlight,
         pre_create: PreCreateHook = NO_PRE_CREATE,
     ) -> None:
+        self._in_flight = in_flight
         self._store = backends.store
         self._repo = backends.repository
         self._locker = backends.locker
@@ -82,8 +85,16 @@ class Creator:
         self._limits = limits
         self._pre_create = pre_create
 
-    async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
-        """A new upload (201 with its ``Location`` under the request's endpoint)."""
+    async def create(
+        self,
+        request: TusRequest,
+        body: AsyncIterator[bytes],
+        *,
+        created: Callable[[str], None] | None = None,
+    ) -> TusResponse:
+        """A new upload (201 with its ``Location`` under the request's endpoint). ``created`` is
+        called with that ``Location`` once the upload exists, before its body is read (the IETF
+        draft's 104 is sent from it)."""
         headers = request.headers
         check_version(headers.tus_resumable)
         concat = parse_concat(headers.upload_concat)
@@ -111,7 +122,9 @@ class Creator:
         if with_data:
             body = CountedBody(body, self._events)
         if concat is not None and concat.final:
-            return await self._create_final(request, concat.urls, metadata, with_data, rules)
+            return await self._create_final(
+                request, concat.urls, metadata, with_data, rules, created
+            )
         checksum = request_checksum(headers) if with_data else None
         content_length = request_content_length(headers)
         if with_data and content_length is not None:
@@ -155,28 +168,35 @@ class Creator:
             "" if concat is None else ", partial",
             extra={"upload_id": upload_id, "owner": upload.owner},  # as auth.owners writes it
         )
+        location = self._location(request, upload_id)
+        if created is not None:
+            created(location)
         if complete:
             upload = await self._lifecycle.completed(upload, hashlib.sha256().digest())
         elif with_data:
             upload = await self._receive_first(upload, body, checksum)
         response = offset_headers(upload)
-        response["Location"] = self._location(request, upload_id)
-        return TusResponse(201, response, upload_id=upload_id)
+        response["Location"] = location
+        return TusResponse(201, response, upload_id=upload_id, upload=upload)
 
     async def _receive_first(
         self, upload: Upload, body: AsyncIterator[bytes], checksum: Checksum | None
     ) -> Upload:
-        """creation-with-upload: the body received as a PATCH at offset 0 would be."""
-        async with self._locker.lock(upload.id, wait=self._config.lock_timeout) as lease:
-            upload = await self._loader.hold(upload, lease)
-            try:
-                with self._events.receiving():
-                    upload = await self._receiver.receive(upload, body, lease, checksum)
-            except (TooLarge, QuotaExceeded, ChecksumMismatch):
-                # The client never learns this upload's URL from an error: leave nothing.
-                await self._repo.terminate(upload.id, self._clock())
-                await self._store.delete(upload.storage)
-                raise
+        """creation-with-upload: the body received as a PATCH at offset 0 would be, and counted
+        in flight as a PATCH is: a client told the upload's URL early (the IETF draft's 104)
+        may ask for its offset the moment the body broke off."""
+        with self._in_flight.patch(upload.id) as reading:
+            body = CountedBody(body, NO_EVENTS, reading)
+            async with self._locker.lock(upload.id, wait=self._config.lock_timeout) as lease:
+                upload = await self._loader.hold(upload, lease)
+                try:
+                    with self._events.receiving():
+                        upload = await self._receiver.receive(upload, body, lease, checksum)
+                except (TooLarge, QuotaExceeded, ChecksumMismatch):
+                    # The client never learns this upload's URL from an error: leave nothing.
+                    await self._repo.terminate(upload.id, self._clock())
+                    await self._store.delete(upload.storage)
+                    raise
         if upload.state is UploadState.VERIFYING:
             await self._lifecycle.verify_soon(upload.id)
         return upload
@@ -191,6 +211,7 @@ class Creator:
         metadata: Metadata,
         with_data: bool,
         rules: ContentRules,
+        created: Callable[[str], None] | None,
     ) -> TusResponse:
         headers = request.headers
         if headers.upload_length is not None or headers.upload_defer_length is not None:
@@ -245,8 +266,11 @@ class Creator:
             len(part_ids),
             extra={"upload_id": final.id, "owner": final.owner},
         )
+        location = self._location(request, final.id)
+        if created is not None:
+            created(location)
         await self._lifecycle.assemble_soon(final.id)
-        return TusResponse(201, {"Location": self._location(request, final.id)}, final.id)
+        return TusResponse(201, {"Location": location}, final.id, final)
 
     def _creation_length(self, headers: TusHeaders, principal: Principal) -> int | None:
         if headers.upload_length is not None and headers.upload_defer_length is not None:

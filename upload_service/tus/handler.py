@@ -142,6 +142,7 @@ class TusHandler:
             loader=self._loader,
             receiver=self._receiver,
             limits=self._limits,
+            in_flight=self._in_flight,
             pre_create=pre_create,
         )
         self._reconciler = Reconciler(
@@ -171,11 +172,27 @@ class TusHandler:
             headers["Tus-Max-Size"] = str(self._config.max_size)
         return TusResponse(204, headers)
 
+    @property
+    def max_size(self) -> int | None:
+        """The service's largest upload (None: no cap)."""
+        return self._config.max_size
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self._clock
+
     # -- creation -------------------------------------------------------------------------------
 
-    async def create(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse:
-        """A new upload (201 with its ``Location`` under the request's endpoint)."""
-        return await self._creator.create(request, body)
+    async def create(
+        self,
+        request: TusRequest,
+        body: AsyncIterator[bytes],
+        *,
+        created: Callable[[str], None] | None = None,
+    ) -> TusResponse:
+        """A new upload (201 with its ``Location`` under the request's endpoint). ``created`` is
+        called with that ``Location`` once the upload exists, before its body is read."""
+        return await self._creator.create(request, body, created=created)
 
     async def create_whole(
         self, request: TusRequest, metadata: Metadata, body: AsyncIterator[bytes]
@@ -202,7 +219,9 @@ class TusHandler:
             upload = await self._reconciler.reconcile_if_idle(
                 upload, wait=self._config.lock_timeout
             )
-        return TusResponse(200, status_headers(upload, request.endpoint), upload_id=upload.id)
+        return TusResponse(
+            200, status_headers(upload, request.endpoint), upload_id=upload.id, upload=upload
+        )
 
     async def get(self, request: TusRequest) -> Upload:
         """The upload as the JSON API shows it (any state except unknown)."""
@@ -263,7 +282,7 @@ class TusHandler:
             if loaded_state is UploadState.RECEIVING and upload.state is UploadState.VERIFYING:
                 # this request completed it: the bytes are read back now that the lock is let go
                 await self.lifecycle.verify_soon(upload_id)
-            return TusResponse(204, offset_headers(upload), upload_id=upload_id)
+            return TusResponse(204, offset_headers(upload), upload_id=upload_id, upload=upload)
 
     def _first_bytes_rules(self, upload: Upload, request: TusRequest) -> ContentRules | None:
         """The rules that check this request's first bytes: only with allowed types configured

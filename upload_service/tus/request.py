@@ -27,6 +27,12 @@ class TusHeaders:
     upload_metadata: str | None = None
     upload_checksum: str | None = None
     upload_concat: str | None = None
+    # the IETF resumable-upload draft's fields (``tus/draft.py``); tus 1.0 reads none of them
+    draft_interop_version: str | None = None
+    upload_complete: str | None = None  # interop 4 and later
+    upload_incomplete: str | None = None  # interop 3
+    content_digest: str | None = None
+    repr_digest: str | None = None
 
 
 NO_HEADERS = TusHeaders()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from upload_service.db.base import UploadRepository
     from upload_service.locking.base import Locker
     from upload_service.storage.base import Store
+    from upload_service.uploads import Upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class TusResponse:
     status: int
     headers: dict[str, str]
     upload_id: str | None = None
+    upload: Upload | None = None  # the upload as the request left it, for other renderings
 
 
 class LeaseLost(Conflict):
