@@ -24,6 +24,7 @@ from tests.e2e.support import (
     require_tool,
     wait_until_ready,
 )
+from tests.e2e.test_ietf_draft import cut_creation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.solo]
 
@@ -141,3 +142,34 @@ def test_the_readme_resume_loop_finishes_an_interrupted_upload(
     assert result.returncode == 0, result.stderr
     wait_until_ready(http, url)
     assert download_sha256(http, url) == (source.sha256, source.size)
+
+
+# -- the IETF draft's recipes (docs/ietf-draft.md) ----------------------------------------------
+
+
+def test_the_draft_recipes_create_resume_and_cancel(
+    servers: Servers, http: httpx.Client, source: Source, tmp_path: Path
+) -> None:
+    require_tool("curl")
+    server = servers.start()
+    base = server.base_url
+
+    created = run_recipe(readme_block("# draft: create"), f"{base}/files/x", source.path, tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "HTTP/1.1 104 Upload Resumption Supported" in created.stdout, created.stdout[:2000]
+    assert "HTTP/1.1 201" in created.stdout, created.stdout[:2000]
+    location = re.findall(r"(?im)^location: (\S+)", created.stdout)[-1]
+    assert download_sha256(http, location) == (source.sha256, source.size)
+
+    url = cut_creation(base, source, 8)
+    resumed = run_recipe(readme_block("# draft: resume"), url, source.path, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "HTTP/1.1 204" in resumed.stdout, resumed.stdout
+    assert "upload-complete: ?1" in resumed.stdout.lower(), resumed.stdout
+    assert download_sha256(http, url) == (source.sha256, source.size)
+
+    cancelled = run_recipe(readme_block("# draft: cancel"), url, source.path, tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "HTTP/1.1 204" in cancelled.stdout, cancelled.stdout
+    assert "upload-limit: min-size=0" in cancelled.stdout.lower(), cancelled.stdout
+    assert http.head(url, headers={"Upload-Draft-Interop-Version": "8"}).status_code in (404, 410)

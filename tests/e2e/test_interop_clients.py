@@ -85,7 +85,7 @@ def patch_sizes(server: ServerProcess, upload: str) -> list[int]:
 
 
 def run_node(
-    server: ServerProcess, video: Path, storage: Path, *args: str
+    server: ServerProcess, video: Path, storage: Path, *args: str, protocol: str = "tus-v1"
 ) -> tuple[int, list[Any]]:
     node = require_tool("node")
     npm_package("tus-js-client")
@@ -101,7 +101,7 @@ def run_node(
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "NPM_PACKAGES": str(NPM_PACKAGES)},
+        env={**os.environ, "NPM_PACKAGES": str(NPM_PACKAGES), "TUS_PROTOCOL": protocol},
         check=False,
     )
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -135,6 +135,34 @@ def test_tus_js_client_aborts_and_resumes_from_its_url_storage(
     sizes = patch_sizes(server, upload_id(url))
     assert max(sizes) <= 5 * MiB  # chunkSize: 5 MiB, every PATCH
     assert sum(sizes) == SIZE  # what the aborted PATCH delivered was kept, nothing sent twice
+
+
+@pytest.mark.parametrize(("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
+def test_tus_js_client_speaks_the_ietf_draft_aborts_and_resumes(
+    server: ServerProcess, video: Path, tmp_path: Path, protocol: str, version: int
+) -> None:
+    """tus-js-client with ``protocol`` (IETF draft interop version ``version``): it uploads,
+    aborts at about 40 %, resumes from its stored URL in a new process, and the upload is
+    byte-identical, verified and listed like any other."""
+    storage = tmp_path / "tus-url-storage.json"
+    at = int(SIZE * 0.4)
+    code, first = run_node(server, video, storage, "--abort-after", str(at), protocol=protocol)
+    assert code == 3, first
+    url = next(event["url"] for event in first if event["event"] == "url")
+    head = httpx.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
+    assert head.status_code == 204, head.text
+    assert head.headers["upload-complete"] == "?0"
+    assert 0 < int(head.headers["upload-offset"]) < SIZE
+
+    code, second = run_node(server, video, storage, protocol=protocol)
+    assert code == 0, second
+    assert second[0]["event"] == "resuming", second
+    assert second[-1] == {"event": "done", "url": url}
+    status = server_status(server.base_url, url)
+    assert status["state"] == "ready"
+    assert status["sha256"] == sha256_file(video)
+    assert status["metadata"] == {"filename": video.name, "filetype": "video/mp4"}
+    assert sum(patch_sizes(server, upload_id(url))) == SIZE  # nothing sent twice
 
 
 # -- tuspy with store_url -------------------------------------------------------------------------
@@ -281,4 +309,102 @@ def test_uppy_in_chromium_uploads_pauses_and_resumes(server: ServerProcess, vide
     assert status["sha256"] == sha256_file(video)
     assert status["metadata"]["filename"] == video.name
     assert httpx.head(url, headers=TUS).headers["Upload-Offset"] == str(SIZE)
+    assert sum(patch_sizes(server, upload_id(url))) == SIZE
+
+
+TUS_JS_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<input type="file" id="picker">
+<script src="/tus.min.js"></script>
+<script>
+const state = { events: [], url: null }
+window.state = state
+function upload(file, options) {
+  return new tus.Upload(file, {
+    endpoint: ENDPOINT,
+    protocol: PROTOCOL,
+    chunkSize: 5 * 1024 * 1024,
+    retryDelays: [0, 250, 500, 1000],
+    metadata: { filename: file.name, filetype: 'video/mp4' },
+    onUploadUrlAvailable() { state.url = this.url },
+    onError(error) { state.events.push({ event: 'error', message: String(error) }) },
+    ...options,
+  })
+}
+window.abortAt = (fraction) => {
+  const file = document.getElementById('picker').files[0]
+  let aborting = false
+  const first = upload(file, {
+    onProgress(sent, total) {
+      if (!aborting && sent >= total * fraction) {
+        aborting = true
+        first.abort().then(() => state.events.push({ event: 'aborted', url: first.url, sent }))
+      }
+    },
+    onSuccess() { state.events.push({ event: 'done-too-early' }) },
+  })
+  first.start()
+}
+window.resume = (url) => {
+  const file = document.getElementById('picker').files[0]
+  const second = upload(file, {
+    uploadUrl: url,
+    onSuccess() { state.events.push({ event: 'done', url: second.url }) },
+  })
+  second.start()
+}
+window.ready = true
+</script>
+"""
+
+
+@pytest.mark.parametrize(("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)])
+def test_tus_js_client_in_chromium_speaks_the_ietf_draft_aborts_and_resumes(
+    server: ServerProcess, video: Path, protocol: str, version: int
+) -> None:
+    """tus-js-client's browser bundle in headless Chromium, cross-origin, with ``protocol``: it
+    uploads, aborts at about 40 %, resumes from the upload's URL, and the upload is intact."""
+    executable = chromium_path()
+    bundle = npm_package("tus-js-client") / "dist" / "tus.min.js"
+    from playwright.sync_api import sync_playwright
+
+    page_html = TUS_JS_PAGE.replace("ENDPOINT", json.dumps(f"{server.base_url}/files/"))
+    page_html = page_html.replace("PROTOCOL", json.dumps(protocol))
+    routes = {
+        "/": (page_html.encode(), "text/html; charset=utf-8"),
+        "/tus.min.js": (bundle.read_bytes(), "text/javascript"),
+    }
+    with static_site(routes) as origin, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(origin + "/")
+            page.wait_for_function("window.ready === true", timeout=30_000)
+            page.set_input_files("#picker", str(video))
+            page.evaluate("window.abortAt(0.4)")
+            page.wait_for_function("window.state.events.length > 0", timeout=120_000)
+            aborted = page.evaluate("window.state.events[0]")
+            assert aborted["event"] == "aborted", aborted
+            url = aborted["url"]
+            time.sleep(0.5)  # the aborted request is cut; the server keeps what came
+            head = httpx.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
+            assert head.status_code == 204, head.text
+            assert head.headers["upload-complete"] == "?0"
+            assert 0 < int(head.headers["upload-offset"]) < SIZE
+
+            page.evaluate(f"window.resume({json.dumps(url)})")
+            page.wait_for_function("window.state.events.length > 1", timeout=120_000)
+            events = page.evaluate("window.state.events")
+            assert errors == []
+        finally:
+            browser.close()
+    assert events[-1] == {"event": "done", "url": url}, events
+    status = server_status(server.base_url, url)
+    assert status["state"] == "ready"
+    assert status["sha256"] == sha256_file(video)
+    assert status["metadata"] == {"filename": video.name, "filetype": "video/mp4"}
     assert sum(patch_sizes(server, upload_id(url))) == SIZE

@@ -7,6 +7,8 @@
 // file there (findPreviousUploads) and resumes it (resumeFromPreviousUpload). With --abort-after,
 // the run aborts the upload once that many bytes were sent (mid-chunk) and exits 3.
 // One JSON object per line on stdout: {"event": "resuming" | "url" | "aborted" | "done", ...}.
+// TUS_PROTOCOL picks tus-js-client's protocol: tus-v1 (the default), ietf-draft-03 (interop
+// version 5) or ietf-draft-05 (6).
 // The packages come from the directory NPM_PACKAGES names (scripts/setup --test fills it).
 import { createReadStream } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -24,6 +26,7 @@ const say = (event, extra = {}) => console.log(JSON.stringify({ event, ...extra 
 
 const upload = new Upload(createReadStream(file), {
   endpoint,
+  protocol: process.env.TUS_PROTOCOL || 'tus-v1',
   chunkSize: 5 * 1024 * 1024,
   retryDelays: [0, 250, 500, 1000, 2000],
   urlStorage: new FileUrlStorage(storagePath),

@@ -22,16 +22,21 @@ state) to send a request's headers, counted from the connection and again from e
 first byte: uvicorn itself waits forever for them, so a slowloris client, or a connection that
 never asks, would be held for good. Past it the client is answered 408 and disconnected. The
 body has its own idle timeout (``UPLOAD_BODY_IDLE_TIMEOUT``, in the handler).
+
+Last, it offers each request a sender of interim (1xx) responses, which ASGI has no message
+for (``ops.interim``): the IETF draft's ``104 (Upload Resumption Supported)`` goes out through it
+while the request's body is still arriving.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from upload_service.app import DRAIN, HEADER_TIMEOUT
+from upload_service.ops.interim import INTERIM, interim_response
 
 TOO_SLOW = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -80,6 +85,25 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         super().on_headers_complete()
+        self._offer_interim()
+
+    def _offer_interim(self) -> None:
+        """The request's interim-response sender (``ops.interim``), in its scope before its app
+        task first runs. It writes only while the request's final response has not begun, so a
+        1xx can never land inside another answer (a pipelined request's cycle waits unrun)."""
+        cycle = self.cycle
+        scope = self.scope
+        if cycle is None or cycle.scope is not scope or scope.get("http_version") == "1.0":
+            return  # an upgrade, or HTTP/1.0, which has no 1xx
+        transport = self.transport
+
+        def send_interim(status: int, reason: str, headers: Sequence[tuple[str, str]]) -> None:
+            message = interim_response(status, reason, headers)  # ValueError before any write
+            if not (cycle.response_started or cycle.disconnected or transport.is_closing()):
+                transport.write(message)
+
+        extensions: dict[str, dict[object, object]] = scope.setdefault("extensions", {})
+        extensions[INTERIM] = {"send": send_interim}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -69,6 +70,14 @@ class ServerSettings(Group):
         description="seconds a client has to send a request's headers, from its connection or "
         "its request's first byte, before it is answered 408 and disconnected (slowloris "
         "clients, idle connections that never ask)",
+    )
+    interim_responses: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="when the IETF draft's `104 (Upload Resumption Supported)` is sent on a "
+        "creation with a body: `auto` unless the request came through a proxy "
+        "(`Forwarded` or `X-Forwarded-For`), `always`, or `never`. nginx cannot pass a 104 "
+        "on: one that arrives while it still sends the body becomes its final answer "
+        "(see [the IETF draft](ietf-draft.md#behind-a-proxy))",
     )
     shed_latency: float = Field(
         default=0.5,

@@ -256,7 +256,8 @@ class TusHandler:
                     raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
                 if offset != upload.offset:
                     raise OffsetMismatch(
-                        f"Upload-Offset {offset} does not match the upload's offset {upload.offset}"
+                        f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",
+                        headers={"Upload-Offset": str(upload.offset)},
                     )
                 # Every check passes before the length is declared: a rejected PATCH changes nothing.
                 length = upload.length

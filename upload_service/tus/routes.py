@@ -21,15 +21,23 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.datastructures import URL
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from upload_service.auth.principal import Principal
 from upload_service.errors import ClientGone, Forbidden, ServiceError
+from upload_service.ops.interim import INTERIM
 from upload_service.ops.logcontext import bind_upload_id
 from upload_service.ops.middleware import route_path
 from upload_service.services import get_services
 from upload_service.tus.download import DownloadHeaders, prepare
+from upload_service.tus.draft import Draft, Interim, Problem
 from upload_service.tus.endpoint import Endpoint
 from upload_service.tus.handler import TusHandler
 from upload_service.tus.protocol import COLLECTION_METHODS, UPLOAD_METHODS, single_header
@@ -55,6 +63,11 @@ def tus_headers(request: Request) -> TusHeaders:
         upload_metadata=get("Upload-Metadata"),
         upload_checksum=get("Upload-Checksum"),
         upload_concat=get("Upload-Concat"),
+        draft_interop_version=get("Upload-Draft-Interop-Version"),
+        upload_complete=get("Upload-Complete"),
+        upload_incomplete=get("Upload-Incomplete"),
+        content_digest=get("Content-Digest"),
+        repr_digest=get("Repr-Digest"),
     )
 
 
@@ -103,6 +116,23 @@ async def download_principal(request: Request, upload_id: str) -> Principal:
     return signer.verify(upload_id, query.get("expires"), query.get("signature"))
 
 
+def interim_sender(request: Request) -> Interim | None:
+    """The HTTP server's sender of interim responses for this request, if it offers one and
+    ``UPLOAD_INTERIM_RESPONSES`` lets it be used: ``auto`` not for a request that came through
+    a proxy, which may not pass a 1xx on (nginx turns one into its final answer)."""
+    when = get_services(request).settings.server.interim_responses
+    proxied = "forwarded" in request.headers or "x-forwarded-for" in request.headers
+    if when == "never" or (when == "auto" and proxied):
+        return None
+    offered = request.scope.get("extensions", {}).get(INTERIM, {})
+    sender: Interim | None = offered.get("send")
+    return sender
+
+
+def draft_of(handler: TusHandler) -> Draft:
+    return Draft(handler, max_size=handler.max_size, clock=handler.clock)
+
+
 def render(result: TusResponse) -> Response:
     return Response(status_code=result.status, headers=result.headers)
 
@@ -112,6 +142,11 @@ def error_response(request: Request, exc: ServiceError) -> Response:
     ``TusResumableMiddleware``, as on every tus answer)."""
     if exc.status >= 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    if isinstance(exc, Problem):
+        body = {**exc.problem, "detail": exc.message}
+        return JSONResponse(
+            body, exc.status, headers=exc.headers, media_type="application/problem+json"
+        )
     return PlainTextResponse(exc.message + "\n", status_code=exc.status, headers=exc.headers)
 
 
@@ -178,7 +213,9 @@ class TusEndpoints:
             )
         handler: TusHandler = get_services(request).handler
         if method == "OPTIONS":
-            return render(handler.options())
+            options = handler.options()
+            options.headers.update(draft_of(handler).discovery_headers())
+            return render(options)
         headers = tus_headers(request)  # a repeated header is a 400 before any other work
         if method == "GET":
             principal = await download_principal(request, upload_id)
@@ -192,6 +229,8 @@ class TusEndpoints:
             principal=principal,
             endpoint=await tus_endpoint(request),
         )
+        if headers.draft_interop_version is not None and method != "GET":
+            return await self._draft(request, draft_of(handler), tus)
         if method == "POST":
             return render(await handler.create(tus, request_body(request)))
         if method == "HEAD":
@@ -201,6 +240,20 @@ class TusEndpoints:
         if method == "DELETE":
             return render(await handler.delete(tus))
         return await self._download(request, handler, tus)
+
+    @staticmethod
+    async def _draft(request: Request, draft: Draft, tus: TusRequest) -> Response:
+        """A request of the IETF draft (``tus/draft.py``); its 104 goes out through the HTTP
+        server's interim sender when the server offers one (``ops.interim``)."""
+        method = request.method
+        if method == "POST":
+            interim = interim_sender(request)
+            return render(await draft.create(tus, request_body(request), interim=interim))
+        if method == "HEAD":
+            return render(await draft.head(tus))
+        if method == "PATCH":
+            return render(await draft.patch(tus, request_body(request)))
+        return render(await draft.delete(tus))
 
     @staticmethod
     async def _download(request: Request, handler: TusHandler, tus: TusRequest) -> Response:
