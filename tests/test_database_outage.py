@@ -65,14 +65,19 @@ class CuttableProxy:
             task.add_done_callback(self._tasks.discard)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Relay one direction. At the end of what its side sent, what is still buffered is
+        flushed before the other side is closed (``close``: an ``abort`` here dropped the last
+        bytes of a response whose server closed at once, and a download came up short); on an
+        error, or when cut, the link is aborted."""
         try:
             while data := await reader.read(64 * KiB):
                 writer.write(data)
                 await writer.drain()
         except OSError:
-            pass
-        finally:
             writer.transport.abort()
+        else:
+            writer.close()
+        finally:
             self._links.discard(writer)
 
     async def cut(self) -> None:
