@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import TUS
-from tests.test_database_outage import CuttableProxy
+from tests.proxy import CuttableProxy
 from tests.test_s3_service import PART, s3_settings
 from tests.tus_http_helpers import create, head, serve
 
