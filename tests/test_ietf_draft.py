@@ -12,40 +12,19 @@ import httpx
 import pytest
 
 from tests.conftest import TUS, make_settings
+from tests.draft_fields import PARTIAL, append_fields, completeness, interop
 from tests.tus_http_helpers import count_uploads, reason, record, serve, stored_bytes
 from upload_service.errors import BadRequest
 from upload_service.ops.interim import interim_response
 from upload_service.services import Services
-from upload_service.tus.draft import (
-    INTEROP_VERSIONS,
-    parse_boolean,
-    parse_digests,
-    with_repr_digest,
-)
+from upload_service.tus.draft import INTEROP_VERSIONS
+from upload_service.tus.draft_fields import parse_boolean, parse_digests, with_repr_digest
 from upload_service.tus.request import TusHeaders
 from upload_service.uploads import UploadState
 
 pytestmark = pytest.mark.anyio
 
 VERSIONS = sorted(INTEROP_VERSIONS)
-PARTIAL = "application/partial-upload"
-
-
-def interop(version: int) -> dict[str, str]:
-    return {"Upload-Draft-Interop-Version": str(version)}
-
-
-def completeness(version: int, complete: bool) -> dict[str, str]:
-    if version == 3:
-        return {"Upload-Incomplete": "?0" if complete else "?1"}
-    return {"Upload-Complete": "?1" if complete else "?0"}
-
-
-def append_fields(version: int, offset: int, complete: bool) -> dict[str, str]:
-    fields = {**interop(version), **completeness(version, complete), "Upload-Offset": str(offset)}
-    if version >= 6:
-        fields["Content-Type"] = PARTIAL
-    return fields
 
 
 def upload_id(response: httpx.Response) -> str:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.draft_fields import append_fields
 from tests.e2e.support import (
     MiB,
     Servers,
@@ -116,10 +117,7 @@ def test_a_cut_plain_post_resumes_from_its_104_location(
         assert head.headers["upload-length"] == str(source.size)
 
     rest = source.path.read_bytes()[offset:]
-    fields = {**interop, "Upload-Offset": str(offset)}
-    fields.update({"Upload-Incomplete": "?0"} if version == 3 else {"Upload-Complete": "?1"})
-    if version >= 6:
-        fields["Content-Type"] = "application/partial-upload"
+    fields = append_fields(version, offset, complete=True)
     patch = http.patch(url, headers=fields, content=rest)
     assert patch.status_code == 204, patch.text
     assert patch.headers["upload-offset"] == str(source.size)

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -36,6 +37,9 @@ from tests.e2e.support import (
     sha256_file,
     write_random_file,
 )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.e2e
 
@@ -258,15 +262,19 @@ window.ready = true
 """
 
 
-def test_uppy_in_chromium_uploads_pauses_and_resumes(server: ServerProcess, video: Path) -> None:
+@contextmanager
+def picker_page(
+    page_html: str, script: tuple[str, Path], video: Path
+) -> Iterator[tuple[Page, list[str]]]:
+    """``page_html`` (with ``script``, a path and the bundle it serves) on a static origin of its
+    own, open in headless Chromium once it says ``window.ready``, with ``video`` chosen in its
+    ``#picker``: the page, and the errors it raises (each test asserts there are none)."""
     executable = chromium_path()
-    bundle = npm_package("uppy") / "dist" / "uppy.min.mjs"
     from playwright.sync_api import sync_playwright
 
-    page_html = UPPY_PAGE.replace("ENDPOINT", json.dumps(f"{server.base_url}/files/"))
     routes = {
         "/": (page_html.encode(), "text/html; charset=utf-8"),
-        "/uppy.min.mjs": (bundle.read_bytes(), "text/javascript"),
+        script[0]: (script[1].read_bytes(), "text/javascript"),
     }
     with static_site(routes) as origin, sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -279,30 +287,37 @@ def test_uppy_in_chromium_uploads_pauses_and_resumes(server: ServerProcess, vide
             page.goto(origin + "/")
             page.wait_for_function("window.ready === true", timeout=30_000)
             page.set_input_files("#picker", str(video))
-            page.wait_for_function("window.state.events.length > 0")
-            page.evaluate(f"window.state.pauseAt = {12 * MiB}")
-            page.evaluate("() => { window.uppy.upload() }")  # resolves when done: not awaited
-            page.wait_for_function("window.state.pausedAt !== null", timeout=120_000)
-
-            url = page.evaluate("window.uppy.getFiles()[0].tus.uploadUrl")
-            assert str(url).startswith(f"{server.base_url}/files/")
-            with httpx.Client() as client:
-                time.sleep(1.0)  # the paused request is aborted; the server keeps what came
-                paused = head_offset(client, url)
-                time.sleep(1.0)
-                assert head_offset(client, url) == paused  # paused means nothing is sent
-            assert 0 < paused < SIZE
-            assert page.evaluate("window.uppy.getFiles()[0].isPaused") is True
-
-            page.evaluate("() => { window.uppy.pauseResume(window.uppy.getFiles()[0].id) }")
-            page.wait_for_function(
-                "window.state.events.some(e => e.event === 'success' || e.event === 'error')",
-                timeout=120_000,
-            )
-            events = page.evaluate("window.state.events")
-            assert errors == []
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_uppy_in_chromium_uploads_pauses_and_resumes(server: ServerProcess, video: Path) -> None:
+    bundle = npm_package("uppy") / "dist" / "uppy.min.mjs"
+    page_html = UPPY_PAGE.replace("ENDPOINT", json.dumps(f"{server.base_url}/files/"))
+    with picker_page(page_html, ("/uppy.min.mjs", bundle), video) as (page, errors):
+        page.wait_for_function("window.state.events.length > 0")
+        page.evaluate(f"window.state.pauseAt = {12 * MiB}")
+        page.evaluate("() => { window.uppy.upload() }")  # resolves when done: not awaited
+        page.wait_for_function("window.state.pausedAt !== null", timeout=120_000)
+
+        url = page.evaluate("window.uppy.getFiles()[0].tus.uploadUrl")
+        assert str(url).startswith(f"{server.base_url}/files/")
+        with httpx.Client() as client:
+            time.sleep(1.0)  # the paused request is aborted; the server keeps what came
+            paused = head_offset(client, url)
+            time.sleep(1.0)
+            assert head_offset(client, url) == paused  # paused means nothing is sent
+        assert 0 < paused < SIZE
+        assert page.evaluate("window.uppy.getFiles()[0].isPaused") is True
+
+        page.evaluate("() => { window.uppy.pauseResume(window.uppy.getFiles()[0].id) }")
+        page.wait_for_function(
+            "window.state.events.some(e => e.event === 'success' || e.event === 'error')",
+            timeout=120_000,
+        )
+        events = page.evaluate("window.state.events")
+        assert errors == []
     assert events[-1] == {"event": "success", "url": url}, events
     status = server_status(server.base_url, url)
     assert status["state"] == "ready"
@@ -364,44 +379,25 @@ def test_tus_js_client_in_chromium_speaks_the_ietf_draft_aborts_and_resumes(
 ) -> None:
     """tus-js-client's browser bundle in headless Chromium, cross-origin, with ``protocol``: it
     uploads, aborts at about 40 %, resumes from the upload's URL, and the upload is intact."""
-    executable = chromium_path()
     bundle = npm_package("tus-js-client") / "dist" / "tus.min.js"
-    from playwright.sync_api import sync_playwright
-
     page_html = TUS_JS_PAGE.replace("ENDPOINT", json.dumps(f"{server.base_url}/files/"))
     page_html = page_html.replace("PROTOCOL", json.dumps(protocol))
-    routes = {
-        "/": (page_html.encode(), "text/html; charset=utf-8"),
-        "/tus.min.js": (bundle.read_bytes(), "text/javascript"),
-    }
-    with static_site(routes) as origin, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable, headless=True, args=["--no-sandbox"]
-        )
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(origin + "/")
-            page.wait_for_function("window.ready === true", timeout=30_000)
-            page.set_input_files("#picker", str(video))
-            page.evaluate("window.abortAt(0.4)")
-            page.wait_for_function("window.state.events.length > 0", timeout=120_000)
-            aborted = page.evaluate("window.state.events[0]")
-            assert aborted["event"] == "aborted", aborted
-            url = aborted["url"]
-            time.sleep(0.5)  # the aborted request is cut; the server keeps what came
-            head = httpx.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
-            assert head.status_code == 204, head.text
-            assert head.headers["upload-complete"] == "?0"
-            assert 0 < int(head.headers["upload-offset"]) < SIZE
+    with picker_page(page_html, ("/tus.min.js", bundle), video) as (page, errors):
+        page.evaluate("window.abortAt(0.4)")
+        page.wait_for_function("window.state.events.length > 0", timeout=120_000)
+        aborted = page.evaluate("window.state.events[0]")
+        assert aborted["event"] == "aborted", aborted
+        url = aborted["url"]
+        time.sleep(0.5)  # the aborted request is cut; the server keeps what came
+        head = httpx.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
+        assert head.status_code == 204, head.text
+        assert head.headers["upload-complete"] == "?0"
+        assert 0 < int(head.headers["upload-offset"]) < SIZE
 
-            page.evaluate(f"window.resume({json.dumps(url)})")
-            page.wait_for_function("window.state.events.length > 1", timeout=120_000)
-            events = page.evaluate("window.state.events")
-            assert errors == []
-        finally:
-            browser.close()
+        page.evaluate(f"window.resume({json.dumps(url)})")
+        page.wait_for_function("window.state.events.length > 1", timeout=120_000)
+        events = page.evaluate("window.state.events")
+        assert errors == []
     assert events[-1] == {"event": "done", "url": url}, events
     status = server_status(server.base_url, url)
     assert status["state"] == "ready"

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from tests import s3
+from tests.draft_fields import append_fields, completeness, interop
 from tests.e2e.nginx import Access, Nginx, nginx_binary
 from tests.e2e.support import (
     HTTP_TIMEOUT,
@@ -530,19 +531,6 @@ def test_termination_through_nginx_leaves_nothing_stored(
     assert_no_server_errors(replicas, statuses)
 
 
-def draft_fields(version: int, complete: bool, offset: int | None = None) -> dict[str, str]:
-    fields = {"Upload-Draft-Interop-Version": str(version)}
-    if version == 3:
-        fields["Upload-Incomplete"] = "?0" if complete else "?1"
-    else:
-        fields["Upload-Complete"] = "?1" if complete else "?0"
-    if offset is not None:
-        fields["Upload-Offset"] = str(offset)
-        if version >= 6:
-            fields["Content-Type"] = "application/partial-upload"
-    return fields
-
-
 def test_the_ietf_draft_on_both_replicas_and_through_nginx(
     replicas: Replicas, tmp_path: Path
 ) -> None:
@@ -562,28 +550,34 @@ def test_the_ietf_draft_on_both_replicas_and_through_nginx(
         for version in (3, 5, 6, 8):
             url = cut_creation(replicas.servers[0].base_url, source, version)
             url = base + httpx.URL(url).path  # resumed through the proxy
-            head = http.head(url, headers={"Upload-Draft-Interop-Version": str(version)})
+            head = http.head(url, headers=interop(version))
             assert head.status_code == 204, head.text
             offset = int(head.headers["upload-offset"])
             assert 0 < offset <= size // 2
             patch = http.patch(
-                url, headers=draft_fields(version, True, offset), content=data[offset:]
+                url, headers=append_fields(version, offset, complete=True), content=data[offset:]
             )
             assert patch.status_code == 204, (version, patch.text)
             assert download_sha256(http, url) == (source.sha256, size)
 
-            whole = http.post(f"{base}/files/", headers=draft_fields(version, True), content=data)
+            whole = http.post(
+                f"{base}/files/",
+                headers=interop(version) | completeness(version, True),
+                content=data,
+            )
             assert whole.status_code == 201, (version, whole.text)
             assert download_sha256(http, whole.headers["location"]) == (source.sha256, size)
 
             begun = http.post(
-                f"{base}/files/", headers=draft_fields(version, False), content=data[: 5 * MiB]
+                f"{base}/files/",
+                headers=interop(version) | completeness(version, False),
+                content=data[: 5 * MiB],
             )
             assert begun.status_code == 201, (version, begun.text)
             assert begun.headers["upload-offset"] == str(5 * MiB)
             rest = http.patch(
                 begun.headers["location"],
-                headers=draft_fields(version, True, 5 * MiB),
+                headers=append_fields(version, 5 * MiB, complete=True),
                 content=data[5 * MiB :],
             )
             assert rest.status_code == 204, (version, rest.text)

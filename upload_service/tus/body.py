@@ -1,6 +1,7 @@
 """Readers of a request body, as ``AsyncIterator[bytes]`` over the one the route hands in:
-``CountedBody`` reports every chunk as it is read, ``LimitedBody`` counts and cuts at a limit.
-Neither is an async generator: one left unfinished when a request ends early would be finalised
+``CountedBody`` reports every chunk as it is read, ``LimitedBody`` counts and cuts at a limit,
+``EndedBody`` tells a body that ended from one cut short; ``no_body`` is the empty body. No reader
+is an async generator: one left unfinished when a request ends early would be finalised
 later, outside the request."""
 
 from __future__ import annotations
@@ -68,3 +69,27 @@ class CountedBody:
             raise
         self._events.received(len(chunk))
         return chunk
+
+
+class EndedBody:
+    """A body that remembers whether it ended (its last byte arrived) or was cut short."""
+
+    def __init__(self, body: AsyncIterator[bytes]) -> None:
+        self._body = body
+        self.ended = False
+
+    def __aiter__(self) -> EndedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._body.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+
+
+async def no_body() -> AsyncIterator[bytes]:
+    """An empty request body (the declaring PATCH of ``request.declaring_end``)."""
+    return
+    yield b""  # an async generator without items

@@ -21,15 +21,13 @@ each one follows here are the ``Interop`` values below.
   ``Repr-Digest: sha-256`` is the whole file's expected sha256, checked as ``sha256`` metadata
   is, when the upload is verified.
 
-Nothing here knows a web framework: routes hand it a ``TusRequest`` and the body, and render
+The field values (booleans, digests, metadata) are read in ``draft_fields``. Nothing here knows a
+web framework: routes hand it a ``TusRequest`` and the body, and render
 the ``TusResponse`` it returns or the ``ServiceError`` (``Problem`` with a JSON body) it raises.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -42,8 +40,22 @@ from upload_service.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
+from upload_service.tus.body import EndedBody, no_body
+from upload_service.tus.draft_fields import (
+    PARTIAL_UPLOAD,
+    content_checksum,
+    parse_boolean,
+    render_boolean,
+    with_file_type,
+    with_repr_digest,
+)
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, TUS_VERSION, parse_uint
-from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.request import (
+    TusHeaders,
+    TusRequest,
+    declaring_end,
+    request_content_length,
+)
 from upload_service.tus.types import TusResponse
 from upload_service.uploads import Upload, UploadState
 
@@ -51,7 +63,6 @@ if TYPE_CHECKING:
     from upload_service.tus.handler import TusHandler
 
 INTEROP_HEADER = "Upload-Draft-Interop-Version"
-PARTIAL_UPLOAD = "application/partial-upload"
 PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 # the 104's status line: the same name in every version of the draft
 RESUMPTION_SUPPORTED = (104, "Upload Resumption Supported")
@@ -109,20 +120,6 @@ def interop(value: str) -> Interop:
     return found
 
 
-def parse_boolean(name: str, value: str) -> bool:
-    """A Structured Field Boolean (RFC 8941: ``?1`` or ``?0``, parameters ignored)."""
-    item = value.split(";", 1)[0].strip()
-    if item == "?1":
-        return True
-    if item == "?0":
-        return False
-    raise BadRequest(f"{name} must be ?1 or ?0, got {value[:20]!r}")
-
-
-def render_boolean(value: bool) -> str:
-    return "?1" if value else "?0"
-
-
 def completes(version: Interop, headers: TusHeaders) -> bool | None:
     """Whether this request's body ends the upload; None when the request does not say."""
     if version.incomplete_field:
@@ -130,96 +127,6 @@ def completes(version: Interop, headers: TusHeaders) -> bool | None:
         return None if raw is None else not parse_boolean("Upload-Incomplete", raw)
     raw = headers.upload_complete
     return None if raw is None else parse_boolean("Upload-Complete", raw)
-
-
-_DICTIONARY_MEMBER = re.compile(r"\s*([a-z*][a-z0-9_\-.*]*)\s*=\s*:([A-Za-z0-9+/=]*):\s*(?:;.*)?")
-
-
-def parse_digests(name: str, value: str) -> dict[str, bytes]:
-    """An RFC 9530 digest field: a Dictionary of algorithm = byte sequence (400 if malformed)."""
-    digests: dict[str, bytes] = {}
-    for member in value.split(","):
-        match = _DICTIONARY_MEMBER.fullmatch(member)
-        if match is None:
-            raise BadRequest(f"{name} must be a list of algorithm=:base64:, got {member[:40]!r}")
-        try:
-            digests[match[1]] = base64.b64decode(match[2], validate=True)
-        except binascii.Error:
-            raise BadRequest(f"{name} {match[1]} is not valid base64") from None
-    return digests
-
-
-# RFC 9530 algorithm names and the tus checksum algorithms they are
-_CONTENT_DIGESTS = {"sha-256": "sha256", "sha-512": "sha512"}
-
-
-def content_checksum(headers: TusHeaders) -> str | None:
-    """``Content-Digest`` as the tus ``Upload-Checksum`` of this request's body (the strongest
-    algorithm both know; None if they share none, which RFC 9530 lets a recipient ignore)."""
-    if headers.content_digest is None:
-        return None
-    digests = parse_digests("Content-Digest", headers.content_digest)
-    for name in ("sha-512", "sha-256"):
-        if name in digests:
-            return f"{_CONTENT_DIGESTS[name]} {base64.b64encode(digests[name]).decode()}"
-    return None
-
-
-def with_repr_digest(metadata: str | None, headers: TusHeaders) -> str | None:
-    """The creation's tus metadata, with ``Repr-Digest``'s sha-256 as its ``sha256`` (the
-    file's expected digest, checked when it is verified)."""
-    if headers.repr_digest is None:
-        return metadata
-    digest = parse_digests("Repr-Digest", headers.repr_digest).get("sha-256")
-    if digest is None:
-        return metadata
-    if len(digest) != 32:
-        raise BadRequest(f"Repr-Digest sha-256 has {len(digest)} bytes, not 32")
-    if "sha256" in metadata_keys(metadata):
-        raise BadRequest("send the file's sha256 as Repr-Digest or as metadata, not both")
-    text = base64.b64encode(base64.b64encode(digest)).decode()
-    return f"{metadata},sha256 {text}" if metadata else f"sha256 {text}"
-
-
-def metadata_keys(metadata: str | None) -> set[str]:
-    if not metadata or not metadata.strip():
-        return set()
-    return {pair.strip().split(" ", 1)[0] for pair in metadata.split(",")}
-
-
-def with_file_type(metadata: str | None, content_type: str | None) -> str | None:
-    """A creation body's own ``Content-Type`` (the file's type) as ``filetype`` metadata, unless
-    the metadata names one."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if not media or media in (PARTIAL_UPLOAD, OFFSET_CONTENT_TYPE):
-        return metadata
-    if "filetype" in metadata_keys(metadata):
-        return metadata
-    encoded = base64.b64encode(media.encode("latin-1", errors="replace")).decode()
-    return f"{metadata},filetype {encoded}" if metadata else f"filetype {encoded}"
-
-
-class EndedBody:
-    """A body that remembers whether it ended (its last byte arrived) or was cut short."""
-
-    def __init__(self, body: AsyncIterator[bytes]) -> None:
-        self._body = body
-        self.ended = False
-
-    def __aiter__(self) -> EndedBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            return await self._body.__anext__()
-        except StopAsyncIteration:
-            self.ended = True
-            raise
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover - makes this an async generator
 
 
 class Draft:
@@ -286,7 +193,7 @@ class Draft:
             if not version.incomplete_field:
                 raise BadRequest("Upload-Complete is required on an upload's creation")
             complete = True  # interop 3: a creation without Upload-Incomplete ends the upload
-        content_length = _uint("Content-Length", headers.content_length)
+        content_length = request_content_length(headers)
         length = _uint("Upload-Length", headers.upload_length)
         if complete and content_length is not None:
             length = _consistent(length, content_length)
@@ -331,16 +238,8 @@ class Draft:
     async def _declare_end(self, request: TusRequest, upload: Upload) -> Upload:
         """A body that ended the upload without a length given: its length is the offset it
         reached (an empty append declaring it, as a tus client would send)."""
-        end = TusHeaders(
-            tus_resumable=TUS_VERSION,
-            content_type=OFFSET_CONTENT_TYPE,
-            content_length="0",
-            upload_offset=str(upload.offset),
-            upload_length=str(upload.offset),
-        )
-        result = await self._handler.patch(
-            replace(request, upload_id=upload.id, headers=end), _nothing()
-        )
+        end = replace(request, upload_id=upload.id, headers=declaring_end(upload.offset))
+        result = await self._handler.patch(end, no_body())
         assert result.upload is not None
         return result.upload
 
@@ -372,7 +271,7 @@ class Draft:
             raise BadRequest("Upload-Offset is required")
         offset = parse_uint("Upload-Offset", headers.upload_offset)
         complete = completes(version, headers)
-        content_length = _uint("Content-Length", headers.content_length)
+        content_length = request_content_length(headers)
         length = _uint("Upload-Length", headers.upload_length)
         if complete and content_length is not None:
             length = _consistent(length, offset + content_length)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.tus.checksum import Checksum, parse_checksum
 from upload_service.tus.endpoint import NO_ENDPOINT, Endpoint
-from upload_service.tus.protocol import parse_uint
+from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, TUS_VERSION, parse_uint
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +65,15 @@ def request_content_length(headers: TusHeaders) -> int | None:
     if headers.content_length is None:
         return None
     return parse_uint("Content-Length", headers.content_length)
+
+
+def declaring_end(offset: int) -> TusHeaders:
+    """The headers of the empty PATCH a tus client sends to declare a deferred length at the
+    offset its upload reached: the upload is complete at that length."""
+    size = str(offset)
+    return TusHeaders(
+        tus_resumable=TUS_VERSION,
+        content_type=OFFSET_CONTENT_TYPE,
+        upload_offset=size,
+        upload_length=size,
+    )

@@ -26,9 +26,10 @@ from typing import Protocol
 import anyio
 
 from upload_service.errors import ClientGone, ServiceError, TooLarge, Unavailable
+from upload_service.tus.body import no_body
 from upload_service.tus.limits import Limits
 from upload_service.tus.protocol import OFFSET_CONTENT_TYPE, TUS_VERSION, encode_metadata
-from upload_service.tus.request import TusHeaders, TusRequest
+from upload_service.tus.request import TusHeaders, TusRequest, declaring_end
 from upload_service.tus.types import TusResponse
 from upload_service.uploads import Metadata, Upload
 
@@ -77,14 +78,8 @@ class WholeFiles:
         target = replace(request, upload_id=created.upload_id, headers=VERSION_ONLY)
         try:
             whole.check()
-            size = str(whole.received)
-            declare = TusHeaders(
-                tus_resumable=TUS_VERSION,
-                content_type=OFFSET_CONTENT_TYPE,
-                upload_offset=size,
-                upload_length=size,
-            )
-            await self._tus.patch(replace(target, headers=declare), _no_body())
+            declare = declaring_end(whole.received)
+            await self._tus.patch(replace(target, headers=declare), no_body())
             return await self._tus.get(target)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -150,8 +145,3 @@ class WholeBody:
             raise self.error
         if not self.finished:
             raise Unavailable("the upload was interrupted (the service is stopping); send it again")
-
-
-async def _no_body() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an async generator without items
