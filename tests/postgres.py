@@ -105,7 +105,7 @@ def empty_tables(dsn: str) -> None:
     async def truncate() -> None:
         connection = await asyncpg.connect(dsn, timeout=10)
         try:
-            await connection.execute("TRUNCATE uploads, upload_parts, outbox")
+            await connection.execute("TRUNCATE uploads, upload_parts, outbox, tickets")
         finally:
             await connection.close()
 

@@ -37,6 +37,8 @@ FIELDS = {
     "final_id",
     "state_changed_at",
     "owner",
+    "ticket",
+    "direct",
     "download_url",
     "video",
 }

@@ -27,8 +27,9 @@ from upload_service.db.memory import MemoryUploadRepository
 from upload_service.db.models import OutboxRow, UploadPartRow
 from upload_service.db.outbox import outbox_row
 from upload_service.db.repository import SqlUploadRepository
-from upload_service.errors import Conflict, QuotaExceeded, Unavailable
+from upload_service.errors import Conflict, QuotaExceeded, Unauthorized, Unavailable
 from upload_service.outbox import DeliveryStatus, EventType, FailureReason, Outbox
+from upload_service.tickets import Ticket, TicketRepository, TicketUsedUp
 from upload_service.uploads import Upload, UploadState, VideoInfo
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -966,3 +967,107 @@ async def test_concurrent_drainers_never_claim_one_event_twice(backend: Backend)
         group.start_soon(drain, outbox_of(second), claims[1])
     assert len(claims[0]) + len(claims[1]) == 40
     assert set(claims[0]).isdisjoint(claims[1])
+
+
+# -- upload tickets (TicketRepository, beside the uploads) ------------------------------------
+
+
+def tickets_of(repo: UploadRepository) -> TicketRepository:
+    assert isinstance(repo, SqlUploadRepository | MemoryUploadRepository)
+    return repo
+
+
+def new_ticket(ticket_id: str = "7" * 32, **values: object) -> Ticket:
+    ticket = Ticket(
+        id=ticket_id,
+        secret_hash="ab" * 32,
+        owner="jwt:iss:alice",
+        created_at=T0,
+        expires_at=T0 + timedelta(hours=1),
+        uploads=2,
+        max_size=100,
+        allowed_types=("video/*",),
+        metadata={"tenant": "t1"},
+    )
+    return replace(ticket, **values)  # type: ignore[arg-type]
+
+
+async def test_a_ticket_round_trips_and_each_upload_made_with_it_uses_it(
+    repo: UploadRepository,
+) -> None:
+    tickets = tickets_of(repo)
+    assert await tickets.get_ticket("7" * 32) is None
+    ticket = new_ticket()
+    await tickets.add_ticket(ticket)
+    assert await tickets.get_ticket(ticket.id) == ticket
+    await repo.add(new_upload("1" * 32, ticket=ticket.id, owner=ticket.owner))
+    await repo.add(new_upload("2" * 32, ticket=ticket.id, owner=ticket.owner, created_at=T1))
+    assert (await row(repo, "1" * 32)).ticket == ticket.id
+    assert (await tickets.get_ticket(ticket.id)) == replace(ticket, used=2)
+    with pytest.raises(TicketUsedUp, match="every upload it may"):
+        await repo.add(new_upload("3" * 32, ticket=ticket.id))
+    assert await repo.get("3" * 32) is None  # a refused use inserts nothing
+    assert await tickets.ticket_uploads(ticket.id) == ("1" * 32, "2" * 32)
+    assert await tickets.ticket_uploads("8" * 32) == ()
+
+
+async def test_a_revoked_expired_or_unknown_ticket_makes_nothing_and_uses_nothing(
+    repo: UploadRepository,
+) -> None:
+    tickets = tickets_of(repo)
+    await tickets.add_ticket(new_ticket())
+    with pytest.raises(Unauthorized, match="expired"):  # created at its expiry: too late
+        await repo.add(new_upload(ticket="7" * 32, created_at=T0 + timedelta(hours=1)))
+    with pytest.raises(Unauthorized, match="invalid"):
+        await repo.add(new_upload(ticket="8" * 32))
+    revoked = await tickets.revoke_ticket("7" * 32, T1)
+    assert revoked is not None
+    assert revoked.revoked_at == T1
+    again = await tickets.revoke_ticket("7" * 32, T1 + timedelta(seconds=5))
+    assert again == revoked  # revoked once, when it was first revoked
+    assert await tickets.revoke_ticket("8" * 32, T1) is None
+    with pytest.raises(Unauthorized, match="revoked"):
+        await repo.add(new_upload(ticket="7" * 32))
+    assert await repo.get(ID) is None
+    assert (await tickets.get_ticket("7" * 32)) == replace(revoked, used=0)
+
+
+async def test_a_refused_upload_or_final_uses_none_of_its_ticket(repo: UploadRepository) -> None:
+    tickets = tickets_of(repo)
+    await tickets.add_ticket(new_ticket(uploads=5))
+    quota = Quota(uploads=1)
+    await repo.add(new_upload("1" * 32, owner="alice", ticket="7" * 32), quota)
+    with pytest.raises(QuotaExceeded):
+        await repo.add(new_upload("2" * 32, owner="alice", ticket="7" * 32), quota)
+    final = new_upload("3" * 32, length=None, concat="final", parts=PARTS, ticket="7" * 32)
+    with pytest.raises(Conflict):  # its parts do not exist
+        await repo.add_final(final)
+    ticket = await tickets.get_ticket("7" * 32)
+    assert ticket is not None
+    assert ticket.used == 1
+
+
+async def test_racing_uses_of_a_ticket_on_two_engines_never_pass_its_uploads(
+    backend: Backend,
+) -> None:
+    """Creations with one ticket racing on two engines (two replicas; on memory, tasks): the
+    use is a compare-and-set in the insert's transaction, so exactly ``uploads`` get in."""
+    repos = [backend.repository(), backend.repository()]
+    await tickets_of(repos[0]).add_ticket(new_ticket(uploads=3))
+    outcomes: list[bool] = []
+
+    async def create(index: int) -> None:
+        try:
+            await repos[index % 2].add(new_upload(f"{index:032x}", ticket="7" * 32))
+        except TicketUsedUp:
+            outcomes.append(False)
+        else:
+            outcomes.append(True)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(8):
+            tasks.start_soon(create, index)
+    assert sorted(outcomes) == [False] * 5 + [True] * 3
+    ticket = await tickets_of(repos[1]).get_ticket("7" * 32)
+    assert ticket is not None
+    assert ticket.used == 3

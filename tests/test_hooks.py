@@ -101,7 +101,14 @@ async def test_http_pre_create_rejects_with_its_status_and_message(
     [asked] = hook_receiver.received()
     assert asked.json() == {
         "type": "pre-create",
-        "upload": {"length": 4, "metadata": {"k": "v"}, "concat": None, "parts": [], "owner": None},
+        "upload": {
+            "length": 4,
+            "metadata": {"k": "v"},
+            "concat": None,
+            "parts": [],
+            "owner": None,
+            "ticket": None,
+        },
     }
     assert signing.verify(SECRET, asked.headers["Upload-Signature"], asked.body, time.time())
 

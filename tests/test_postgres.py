@@ -84,7 +84,7 @@ async def test_models_and_migrations_agree_on_postgres(postgres_url: str) -> Non
     finally:
         await engine.dispose()
     assert differences == []
-    assert tables == {"uploads", "upload_parts", "outbox", "alembic_version"}
+    assert tables == {"uploads", "upload_parts", "outbox", "tickets", "alembic_version"}
 
 
 async def test_migrations_downgrade_and_upgrade_again_on_postgres(fresh_database: str) -> None:

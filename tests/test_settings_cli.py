@@ -505,7 +505,7 @@ def test_models_and_migrations_agree(tmp_path: Path, template_db: Path) -> None:
     finally:
         engine.dispose()
     assert differences == []
-    assert tables == {"uploads", "upload_parts", "outbox", "alembic_version"}
+    assert tables == {"uploads", "upload_parts", "outbox", "tickets", "alembic_version"}
 
 
 def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ from upload_service.api.forms import router as forms_router
 from upload_service.api.listing import router as listing_router
 from upload_service.api.progress import router as progress_router
 from upload_service.api.routes import router as api_router
+from upload_service.api.tickets import router as tickets_router
 from upload_service.auth.setup import open_auth
+from upload_service.auth.tickets import TicketAuthenticator
 from upload_service.db.base import Quota
 from upload_service.db.engine import create_engine, create_transactions
 from upload_service.db.migrate import check_schema
@@ -125,6 +127,7 @@ def connect_s3(settings: Settings) -> ObjectClient:
 
     return Boto3ObjectClient.connect(
         endpoint_url=settings.s3.endpoint_url,
+        public_endpoint_url=settings.s3.public_endpoint_url,
         region=settings.s3.region,
         path_style=settings.s3.path_style,
         checksums=settings.s3.checksums,
@@ -195,6 +198,7 @@ async def open_services(
                     handler=handler,
                     outbox=repository,
                     drainer=hooks.drainer,
+                    tickets=repository,
                 )
         finally:
             await locker.aclose()
@@ -239,7 +243,10 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
                 open_services(resolved, runner, events) as built,
                 runner.running(),
             ):
-                services = replace(built, auth=auth)
+                tickets = None
+                if built.tickets is not None:
+                    tickets = TicketAuthenticator(built.tickets, built.handler.clock)
+                services = replace(built, auth=replace(auth, tickets=tickets))
                 reconciled = await services.handler.reconcile_all()
                 logger.info("reconciled %d unfinished uploads with storage", reconciled)
                 if asyncio.get_running_loop().get_debug():
@@ -281,6 +288,7 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
     app.include_router(progress_router)
     mount_docs(app, tus_paths(resolved.server.base_path))
     app.include_router(forms_router)
+    app.include_router(tickets_router)
     errors = ErrorRenderer(resolved.server.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]

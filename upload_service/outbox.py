@@ -116,6 +116,8 @@ def upload_snapshot(upload: Upload) -> dict[str, JsonValue]:
         "final_id": latest_final(upload),
         "state_changed_at": moment(upload.state_changed_at),
         "owner": upload.owner,
+        "ticket": upload.ticket,
+        "direct": upload.direct,
         "video": None if upload.video is None else asdict(upload.video),
     }
 

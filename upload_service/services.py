@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from upload_service.outbox import Outbox
     from upload_service.settings import Settings
     from upload_service.storage.base import Store
+    from upload_service.tickets import TicketRepository
     from upload_service.tus.handler import TusHandler
 
 
@@ -32,6 +33,7 @@ class Services:
     auth: Auth = OPEN  # who callers are (built in the app's lifespan; open for CLI commands)
     outbox: Outbox | None = None  # events and their delivery state (the JSON API shows them)
     drainer: Drainer | None = None  # delivers the outbox (None: no hooks configured)
+    tickets: TicketRepository | None = None  # upload tickets (None: not offered)
 
 
 def get_services(request: Request) -> Services:

@@ -73,6 +73,10 @@ class Upload:
     owner: str | None = None  # who created it (auth.owners: key:NAME, jwt:ISS:SUB); None: open
     size_cap: int | None = None  # its creator's own cap on its size (a token's upload_max_size)
     video: VideoInfo | None = None  # set as it becomes ready; None: not a video, or not probed
+    ticket: str | None = None  # the id of the upload ticket it was made with (``tickets``)
+    # its bytes go from the client straight to the store (an S3 multipart upload on presigned
+    # URLs, ``direct``): it takes no PATCH, and its offset moves only when it completes
+    direct: bool = False
     # fencing token of the last lock holder that claimed it (0: none); lock bookkeeping, not
     # part of the upload's value: two records of one upload that differ only here are equal
     fence: int = field(default=0, compare=False)

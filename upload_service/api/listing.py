@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from upload_service.api.routes import ServicesDep, UploadOut, download_url_of
 from upload_service.db.base import PageKey, UploadQuery
-from upload_service.errors import BadRequest
+from upload_service.errors import BadRequest, Forbidden
 from upload_service.tus.routes import EndpointDep, PrincipalDep
 from upload_service.uploads import UploadState
 
@@ -77,6 +77,8 @@ async def list_uploads(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> UploadPage:
     """The caller's uploads (every upload on an open service), newest first."""
+    if principal.ticket is not None:
+        raise Forbidden("an upload ticket reaches only the uploads it made: it cannot list")
     query = UploadQuery(
         owner=principal.owner,  # None only for the caller of an open service: everyone's
         states=tuple(state or ()),

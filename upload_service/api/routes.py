@@ -59,6 +59,8 @@ class UploadOut(BaseModel):
     final_id: str | None
     state_changed_at: datetime | None
     owner: str | None
+    ticket: str | None = None  # the upload ticket it was made with (README "Upload tickets")
+    direct: bool = False  # its bytes went straight to the bucket (README "Direct uploads")
     # a ready upload's download URL; signed (expires, signature) when the service has a signing
     # key, so a browser's <video src> works without a token
     download_url: str | None = None

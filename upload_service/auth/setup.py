@@ -17,6 +17,8 @@ from upload_service.auth.apikey import ApiKeyAuthenticator
 from upload_service.auth.base import AnyOf, Authenticator, OpenAuthenticator, authenticate
 from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.auth.signed import UrlSigner, derived_key
+from upload_service.auth.tickets import TicketAuthenticator, looks_like_ticket
+from upload_service.errors import Unauthorized
 from upload_service.settings import ConfigError, Settings, is_loopback
 
 if TYPE_CHECKING:
@@ -29,6 +31,9 @@ logger = logging.getLogger("upload_service")
 class Auth:
     authenticator: Authenticator
     signer: UrlSigner | None  # None: no key, download URLs go unsigned (an open service only)
+    # upload tickets' bearers (set once the repository is open; an open service takes them too,
+    # so that a ticket's limits hold there as well)
+    tickets: TicketAuthenticator | None = None
 
     @property
     def open(self) -> bool:
@@ -36,10 +41,24 @@ class Auth:
 
     async def principal(self, authorization: str | None) -> Principal:
         """The caller of a request with this ``Authorization`` value (401 unless it holds); on
-        an open service, whatever it sends, the anonymous caller."""
+        an open service, whatever else it sends, the anonymous caller. An upload ticket's bearer
+        is the ticket's caller everywhere."""
+        if self.tickets is not None and authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and looks_like_ticket(token.strip()):
+                return await self.ticket(token.strip())
         if self.open:
             return ANONYMOUS
         return await authenticate(self.authenticator, authorization)
+
+    async def ticket(self, token: str) -> Principal:
+        """The caller holding the upload ticket ``token`` (a ``companion_endpoint``'s path
+        carries it); 401 unless it is a ticket that holds."""
+        if self.tickets is None or not looks_like_ticket(token):
+            raise Unauthorized("invalid upload ticket")
+        principal = await self.tickets.authenticate(token)
+        assert principal is not None  # it looks like a ticket: it is one, or a 401
+        return principal
 
 
 OPEN = Auth(OpenAuthenticator(), None)

@@ -114,11 +114,14 @@ class UploadQuery:
 class UploadRepository(Protocol):
     async def add(self, upload: Upload, quota: Quota | None = None) -> None:
         """Insert a new upload (its storage exists already); with events on, its post-create
-        event too. With a ``quota`` and an owner, in the same transaction as the insert and
-        serialised with the owner's other quota-checked transitions (on every replica):
-        ``QuotaExceeded`` if the owner's usage plus this upload (one more unfinished upload
-        while receiving, its length; of unknown length: no byte left) passes the quota; nothing
-        is inserted."""
+        event too. An upload made with a ticket (``upload.ticket``) uses one of the ticket's
+        uploads in the same transaction (``tickets``: compare-and-set): ``TicketUsedUp`` (403)
+        when none is left, ``Unauthorized`` (401) when the ticket was revoked or expired at
+        ``upload.created_at``; nothing is inserted then. With a ``quota`` and an owner, in the
+        same transaction as the insert and serialised with the owner's other quota-checked
+        transitions (on every replica): ``QuotaExceeded`` if the owner's usage plus this upload
+        (one more unfinished upload while receiving, its length; of unknown length: no byte
+        left) passes the quota; nothing is inserted."""
         ...
 
     async def usage(self, owner: str) -> Usage:
@@ -131,7 +134,7 @@ class UploadRepository(Protocol):
         ``Conflict`` names a part that is no longer a live partial upload (it ended while the
         final was being created); with a ``quota`` and an owner, ``QuotaExceeded`` as for
         ``add`` (the final is one more unfinished upload until assembled, and counts its length
-        in full); nothing is inserted."""
+        in full); a ticket's use as for ``add``; nothing is inserted."""
         ...
 
     async def get(self, upload_id: str) -> Upload | None: ...

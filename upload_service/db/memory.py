@@ -32,8 +32,9 @@ import anyio.lowlevel
 from upload_service.db import transitions
 from upload_service.db.base import Quota, UploadQuery, Usage
 from upload_service.db.memory_outbox import MemoryOutbox
-from upload_service.errors import Conflict, Unavailable
+from upload_service.errors import Conflict, Unauthorized, Unavailable
 from upload_service.outbox import EventType
+from upload_service.tickets import Ticket, used_up
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Upload, UploadState, VideoInfo
 
 # What a transition expects of the row it changes (the SQL one's WHERE clause).
@@ -84,6 +85,7 @@ class MemoryUploadRepository(MemoryOutbox):
         self._rows: dict[str, Upload] = {}
         # upload_parts: final id -> {position: part id}
         self._parts: dict[str, dict[int, str]] = {}
+        self._tickets: dict[str, Ticket] = {}
 
     def sharing(self, *, events: bool) -> MemoryUploadRepository:
         """A repository over this one's state (uploads, parts, events) with ``events`` on or
@@ -196,7 +198,54 @@ class MemoryUploadRepository(MemoryOutbox):
         if upload.id in self._rows:  # what the SQL insert's integrity error leaves as
             raise Unavailable(f"database unavailable: upload {upload.id} exists already")
 
+    def _use_ticket(self, ticket_id: str, now: datetime) -> None:
+        """As ``db.tickets.use_ticket``: a use from a count below the limit, while the ticket
+        neither was revoked nor expired; the last check before the insert, so nothing else can
+        refuse the upload after its ticket was used."""
+        ticket = self._tickets.get(ticket_id)
+        if ticket is None:
+            raise Unauthorized("invalid upload ticket")
+        refusal = ticket.refusal(_utc(now))
+        if refusal is not None:
+            raise refusal
+        if ticket.used >= ticket.uploads:
+            raise used_up(ticket_id)
+        self._tickets[ticket_id] = replace(ticket, used=ticket.used + 1)
+
+    # -- tickets -----------------------------------------------------------------------------------
+
+    async def add_ticket(self, ticket: Ticket) -> None:
+        if ticket.id in self._tickets:
+            raise Unavailable(f"database unavailable: ticket {ticket.id} exists already")
+        self._tickets[ticket.id] = replace(
+            ticket,
+            metadata=dict(ticket.metadata),
+            created_at=_utc(ticket.created_at),
+            expires_at=_utc(ticket.expires_at),
+            revoked_at=_utc_or_none(ticket.revoked_at),
+        )
+        await self._answer(None)
+
+    async def get_ticket(self, ticket_id: str) -> Ticket | None:
+        ticket = self._tickets.get(ticket_id)
+        return await self._answer(None if ticket is None else copy.deepcopy(ticket))
+
+    async def revoke_ticket(self, ticket_id: str, now: datetime) -> Ticket | None:
+        ticket = self._tickets.get(ticket_id)
+        if ticket is not None and ticket.revoked_at is None:
+            ticket = self._tickets[ticket_id] = replace(ticket, revoked_at=_utc(now))
+        return await self._answer(None if ticket is None else copy.deepcopy(ticket))
+
+    async def ticket_uploads(self, ticket_id: str) -> tuple[str, ...]:
+        made = sorted(
+            (row for row in self._rows.values() if row.ticket == ticket_id),
+            key=lambda row: (row.created_at, row.id),
+        )
+        return await self._answer(tuple(row.id for row in made))
+
     def _insert(self, upload: Upload) -> None:
+        if upload.ticket is not None:
+            self._use_ticket(upload.ticket, upload.created_at)
         row = _stored(upload)
         self._rows[row.id] = row
         if self._reporting:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The head of migrations/versions: bump it with every new migration (tests/test_settings_cli.py).
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 
 
 class SchemaError(Exception):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -44,9 +44,14 @@ class UploadRow(Base):
     size_cap: Mapped[int | None] = mapped_column(BigInteger)
     # what ffprobe found once the upload was verified (uploads.VideoInfo's fields); NULL: none
     video: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    # the upload ticket it was made with (tickets.id); NULL: made with the issuer's credential
+    ticket_id: Mapped[str | None] = mapped_column(String(32))
+    # its bytes go from the client straight to the store (direct uploads)
+    direct: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         Index("ix_uploads_state_expires", "state", "expires_at"),
+        Index("ix_uploads_ticket", "ticket_id"),
         Index("ix_uploads_owner", "owner", "state"),  # reachability and per-owner quotas
         # GET /api/uploads: one owner's uploads (or everyone's) newest first, by the page cursor
         Index("ix_uploads_owner_created", "owner", "created_at", "id"),
@@ -67,6 +72,27 @@ class UploadPartRow(Base):
     part_id: Mapped[str] = mapped_column(String(32))
 
     __table_args__ = (Index("ix_upload_parts_part", "part_id", "final_id"),)
+
+
+class TicketRow(Base):
+    """An upload ticket (``upload_service.tickets``): ``used`` moves only by compare-and-set, in
+    the transaction that inserts the upload it was used for."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    uploads: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+    max_size: Mapped[int | None] = mapped_column(BigInteger)
+    allowed_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metadata_json: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_tickets_expires", "expires_at"),)
 
 
 class OutboxRow(Base):

@@ -40,6 +40,7 @@ from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
 from upload_service.db.rows import INSERT_UPLOAD, UPLOADS, in_states, to_row, video_json
 from upload_service.db.session import Transactions
+from upload_service.db.tickets import SqlTickets, use_ticket
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
 from upload_service.uploads import Upload, UploadState, VideoInfo
@@ -48,10 +49,10 @@ from upload_service.uploads import Upload, UploadState, VideoInfo
 _BY_ID = select(UPLOADS).where(UPLOADS.c.id == bindparam("upload_id"))
 
 
-class SqlUploadRepository(SqlListing):
-    """``UploadRepository`` over ``Transactions`` (each method one transaction), with the
-    ``Outbox`` capability: with ``events`` on, the transitions that report events insert them in
-    their own transaction."""
+class SqlUploadRepository(SqlListing, SqlTickets):
+    """``UploadRepository`` and ``TicketRepository`` over ``Transactions`` (each method one
+    transaction), with the ``Outbox`` capability: with ``events`` on, the transitions that
+    report events insert them in their own transaction."""
 
     def __init__(self, sessions: Transactions, *, events: bool = False) -> None:
         super().__init__(sessions)
@@ -63,6 +64,8 @@ class SqlUploadRepository(SqlListing):
     def _add(self, upload: Upload, quota: Quota | None, connection: Connection) -> None:
         if quota is not None and upload.owner is not None:
             check_new(connection, upload, quota)
+        if upload.ticket is not None:
+            use_ticket(connection, upload.ticket, upload.created_at)
         connection.execute(INSERT_UPLOAD, to_row(upload))
         if self._reporting:
             connection.execute(
@@ -247,6 +250,8 @@ class SqlUploadRepository(SqlListing):
     def _add_final(self, final: Upload, quota: Quota | None, connection: Connection) -> None:
         if quota is not None and final.owner is not None:
             check_new(connection, final, quota)
+        if final.ticket is not None:
+            use_ticket(connection, final.ticket, final.created_at)
         # first: on SQLite the insert takes the write lock before the parts are read
         connection.execute(INSERT_UPLOAD, to_row(final))
         link_parts(connection, final)

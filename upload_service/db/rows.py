@@ -80,6 +80,8 @@ def to_upload(row: UploadRow | Row[Any], finals: tuple[str, ...] = ()) -> Upload
         owner=row.owner,
         size_cap=row.size_cap,
         video=video_of(row.video),
+        ticket=row.ticket_id,
+        direct=bool(row.direct),
     )
 
 
@@ -111,6 +113,8 @@ def to_row(upload: Upload) -> dict[str, object]:
         owner=upload.owner,
         size_cap=upload.size_cap,
         video=video_json(upload.video),
+        ticket_id=upload.ticket,
+        direct=upload.direct,
     )
 
 

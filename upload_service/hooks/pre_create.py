@@ -39,6 +39,7 @@ class PreCreate:
     concat: str | None = None  # "partial", "final" or None
     parts: tuple[str, ...] = ()  # a final upload's part URLs, as the client sent them
     owner: str | None = None  # the caller's identity, when authentication establishes one
+    ticket: str | None = None  # the upload ticket the caller holds, if it is a ticket's bearer
 
     @property
     def text_metadata(self) -> dict[str, str | None]:
@@ -51,6 +52,7 @@ class PreCreate:
             "concat": self.concat,
             "parts": list(self.parts),
             "owner": self.owner,
+            "ticket": self.ticket,
         }
 
 
@@ -173,4 +175,5 @@ def pre_create_of(
         concat=None if concat is None else ("final" if concat.final else "partial"),
         parts=() if concat is None else concat.urls,
         owner=request.principal.owner,
+        ticket=request.principal.ticket,
     )

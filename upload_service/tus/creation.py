@@ -105,6 +105,7 @@ class Creator:
             max_bytes=self._config.max_metadata_bytes,
             max_keys=self._config.max_metadata_keys,
         )
+        metadata = stamped(metadata, request.principal)
         length = (
             None
             if concat is not None and concat.final
@@ -151,6 +152,7 @@ class Creator:
             concat=None if concat is None else "partial",
             owner=principal.owner,
             size_cap=principal.max_size,
+            ticket=principal.ticket,
         )
         # File first, then row: a crash in between leaves an orphan file, never a row without bytes.
         key = await self._store.create(upload_id, upload.length)
@@ -248,6 +250,7 @@ class Creator:
             parts=part_ids,
             owner=request.principal.owner,
             size_cap=request.principal.max_size,  # checked at assembly when lengths are deferred
+            ticket=request.principal.ticket,
         )
         key = await self._store.create(final.id, final.length)
         final = replace(final, storage_ref=key.ref)
@@ -284,6 +287,14 @@ class Creator:
         length = parse_uint("Upload-Length", headers.upload_length)
         self._limits.check_max_size(length, principal)
         return length
+
+
+def stamped(metadata: Metadata, principal: Principal) -> Metadata:
+    """``metadata`` with the fields the caller's ticket stamps on every upload it makes (they
+    win over the client's own)."""
+    if not principal.stamp:
+        return metadata
+    return {**metadata, **{key: value.encode() for key, value in principal.stamp}}
 
 
 def media_type(value: str | None) -> str:

@@ -215,7 +215,7 @@ class TusHandler:
     async def head(self, request: TusRequest) -> TusResponse:
         check_version(request.headers.tus_resumable)
         upload = await self._loader.load(request)
-        if upload.state is UploadState.RECEIVING:
+        if upload.state is UploadState.RECEIVING and not upload.direct:
             upload = await self._reconciler.reconcile_if_idle(
                 upload, wait=self._config.lock_timeout
             )
@@ -254,6 +254,10 @@ class TusHandler:
                 loaded_state = upload.state
                 if upload.is_final:
                     raise Forbidden("a final upload is assembled from its parts and takes no PATCH")
+                if upload.direct:
+                    raise Forbidden(
+                        "a direct upload's bytes go straight to the bucket: it takes no PATCH"
+                    )
                 if offset != upload.offset:
                     raise OffsetMismatch(
                         f"Upload-Offset {offset} does not match the upload's offset {upload.offset}",

@@ -67,8 +67,7 @@ class UploadLoader:
         so another owner's request neither preempts a running PATCH nor claims the row. The
         owner never changes, so an unlocked read decides. Nothing to check for the anonymous
         caller of an open service, who reaches everything (the locked load finds unknown ids)."""
-        principal = request.principal
-        if principal.owner is None and principal.only is None:
+        if not request.principal.restricted:
             return
         await self.found(request)
 
@@ -76,7 +75,7 @@ class UploadLoader:
     def reachable(upload: Upload | None, principal: Principal) -> Upload | None:
         """The upload if the caller may reach it; None (no such upload) otherwise: another
         owner's upload does not exist for this caller, on every route."""
-        if upload is None or not principal.may_reach(upload.id, upload.owner):
+        if upload is None or not principal.may_reach(upload.id, upload.owner, upload.ticket):
             return None
         return upload
 

@@ -102,12 +102,13 @@ class Reconciler:
     async def _reconcile_receiving(self) -> int:
         """Every upload still receiving, but finals: a final's bytes are its assembly's, which
         ``Lifecycle.resume`` runs again (a kill may have left its object complete and its row
-        receiving; it is neither cut back nor read here). One upload that cannot be reconciled
+        receiving; it is neither cut back nor read here), and direct uploads, whose bytes no
+        request of ours wrote. One upload that cannot be reconciled
         (its storage unreachable, say) is logged and left for its next request, whose ``append``
         cuts what was not committed: it never keeps the service from starting."""
         reconciled = 0
         for upload in await self._repo.list_by_state(UploadState.RECEIVING):
-            if upload.is_final:
+            if upload.is_final or upload.direct:  # a direct upload's bytes are the client's
                 continue
             try:
                 async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
