@@ -167,3 +167,30 @@ def empty_bucket(endpoint: str, bucket: str) -> None:
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     for key in object_keys(endpoint, bucket):
         s3.delete_object(Bucket=bucket, Key=key)
+
+
+def allow_browser_uploads(
+    client: S3Client, bucket: str, origin: str, *, max_age: int = 600
+) -> None:
+    """Put the bucket CORS rule that lets a page on ``origin`` upload straight to ``bucket``:
+    presigned part ``PUT``s (whose ``ETag`` the page must read, hence ``ExposeHeaders``), form
+    ``POST``s under a POST policy, and ``GET``s.
+
+    moto's server honours it: its ``OPTIONS`` answer and its object answers (UploadPart,
+    PutObject, GetObject...) carry the rule's headers for a matching ``Origin``. Without a rule,
+    moto's global flask-cors answers the preflight for any origin but exposes no header, so the
+    ``ETag`` of a part stays unreadable from the page."""
+    client.put_bucket_cors(
+        Bucket=bucket,
+        CORSConfiguration={
+            "CORSRules": [
+                {
+                    "AllowedOrigins": [origin],
+                    "AllowedMethods": ["PUT", "POST", "GET"],
+                    "AllowedHeaders": ["*"],
+                    "ExposeHeaders": ["ETag"],
+                    "MaxAgeSeconds": max_age,
+                }
+            ]
+        },
+    )

@@ -36,6 +36,7 @@ from upload_service.storage.base import (
     Appender,
     Concatenator,
     Digester,
+    DirectStore,
     Finisher,
     OrphanLister,
     Reserver,
@@ -84,6 +85,7 @@ CAPABILITIES: tuple[type, ...] = (
     Digester,
     OrphanLister,
     Reserver,
+    DirectStore,
 )
 
 
@@ -218,6 +220,7 @@ S3_CAPABILITIES: tuple[type, ...] = (
     TailDiscarder,
     Digester,
     OrphanLister,
+    DirectStore,
 )
 
 

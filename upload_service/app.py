@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from upload_service import __version__
+from upload_service.api.companion import router as companion_router
 from upload_service.api.docs import OPENAPI_PATH, mount_docs
 from upload_service.api.forms import router as forms_router
 from upload_service.api.listing import router as listing_router
@@ -61,6 +62,7 @@ from upload_service.storage.s3.client import ObjectClient
 from upload_service.storage.s3.layout import MAX_OBJECT_SIZE
 from upload_service.storage.s3.store import S3Store
 from upload_service.tasks import Runner, TaskRunner
+from upload_service.tus.direct import DirectUploads
 from upload_service.tus.handler import TusHandler, utcnow
 from upload_service.tus.openapi import tus_paths
 from upload_service.tus.protocol import REQUEST_HEADERS, RESPONSE_HEADERS
@@ -102,6 +104,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
             else None
         ),
         verify_wait=settings.api.download_verify_wait,
+        direct_url_ttl=settings.s3.direct_url_ttl,
     )
 
 
@@ -217,6 +220,16 @@ async def expire_periodically(lifecycle: Lifecycle, interval: float) -> None:
             logger.error("clean-up failed: %s", exc.message)
 
 
+async def settle_periodically(direct: DirectUploads, interval: float) -> None:
+    """Form-POST direct uploads tell the service nothing when their object arrives: look."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await direct.settle_posts()
+        except ServiceError as exc:
+            logger.error("looking for direct uploads' objects failed: %s", exc.message)
+
+
 def drain_uploads(handler: TusHandler) -> None:
     """Shutdown: every running PATCH commits what it received and answers (``TusHandler.drain``)."""
     if not handler.draining:
@@ -256,6 +269,15 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
                     partial(expire_periodically, lifecycle, resolved.limits.cleanup_interval),
                     "clean-up",
                 )
+                if services.handler.direct.available:
+                    runner.start_service(
+                        partial(
+                            settle_periodically,
+                            services.handler.direct,
+                            resolved.s3.direct_poll_interval,
+                        ),
+                        "direct uploads",
+                    )
                 if metrics is not None:
                     runner.start_service(partial(measure_loop_lag, metrics), "event-loop lag")
                 if services.drainer is not None:
@@ -289,6 +311,7 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
     mount_docs(app, tus_paths(resolved.server.base_path))
     app.include_router(forms_router)
     app.include_router(tickets_router)
+    app.include_router(companion_router)
     errors = ErrorRenderer(resolved.server.base_path)
     app.add_exception_handler(ServiceError, errors.service_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, errors.http_error)  # type: ignore[arg-type]

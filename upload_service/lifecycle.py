@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 from datetime import datetime, timedelta
@@ -34,7 +35,15 @@ from functools import partial
 
 import anyio.to_thread
 
-from upload_service.errors import BadRequest, Conflict, Locked, QuotaExceeded
+from upload_service.errors import (
+    BadRequest,
+    Conflict,
+    Locked,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+    Unavailable,
+)
 from upload_service.events import NO_EVENTS, Events
 from upload_service.storage.base import (
     Concatenator,
@@ -125,7 +134,20 @@ class Lifecycle:
             upload = await self._repo.get(upload_id)
             if upload is None or upload.state is not UploadState.VERIFYING:
                 return
-            digest = await self._digest(upload, hashlib.sha256())
+            try:
+                digest = await self._digest(upload, hashlib.sha256())
+            except (NotFound, StorageError) as exc:
+                if isinstance(exc, Unavailable):
+                    raise  # the store is down for now: verified again at the next start
+                # the bytes are gone or unreadable: failed with the reason, never a silent ready
+                reason = f"the sha256 could not be computed: {exc.message}"
+                with contextlib.suppress(Conflict):
+                    await self._repo.fail(
+                        upload_id, reason, self._clock(), only_from=(UploadState.VERIFYING,)
+                    )
+                    self._events.failed()
+                    logger.warning("upload failed: %s", reason, extra={"upload_id": upload_id})
+                return
             await self._finish(upload, digest)
 
     async def _digest(self, upload: Upload, hasher: Hasher) -> bytes:

@@ -89,7 +89,13 @@ def patch_sizes(server: ServerProcess, upload: str) -> list[int]:
 
 
 def run_node(
-    server: ServerProcess, video: Path, storage: Path, *args: str, protocol: str = "tus-v1"
+    server: ServerProcess,
+    video: Path,
+    storage: Path,
+    *args: str,
+    protocol: str = "tus-v1",
+    bearer: str | None = None,
+    codes: tuple[int, ...] = (0, 3),
 ) -> tuple[int, list[Any]]:
     node = require_tool("node")
     npm_package("tus-js-client")
@@ -105,11 +111,16 @@ def run_node(
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "NPM_PACKAGES": str(NPM_PACKAGES), "TUS_PROTOCOL": protocol},
+        env={
+            **os.environ,
+            "NPM_PACKAGES": str(NPM_PACKAGES),
+            "TUS_PROTOCOL": protocol,
+            **({} if bearer is None else {"TUS_BEARER": bearer}),
+        },
         check=False,
     )
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert result.returncode in (0, 3), f"node failed: {result.stdout}\n{result.stderr}"
+    assert result.returncode in codes, f"node failed: {result.stdout}\n{result.stderr}"
     return result.returncode, events
 
 
@@ -139,6 +150,45 @@ def test_tus_js_client_aborts_and_resumes_from_its_url_storage(
     sizes = patch_sizes(server, upload_id(url))
     assert max(sizes) <= 5 * MiB  # chunkSize: 5 MiB, every PATCH
     assert sum(sizes) == SIZE  # what the aborted PATCH delivered was kept, nothing sent twice
+
+
+def test_tus_js_client_with_only_a_ticket_uploads_resumes_and_gets_no_second_upload(
+    server: ServerProcess, video: Path, tmp_path: Path
+) -> None:
+    """An end user holding nothing but a one-use upload ticket: tus-js-client uploads with it,
+    aborts, resumes in a new process; the upload is the issuer's and names the ticket; a second
+    upload with the ticket is refused (403), and the listing stays closed to it."""
+    issued = httpx.post(f"{server.base_url}/api/tickets", json={"uploads": 1})
+    assert issued.status_code == 201, issued.text
+    ticket = issued.json()
+    storage = tmp_path / "tus-url-storage.json"
+    bearer = ticket["ticket"]
+    code, first = run_node(server, video, storage, "--abort-after", str(12 * MiB), bearer=bearer)
+    assert code == 3, first
+    url = next(event["url"] for event in first if event["event"] == "url")
+    code, second = run_node(server, video, storage, bearer=bearer)
+    assert code == 0, second
+    assert next(event["event"] for event in second) == "resuming"
+    assert second[-1] == {"event": "done", "url": url}
+    status = server_status(server.base_url, url)
+    assert (status["state"], status["ticket"]) == ("ready", ticket["id"])
+    assert status["sha256"] == sha256_file(video)
+    assert sum(patch_sizes(server, upload_id(url))) == SIZE  # nothing sent twice
+
+    other = tmp_path / "other.mp4"
+    write_random_file(other, MiB)
+    code, refused = run_node(
+        server, other, tmp_path / "other-storage.json", bearer=bearer, codes=(1,)
+    )
+    assert refused[-1]["event"] == "error"
+    assert "403" in refused[-1]["message"], refused
+    assert "has created every upload it may" in refused[-1]["message"], refused
+    listing = httpx.get(
+        f"{server.base_url}/api/uploads", headers={"Authorization": f"Bearer {bearer}"}
+    )
+    assert listing.status_code == 403
+    shown = httpx.get(f"{server.base_url}/api/tickets/{ticket['id']}").json()
+    assert (shown["used"], shown["upload_ids"]) == (1, [upload_id(url)])
 
 
 @pytest.mark.parametrize(("protocol", "version"), [("ietf-draft-03", 5), ("ietf-draft-05", 6)])

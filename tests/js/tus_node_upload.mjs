@@ -8,7 +8,8 @@
 // the run aborts the upload once that many bytes were sent (mid-chunk) and exits 3.
 // One JSON object per line on stdout: {"event": "resuming" | "url" | "aborted" | "done", ...}.
 // TUS_PROTOCOL picks tus-js-client's protocol: tus-v1 (the default), ietf-draft-03 (interop
-// version 5) or ietf-draft-05 (6).
+// version 5) or ietf-draft-05 (6). TUS_BEARER, when set, goes on every request as
+// `Authorization: Bearer <it>` (an upload ticket, say).
 // The packages come from the directory NPM_PACKAGES names (scripts/setup --test fills it).
 import { createReadStream } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -31,6 +32,7 @@ const upload = new Upload(createReadStream(file), {
   retryDelays: [0, 250, 500, 1000, 2000],
   urlStorage: new FileUrlStorage(storagePath),
   metadata: { filename: path.basename(file), filetype: 'video/mp4' },
+  headers: process.env.TUS_BEARER ? { Authorization: `Bearer ${process.env.TUS_BEARER}` } : {},
   onUploadUrlAvailable() {
     say('url', { url: upload.url })
   },

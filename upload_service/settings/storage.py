@@ -92,6 +92,13 @@ class S3Settings(Group):
         description="the S3-compatible endpoint: MinIO, Cloudflare R2, Backblaze B2, ...",
         json_schema_extra=shown("AWS"),
     )
+    public_endpoint_url: str | None = Field(
+        default=None,
+        description="the endpoint browsers reach, named by the presigned URLs of direct uploads "
+        "and downloads (the signature covers the host): set it when the service reaches the "
+        "object store by an internal name; no request goes to it from the service",
+        json_schema_extra=shown("`UPLOAD_S3_ENDPOINT_URL`"),
+    )
     region: str = Field(default="us-east-1", description="the bucket's region (`auto` for R2)")
     prefix: str = Field(
         default="", description="key prefix of every object the service writes (`uploads/`)"
@@ -123,8 +130,28 @@ class S3Settings(Group):
         "`virtual` (`bucket.endpoint/key`); `auto`: path with `UPLOAD_S3_ENDPOINT_URL`, virtual "
         "on AWS",
     )
+    direct_url_ttl: int = Field(
+        default=900,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="direct uploads ([Direct uploads](direct-uploads.md)): seconds a presigned "
+        "part URL or form-POST policy handed to a browser is valid",
+    )
+    direct_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="direct uploads: seconds between looks for the objects of form-POST uploads "
+        "(which tell the service nothing when they end), on every replica",
+    )
+    download_redirect: bool = Field(
+        default=False,
+        description="downloads of ready uploads (`GET /files/<id>`) answer `302` to a presigned "
+        "GET on the bucket (valid `UPLOAD_S3_DIRECT_URL_TTL`), so their bytes skip the service",
+    )
 
-    _empty_endpoint = field_validator("endpoint_url", mode="before")(empty_is_unset)
+    _empty_endpoint = field_validator("endpoint_url", "public_endpoint_url", mode="before")(
+        empty_is_unset
+    )
 
     @field_validator("prefix")
     @classmethod

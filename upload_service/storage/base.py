@@ -7,7 +7,8 @@ every later call passes back. What only some backends can do is a separate, runt
 capability Protocol (``Finisher``, ``Concatenator``, ``TailDiscarder``, ``Digester``,
 ``OrphanLister``, ``Reserver``, and ``Checkpointer`` for appenders); the handler checks for each with
 ``isinstance``, advertises in ``Tus-Extension`` only what the configured store supports, and falls
-back (or refuses) otherwise.
+back (or refuses) otherwise. ``DirectStore`` is the capability of an object store that lets
+browsers send an upload's bytes straight to it (presigned URLs): the service never sees them.
 
 Callers (the handler) hold the upload's lock around every mutating call, validate ids and offsets
 before calling, and commit offsets to the database only after ``Appender.sync`` has returned them.
@@ -216,6 +217,96 @@ class Reserver(Protocol):
         """Make sure bytes ``[start, end)`` can be written without running out of space (space
         reserved already counts). Raises ``StorageFull`` when they cannot, having reserved
         nothing more; a medium that cannot reserve at all makes this a no-op. ``NotFound``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DirectPart:
+    """A part a browser sent of a direct multipart upload; ``etag`` without its quotes."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostPolicy:
+    """A presigned form POST: the browser posts ``fields`` then the file (field ``file``, last) to
+    ``url``, which ends in ``/`` so that ``url + fields["key"]`` is the object's location."""
+
+    url: str
+    fields: dict[str, str]
+
+
+@runtime_checkable
+class DirectStore(Protocol):
+    """An object store that lets browsers send an upload's bytes straight to the bucket: the parts
+    of a multipart upload to presigned URLs, or a small file in one presigned form POST. The
+    service keeps the returned key on the upload's row (as ``create``'s) and never sees the bytes.
+
+    Such a key takes no ``append`` (``StorageError``); ``size`` is the bytes stored so far (the
+    parts' sum, a POST's 0 until its object appears), ``read`` and ``digest`` read the finished
+    object, ``delete`` removes whatever there is (aborting the multipart upload). Presigning does
+    no I/O; nothing is checked then about the object it names. ``ValueError`` for arguments out
+    of range (an expiry outside 1 s..7 days); ``StorageError`` for a key that is not of the kind
+    asked for."""
+
+    def object_key(self, key: StorageKey | str) -> str:
+        """The upload's object key in the bucket (``NotFound`` for a malformed id)."""
+        ...
+
+    def multipart_id(self, key: StorageKey) -> str | None:
+        """The id of the key's multipart upload, which the browser names it by; None for a
+        form POST's key (or any key without one)."""
+        ...
+
+    async def begin_multipart(self, upload_id: str, content_type: str | None) -> StorageKey:
+        """Start the multipart upload the browser's parts go to, at the upload's object key (with
+        ``content_type`` when given; no checksums: browsers send none). ``StorageError`` when the
+        object or a multipart upload at that key exists already. The caller inserts the row only
+        after this returned (before, the orphan sweep may take it)."""
+        ...
+
+    async def begin_post(
+        self, upload_id: str, *, max_size: int | None, content_type: str | None, expires_in: int
+    ) -> tuple[StorageKey, PostPolicy]:
+        """A form POST policy for exactly the upload's object key, valid ``expires_in`` seconds,
+        of at most ``max_size`` bytes (None, or more than one request can hold: S3's 5 GiB, the
+        most there is) and exactly ``content_type`` when given. Stores nothing.
+        ``StorageError`` as ``begin_multipart``."""
+        ...
+
+    async def sign_part(self, key: StorageKey, number: int, expires_in: int) -> str:
+        """A presigned URL the browser PUTs part ``number`` (1..10,000, else ``ValueError``) of
+        the key's multipart upload to; its answer's ETag names the part in ``finish_multipart``."""
+        ...
+
+    async def direct_parts(self, key: StorageKey) -> list[DirectPart]:
+        """The parts stored so far, by number. ``NotFound`` once the multipart upload is gone
+        (finished or deleted)."""
+        ...
+
+    async def finish_multipart(self, key: StorageKey, parts: Sequence[tuple[int, str]]) -> int:
+        """Complete the multipart upload from the browser's ``(number, etag)`` list; return the
+        object's size. Idempotent: once completed (before a crash, say) it returns the size
+        again. ``BadRequest`` when S3 refuses the list (a part missing or of another ETag, out of
+        order, too small); ``NotFound`` when neither the upload nor the object exists."""
+        ...
+
+    async def finished_size(self, key: StorageKey) -> int | None:
+        """The finished object's size; None while there is no object."""
+        ...
+
+    async def sign_get(
+        self,
+        key: StorageKey,
+        expires_in: int,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A presigned URL of the finished object, served as an attachment named ``filename``
+        and as ``content_type`` when given."""
         ...
 
 

@@ -15,7 +15,8 @@ commit through ``commit.Committer``; ``limits.Limits`` decides how much a body m
 ``reconcile.Reconciler`` makes the committed offset and the stored bytes agree on HEAD and at
 start-up; ``load.UploadLoader`` is the one place that loads an upload for a request and checks its
 existence, owner and state; ``creation.Creator`` creates; ``whole.WholeFiles`` receives a form's
-whole file; ``download_gate.DownloadGate`` decides what may be downloaded.
+whole file; ``direct.DirectUploads`` keeps the uploads whose bytes go straight to the store;
+``download_gate.DownloadGate`` decides what may be downloaded.
 
 Crash story of what the handler itself changes (what a kill -9 at each step leaves):
 - a PATCH declaring a deferred length: the length is one compare-and-set; killed after it but
@@ -44,6 +45,7 @@ from upload_service.tus.checksum import ALGORITHMS, RunningDigests
 from upload_service.tus.commit import Committer
 from upload_service.tus.content_types import AllowedTypes, ContentRules
 from upload_service.tus.creation import Creator
+from upload_service.tus.direct import DirectUploads
 from upload_service.tus.download_gate import DownloadGate
 from upload_service.tus.inflight import InFlight
 from upload_service.tus.limits import Limits
@@ -159,6 +161,16 @@ class TusHandler:
             store=store, repository=repository, loader=self._loader, verify_wait=config.verify_wait
         )
         self._whole = WholeFiles(operations=self, limits=self._limits)
+        # uploads whose bytes go from the client straight to the store (``direct``)
+        self.direct = DirectUploads(
+            backends=backends,
+            config=config,
+            events=events,
+            rules=self._rules,
+            lifecycle=self.lifecycle,
+            loader=self._loader,
+            pre_create=pre_create,
+        )
 
     # -- discovery ------------------------------------------------------------------------------
 

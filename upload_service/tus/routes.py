@@ -258,6 +258,12 @@ class TusEndpoints:
     @staticmethod
     async def _download(request: Request, handler: TusHandler, tus: TusRequest) -> Response:
         upload = await handler.downloadable(tus)
+        if get_services(request).settings.s3.download_redirect:
+            url = await handler.direct.download_url(upload)  # None: the store cannot presign
+            if url is not None:
+                return Response(
+                    status_code=302, headers={"Location": url, "Cache-Control": "no-store"}
+                )
         result = prepare(upload, download_headers(request))
         if result.span is None:
             return Response(status_code=result.status, headers=result.headers)

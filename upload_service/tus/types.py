@@ -47,6 +47,7 @@ class HandlerConfig:
     allowed_types: tuple[str, ...] = ()  # parsed patterns (content_types); empty: any type
     quota: Quota | None = None  # per-owner caps (authenticated owners only); None: none
     verify_wait: float = 10.0  # seconds a download of a verifying upload waits for the verdict
+    direct_url_ttl: int = 900  # seconds a direct upload's presigned part URL or policy is valid
 
     def expiry(self, now: datetime) -> datetime:
         """When an upload that receives bytes at ``now`` expires if nothing more arrives."""

@@ -13,10 +13,17 @@ boundary; ``create`` writes the first), so the durable size is ``(n - 1) * part_
 ``n``, for the highest slot ``n`` whose parts ``1..n-1`` exist. ``finish`` copies the tail in
 as the last part (server-side), completes the upload and checks the object's size.
 
+A direct upload (``DirectStore``) is one whose browser sends the bytes straight to the bucket:
+ref ``direct:<UploadId>`` for a multipart upload of the same object whose parts it PUTs to
+presigned URLs (no checksums, no tails, parts of any size; it completes them with its own part
+list), ref ``post:`` for one form POST under a presigned policy (no multipart upload at all).
+Either is deleted like any upload and read once finished; neither takes an ``append``.
+
 The crash story (kill -9, or a lost connection, at every step) is told by the module that owns
 each step: ``store`` (create, delete), ``appender`` (parts and tails of a request; why a committed
 slot's tail always survives), ``recovery`` (cutting an uncommitted tail, listing orphans),
-``concat`` (finish and concatenation, run again after a crash), ``bucket`` (what is read back),
-``layout`` (S3's limits, the ref, the durable size), ``workers`` (the threads every call runs in),
-``client`` and ``boto`` (the S3 operations and boto3's error boundary).
+``concat`` (finish and concatenation, run again after a crash), ``direct`` (begin, sign and
+finish a direct upload; its orphans), ``bucket`` (what is read back), ``layout`` (S3's limits,
+the refs, the durable size), ``workers`` (the threads every call runs in), ``client`` and ``boto``
+(the S3 operations, boto3's error boundary and the signer for the public endpoint).
 """

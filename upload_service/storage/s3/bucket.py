@@ -8,7 +8,9 @@ without a ref (built from the id alone) names no multipart upload: S3 is never s
 (that would cost calls, be ambiguous, and hide a caller that lost the ref), so for an unfinished
 upload such a key finds no data (``NotFound``); a finished object needs no ref and is found by its
 object key. Only a finished upload can be read in full: of an unfinished one only the tail of the
-latest slot can be read back (S3 cannot read the parts of an unfinished upload).
+latest slot can be read back (S3 cannot read the parts of an unfinished upload). A direct upload
+(``layout.is_direct``) has no tails and no ``Layout``: unfinished, its size is the sum of the parts
+the browser sent (a POST's is 0), and none of it can be read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import IO
 from upload_service.errors import NotFound, StorageError
 from upload_service.storage.base import StorageKey, check_upload_id
 from upload_service.storage.s3.client import Body, ObjectClient
-from upload_service.storage.s3.layout import Layout, MiB, parse_ref, tail_key
+from upload_service.storage.s3.layout import Layout, MiB, is_direct, parse_ref, tail_key
+
+DIRECT_REFUSAL = "this upload's bytes go straight to the bucket: it takes no appends"
 
 
 class Bucket:
@@ -51,6 +55,8 @@ class Bucket:
     def layout(self, key: StorageKey) -> Layout:
         """The unfinished upload's multipart upload (the key's ref) and tails. ``NotFound`` for a
         key without a ref: it names no multipart upload (S3 is never asked to guess one)."""
+        if is_direct(key.ref):
+            raise StorageError(DIRECT_REFUSAL)
         upload_id, part_size = parse_ref(key.ref)
         if not upload_id:
             raise NotFound("upload data is missing")
@@ -73,6 +79,12 @@ class Bucket:
         for number in self.tails(obj):
             self.client.delete_object(self.name, tail_key(obj, number))
 
+    def refuse_existing(self, obj: str) -> None:
+        """``StorageError`` when the object or a multipart upload of it exists already."""
+        existing = self.client.list_multipart_uploads(self.name, obj)
+        if self.finished_size(obj) is not None or any(u.key == obj for u in existing):
+            raise StorageError("cannot create upload: it already exists")
+
     def finished_size(self, obj: str) -> int | None:
         try:
             return self.client.head_object(self.name, obj)
@@ -80,8 +92,16 @@ class Bucket:
             return None
 
     def size(self, key: StorageKey) -> int:
-        finished = self.finished_size(self.object_key(key))
-        return finished if finished is not None else self.layout(key).size()
+        obj = self.object_key(key)
+        finished = self.finished_size(obj)
+        if finished is not None:
+            return finished
+        if not is_direct(key.ref):
+            return self.layout(key).size()
+        upload_id, _part_size = parse_ref(key.ref)
+        if not upload_id:
+            return 0  # a POST's object appears whole, or not at all
+        return sum(part.size for part in self.client.list_parts(self.name, obj, upload_id))
 
     def source(self, key: StorageKey, start: int, end: int) -> tuple[str, int]:
         """The object holding bytes ``[start, end)`` and the offset it starts at."""
@@ -90,6 +110,10 @@ class Bucket:
         if finished is not None:
             if end > finished:
                 raise StorageError("upload data is shorter than its offset")
+            return obj, 0
+        if is_direct(key.ref):
+            if end > 0:
+                raise StorageError("a direct upload cannot be read before it is finished")
             return obj, 0
         layout = self.layout(key)
         if end > layout.size():

@@ -1,10 +1,12 @@
 """The handful of S3 operations ``S3Store`` uses, behind a Protocol of our own (boto3's
 implementation is in ``boto``), and the values they return.
 
-Every method is synchronous and blocking: ``S3Store`` calls them in worker threads only. Crash
-story: none of its own; every call is one S3 request, which S3 applies whole or not at all (a part
-of the same number replaces the earlier one, a put replaces an object), and the store's modules
-order them so that each prefix of the sequence is a state they recover from.
+Every method is synchronous and blocking: ``S3Store`` calls them in worker threads only (the
+``presign_*`` ones do no I/O, but sign with credentials a provider may refresh over the network).
+Crash story: none of its own; every call is one S3 request, which S3 applies whole or not at all (a
+part of the same number replaces the earlier one, a put replaces an object), and the store's
+modules order them so that each prefix of the sequence is a state they recover from. Presigning
+sends nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Protocol
+
+from upload_service.storage.base import PostPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +101,42 @@ class ObjectClient(Protocol):
     def list_objects(self, bucket: str, prefix: str) -> list[ObjectInfo]: ...
 
     def head_bucket(self, bucket: str) -> None: ...
+
+    # -- direct uploads: the browser sends the bytes, to URLs signed for the public endpoint ------
+
+    def create_direct_upload(self, bucket: str, key: str, content_type: str | None) -> str:
+        """A multipart upload without a checksum algorithm (browsers send none) of an object of
+        ``content_type`` (when given). Returns the new UploadId."""
+        ...
+
+    def complete_direct_upload(
+        self, bucket: str, key: str, upload_id: str, parts: Sequence[tuple[int, str]]
+    ) -> None:
+        """Completes with a client's ``(number, ETag)`` list; S3's refusals of the list are
+        ``BadRequest``."""
+        ...
+
+    def presign_upload_part(
+        self, bucket: str, key: str, upload_id: str, number: int, expires_in: int
+    ) -> str:
+        """A URL to PUT part ``number`` to."""
+        ...
+
+    def presign_post(
+        self, bucket: str, key: str, max_size: int, content_type: str | None, expires_in: int
+    ) -> PostPolicy:
+        """A form POST of object ``key`` (exactly), of 0..``max_size`` bytes, of exactly
+        ``content_type`` when given."""
+        ...
+
+    def presign_get(
+        self,
+        bucket: str,
+        key: str,
+        expires_in: int,
+        disposition: str | None,
+        content_type: str | None,
+    ) -> str:
+        """A URL to GET the object, answered with these Content-Disposition and Content-Type
+        when given."""
+        ...

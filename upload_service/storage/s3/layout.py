@@ -1,11 +1,12 @@
-"""How an upload lies in S3: S3's size limits, the key's ref, the part size an upload gets, the
-name of a tail object and what an unfinished upload has stored (``Layout``). Pure values: every
-other module of the store imports it, and it imports only ``client`` (for ``Part``).
+"""How an upload lies in S3: S3's size limits, the key's ref (a tus upload's
+``<part size>:<UploadId>``, a direct upload's ``direct:<UploadId>`` or ``post:``), the part size an
+upload gets, the name of a tail object and what an unfinished upload has stored (``Layout``). Pure
+values: every other module of the store imports it, and it imports only ``client`` (for ``Part``).
 
 Crash story (what survives a kill -9 is what this reads back): every ``sync`` leaves the tail of
 its slot, so the durable size is ``(n - 1) * part_size`` plus tail ``n``, for the highest slot
 ``n`` whose parts ``1..n-1`` exist (``Layout.size``); parts past that slot were never synced and do
-not count, whatever a crash left of them.
+not count, whatever a crash left of them. A direct upload has no tails and no ``Layout``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,24 @@ def tail_key(obj: str, number: int) -> str:
     return f"{obj}.part.{number}"
 
 
+DIRECT = "direct:"  # a browser's multipart upload: ``direct:<UploadId>``
+POST = "post:"  # a browser's form POST: no multipart upload at all
+
+
+def is_direct(ref: str) -> bool:
+    """Whether the ref is a direct upload's (a browser's multipart upload or form POST): its bytes
+    go straight to the bucket, it has no tails and takes no appends."""
+    return ref.startswith((DIRECT, POST))
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """A key's ref: the multipart UploadId and the upload's part size (None: not recorded)."""
+    """A key's ref: the multipart UploadId and the upload's part size (None: not recorded). A
+    direct upload records no part size (its parts are the browser's, of any size); a POST has
+    no UploadId (``""``)."""
+    if ref.startswith(DIRECT):
+        return ref[len(DIRECT) :], None
+    if ref.startswith(POST):
+        return "", None
     size, separator, upload_id = ref.partition(":")
     if separator and size.isdigit():
         return upload_id, int(size)

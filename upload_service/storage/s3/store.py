@@ -1,7 +1,8 @@
 """``S3Store``: the ``Store`` of uploads as S3 multipart uploads, and its capabilities.
 
-Each step's crash story is in its module (``appender``, ``concat``, ``recovery``, ``bucket``; the
-layout in the package's docstring and ``layout``); this one owns creation and deletion.
+Each step's crash story is in its module (``appender``, ``concat``, ``recovery``, ``bucket``,
+``direct`` for browsers' direct uploads; the layout in the package's docstring and ``layout``);
+this one owns creation and deletion.
 
 Crash story of ``create``: it refuses an upload whose object or multipart upload already exists,
 then creates the multipart upload and writes slot 1's empty tail (the upload's bytes, none yet,
@@ -10,8 +11,10 @@ The caller inserts the row only after ``create`` returned, so a kill -9 before t
 multipart upload no row names, which ``stored_before`` finds (a missing tail counts as old).
 ``delete`` aborts the multipart upload (if the key has a ref), then deletes the object and the
 tails; each step is a no-op once done, so a delete killed midway just runs again. ``delete`` of a
-key without a ref removes the object and the tails only. Reads and digests stream in pieces
-(``READ_CHUNK``, 1 MiB), never holding an upload in memory.
+key without a ref removes the object and the tails only. A direct upload's key (``direct:``, whose
+multipart upload it aborts, or ``post:``) is deleted the same way; it has no tails, and ``append``
+refuses it. Reads and digests stream in pieces (``READ_CHUNK``, 1 MiB), never holding an upload in
+memory.
 """
 
 from __future__ import annotations
@@ -23,18 +26,28 @@ from datetime import datetime
 from pathlib import Path
 
 from upload_service.errors import NotFound, StorageError
-from upload_service.storage.base import Fence, Hasher, StorageKey, check_upload_id
-from upload_service.storage.s3 import concat, recovery
+from upload_service.storage.base import (
+    DirectPart,
+    Fence,
+    Hasher,
+    PostPolicy,
+    StorageKey,
+    check_upload_id,
+)
+from upload_service.storage.s3 import concat, direct, recovery
 from upload_service.storage.s3.appender import S3Appender, open_appender
-from upload_service.storage.s3.bucket import Bucket
+from upload_service.storage.s3.bucket import DIRECT_REFUSAL, Bucket
 from upload_service.storage.s3.client import ObjectClient
 from upload_service.storage.s3.layout import (
+    DIRECT,
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MIN_PART_SIZE,
+    POST,
     KiB,
     MiB,
     choose_part_size,
+    is_direct,
     parse_ref,
     tail_key,
 )
@@ -45,9 +58,7 @@ READ_CHUNK = 256 * KiB
 
 def _create(bucket: Bucket, upload_id: str) -> str:
     obj = bucket.object_key(upload_id)
-    existing = bucket.client.list_multipart_uploads(bucket.name, obj)
-    if bucket.finished_size(obj) is not None or any(u.key == obj for u in existing):
-        raise StorageError("cannot create upload: it already exists")
+    bucket.refuse_existing(obj)
     ref = bucket.client.create_multipart_upload(bucket.name, obj)
     # An empty tail: the upload's bytes (none yet) and when they last changed, readable in
     # listings (some S3 servers report a fixed initiation time).
@@ -84,8 +95,8 @@ def _digest(bucket: Bucket, key: StorageKey, hasher: Hasher) -> bytes:
 
 
 class S3Store:
-    """``Store`` + ``Finisher``, ``TailDiscarder``, ``Digester``, ``OrphanLister`` over an
-    ``ObjectClient``."""
+    """``Store`` + ``Finisher``, ``Concatenator``, ``TailDiscarder``, ``Digester``,
+    ``OrphanLister``, ``DirectStore`` over an ``ObjectClient``."""
 
     def __init__(
         self,
@@ -157,6 +168,8 @@ class S3Store:
         hashers: Sequence[Hasher] = (),
         fence: Fence | None = None,
     ) -> S3Appender:
+        if is_direct(key.ref):
+            raise StorageError(DIRECT_REFUSAL)
         return await open_appender(
             self._bucket,
             self._workers,
@@ -218,3 +231,54 @@ class S3Store:
 
     async def stored_before(self, moment: datetime) -> list[StorageKey]:
         return await self._workers.run(recovery.stored_before, self._bucket, moment)
+
+    # -- direct uploads (DirectStore) -------------------------------------------------------------
+
+    async def begin_multipart(self, upload_id: str, content_type: str | None) -> StorageKey:
+        check_upload_id(upload_id)
+        multipart_id = await self._workers.run(
+            direct.begin_multipart, self._bucket, upload_id, content_type
+        )
+        return StorageKey(upload_id, DIRECT + multipart_id)
+
+    async def begin_post(
+        self, upload_id: str, *, max_size: int | None, content_type: str | None, expires_in: int
+    ) -> tuple[StorageKey, PostPolicy]:
+        check_upload_id(upload_id)
+        direct.check_expiry(expires_in)
+        policy = await self._workers.run(
+            direct.begin_post, self._bucket, upload_id, max_size, content_type, expires_in
+        )
+        return StorageKey(upload_id, POST), policy
+
+    async def sign_part(self, key: StorageKey, number: int, expires_in: int) -> str:
+        direct.check_expiry(expires_in)
+        return await self._workers.run(direct.sign_part, self._bucket, key, number, expires_in)
+
+    async def direct_parts(self, key: StorageKey) -> list[DirectPart]:
+        return await self._workers.run(direct.direct_parts, self._bucket, key)
+
+    async def finish_multipart(self, key: StorageKey, parts: Sequence[tuple[int, str]]) -> int:
+        return await self._workers.run(direct.finish_multipart, self._bucket, key, parts)
+
+    def multipart_id(self, key: StorageKey) -> str | None:
+        return key.ref.removeprefix(DIRECT) or None if key.ref.startswith(DIRECT) else None
+
+    async def finished_size(self, key: StorageKey) -> int | None:
+        obj = self.object_key(key)
+        return await self._workers.run(self._bucket.finished_size, obj)
+
+    async def sign_get(
+        self,
+        key: StorageKey,
+        expires_in: int,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        obj = self.object_key(key)
+        direct.check_expiry(expires_in)
+        disposition = None if filename is None else direct.content_disposition(filename)
+        return await self._workers.run(
+            self.client.presign_get, self.bucket, obj, expires_in, disposition, content_type
+        )

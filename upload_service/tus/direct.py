@@ -1,0 +1,439 @@
+"""Direct uploads: the client sends an upload's bytes straight to the store (S3: the parts of a
+multipart upload PUT to presigned URLs, or a small file form-POSTed under a presigned policy),
+and the service keeps everything else: the row and its states, the owner, the ticket, the quotas
+and caps, the hooks, the verification. What Uppy's AwsS3 plugin asks of a Companion server is
+answered from here (``api.companion`` is its HTTP adapter); this module knows no web framework.
+
+An upload is made ``receiving`` with ``direct`` set when the client starts it. Its offset stays 0
+while the bytes go to the store (no request of ours sees them); at the end the service learns the
+real size from the store, checks it against the caps, the declared length and the owner's quota,
+and only then moves the offset to it and completes the upload: ``verifying``, then, from the
+whole-file sha256 streamed back from the store in a worker thread, ``ready`` (or ``failed``).
+An upload that breaks a rule at the end is failed with the reason and its bytes deleted (its
+multipart upload aborted), so nothing over a cap stays stored or billable.
+
+A multipart upload ends when the client asks to ``complete`` it. A form POST tells the service
+nothing: ``settle_posts`` (run every few seconds by the app, on every replica) looks for the
+objects of the POST uploads still receiving and finishes those that arrived.
+
+Crash story: the store's multipart upload (or policy) is made first, then the row, as for a tus
+creation: a crash in between leaves an orphan the clean-up sweep removes. At the end, the store
+completes the object first, then the row moves (one compare-and-set each: the length, the
+offset, ``verifying``), under the upload's lock. Killed between the two, the row is still
+receiving while the object is complete: the client's retried ``complete`` (or the next
+``settle_posts``) finds the object, its size, and finishes the row; the store's
+``finish_multipart`` is idempotent. An upload never expired by then is aborted by the expiry
+sweep like any other, its parts deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from upload_service.auth.principal import Principal
+from upload_service.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Locked,
+    NotFound,
+    QuotaExceeded,
+    ServiceError,
+    TooLarge,
+    Unauthorized,
+)
+from upload_service.events import Events
+from upload_service.hooks.pre_create import PreCreate, PreCreateHook
+from upload_service.lifecycle import Lifecycle, parse_sha256
+from upload_service.ops.logcontext import bind_upload_id
+from upload_service.storage.base import DirectPart, DirectStore, PostPolicy, StorageKey, Store
+from upload_service.tus.content_types import ContentRules
+from upload_service.tus.creation import stamped
+from upload_service.tus.load import UploadLoader
+from upload_service.tus.protocol import decode_metadata, encode_metadata
+from upload_service.tus.types import Backends, HandlerConfig
+from upload_service.uploads import Metadata, Upload, UploadState, smallest
+
+logger = logging.getLogger("upload_service.direct")
+
+MAX_PART_NUMBER = 10_000  # S3's part numbers are 1..10,000
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last: a part's least start offset
+NOT_DIRECT = "this server's storage takes no direct uploads: they need UPLOAD_STORAGE=s3"
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A direct upload just made: the row, the object key the client names it by, and the store's
+    multipart upload id (None for a form POST's), or the POST policy."""
+
+    upload: Upload
+    key: str
+    multipart_id: str | None = None
+    policy: PostPolicy | None = None
+
+
+def part_number(raw: str) -> int:
+    """A part number from the client (1..10,000): 400 otherwise."""
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PART_NUMBER:
+        raise BadRequest(f"part number must be between 1 and {MAX_PART_NUMBER}, not {raw[:20]!r}")
+    return int(raw)
+
+
+def completed_parts(parts: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The client's list of parts to complete with: 1..10,000, ascending, each with an ETag."""
+    if not parts:
+        raise BadRequest("parts must list at least one part")
+    previous = 0
+    for number, etag in parts:
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise BadRequest(f"part number must be between 1 and {MAX_PART_NUMBER}, not {number}")
+        if number <= previous:
+            raise BadRequest("parts must be in ascending order of part number, each once")
+        if not etag.strip('"'):
+            raise BadRequest(f"part {number} has no ETag")
+        previous = number
+    return [(number, etag.strip('"')) for number, etag in parts]
+
+
+class DirectUploads:
+    """Direct uploads over a ``DirectStore`` (``NOT_DIRECT`` on any other store)."""
+
+    def __init__(
+        self,
+        *,
+        backends: Backends,
+        config: HandlerConfig,
+        events: Events,
+        rules: ContentRules,
+        lifecycle: Lifecycle,
+        loader: UploadLoader,
+        pre_create: PreCreateHook,
+    ) -> None:
+        self._store: Store = backends.store
+        self._repo = backends.repository
+        self._locker = backends.locker
+        self._clock: Callable[[], datetime] = backends.clock
+        self._config = config
+        self._events = events
+        self._rules = rules
+        self._lifecycle = lifecycle
+        self._loader = loader
+        self._pre_create = pre_create
+
+    @property
+    def available(self) -> bool:
+        return isinstance(self._store, DirectStore)
+
+    def _direct(self) -> DirectStore:
+        if not isinstance(self._store, DirectStore):
+            raise ServiceError(NOT_DIRECT, status=501)
+        return self._store
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    async def start_multipart(
+        self,
+        principal: Principal,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        metadata: Mapping[str, str],
+        size: int | None = None,
+    ) -> Started:
+        """A new direct upload whose parts the client PUTs to ``sign_part``'s URLs."""
+        store = self._direct()
+        upload = await self._new(principal, filename, content_type, metadata, size)
+        key = await store.begin_multipart(upload.id, content_type or None)
+        upload = await self._insert(upload, key)
+        multipart_id = store.multipart_id(key)
+        return Started(upload, store.object_key(key), multipart_id=multipart_id)
+
+    async def start_post(
+        self,
+        principal: Principal,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        metadata: Mapping[str, str],
+        size: int | None = None,
+    ) -> Started:
+        """A new direct upload the client form-POSTs in one request under the returned policy,
+        which caps its size (the store refuses more) and fixes its type when one is given."""
+        store = self._direct()
+        upload = await self._new(principal, filename, content_type, metadata, size)
+        cap = smallest(self._config.max_size, upload.size_cap, upload.length)
+        key, policy = await store.begin_post(
+            upload.id,
+            max_size=cap,
+            content_type=content_type or None,
+            expires_in=self._config.direct_url_ttl,
+        )
+        upload = await self._insert(upload, key)
+        return Started(upload, store.object_key(key), policy=policy)
+
+    async def _new(
+        self,
+        principal: Principal,
+        filename: str | None,
+        content_type: str | None,
+        fields: Mapping[str, str],
+        size: int | None,
+    ) -> Upload:
+        metadata: Metadata = {key: value.encode() for key, value in fields.items()}
+        if filename:
+            metadata["filename"] = filename.encode()
+        if content_type:
+            metadata["filetype"] = content_type.encode()
+        metadata = stamped(metadata, principal)
+        # the limits and the key rules of a tus creation's Upload-Metadata, on the same text
+        decode_metadata(
+            encode_metadata(metadata),
+            max_bytes=self._config.max_metadata_bytes,
+            max_keys=self._config.max_metadata_keys,
+        )
+        if size is not None:
+            if size < 0:
+                raise BadRequest("size must be a whole number of bytes")
+            limit = smallest(self._config.max_size, principal.max_size)
+            if limit is not None and size > limit:
+                raise TooLarge(f"size {size} exceeds the maximum size {limit}")
+        metadata = await self._pre_create.check(
+            PreCreate(
+                length=size, metadata=metadata, owner=principal.owner, ticket=principal.ticket
+            )
+        )
+        if metadata.get("sha256") is not None:
+            parse_sha256(metadata["sha256"] or b"")
+        self._rules.narrowed(principal.allowed_types).check_declared(metadata)
+        now = self._clock()
+        return Upload(
+            id=uuid.uuid4().hex,
+            length=size,
+            offset=0,
+            received=0,
+            state=UploadState.RECEIVING,
+            metadata=metadata,
+            created_at=now,
+            updated_at=now,
+            expires_at=self._config.expiry(now),
+            owner=principal.owner,
+            size_cap=principal.max_size,
+            ticket=principal.ticket,
+            direct=True,
+        )
+
+    async def _insert(self, upload: Upload, key: StorageKey) -> Upload:
+        # Store first, then row: a crash in between leaves an orphan the sweep removes.
+        upload = replace(upload, storage_ref=key.ref)
+        try:
+            await self._repo.add(upload, self._config.quota)
+        except (QuotaExceeded, Forbidden, Unauthorized):
+            await self._store.delete(key)
+            raise
+        self._events.created()
+        bind_upload_id(upload.id)
+        logger.info(
+            "direct upload created (length %s)",
+            "deferred" if upload.length is None else upload.length,
+            extra={"upload_id": upload.id, "owner": upload.owner},
+        )
+        return upload
+
+    # -- while the client sends -------------------------------------------------------------------
+
+    async def find(self, principal: Principal, key: str, multipart_id: str | None) -> Upload:
+        """The direct upload the client names by its object ``key`` (and multipart upload id):
+        404 unless it is one of this caller's (another owner's, another ticket's, a tus upload,
+        a key and id that do not belong together all do not exist for it)."""
+        store = self._direct()
+        prefix = store.object_key("0" * 32)[:-32]
+        if not key.startswith(prefix):
+            raise NotFound("no such upload")
+        upload = self._loader.reachable(await self._repo.get(key[len(prefix) :]), principal)
+        if upload is None or not upload.direct or store.object_key(upload.storage) != key:
+            raise NotFound("no such upload")
+        if multipart_id is not None and store.multipart_id(upload.storage) != multipart_id:
+            raise NotFound("no such upload")
+        return upload
+
+    async def sign_part(self, upload: Upload, number: int) -> str:
+        """A presigned URL for part ``number`` of a receiving direct upload. A part that would
+        start past the upload's caps (every part but the last has at least 5 MiB) is refused
+        here already: 413."""
+        self._receiving(upload)
+        limit = smallest(self._config.max_size, upload.size_cap, upload.length)
+        if limit is not None and number > 1 and (number - 1) * MIN_PART_SIZE >= limit:
+            raise TooLarge(
+                f"part {number} would start past the upload's maximum size of {limit} bytes"
+            )
+        return await self._direct().sign_part(upload.storage, number, self._config.direct_url_ttl)
+
+    async def parts(self, upload: Upload) -> list[DirectPart]:
+        """The parts the store holds so far (for a client that resumes)."""
+        self._receiving(upload)
+        try:
+            return await self._direct().direct_parts(upload.storage)
+        except NotFound:
+            raise Conflict("the upload's parts are gone: it was completed or aborted") from None
+
+    def _receiving(self, upload: Upload) -> Upload:
+        upload = self._loader.live(upload)
+        if upload.state is not UploadState.RECEIVING:
+            raise Conflict(f"the upload is {upload.state.value}: it takes no more parts")
+        return upload
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    async def complete(
+        self, principal: Principal, upload: Upload, parts: Sequence[tuple[int, str]]
+    ) -> Upload:
+        """Complete a direct multipart upload from the client's list of parts: the upload is
+        then ``verifying`` (answered again as it is when it was completed before)."""
+        wanted = completed_parts(parts)
+        store = self._direct()
+        async with self._locker.lock(upload.id, wait=self._config.lock_timeout) as lease:
+            current = self._loader.live(await self._loader.claimed(upload.id, lease))
+            if current.state is not UploadState.RECEIVING:
+                return current  # completed before: a retried complete
+            size = await store.finished_size(current.storage)
+            if size is None:  # not completed yet (or, killed after completing: its object is)
+                stored = {part.number: part for part in await self._stored_parts(current)}
+                for number, etag in wanted:
+                    part = stored.get(number)
+                    if part is None or part.etag.strip('"') != etag:
+                        raise BadRequest(f"part {number} was not uploaded with that ETag")
+                await self._check_size(current, sum(stored[number].size for number, _ in wanted))
+                size = await store.finish_multipart(current.storage, wanted)
+            upload = await self._finish(current, size, principal.allowed_types)
+        await self._lifecycle.verify_soon(upload.id)
+        return upload
+
+    async def _stored_parts(self, upload: Upload) -> list[DirectPart]:
+        try:
+            return await self._direct().direct_parts(upload.storage)
+        except NotFound:
+            raise Conflict("the upload's parts are gone: it was aborted") from None
+
+    async def _check_size(self, upload: Upload, size: int) -> None:
+        """Before anything is completed: the size the parts add up to breaks no cap (else the
+        upload fails, its parts deleted: 413, or 403 for the quota)."""
+        try:
+            self._size_allowed(upload, size)
+            if upload.length is None and self._config.quota is not None and upload.owner:
+                self._config.quota.check(await self._repo.usage(upload.owner), size=size)
+        except (TooLarge, QuotaExceeded, BadRequest) as exc:
+            await self._refuse(upload, exc)
+            raise
+
+    def _size_allowed(self, upload: Upload, size: int) -> None:
+        if upload.length is not None and size != upload.length:
+            raise BadRequest(f"the file is {size} bytes, not the {upload.length} declared")
+        limit = smallest(self._config.max_size, upload.size_cap)
+        if limit is not None and size > limit:
+            raise TooLarge(f"the file is {size} bytes, more than the maximum size {limit}")
+
+    async def _refuse(self, upload: Upload, exc: ServiceError) -> None:
+        """The upload broke a rule at its end: failed with the reason, its bytes deleted."""
+        with contextlib.suppress(Conflict):  # ended meanwhile: its bytes go with it anyway
+            await self._repo.fail(
+                upload.id, exc.message, self._clock(), only_from=(UploadState.RECEIVING,)
+            )
+        await self._store.delete(upload.storage)  # row first: nothing reads them now
+        self._events.failed()
+        logger.warning("direct upload refused: %s", exc.message, extra={"upload_id": upload.id})
+
+    async def _finish(self, upload: Upload, size: int, types: tuple[str, ...] = ()) -> Upload:
+        """The object is complete in the store (``size`` bytes): check it (its first bytes by
+        the service's allowed types and ``types``, the caller's), then move the row to
+        ``verifying`` (the caller holds the upload's lock)."""
+        try:
+            self._size_allowed(upload, size)
+            await self._check_head(upload, size, types)
+            now = self._clock()
+            if upload.length is None:
+                upload = await self._repo.declare_length(upload.id, size, now, self._config.quota)
+            upload = await self._repo.advance(
+                upload.id, expected=0, offset=size, now=now, expires_at=upload.expires_at
+            )
+        except ServiceError as exc:
+            if exc.status >= 500:
+                raise  # the store or the database is down: the client's retry finishes it
+            await self._refuse(upload, exc)
+            raise
+        upload = await self._repo.complete(upload.id, self._clock())
+        logger.info("direct upload complete (%d bytes)", size, extra={"upload_id": upload.id})
+        return upload
+
+    async def _check_head(self, upload: Upload, size: int, types: tuple[str, ...]) -> None:
+        """With allowed types configured (by the service or the caller), the object's first
+        bytes must show one, as a tus upload's first bytes must."""
+        rules = self._rules.narrowed(types)
+        if not rules.restricted or size == 0:
+            return
+        head = b""
+        async for piece in self._store.read(upload.storage, 0, min(rules.head_size, size)):
+            head += piece
+        await rules.check_head(head, short=False)
+
+    async def abort(self, upload: Upload) -> None:
+        """The client gives the upload up: terminated (post-terminate), its parts deleted."""
+        async with self._locker.lock(upload.id, wait=self._config.lock_timeout):
+            current = await self._repo.get(upload.id)
+            if current is None or current.state is not UploadState.RECEIVING:
+                return
+            await self._repo.terminate(upload.id, self._clock())
+            await self._store.delete(current.storage)
+        self._events.terminated()
+        logger.info("direct upload aborted", extra={"upload_id": upload.id})
+
+    async def download_url(self, upload: Upload) -> str | None:
+        """A presigned GET of a ready upload's object, named and typed by its metadata (None
+        when the store cannot presign: the service serves the bytes itself)."""
+        if not isinstance(self._store, DirectStore):
+            return None
+
+        def text(key: str) -> str | None:
+            raw = upload.metadata.get(key)
+            return None if not raw else raw.decode("utf-8", errors="replace")
+
+        return await self._store.sign_get(
+            upload.storage,
+            self._config.direct_url_ttl,
+            filename=text("filename"),
+            content_type=text("filetype"),
+        )
+
+    async def settle_posts(self) -> int:
+        """Finish every receiving form-POST upload whose object has arrived; how many did."""
+        if not isinstance(self._store, DirectStore):
+            return 0
+        store = self._store
+        settled = 0
+        for upload in await self._repo.list_by_state(UploadState.RECEIVING):
+            if not upload.direct or store.multipart_id(upload.storage) is not None:
+                continue
+            if await store.finished_size(upload.storage) is None:
+                continue
+            try:
+                async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
+                    current = await self._loader.claimed(upload.id, lease)
+                    if current is None or current.state is not UploadState.RECEIVING:
+                        continue
+                    size = await store.finished_size(current.storage)
+                    if size is None:
+                        continue
+                    await self._finish(current, size, ())
+            except Locked:
+                continue  # another replica is settling it
+            except ServiceError as exc:
+                if exc.status >= 500:
+                    logger.error("settling a direct upload failed: %s", exc.message)
+                continue
+            settled += 1
+            await self._lifecycle.verify_soon(upload.id)
+        return settled
