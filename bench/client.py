@@ -69,8 +69,10 @@ class Connection:
         headers = {name.lower(): value for name, value in response.getheaders()}
         return Reply(response.status, headers, body)
 
-    def request(self, method: str, path: str, headers: Mapping[str, str]) -> Reply:
-        self._conn.request(method, path, headers=dict(headers))
+    def request(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Reply:
+        self._conn.request(method, path, body=body, headers=dict(headers))
         return self._reply()
 
     def send_file(

@@ -181,6 +181,15 @@ def _s3_notes(row: Row) -> list[str]:
             notes.append(f"moto {moto:.2f} CPU-s/GB")
         if own is not None:
             notes.append(f"{'boto3' if prefix else 'curl'} {own:.2f} CPU-s/GB")
+    if key == "s3.direct":
+        moto = _median_of(row, "direct_moto_cpu_s_per_gb")
+        served = _median_of(row, "direct_server_cpu_s_per_gb")
+        if moto is not None:
+            notes.append(f"moto {moto:.2f} CPU-s/GB")
+        if served is not None:
+            notes.append(f"service {served:.2f} CPU-s/GB")
+    if key == "s3.direct_ratio":
+        notes.append("per repetition: " + ", ".join(f"{value:.2f}" for value in row.samples))
     return notes
 
 

@@ -305,7 +305,17 @@ def test_bench_smoke_on_s3(tmp_path: Path) -> None:
         assert row["status"] == "ok", row
         assert row["median"] > 0, row
     assert rows[("ours-s3", "single")]["ratios"]["ours"] is not None
-    for metric in ("s3.ours", "s3.ready", "s3.boto3", "s3.ratio", "s3.rss", "s3.cpu"):
+    for metric in (
+        "s3.ours",
+        "s3.ready",
+        "s3.boto3",
+        "s3.ratio",
+        "s3.rss",
+        "s3.cpu",
+        "s3.direct",
+        "s3.direct_ready",
+        "s3.direct_ratio",
+    ):
         row = rows[("ours-s3", metric)]
         assert row["status"] == "ok", row
         assert isinstance(row["median"], float), row
@@ -323,6 +333,9 @@ def test_bench_smoke_on_s3(tmp_path: Path) -> None:
         assert extra["boto3_etag_checked"] == 1, extra
         assert extra["part_size"] == extra["boto3_part_size"] == 8 * MiB, extra
         assert extra["boto3_threads"] == 10, extra
+        # the direct side: every part straight to the bucket, the service sees no file bytes
+        assert extra["direct_parts"] >= 1, extra
+        assert extra["direct_seconds"] > 0, extra
         assert extra["moto_cpu_s_per_gb"] > 0, extra
         assert extra["boto3_moto_cpu_s_per_gb"] > 0, extra
     assert not _processes_in(tmp_path), "processes of the run left behind"

@@ -44,6 +44,7 @@ def direct_settings(data_dir: Path, endpoint: str, bucket: str, **overrides: obj
         "s3_endpoint_url": endpoint,
         "s3_prefix": PREFIX,
         "s3_direct_poll_interval": 0.1,
+        "hook_post": "python:tests.hook_functions:record",  # hooks on: events are written
     }
     values.update(overrides)
     return auth_settings(data_dir, **values)
@@ -195,7 +196,10 @@ async def test_a_multipart_upload_on_a_ticket_goes_straight_to_the_bucket_and_be
     assert [upload["id"] for upload in listing.json()["uploads"]] == [upload_id]
     assert served.services.outbox is not None
     events = await served.services.outbox.events_of(upload_id)
-    assert [event.type.value for event in events] == []  # no hooks configured: no events
+    assert [event.type.value for event in events] == ["post-create", "post-finish"]
+    for event in events:  # the hooks hear of the ticket, and that the upload was direct
+        assert (event.upload["ticket"], event.upload["direct"]) == (answer["id"], True)
+    assert events[-1].upload["sha256"] == hashlib.sha256(body).hexdigest()
     # a tus client cannot append to it
     patched = await client.patch(
         f"/files/{upload_id}",

@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from tests.conftest import TUS
 from tests.test_auth import auth_settings, bearer, hs256
-from tests.tus_http_helpers import OFFSET_CT, Served, count_uploads, serve
+from tests.tus_http_helpers import OFFSET_CT, Served, count_uploads, serve, stored_files
 from upload_service.db.models import TicketRow
 from upload_service.settings import Settings
 
@@ -74,7 +74,9 @@ def message(response: httpx.Response) -> str:
 async def test_a_ticket_makes_its_one_upload_of_the_issuers_and_reaches_only_that(
     data_dir: Path,
 ) -> None:
-    async with served(auth_settings(data_dir)) as app:
+    # hooks on (a callable that records), so that the upload's events are written
+    settings = auth_settings(data_dir, hook_post="python:tests.hook_functions:record")
+    async with served(settings) as app:
         client = app.client
         alice = hs256("alice")
         others = await client.post(
@@ -110,10 +112,12 @@ async def test_a_ticket_makes_its_one_upload_of_the_issuers_and_reaches_only_tha
         assert shown["metadata"] == {"filename": "forced.mp4", "tenant": "t1"}
         assert (await client.get(f"/files/{made}", headers=bearer(ticket))).content == b"abc"
 
-        # used up: no second upload, in any way
+        # used up: no second upload, in any way, and nothing of it stored
+        files = await stored_files(app.services)
         second = await create(client, ticket, 3)
         assert second.status_code == 403
         assert "has created every upload it may" in message(second)
+        assert await stored_files(app.services) == files
         # nothing else: not another upload of the issuer's, no listing, no tickets
         for method, path in [
             ("HEAD", f"/files/{other_id}"),
@@ -143,6 +147,7 @@ async def test_a_ticket_makes_its_one_upload_of_the_issuers_and_reaches_only_tha
         # the post-create event carries the ticket's id
         assert app.services.outbox is not None
         events = await app.services.outbox.events_of(made)
+        assert [event.type.value for event in events][:1] == ["post-create"]
         assert all(event.upload["ticket"] == answer["id"] for event in events)
 
         # a ticket's bearer may delete its own upload

@@ -336,7 +336,8 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = True) ->
             CORSMiddleware,
             allow_origins=list(resolved.server.cors_origins),
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=[*REQUEST_HEADERS, REQUEST_ID_HEADER],
+            # Uppy-Versions: what Uppy 5's companion client sends to a companion endpoint
+            allow_headers=[*REQUEST_HEADERS, REQUEST_ID_HEADER, "Uppy-Versions"],
             expose_headers=[*RESPONSE_HEADERS, REQUEST_ID_HEADER],
             max_age=86400,
         )

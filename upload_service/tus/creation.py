@@ -19,7 +19,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from upload_service.auth.principal import Principal
-from upload_service.errors import BadRequest, Conflict, QuotaExceeded, TooLarge
+from upload_service.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    QuotaExceeded,
+    TooLarge,
+    Unauthorized,
+)
 from upload_service.events import NO_EVENTS, Events
 from upload_service.hooks.pre_create import NO_PRE_CREATE, PreCreateHook, pre_create_of
 from upload_service.lifecycle import Lifecycle, parse_sha256
@@ -159,7 +166,7 @@ class Creator:
         upload = replace(upload, storage_ref=key.ref)
         try:
             await self._repo.add(upload, self._config.quota)
-        except QuotaExceeded:
+        except (QuotaExceeded, Forbidden, Unauthorized):  # a quota, or a ticket used up or gone
             await self._store.delete(key)
             raise
         self._events.created()
@@ -256,7 +263,7 @@ class Creator:
         final = replace(final, storage_ref=key.ref)
         try:
             await self._repo.add_final(final, self._config.quota)
-        except QuotaExceeded:
+        except (QuotaExceeded, Forbidden, Unauthorized):
             await self._store.delete(key)
             raise
         except Conflict as exc:
