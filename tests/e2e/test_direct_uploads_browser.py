@@ -1,8 +1,9 @@
-"""Direct uploads in a real browser (docs/direct-uploads.md): Uppy 6 with ``@uppy/aws-s3``, its
-``companionEndpoint`` a ticket's ``companion_endpoint``, and ``@uppy/golden-retriever``, in
+"""Direct uploads in a real browser (docs/direct-uploads.md): Uppy 6 (and Uppy 5) with
+``@uppy/aws-s3``, its ``companionEndpoint`` (Uppy 5: ``endpoint``) a ticket's
+``companion_endpoint``, and ``@uppy/golden-retriever``, in
 headless Chromium, against a service process on ``UPLOAD_STORAGE=s3`` and the real moto server
 with the bucket CORS the docs give. Three files, one above the plugin's multipart threshold (the
-two small ones go by form-POST policies), and the page reloaded half-way through the big one:
+two small ones go by form-POST policies with Uppy 6), and the page reloaded half-way through the big one:
 the big upload resumes on its multipart upload (the parts sent before are not sent again), every
 upload is ``ready`` with the right sha256, the objects are byte-identical, and the service's
 own access log shows that no file bytes passed through it."""
@@ -14,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -38,9 +38,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The npm package of an Uppy major version, its AwsS3 option for the endpoint, and whether every
+# file goes by multipart. Uppy 5 waits for the ETag header of a form POST's answer, which moto's
+# 204 lacks (S3 sends it), and would never finish the small files: with Uppy 5 they go by
+# multipart too (one part each). Uppy 6 reads no header there.
+UPPY = {"uppy 6": ("uppy", "companionEndpoint", False), "uppy 5": ("uppy5", "endpoint", True)}
+
+
+@pytest.fixture(params=sorted(UPPY))
+def uppy(request: pytest.FixtureRequest) -> tuple[str, str, bool]:
+    return UPPY[request.param]
+
+
 @pytest.fixture
-def site() -> Iterator[str]:
-    with uppy_s3_site() as origin:
+def site(uppy: tuple[str, str, bool]) -> Iterator[str]:
+    with uppy_s3_site(uppy[0]) as origin:
         yield origin
 
 
@@ -93,7 +105,11 @@ def bytes_in(server: ServerProcess) -> list[int]:
 
 
 def test_uppy_sends_three_files_straight_to_the_bucket_and_resumes_after_a_reload(
-    server: ServerProcess, site: str, moto_endpoint: str, tmp_path: Path
+    server: ServerProcess,
+    site: str,
+    uppy: tuple[str, str, bool],
+    moto_endpoint: str,
+    tmp_path: Path,
 ) -> None:
     files = [tmp_path / "poster.jpg", tmp_path / "intro.mp4", tmp_path / "feature.mp4"]
     for path, size in zip(files, (1 * MiB + 7, 3 * MiB, BIG), strict=True):
@@ -108,7 +124,13 @@ def test_uppy_sends_three_files_straight_to_the_bucket_and_resumes_after_a_reloa
     ticket = issued.json()
 
     run = upload_with_reload(
-        site, ticket["companion_endpoint"], files, big=big, reload_after_bytes=BIG // 2
+        site,
+        ticket["companion_endpoint"],
+        files,
+        big=big,
+        reload_after_bytes=BIG // 2,
+        option=uppy[1],
+        always_multipart=uppy[2],
     )
 
     assert run.page_errors == []
@@ -125,7 +147,9 @@ def test_uppy_sends_three_files_straight_to_the_bucket_and_resumes_after_a_reloa
     assert before, "no part was sent before the reload"
     assert before.isdisjoint(after), (sorted(before), sorted(after))
     assert len(after) < parts
-    assert before | after >= set(range(1, parts + 1)) - {max(before) + 1}  # one may be cut
+    # parts in flight at the reload may have reached the bucket unseen by the page: at most the
+    # plugin's limit of 6 requests at once (the objects' bytes are checked below)
+    assert len(set(range(1, parts + 1)) - (before | after)) <= 6
     resumed = run.companion_calls(1)
     assert ("GET", f"/s3/multipart/{multipart_id}", 200) in resumed
     assert not any(method == "POST" and path == "/s3/multipart" for method, path, _ in resumed)
@@ -135,10 +159,10 @@ def test_uppy_sends_three_files_straight_to_the_bucket_and_resumes_after_a_reloa
     assert shown["used"] == 3
     assert len(shown["upload_ids"]) == 3
     admin = moto.admin(moto_endpoint)
-    bucket = urlsplit(next(iter(successes.values()))).path.split("/")[1]
+    bucket = server.environment["UPLOAD_S3_BUCKET"]
     for path in files:
         url = successes[path.name]
-        # the big one's uploadURL is the service's; the small ones' is the object's
+        # a multipart upload's uploadURL is the service's; a form POST's is the object's
         upload_id = url.rstrip("/").rsplit("/", 1)[1]
         assert upload_id in shown["upload_ids"]
         status = ready(server.base_url, upload_id)

@@ -12,8 +12,8 @@ and after the reload, so a test can check that the big upload resumed rather tha
 How Golden Retriever (6.0.0) restores, as read from its source and seen here:
 
 - It saves the files' Uppy state (including ``s3Multipart: {uploadId, key}``, which the AwsS3
-  plugin sets after ``POST /s3/multipart``) and ``currentUploads`` in IndexedDB, throttled to
-  every 500 ms.
+  plugin sets after ``POST /s3/multipart``) and ``currentUploads`` in IndexedDB (Uppy 5's 5.2:
+  in localStorage), throttled to every 500 ms.
 - It keeps a file's bytes in IndexedDB only up to ``indexedDB.maxFileSize`` (10 MiB by default;
   300 MiB in all by ``maxTotalSize``). A larger file comes back after the reload as a *ghost*
   (``isGhost``, no data): picking the same file again (same name, type, size and mtime, so the same
@@ -90,7 +90,9 @@ const state = window.state
 const event = (entry) => note('events', entry)
 const uppy = new Uppy({ autoProceed: false })
 window.uppy = uppy
-uppy.use(AwsS3, { companionEndpoint: params.get('companion') })
+// Uppy 6 names the option companionEndpoint, Uppy 5 endpoint (the page is told which)
+const always = params.get('multipart') === 'always' ? { shouldUseMultipart: () => true } : {}
+uppy.use(AwsS3, { [params.get('option') ?? 'companionEndpoint']: params.get('companion'), ...always })
 uppy.on('restored', () => {
   state.restored = true
   event({ event: 'restored', files: window.files() })
@@ -122,8 +124,14 @@ window.files = () => uppy.getFiles().map((file) => ({
   error: file.error ?? null,
   s3Multipart: file.s3Multipart ?? null,
 }))
-// Golden Retriever's saved snapshot (IndexedDB uppy-blobs/metadata, written at most every 500 ms)
+// Golden Retriever's saved snapshot, written at most every 500 ms: Uppy 5's in localStorage
+// (uppyState:<id>), Uppy 6's in IndexedDB (uppy-blobs/metadata)
 window.saved = () => new Promise((resolve) => {
+  const local = localStorage.getItem('uppyState:' + uppy.getID())
+  if (local) {
+    try { resolve(JSON.parse(local).metadata) } catch { resolve(null) }
+    return
+  }
   const opened = indexedDB.open('uppy-blobs')
   opened.onerror = () => resolve(null)
   opened.onsuccess = () => {
@@ -236,9 +244,10 @@ def _poll(page: Page, expression: str, timeout: float) -> None:
 
 
 @contextmanager
-def uppy_s3_site() -> Iterator[str]:
-    """The page and the ``uppy`` bundle on a static origin of their own; yields the origin."""
-    bundle = npm_package("uppy") / "dist" / "uppy.min.mjs"
+def uppy_s3_site(package: str = "uppy") -> Iterator[str]:
+    """The page and the bundle of ``package`` (``uppy``: Uppy 6; ``uppy5``: Uppy 5, see
+    tests/js/package.json) on a static origin of their own; yields the origin."""
+    bundle = npm_package(package) / "dist" / "uppy.min.mjs"
     routes = {
         "/": (UPPY_S3_PAGE.encode(), "text/html; charset=utf-8"),
         "/uppy.min.mjs": (bundle.read_bytes(), "text/javascript"),
@@ -256,6 +265,8 @@ def upload_with_reload(
     reload_after_bytes: int,
     keep_in_indexeddb: int | None = None,
     timeout: float = 300.0,
+    option: str = "companionEndpoint",
+    always_multipart: bool = False,
 ) -> UploadRun:
     """Upload ``files`` from the page at ``origin`` (``uppy_s3_site``) through
     ``companion_endpoint``; reload the page once ``big`` (one of ``files``, above the 100 MiB
@@ -264,6 +275,8 @@ def upload_with_reload(
 
     ``keep_in_indexeddb``: Golden Retriever's ``indexedDB.maxFileSize`` (default 10 MiB, so the
     big file comes back as a ghost and is picked again). ``timeout`` (seconds) bounds each wait.
+    ``option``: the plugin's option that takes the endpoint (``endpoint`` in Uppy 5).
+    ``always_multipart``: every file by multipart, none by a form-POST policy.
     Raises on a wait that times out; upload errors are in the result, not raised."""
     if big not in files:
         raise ValueError(f"{big} is not one of the files")
@@ -272,7 +285,9 @@ def upload_with_reload(
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
-    query: dict[str, str] = {"companion": companion_endpoint}
+    query: dict[str, str] = {"companion": companion_endpoint, "option": option}
+    if always_multipart:
+        query["multipart"] = "always"
     if keep_in_indexeddb is not None:
         total = max(300 * MiB, 2 * sum(path.stat().st_size for path in files))
         golden = {"indexedDB": {"maxFileSize": keep_in_indexeddb, "maxTotalSize": total}}
