@@ -168,14 +168,18 @@ async def test_quota_checked_creations_of_one_owner_are_serialised(
     assert await repos[0].usage("alice") == Usage(unfinished=3, bytes=30)
 
 
-async def _race(count: int, step: Callable[[int], Awaitable[object]]) -> list[bool]:
-    """Run ``step(index)`` ``count`` times at once; which were admitted by the quota."""
+async def _race(
+    count: int,
+    step: Callable[[int], Awaitable[object]],
+    refusal: type[Exception] = QuotaExceeded,
+) -> list[bool]:
+    """Run ``step(index)`` ``count`` times at once; which were admitted (not ``refusal``)."""
     outcomes: list[bool] = []
 
     async def one(index: int) -> None:
         try:
             await step(index)
-        except QuotaExceeded:
+        except refusal:
             outcomes.append(False)
         else:
             outcomes.append(True)
@@ -1054,20 +1058,25 @@ async def test_racing_uses_of_a_ticket_on_two_engines_never_pass_its_uploads(
     use is a compare-and-set in the insert's transaction, so exactly ``uploads`` get in."""
     repos = [backend.repository(), backend.repository()]
     await tickets_of(repos[0]).add_ticket(new_ticket(uploads=3))
-    outcomes: list[bool] = []
 
     async def create(index: int) -> None:
-        try:
-            await repos[index % 2].add(new_upload(f"{index:032x}", ticket="7" * 32))
-        except TicketUsedUp:
-            outcomes.append(False)
-        else:
-            outcomes.append(True)
+        await repos[index % 2].add(new_upload(f"{index:032x}", ticket="7" * 32))
 
-    async with anyio.create_task_group() as tasks:
-        for index in range(8):
-            tasks.start_soon(create, index)
+    outcomes = await _race(8, create, TicketUsedUp)
     assert sorted(outcomes) == [False] * 5 + [True] * 3
     ticket = await tickets_of(repos[1]).get_ticket("7" * 32)
     assert ticket is not None
     assert ticket.used == 3
+
+
+async def test_a_page_of_direct_uploads_only_or_of_the_others(repo: UploadRepository) -> None:
+    await repo.add(new_upload("1" * 32))
+    await repo.add(new_upload("2" * 32, direct=True, created_at=T1))
+    assert (await row(repo, "2" * 32)).direct is True
+    assert (await row(repo, "1" * 32)).direct is False
+    direct = await repo.list_page(UploadQuery(direct=True))
+    assert [upload.id for upload in direct] == ["2" * 32]
+    others = await repo.list_page(UploadQuery(direct=False))
+    assert [upload.id for upload in others] == ["1" * 32]
+    both = await repo.list_page(UploadQuery())
+    assert [upload.id for upload in both] == ["2" * 32, "1" * 32]

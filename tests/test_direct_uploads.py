@@ -105,14 +105,27 @@ async def put_parts(
     """PUT ``body`` in parts of ``size`` to the signed URLs, as the plugin does."""
     parts: list[dict[str, object]] = []
     for index, offset in enumerate(range(0, len(body), size), start=1):
-        signed = await client.get(
-            f"{base}/s3/multipart/{started['uploadId']}/{index}", params={"key": started["key"]}
-        )
+        signed = await sign(client, base, started, index)
         assert signed.status_code == 200, signed.text
         put = await s3.put(signed.json()["url"], content=body[offset : offset + size])
         assert put.status_code == 200, put.text
         parts.append({"PartNumber": index, "ETag": put.headers["ETag"].strip('"')})
     return parts
+
+
+async def sign(
+    client: httpx.AsyncClient,
+    base: str,
+    started: dict[str, str],
+    number: int | str,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """``GET .../s3/multipart/{uploadId}/{number}?key=``: a signed URL for a part."""
+    return await client.get(
+        f"{base}/s3/multipart/{started['uploadId']}/{number}",
+        params={"key": started["key"]},
+        headers=headers,
+    )
 
 
 async def complete(
@@ -228,9 +241,7 @@ async def test_refusals_on_the_companion_endpoints(
     # another ticket's upload, a key and id that do not belong together, a foreign key
     second = await ticket(client)
     other = companion(second)
-    theirs = await client.get(
-        f"{other}/s3/multipart/{started['uploadId']}/1", params={"key": started["key"]}
-    )
+    theirs = await sign(client, other, started, 1)
     assert theirs.status_code == 404
     wrong_id = await client.get(f"{base}/s3/multipart/nope/1", params={"key": started["key"]})
     assert wrong_id.status_code == 404
@@ -242,9 +253,7 @@ async def test_refusals_on_the_companion_endpoints(
     assert missing_key.status_code == 400
     # part numbers out of range
     for number in ("0", "10001", "abc", "-1"):
-        response = await client.get(
-            f"{base}/s3/multipart/{started['uploadId']}/{number}", params={"key": started["key"]}
-        )
+        response = await sign(client, base, started, number)
         assert response.status_code == 400, number
         assert "part number must be between 1 and 10000" in response.json()["error"]["message"]
     # a part list that is not what was uploaded: 400, and the upload still takes parts
@@ -258,9 +267,7 @@ async def test_refusals_on_the_companion_endpoints(
     assert (await complete(client, base, started, [])).status_code == 400
     assert (await complete(client, base, started, parts)).status_code == 200
     # a completed upload takes no more parts
-    late = await client.get(
-        f"{base}/s3/multipart/{started['uploadId']}/3", params={"key": started["key"]}
-    )
+    late = await sign(client, base, started, 3)
     assert late.status_code == 409
     # revoked and expired tickets, a made-up one
     await client.delete(f"/api/tickets/{second['id']}", headers=bearer(hs256("alice")))
@@ -287,11 +294,7 @@ async def test_refusals_on_the_companion_endpoints(
     )
     assert with_token.status_code == 200
     bobs = with_token.json()
-    alices = await client.get(
-        f"/s3/multipart/{bobs['uploadId']}/1",
-        params={"key": bobs["key"]},
-        headers=bearer(hs256("alice")),
-    )
+    alices = await sign(client, "", bobs, 1, bearer(hs256("alice")))
     assert alices.status_code == 404
 
 
@@ -305,9 +308,7 @@ async def test_a_file_over_the_caps_is_refused_at_completion_and_its_parts_delet
     upload_id = started["key"].removeprefix(PREFIX)
     parts = await put_parts(client, s3, base, started, data(PART + 101))
     # a part that would start past the cap is refused before it is signed
-    beyond = await client.get(
-        f"{base}/s3/multipart/{started['uploadId']}/3", params={"key": started["key"]}
-    )
+    beyond = await sign(client, base, started, 3)
     assert beyond.status_code == 413
     refused = await complete(client, base, started, parts)
     assert refused.status_code == 413
@@ -326,11 +327,7 @@ async def test_a_file_over_the_caps_is_refused_at_completion_and_its_parts_delet
     )
     assert declared.status_code == 200
     started = declared.json()
-    signed = await client.get(
-        f"/s3/multipart/{started['uploadId']}/2",
-        params={"key": started["key"]},
-        headers=bearer(hs256("alice")),
-    )
+    signed = await sign(client, "", started, 2, bearer(hs256("alice")))
     assert signed.status_code == 413
     too_big = await client.post(
         "/s3/multipart", json={"size": 6 * 1024**4}, headers=bearer(hs256("alice"))
@@ -378,9 +375,7 @@ async def test_an_abandoned_direct_upload_is_aborted_on_expiry(
     headers = bearer(hs256("alice"))
     response = await client.post("/s3/multipart", json={"filename": "g.mp4"}, headers=headers)
     started = response.json()
-    signed = await client.get(
-        f"/s3/multipart/{started['uploadId']}/1", params={"key": started["key"]}, headers=headers
-    )
+    signed = await sign(client, "", started, 1, headers)
     assert (await s3.put(signed.json()["url"], content=data(1000))).status_code == 200
     assert len((await in_bucket(moto_endpoint, bucket))[1]) == 1
     upload_id = started["key"].removeprefix(PREFIX)
@@ -392,9 +387,7 @@ async def test_an_abandoned_direct_upload_is_aborted_on_expiry(
         )
     assert await served.services.handler.lifecycle.expire() == 1
     assert await in_bucket(moto_endpoint, bucket) == ([], [])
-    gone = await client.get(
-        f"/s3/multipart/{started['uploadId']}/2", params={"key": started["key"]}, headers=headers
-    )
+    gone = await sign(client, "", started, 2, headers)
     assert gone.status_code == 410
 
 

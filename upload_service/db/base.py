@@ -108,6 +108,7 @@ class UploadQuery:
     created_after: datetime | None = None  # created at or after this (inclusive)
     created_before: datetime | None = None  # created before this (exclusive)
     after: PageKey | None = None  # continue after this upload (the previous page's last)
+    direct: bool | None = None  # only direct uploads (True), only others (False); None: both
     limit: int = 50
 
 

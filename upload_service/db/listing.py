@@ -33,6 +33,8 @@ class SqlListing(SqlOutbox):
             conditions.append(UPLOADS.c.owner == query.owner)
         if query.states:
             conditions.append(in_states(query.states))
+        if query.direct is not None:
+            conditions.append(UPLOADS.c.direct == query.direct)
         if query.created_after is not None:
             conditions.append(UPLOADS.c.created_at >= utc(query.created_after))
         if query.created_before is not None:

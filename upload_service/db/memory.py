@@ -148,6 +148,7 @@ class MemoryUploadRepository(MemoryOutbox):
             return (
                 (query.owner is None or row.owner == query.owner)
                 and (not query.states or row.state in query.states)
+                and (query.direct is None or row.direct == query.direct)
                 and (since is None or row.created_at >= since)
                 and (until is None or row.created_at < until)
                 and (after is None or (row.created_at, row.id) < after)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from upload_service.auth.principal import Principal
+from upload_service.db.base import UploadQuery
 from upload_service.errors import (
     BadRequest,
     Conflict,
@@ -51,7 +52,14 @@ from upload_service.events import Events
 from upload_service.hooks.pre_create import PreCreate, PreCreateHook
 from upload_service.lifecycle import Lifecycle, parse_sha256
 from upload_service.ops.logcontext import bind_upload_id
-from upload_service.storage.base import DirectPart, DirectStore, PostPolicy, StorageKey, Store
+from upload_service.storage.base import (
+    DirectPart,
+    DirectStore,
+    PostPolicy,
+    StorageKey,
+    Store,
+    check_upload_id,
+)
 from upload_service.tus.content_types import ContentRules
 from upload_service.tus.creation import stamped
 from upload_service.tus.load import UploadLoader
@@ -61,6 +69,7 @@ from upload_service.uploads import Metadata, Upload, UploadState, smallest
 
 logger = logging.getLogger("upload_service.direct")
 
+SETTLE_BATCH = 1000  # receiving direct uploads looked at per pass (the newest first)
 MAX_PART_NUMBER = 10_000  # S3's part numbers are 1..10,000
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last: a part's least start offset
 NOT_DIRECT = "this server's storage takes no direct uploads: they need UPLOAD_STORAGE=s3"
@@ -251,11 +260,11 @@ class DirectUploads:
         404 unless it is one of this caller's (another owner's, another ticket's, a tus upload,
         a key and id that do not belong together all do not exist for it)."""
         store = self._direct()
-        prefix = store.object_key("0" * 32)[:-32]
-        if not key.startswith(prefix):
+        upload_id = key[-32:]  # a key is the store's prefix and the upload's id
+        if store.object_key(check_upload_id(upload_id)) != key:
             raise NotFound("no such upload")
-        upload = self._loader.reachable(await self._repo.get(key[len(prefix) :]), principal)
-        if upload is None or not upload.direct or store.object_key(upload.storage) != key:
+        upload = self._loader.reachable(await self._repo.get(upload_id), principal)
+        if upload is None or not upload.direct:
             raise NotFound("no such upload")
         if multipart_id is not None and store.multipart_id(upload.storage) != multipart_id:
             raise NotFound("no such upload")
@@ -414,9 +423,12 @@ class DirectUploads:
             return 0
         store = self._store
         settled = 0
-        for upload in await self._repo.list_by_state(UploadState.RECEIVING):
-            if not upload.direct or store.multipart_id(upload.storage) is not None:
-                continue
+        waiting = await self._repo.list_page(
+            UploadQuery(states=(UploadState.RECEIVING,), direct=True, limit=SETTLE_BATCH)
+        )
+        for upload in waiting:
+            if store.multipart_id(upload.storage) is not None:
+                continue  # a multipart upload ends when its client completes it
             if await store.finished_size(upload.storage) is None:
                 continue
             try:
