@@ -485,3 +485,55 @@ async def test_an_upload_whose_sha256_cannot_be_computed_fails_never_ready(
     assert status["state"] == "failed"
     assert status["failure"].startswith("the sha256 could not be computed")
     assert status["sha256"] is None
+
+
+async def test_a_client_asking_for_parts_keeps_its_upload_alive_and_a_post_expires_early(
+    served: Served,
+) -> None:
+    client = served.client
+    answer = await ticket(client, uploads=2)
+    base = companion(answer)
+    auth = bearer(answer["ticket"])
+    started = await start(client, base)
+    upload_id = started["key"].removeprefix(PREFIX)
+    now = served.services.handler.clock()
+    # a tus client cannot append to a direct upload
+    patched = await client.patch(
+        f"/files/{upload_id}",
+        headers={
+            **TUS,
+            **auth,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        content=b"x",
+    )
+    assert patched.status_code == 403
+    assert "straight to the bucket" in patched.text
+    # close to its expiry (a long upload): the next part's URL moves the expiry on
+    async with served.services.engine.begin() as connection:
+        await connection.execute(
+            update(UploadRow)
+            .where(UploadRow.id == upload_id)
+            .values(expires_at=now + timedelta(minutes=1))
+        )
+    assert (await sign(client, base, started, 1)).status_code == 200
+    upload = await served.services.repository.get(upload_id)
+    assert upload is not None
+    assert upload.expires_at is not None
+    assert upload.expires_at > now + timedelta(days=3)  # UPLOAD_EXPIRE_AFTER is 7 days
+    # far from it: no write for each part
+    before = upload.updated_at
+    assert (await sign(client, base, started, 2)).status_code == 200
+    again = await served.services.repository.get(upload_id)
+    assert again is not None
+    assert again.updated_at == before
+    # a form-POST upload expires soon after its policy: nothing can arrive later
+    policy = await client.get(f"{base}/s3/params", params={"filename": "a.mp4"})
+    assert policy.status_code == 200
+    posted = await served.services.repository.get(
+        policy.json()["fields"]["key"].removeprefix(PREFIX)
+    )
+    assert posted is not None
+    assert posted.expires_at is not None
+    assert posted.expires_at - posted.created_at == timedelta(seconds=900 + 300)

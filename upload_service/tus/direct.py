@@ -33,7 +33,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from upload_service.auth.principal import Principal
 from upload_service.db.base import UploadQuery
@@ -69,6 +69,7 @@ from upload_service.uploads import Metadata, Upload, UploadState, smallest
 
 logger = logging.getLogger("upload_service.direct")
 
+POST_GRACE = 300  # seconds a form-POST upload outlives its policy before it expires
 SETTLE_BATCH = 1000  # receiving direct uploads looked at per pass (the newest first)
 MAX_PART_NUMBER = 10_000  # S3's part numbers are 1..10,000
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last: a part's least start offset
@@ -175,12 +176,16 @@ class DirectUploads:
         which caps its size (the store refuses more) and fixes its type when one is given."""
         store = self._direct()
         upload = await self._new(principal, filename, content_type, metadata, size)
+        # nothing can arrive once the policy has expired: the upload expires soon after, so
+        # that the look for its object stops (the grace covers a look that was late)
+        ttl = self._config.direct_url_ttl
+        upload = replace(upload, expires_at=upload.created_at + timedelta(seconds=ttl + POST_GRACE))
         cap = smallest(self._config.max_size, upload.size_cap, upload.length)
         key, policy = await store.begin_post(
             upload.id,
             max_size=cap,
             content_type=content_type or None,
-            expires_in=self._config.direct_url_ttl,
+            expires_in=ttl,
         )
         upload = await self._insert(upload, key)
         return Started(upload, store.object_key(key), policy=policy)
@@ -280,7 +285,26 @@ class DirectUploads:
             raise TooLarge(
                 f"part {number} would start past the upload's maximum size of {limit} bytes"
             )
+        await self._keep_alive(upload)
         return await self._direct().sign_part(upload.storage, number, self._config.direct_url_ttl)
+
+    async def _keep_alive(self, upload: Upload) -> None:
+        """A client still asking for parts keeps its upload from expiring, as a tus upload's
+        commits do: once half of ``UPLOAD_EXPIRE_AFTER`` has passed, the expiry moves on (one
+        write now and then, not one a part)."""
+        now = self._clock()
+        if upload.expires_at is None:
+            return
+        if upload.expires_at - now > timedelta(seconds=self._config.expire_after / 2):
+            return
+        with contextlib.suppress(Conflict):  # ended or completed meanwhile: nothing to keep
+            await self._repo.advance(
+                upload.id,
+                expected=upload.offset,
+                offset=upload.offset,
+                now=now,
+                expires_at=self._config.expiry(now),
+            )
 
     async def parts(self, upload: Upload) -> list[DirectPart]:
         """The parts the store holds so far (for a client that resumes)."""
