@@ -190,10 +190,14 @@ async def test_revoked_expired_and_bad_tickets_are_401s_with_the_reason(data_dir
 
         good = revoked["ticket"]
         forged = good[:-4] + ("0000" if not good.endswith("0000") else "1111")
-        for bad in [forged, "ut_nonsense", "ut_" + "a" * 32 + "_" + "b" * 40]:
+        for bad in [forged, "ut_" + "a" * 32 + "_" + "b" * 40]:
             response = await create(client, bad)
             assert response.status_code == 401, bad
             assert "invalid upload ticket" in response.text
+        # not of a ticket's form: a token for the other authenticators (which refuse it)
+        malformed = await create(client, "ut_nonsense")
+        assert malformed.status_code == 401
+        assert "not a valid JWT or a known API key" in malformed.text
         before = await count_uploads(app.services)
         assert before == 1  # nothing refused was made
 

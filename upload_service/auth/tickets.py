@@ -37,7 +37,9 @@ MAX_STAMP_BYTES = 4096
 
 
 def looks_like_ticket(token: str) -> bool:
-    return token.startswith(PREFIX)
+    """Whether ``token`` has a ticket's form (anything else goes to the other authenticators:
+    an API key that merely starts with ``ut_`` is still an API key)."""
+    return _TOKEN.fullmatch(token) is not None
 
 
 def _hash(secret: str) -> str:
@@ -140,11 +142,9 @@ class TicketAuthenticator:
         self._clock = clock
 
     async def authenticate(self, token: str) -> Principal | None:
-        if not looks_like_ticket(token):
-            return None
         match = _TOKEN.fullmatch(token)
         if match is None:
-            raise Unauthorized("invalid upload ticket")
+            return None
         ticket = await self._tickets.get_ticket(match.group(1))
         if ticket is None or not hmac.compare_digest(ticket.secret_hash, _hash(match.group(2))):
             raise Unauthorized("invalid upload ticket")
