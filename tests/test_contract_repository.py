@@ -1080,3 +1080,28 @@ async def test_a_page_of_direct_uploads_only_or_of_the_others(repo: UploadReposi
     assert [upload.id for upload in others] == ["1" * 32]
     both = await repo.list_page(UploadQuery())
     assert [upload.id for upload in both] == ["2" * 32, "1" * 32]
+
+
+async def test_an_upload_refused_before_it_held_anything_gives_its_ticket_the_use_back(
+    repo: UploadRepository,
+) -> None:
+    tickets = tickets_of(repo)
+    await tickets.add_ticket(new_ticket(uploads=3))
+    for index in range(3):
+        await repo.add(new_upload(f"{index:032x}", ticket="7" * 32))
+    await repo.fail(f"{0:032x}", "too large", T1, only_from=RECEIVING, give_back=True)
+    await repo.terminate(f"{1:032x}", T1, give_back=True)
+    ticket = await tickets.get_ticket("7" * 32)
+    assert ticket is not None
+    assert ticket.used == 1
+    # once: the same upload ended again gives nothing more (the transition is refused)
+    with pytest.raises(Conflict):
+        await repo.fail(f"{0:032x}", "again", T1, only_from=RECEIVING, give_back=True)
+    # a client's own termination, without give_back, keeps the use
+    await repo.terminate(f"{2:032x}", T1)
+    again = await tickets.get_ticket("7" * 32)
+    assert again is not None
+    assert again.used == 1
+    # an upload made without a ticket has none to give
+    await repo.add(new_upload("9" * 32))
+    await repo.fail("9" * 32, "too large", T1, only_from=RECEIVING, give_back=True)

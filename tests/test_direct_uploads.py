@@ -307,9 +307,6 @@ async def test_a_file_over_the_caps_is_refused_at_completion_and_its_parts_delet
     started = await start(client, base)
     upload_id = started["key"].removeprefix(PREFIX)
     parts = await put_parts(client, s3, base, started, data(PART + 101))
-    # a part that would start past the cap is refused before it is signed
-    beyond = await sign(client, base, started, 3)
-    assert beyond.status_code == 413
     refused = await complete(client, base, started, parts)
     assert refused.status_code == 413
     assert "more than the maximum size" in refused.json()["error"]["message"]
@@ -319,6 +316,20 @@ async def test_a_file_over_the_caps_is_refused_at_completion_and_its_parts_delet
     assert status["state"] == "failed"
     assert "more than the maximum size" in status["failure"]
     assert await in_bucket(moto_endpoint, bucket) == ([], [])  # aborted: nothing billable
+    # the refused upload gave its one use back: the end user may try a file that fits
+    shown = await client.get(f"/api/tickets/{answer['id']}", headers=bearer(hs256("alice")))
+    assert shown.json()["used"] == 0
+    # a part that would start past the cap is refused before it is signed, and the upload
+    # with it (the file is too large): its parts are deleted, the use given back again
+    started = await start(client, base)
+    await put_parts(client, s3, base, started, data(PART))
+    beyond = await sign(client, base, started, 3)
+    assert beyond.status_code == 413
+    assert "would start past the upload's maximum size" in beyond.json()["error"]["message"]
+    assert (await sign(client, base, started, 1)).status_code == 410
+    assert await in_bucket(moto_endpoint, bucket) == ([], [])
+    shown = await client.get(f"/api/tickets/{answer['id']}", headers=bearer(hs256("alice")))
+    assert shown.json()["used"] == 0
     # a declared size is held to as well
     declared = await client.post(
         "/s3/multipart",

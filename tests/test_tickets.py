@@ -261,10 +261,10 @@ async def test_a_tickets_caps_hold_on_every_path(data_dir: Path) -> None:
             files={"file": ("a.mp4", b"0123456789", "video/mp4")},
         )
         assert form.status_code == 413, form.text
-        # the uses counted are the uploads made: the deferred one, the two parts, and the form's
-        # file, made before its body was found too large (then terminated)
+        # the uses counted are the uploads made and kept: the deferred one and the two parts;
+        # the form's file, made before its body was found too large, gave its use back
         shown = (await client.get(f"/api/tickets/{answer['id']}", headers=bearer(alice))).json()
-        assert shown["used"] == 4
+        assert shown["used"] == 3
 
         # a ticket never allows more than its issuer: the service's cap and the token's types
         capped = await issue(client, hs256("carol", upload_types="video/*"), max_size=10**9)
@@ -278,6 +278,21 @@ async def test_a_tickets_caps_hold_on_every_path(data_dir: Path) -> None:
         assert "not among the types your credential may upload" in message(wider)
         big = await create(client, capped["ticket"], 1001, Upload_Metadata=f"filetype {mp4}")
         assert big.status_code == 413
+
+        # a one-use ticket whose first file is refused as it streams may still make one upload
+        once = await issue(client, alice, max_size=4)
+        refused = await client.post(
+            "/files/",
+            headers={
+                **TUS,
+                **bearer(once["ticket"]),
+                "Upload-Defer-Length": "1",
+                "Content-Type": OFFSET_CT,
+            },
+            content=b"0123456789",
+        )
+        assert refused.status_code == 413, refused.text
+        assert upload_id(await create(client, once["ticket"], 4))
 
 
 async def test_a_ticket_with_uploads_left_may_make_a_final_of_its_parts(data_dir: Path) -> None:

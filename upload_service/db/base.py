@@ -223,17 +223,25 @@ class UploadRepository(Protocol):
         ...
 
     async def fail(
-        self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
+        self,
+        upload_id: str,
+        reason: str,
+        now: datetime,
+        *,
+        only_from: tuple[UploadState, ...],
+        give_back: bool = False,
     ) -> Upload:
-        """→ failed with ``reason``, only from one of ``only_from``."""
+        """→ failed with ``reason``, only from one of ``only_from``. With ``give_back``, an
+        upload made with a ticket gives the ticket its use back, in the same transaction (an
+        upload refused before it held anything: its file over the caps)."""
         ...
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime, *, give_back: bool = False) -> Upload:
         """→ terminated, only from a live state (receiving, verifying, ready) (with events on:
-        post-terminate). A partial upload only while no final upload still receiving names it
-        (else ``Conflict`` naming the oldest such final, and nothing changes): a final waiting for
-        its parts, or being assembled from them, never loses one. Once a final is assembled it
-        holds its own bytes, and its parts may go."""
+        post-terminate); ``give_back`` as for ``fail``. A partial upload only while no final
+        upload still receiving names it (else ``Conflict`` naming the oldest such final, and
+        nothing changes): a final waiting for its parts, or being assembled from them, never
+        loses one. Once a final is assembled it holds its own bytes, and its parts may go."""
         ...
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:

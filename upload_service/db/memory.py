@@ -289,11 +289,13 @@ class MemoryUploadRepository(MemoryOutbox):
         *,
         now: datetime | None = None,
         sources: tuple[UploadState, ...] | None = None,
+        give_back: bool = False,
         **values: object,
     ) -> Upload:
         """One compare-and-set of one row, as the SQL one's (see there): ``Conflict``, nothing
         changed, unless it is in one of the transition's states (or ``sources``) and every
-        condition holds; the event, with events on, in the same step."""
+        condition holds; the event, with events on, and a ticket's use given back
+        (``give_back``), in the same step."""
         row = self._rows.get(upload_id)
         states = transition.sources if sources is None else sources
         if states is not None:
@@ -303,6 +305,8 @@ class MemoryUploadRepository(MemoryOutbox):
         changed = _stored(replace(row, **transition.changes(now), **values))  # type: ignore[arg-type]
         self._rows[upload_id] = changed
         upload = self._read(changed)
+        if give_back:
+            self._give_back(upload)
         if self._reporting and transition.event is not None:
             self._write(transition.event, upload, upload.updated_at)
         return await self._answer(upload)
@@ -387,19 +391,38 @@ class MemoryUploadRepository(MemoryOutbox):
         )
 
     async def fail(
-        self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
+        self,
+        upload_id: str,
+        reason: str,
+        now: datetime,
+        *,
+        only_from: tuple[UploadState, ...],
+        give_back: bool = False,
     ) -> Upload:
         return await self._transition(
-            upload_id, transitions.FAIL, now=now, sources=only_from, failure=reason
+            upload_id,
+            transitions.FAIL,
+            now=now,
+            sources=only_from,
+            give_back=give_back,
+            failure=reason,
         )
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
+    async def terminate(self, upload_id: str, now: datetime, *, give_back: bool = False) -> Upload:
         row = self._rows.get(upload_id)
         if row is not None and row.state in LIVE_STATES:  # else the transition's own Conflict
             waiting = self._finals_of(upload_id, (UploadState.RECEIVING,))
             if waiting:  # refused before anything changes: the final keeps its part
                 raise transitions.part_awaited(waiting[0].id)
-        return await self._transition(upload_id, transitions.TERMINATE, now=now)
+        return await self._transition(
+            upload_id, transitions.TERMINATE, now=now, give_back=give_back
+        )
+
+    def _give_back(self, upload: Upload) -> None:
+        """As ``db.tickets.give_back``, in the step of the transition that ended ``upload``."""
+        ticket = None if upload.ticket is None else self._tickets.get(upload.ticket)
+        if ticket is not None and ticket.used > 0:
+            self._tickets[ticket.id] = replace(ticket, used=ticket.used - 1)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(

@@ -40,7 +40,7 @@ from upload_service.db.parts import finals_receiving, link_parts, loaded
 from upload_service.db.quota import Growth, check_new, growth, usage_of
 from upload_service.db.rows import INSERT_UPLOAD, UPLOADS, in_states, to_row, video_json
 from upload_service.db.session import Transactions
-from upload_service.db.tickets import SqlTickets, use_ticket
+from upload_service.db.tickets import SqlTickets, give_back, use_ticket
 from upload_service.errors import Conflict
 from upload_service.outbox import EventType
 from upload_service.uploads import Upload, UploadState, VideoInfo
@@ -166,14 +166,30 @@ class SqlUploadRepository(SqlListing, SqlTickets):
         )
 
     async def fail(
-        self, upload_id: str, reason: str, now: datetime, *, only_from: tuple[UploadState, ...]
+        self,
+        upload_id: str,
+        reason: str,
+        now: datetime,
+        *,
+        only_from: tuple[UploadState, ...],
+        give_back: bool = False,
     ) -> Upload:
         return await self._transition(
-            upload_id, transitions.FAIL, now=now, sources=only_from, failure=reason
+            upload_id,
+            transitions.FAIL,
+            now=now,
+            sources=only_from,
+            after=_giving_back if give_back else None,
+            failure=reason,
         )
 
-    async def terminate(self, upload_id: str, now: datetime) -> Upload:
-        return await self._transition(upload_id, transitions.TERMINATE, now=now, after=_not_awaited)
+    async def terminate(self, upload_id: str, now: datetime, *, give_back: bool = False) -> Upload:
+        def after(connection: Connection, upload: Upload) -> None:
+            _not_awaited(connection, upload)
+            if give_back:
+                _giving_back(connection, upload)
+
+        return await self._transition(upload_id, transitions.TERMINATE, now=now, after=after)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(upload_id, transitions.EXPIRE, {"expires_by": now}, now=now)
@@ -299,6 +315,12 @@ def _one(
     if row is None:
         raise Conflict(conflict)
     return loaded(connection, [row])[0]
+
+
+def _giving_back(connection: Connection, upload: Upload) -> None:
+    """``fail`` or ``terminate`` with ``give_back``: the upload's ticket gets its use back."""
+    if upload.ticket is not None:
+        give_back(connection, upload.ticket)
 
 
 def _not_awaited(connection: Connection, upload: Upload) -> None:

@@ -9,7 +9,9 @@ finds the condition false and changes nothing. A revocation is the same kind of 
 creation either used the ticket before it was revoked or is refused.
 
 Crash story: the use and the upload's insert are one transaction: a kill -9 leaves both or
-neither, so a ticket never loses a use to an upload that does not exist.
+neither, so a ticket never loses a use to an upload that does not exist. A use given back (an
+upload refused before it held anything: ``give_back``) is given in the transaction that ends
+that upload, so only the one caller whose transition ended it gives it, once.
 """
 
 from __future__ import annotations
@@ -87,6 +89,16 @@ def use_ticket(connection: Connection, ticket_id: str, now: datetime) -> None:
         raise Unauthorized("invalid upload ticket")
     refusal = ticket.refusal(now)
     raise refusal if refusal is not None else used_up(ticket_id)
+
+
+def give_back(connection: Connection, ticket_id: str) -> None:
+    """Give one use back to the ticket (in the caller's transaction, that of the transition that
+    ended an upload refused before it held anything); never below none used."""
+    connection.execute(
+        update(TICKETS)
+        .where(TICKETS.c.id == ticket_id, TICKETS.c.used > 0)
+        .values(used=TICKETS.c.used - 1)
+    )
 
 
 def _get_ticket(ticket_id: str, connection: Connection) -> Ticket | None:

@@ -202,8 +202,9 @@ class Creator:
                     with self._events.receiving():
                         upload = await self._receiver.receive(upload, body, lease, checksum)
                 except (TooLarge, QuotaExceeded, ChecksumMismatch):
-                    # The client never learns this upload's URL from an error: leave nothing.
-                    await self._repo.terminate(upload.id, self._clock())
+                    # The client never learns this upload's URL from an error: leave nothing,
+                    # and give its ticket (if it was made with one) the use back.
+                    await self._repo.terminate(upload.id, self._clock(), give_back=True)
                     await self._store.delete(upload.storage)
                     raise
         if upload.state is UploadState.VERIFYING:

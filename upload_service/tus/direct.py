@@ -282,9 +282,12 @@ class DirectUploads:
         self._receiving(upload)
         limit = smallest(self._config.max_size, upload.size_cap, upload.length)
         if limit is not None and number > 1 and (number - 1) * MIN_PART_SIZE >= limit:
-            raise TooLarge(
+            refusal = TooLarge(
                 f"part {number} would start past the upload's maximum size of {limit} bytes"
             )
+            async with self._locker.lock(upload.id, wait=self._config.lock_timeout):
+                await self._refuse(upload, refusal)  # the file is too large: nothing to keep
+            raise refusal
         await self._keep_alive(upload)
         return await self._direct().sign_part(upload.storage, number, self._config.direct_url_ttl)
 
@@ -371,10 +374,17 @@ class DirectUploads:
             raise TooLarge(f"the file is {size} bytes, more than the maximum size {limit}")
 
     async def _refuse(self, upload: Upload, exc: ServiceError) -> None:
-        """The upload broke a rule at its end: failed with the reason, its bytes deleted."""
+        """The upload broke a rule (its size, its type, the quota): failed with the reason, its
+        bytes deleted."""
         with contextlib.suppress(Conflict):  # ended meanwhile: its bytes go with it anyway
+            # it holds nothing: its ticket (if it was made with one) gets the use back, so the
+            # end user can try again with a file that fits
             await self._repo.fail(
-                upload.id, exc.message, self._clock(), only_from=(UploadState.RECEIVING,)
+                upload.id,
+                exc.message,
+                self._clock(),
+                only_from=(UploadState.RECEIVING,),
+                give_back=True,
             )
         await self._store.delete(upload.storage)  # row first: nothing reads them now
         self._events.failed()

@@ -344,7 +344,9 @@ class TusHandler:
 
     # -- termination ----------------------------------------------------------------------------
 
-    async def delete(self, request: TusRequest) -> TusResponse:
+    async def delete(self, request: TusRequest, *, give_back: bool = False) -> TusResponse:
+        """Terminate the upload (``give_back``: one the client never had, whose ticket gets its
+        use back; see ``UploadRepository.terminate``)."""
         check_version(request.headers.tus_resumable)
         upload_id = check_upload_id(request.target)
         await self._loader.check_reachable(request)
@@ -354,7 +356,7 @@ class TusHandler:
             # delete leaves only an orphan file for clean-up. A partial upload that a final still
             # waits for or is being assembled from is refused there (409), in the database, so
             # that no final created meanwhile can lose it either.
-            await self._repo.terminate(upload_id, self._clock())
+            await self._repo.terminate(upload_id, self._clock(), give_back=give_back)
             self._digests.drop(upload_id)
             await self._store.delete(upload.storage)
         self._events.terminated()

@@ -45,7 +45,7 @@ class TusOperations(Protocol):
 
     async def patch(self, request: TusRequest, body: AsyncIterator[bytes]) -> TusResponse: ...
 
-    async def delete(self, request: TusRequest) -> TusResponse: ...
+    async def delete(self, request: TusRequest, *, give_back: bool = False) -> TusResponse: ...
 
     async def get(self, request: TusRequest) -> Upload: ...
 
@@ -87,9 +87,10 @@ class WholeFiles:
             raise
 
     async def discard(self, request: TusRequest) -> None:
-        """Terminate an upload that must not stay visible (best effort: a failure is logged)."""
+        """Terminate an upload that must not stay visible (best effort: a failure is logged); its
+        ticket, if it was made with one, gets the use back (the client never had the upload)."""
         try:
-            await self._tus.delete(replace(request, headers=VERSION_ONLY))
+            await self._tus.delete(replace(request, headers=VERSION_ONLY), give_back=True)
         except ServiceError as exc:
             logger.warning(
                 "could not discard the upload: %s",
