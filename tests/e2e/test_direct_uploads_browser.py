@@ -24,6 +24,8 @@ from tests import s3 as moto
 from tests.e2e.support import ServerProcess, Servers, write_random_file
 from tests.e2e.uppy_s3 import upload_with_reload, uppy_s3_site
 
+pytestmark = pytest.mark.e2e
+
 MiB = 1024 * 1024
 PREFIX = "videos/"
 SECRET = "a-secret-for-the-direct-upload-test-32+"
