@@ -548,3 +548,41 @@ async def test_a_client_asking_for_parts_keeps_its_upload_alive_and_a_post_expir
     assert posted is not None
     assert posted.expires_at is not None
     assert posted.expires_at - posted.created_at == timedelta(seconds=900 + 300)
+
+
+async def test_a_complete_retried_after_a_kill_between_the_bucket_and_the_row_finishes_it(
+    served: Served, s3: httpx.AsyncClient, moto_endpoint: str, bucket: str
+) -> None:
+    """Killed after CompleteMultipartUpload, before the row moved: the parts are gone and the
+    object is there; the client's retried ``complete`` finishes the row from the object."""
+    client = served.client
+    answer = await ticket(client)
+    base = companion(answer)
+    started = await start(client, base)
+    body = data(PART + 7)
+    parts = await put_parts(client, s3, base, started, body)
+    await anyio.to_thread.run_sync(
+        lambda: moto.admin(moto_endpoint).complete_multipart_upload(
+            Bucket=bucket,
+            Key=started["key"],
+            UploadId=started["uploadId"],
+            MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+        )
+    )
+    done = await complete(client, base, started, parts)
+    assert done.status_code == 200, done.text
+    status = await settled(client, done.json()["id"], bearer(answer["ticket"]))
+    assert status["state"] == "ready"
+    assert status["sha256"] == hashlib.sha256(body).hexdigest()
+    # aborted instead (nothing in the bucket): a 409, and the upload stays as it was
+    second = await ticket(client)
+    other = companion(second)
+    gone = await start(client, other)
+    await anyio.to_thread.run_sync(
+        lambda: moto.admin(moto_endpoint).abort_multipart_upload(
+            Bucket=bucket, Key=gone["key"], UploadId=gone["uploadId"]
+        )
+    )
+    refused = await complete(client, other, gone, [{"PartNumber": 1, "ETag": "x"}])
+    assert refused.status_code == 409
+    assert "parts are gone" in refused.json()["error"]["message"]

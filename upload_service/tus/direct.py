@@ -14,16 +14,13 @@ multipart upload aborted), so nothing over a cap stays stored or billable.
 
 A multipart upload ends when the client asks to ``complete`` it. A form POST tells the service
 nothing: ``settle_posts`` (run every few seconds by the app, on every replica) looks for the
-objects of the POST uploads still receiving and finishes those that arrived.
+objects of the POST uploads still receiving and finishes those that arrived. Both ends, and the
+refusals, are ``direct_end``'s; this module starts uploads and answers while they are sent.
 
 Crash story: the store's multipart upload (or policy) is made first, then the row, as for a tus
-creation: a crash in between leaves an orphan the clean-up sweep removes. At the end, the store
-completes the object first, then the row moves (one compare-and-set each: the length, the
-offset, ``verifying``), under the upload's lock. Killed between the two, the row is still
-receiving while the object is complete: the client's retried ``complete`` (or the next
-``settle_posts``) finds the object, its size, and finishes the row; the store's
-``finish_multipart`` is idempotent. An upload never expired by then is aborted by the expiry
-sweep like any other, its parts deleted.
+creation: a crash in between leaves an orphan the clean-up sweep removes. The end's story is in
+``direct_end``. An upload never completed is aborted by the expiry sweep like any other, its
+parts deleted.
 """
 
 from __future__ import annotations
@@ -36,12 +33,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from upload_service.auth.principal import Principal
-from upload_service.db.base import UploadQuery
 from upload_service.errors import (
     BadRequest,
     Conflict,
     Forbidden,
-    Locked,
     NotFound,
     QuotaExceeded,
     ServiceError,
@@ -62,6 +57,7 @@ from upload_service.storage.base import (
 )
 from upload_service.tus.content_types import ContentRules
 from upload_service.tus.creation import stamped
+from upload_service.tus.direct_end import MAX_PART_NUMBER, DirectEnd
 from upload_service.tus.load import UploadLoader
 from upload_service.tus.protocol import decode_metadata, encode_metadata
 from upload_service.tus.types import Backends, HandlerConfig
@@ -70,8 +66,6 @@ from upload_service.uploads import Metadata, Upload, UploadState, smallest
 logger = logging.getLogger("upload_service.direct")
 
 POST_GRACE = 300  # seconds a form-POST upload outlives its policy before it expires
-SETTLE_BATCH = 1000  # receiving direct uploads looked at per pass (the newest first)
-MAX_PART_NUMBER = 10_000  # S3's part numbers are 1..10,000
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest part but the last: a part's least start offset
 NOT_DIRECT = "this server's storage takes no direct uploads: they need UPLOAD_STORAGE=s3"
 
@@ -92,22 +86,6 @@ def part_number(raw: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PART_NUMBER:
         raise BadRequest(f"part number must be between 1 and {MAX_PART_NUMBER}, not {raw[:20]!r}")
     return int(raw)
-
-
-def completed_parts(parts: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
-    """The client's list of parts to complete with: 1..10,000, ascending, each with an ETag."""
-    if not parts:
-        raise BadRequest("parts must list at least one part")
-    previous = 0
-    for number, etag in parts:
-        if not 1 <= number <= MAX_PART_NUMBER:
-            raise BadRequest(f"part number must be between 1 and {MAX_PART_NUMBER}, not {number}")
-        if number <= previous:
-            raise BadRequest("parts must be in ascending order of part number, each once")
-        if not etag.strip('"'):
-            raise BadRequest(f"part {number} has no ETag")
-        previous = number
-    return [(number, etag.strip('"')) for number, etag in parts]
 
 
 class DirectUploads:
@@ -134,6 +112,20 @@ class DirectUploads:
         self._lifecycle = lifecycle
         self._loader = loader
         self._pre_create = pre_create
+        # the end of an upload (complete, the form POSTs' objects, refusals): None off S3
+        self._end = (
+            DirectEnd(
+                store=backends.store,
+                backends=backends,
+                config=config,
+                events=events,
+                rules=rules,
+                lifecycle=lifecycle,
+                loader=loader,
+            )
+            if isinstance(backends.store, DirectStore)
+            else None
+        )
 
     @property
     def available(self) -> bool:
@@ -143,6 +135,11 @@ class DirectUploads:
         if not isinstance(self._store, DirectStore):
             raise ServiceError(NOT_DIRECT, status=501)
         return self._store
+
+    def _ending(self) -> DirectEnd:
+        if self._end is None:
+            raise ServiceError(NOT_DIRECT, status=501)
+        return self._end
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -286,7 +283,9 @@ class DirectUploads:
                 f"part {number} would start past the upload's maximum size of {limit} bytes"
             )
             async with self._locker.lock(upload.id, wait=self._config.lock_timeout):
-                await self._refuse(upload, refusal)  # the file is too large: nothing to keep
+                await self._ending().refuse(
+                    upload, refusal
+                )  # the file is too large: nothing to keep
             raise refusal
         await self._keep_alive(upload)
         return await self._direct().sign_part(upload.storage, number, self._config.direct_url_ttl)
@@ -323,106 +322,6 @@ class DirectUploads:
             raise Conflict(f"the upload is {upload.state.value}: it takes no more parts")
         return upload
 
-    # -- the end ----------------------------------------------------------------------------------
-
-    async def complete(
-        self, principal: Principal, upload: Upload, parts: Sequence[tuple[int, str]]
-    ) -> Upload:
-        """Complete a direct multipart upload from the client's list of parts: the upload is
-        then ``verifying`` (answered again as it is when it was completed before)."""
-        wanted = completed_parts(parts)
-        store = self._direct()
-        async with self._locker.lock(upload.id, wait=self._config.lock_timeout) as lease:
-            current = self._loader.live(await self._loader.claimed(upload.id, lease))
-            if current.state is not UploadState.RECEIVING:
-                return current  # completed before: a retried complete
-            size = await store.finished_size(current.storage)
-            if size is None:  # not completed yet (or, killed after completing: its object is)
-                stored = {part.number: part for part in await self._stored_parts(current)}
-                for number, etag in wanted:
-                    part = stored.get(number)
-                    if part is None or part.etag.strip('"') != etag:
-                        raise BadRequest(f"part {number} was not uploaded with that ETag")
-                await self._check_size(current, sum(stored[number].size for number, _ in wanted))
-                size = await store.finish_multipart(current.storage, wanted)
-            upload = await self._finish(current, size, principal.allowed_types)
-        await self._lifecycle.verify_soon(upload.id)
-        return upload
-
-    async def _stored_parts(self, upload: Upload) -> list[DirectPart]:
-        try:
-            return await self._direct().direct_parts(upload.storage)
-        except NotFound:
-            raise Conflict("the upload's parts are gone: it was aborted") from None
-
-    async def _check_size(self, upload: Upload, size: int) -> None:
-        """Before anything is completed: the size the parts add up to breaks no cap (else the
-        upload fails, its parts deleted: 413, or 403 for the quota)."""
-        try:
-            self._size_allowed(upload, size)
-            if upload.length is None and self._config.quota is not None and upload.owner:
-                self._config.quota.check(await self._repo.usage(upload.owner), size=size)
-        except (TooLarge, QuotaExceeded, BadRequest) as exc:
-            await self._refuse(upload, exc)
-            raise
-
-    def _size_allowed(self, upload: Upload, size: int) -> None:
-        if upload.length is not None and size != upload.length:
-            raise BadRequest(f"the file is {size} bytes, not the {upload.length} declared")
-        limit = smallest(self._config.max_size, upload.size_cap)
-        if limit is not None and size > limit:
-            raise TooLarge(f"the file is {size} bytes, more than the maximum size {limit}")
-
-    async def _refuse(self, upload: Upload, exc: ServiceError) -> None:
-        """The upload broke a rule (its size, its type, the quota): failed with the reason, its
-        bytes deleted."""
-        with contextlib.suppress(Conflict):  # ended meanwhile: its bytes go with it anyway
-            # it holds nothing: its ticket (if it was made with one) gets the use back, so the
-            # end user can try again with a file that fits
-            await self._repo.fail(
-                upload.id,
-                exc.message,
-                self._clock(),
-                only_from=(UploadState.RECEIVING,),
-                give_back=True,
-            )
-        await self._store.delete(upload.storage)  # row first: nothing reads them now
-        self._events.failed()
-        logger.warning("direct upload refused: %s", exc.message, extra={"upload_id": upload.id})
-
-    async def _finish(self, upload: Upload, size: int, types: tuple[str, ...] = ()) -> Upload:
-        """The object is complete in the store (``size`` bytes): check it (its first bytes by
-        the service's allowed types and ``types``, the caller's), then move the row to
-        ``verifying`` (the caller holds the upload's lock)."""
-        try:
-            self._size_allowed(upload, size)
-            await self._check_head(upload, size, types)
-            now = self._clock()
-            if upload.length is None:
-                upload = await self._repo.declare_length(upload.id, size, now, self._config.quota)
-            upload = await self._repo.advance(
-                upload.id, expected=0, offset=size, now=now, expires_at=upload.expires_at
-            )
-        except ServiceError as exc:
-            if exc.status >= 500:
-                raise  # the store or the database is down: the client's retry finishes it
-            await self._refuse(upload, exc)
-            raise
-        upload = await self._repo.complete(upload.id, self._clock())
-        logger.info("direct upload complete (%d bytes)", size, extra={"upload_id": upload.id})
-        return upload
-
-    async def _check_head(self, upload: Upload, size: int, types: tuple[str, ...]) -> None:
-        """With allowed types configured (by the service or the caller), the object's first
-        bytes must show one, as a tus upload's first bytes must."""
-        rules = self._rules.narrowed(types)
-        if not rules.restricted or size == 0:
-            return
-        head = b""
-        async for piece in self._store.read(upload.storage, 0, min(rules.head_size, size)):
-            head += piece
-        await rules.check_head(head, short=False)
-
     async def abort(self, upload: Upload) -> None:
         """The client gives the upload up: terminated (post-terminate), its parts deleted."""
         async with self._locker.lock(upload.id, wait=self._config.lock_timeout):
@@ -451,35 +350,12 @@ class DirectUploads:
             content_type=text("filetype"),
         )
 
+    async def complete(
+        self, principal: Principal, upload: Upload, parts: Sequence[tuple[int, str]]
+    ) -> Upload:
+        """See ``DirectEnd.complete``."""
+        return await self._ending().complete(principal, upload, parts)
+
     async def settle_posts(self) -> int:
-        """Finish every receiving form-POST upload whose object has arrived; how many did."""
-        if not isinstance(self._store, DirectStore):
-            return 0
-        store = self._store
-        settled = 0
-        waiting = await self._repo.list_page(
-            UploadQuery(states=(UploadState.RECEIVING,), direct=True, limit=SETTLE_BATCH)
-        )
-        for upload in waiting:
-            if store.multipart_id(upload.storage) is not None:
-                continue  # a multipart upload ends when its client completes it
-            if await store.finished_size(upload.storage) is None:
-                continue
-            try:
-                async with self._locker.lock(upload.id, wait=0, preempt=False) as lease:
-                    current = await self._loader.claimed(upload.id, lease)
-                    if current is None or current.state is not UploadState.RECEIVING:
-                        continue
-                    size = await store.finished_size(current.storage)
-                    if size is None:
-                        continue
-                    await self._finish(current, size, ())
-            except Locked:
-                continue  # another replica is settling it
-            except ServiceError as exc:
-                if exc.status >= 500:
-                    logger.error("settling a direct upload failed: %s", exc.message)
-                continue
-            settled += 1
-            await self._lifecycle.verify_soon(upload.id)
-        return settled
+        """See ``DirectEnd.settle_posts`` (0 off S3)."""
+        return 0 if self._end is None else await self._end.settle_posts()
