@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import anyio.lowlevel
@@ -32,23 +32,14 @@ import anyio.lowlevel
 from upload_service.db import transitions
 from upload_service.db.base import Quota, UploadQuery, Usage
 from upload_service.db.memory_outbox import MemoryOutbox
-from upload_service.errors import Conflict, Unauthorized, Unavailable
+from upload_service.db.memory_tickets import MemoryTickets, utc, utc_or_none
+from upload_service.errors import Conflict, Unavailable
 from upload_service.outbox import EventType
-from upload_service.tickets import Ticket, used_up
 from upload_service.uploads import ENDED_STATES, LIVE_STATES, Upload, UploadState, VideoInfo
 
 # What a transition expects of the row it changes (the SQL one's WHERE clause).
 _Condition = Callable[[Upload], bool]
 _T = TypeVar("_T")
-
-
-def _utc(moment: datetime) -> datetime:
-    # the SQL repository reads every moment back in UTC (a naive one taken as UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _utc_or_none(moment: datetime | None) -> datetime | None:
-    return None if moment is None else _utc(moment)
 
 
 def _stored(upload: Upload) -> Upload:
@@ -57,11 +48,11 @@ def _stored(upload: Upload) -> Upload:
     return replace(
         upload,
         metadata=dict(upload.metadata),
-        created_at=_utc(upload.created_at),
-        updated_at=_utc(upload.updated_at),
-        expires_at=_utc_or_none(upload.expires_at),
-        completed_at=_utc_or_none(upload.completed_at),
-        state_changed_at=_utc(upload.state_changed_at or upload.created_at),
+        created_at=utc(upload.created_at),
+        updated_at=utc(upload.updated_at),
+        expires_at=utc_or_none(upload.expires_at),
+        completed_at=utc_or_none(upload.completed_at),
+        state_changed_at=utc(upload.state_changed_at or upload.created_at),
         finals=(),
     )
 
@@ -75,17 +66,17 @@ def _fenced(fence: int | None) -> _Condition:
     return lambda upload: fence is None or upload.fence == fence
 
 
-class MemoryUploadRepository(MemoryOutbox):
+class MemoryUploadRepository(MemoryOutbox, MemoryTickets):
     """``UploadRepository`` over dictionaries, with the ``Outbox`` capability: with ``events``
     on, the transitions that report events write them in the same step."""
 
     def __init__(self, *, events: bool = False) -> None:
-        super().__init__()
+        MemoryOutbox.__init__(self)
+        MemoryTickets.__init__(self)
         self._reporting = events
         self._rows: dict[str, Upload] = {}
         # upload_parts: final id -> {position: part id}
         self._parts: dict[str, dict[int, str]] = {}
-        self._tickets: dict[str, Ticket] = {}
 
     def sharing(self, *, events: bool) -> MemoryUploadRepository:
         """A repository over this one's state (uploads, parts, events) with ``events`` on or
@@ -141,8 +132,8 @@ class MemoryUploadRepository(MemoryOutbox):
         return await self._list(lambda row: row.state is state)
 
     async def list_page(self, query: UploadQuery) -> list[Upload]:
-        after = None if query.after is None else (_utc(query.after.created_at), query.after.id)
-        since, until = _utc_or_none(query.created_after), _utc_or_none(query.created_before)
+        after = None if query.after is None else (utc(query.after.created_at), query.after.id)
+        since, until = utc_or_none(query.created_after), utc_or_none(query.created_before)
 
         def matches(row: Upload) -> bool:
             return (
@@ -199,43 +190,7 @@ class MemoryUploadRepository(MemoryOutbox):
         if upload.id in self._rows:  # what the SQL insert's integrity error leaves as
             raise Unavailable(f"database unavailable: upload {upload.id} exists already")
 
-    def _use_ticket(self, ticket_id: str, now: datetime) -> None:
-        """As ``db.tickets.use_ticket``: a use from a count below the limit, while the ticket
-        neither was revoked nor expired; the last check before the insert, so nothing else can
-        refuse the upload after its ticket was used."""
-        ticket = self._tickets.get(ticket_id)
-        if ticket is None:
-            raise Unauthorized("invalid upload ticket")
-        refusal = ticket.refusal(_utc(now))
-        if refusal is not None:
-            raise refusal
-        if ticket.used >= ticket.uploads:
-            raise used_up(ticket_id)
-        self._tickets[ticket_id] = replace(ticket, used=ticket.used + 1)
-
-    # -- tickets -----------------------------------------------------------------------------------
-
-    async def add_ticket(self, ticket: Ticket) -> None:
-        if ticket.id in self._tickets:
-            raise Unavailable(f"database unavailable: ticket {ticket.id} exists already")
-        self._tickets[ticket.id] = replace(
-            ticket,
-            metadata=dict(ticket.metadata),
-            created_at=_utc(ticket.created_at),
-            expires_at=_utc(ticket.expires_at),
-            revoked_at=_utc_or_none(ticket.revoked_at),
-        )
-        await self._answer(None)
-
-    async def get_ticket(self, ticket_id: str) -> Ticket | None:
-        ticket = self._tickets.get(ticket_id)
-        return await self._answer(None if ticket is None else copy.deepcopy(ticket))
-
-    async def revoke_ticket(self, ticket_id: str, now: datetime) -> Ticket | None:
-        ticket = self._tickets.get(ticket_id)
-        if ticket is not None and ticket.revoked_at is None:
-            ticket = self._tickets[ticket_id] = replace(ticket, revoked_at=_utc(now))
-        return await self._answer(None if ticket is None else copy.deepcopy(ticket))
+    # -- tickets (the rest is MemoryTickets') --------------------------------------------------
 
     async def ticket_uploads(self, ticket_id: str) -> tuple[str, ...]:
         made = sorted(
@@ -417,12 +372,6 @@ class MemoryUploadRepository(MemoryOutbox):
         return await self._transition(
             upload_id, transitions.TERMINATE, now=now, give_back=give_back
         )
-
-    def _give_back(self, upload: Upload) -> None:
-        """As ``db.tickets.give_back``, in the step of the transition that ended ``upload``."""
-        ticket = None if upload.ticket is None else self._tickets.get(upload.ticket)
-        if ticket is not None and ticket.used > 0:
-            self._tickets[ticket.id] = replace(ticket, used=ticket.used - 1)
 
     async def expire(self, upload_id: str, now: datetime) -> Upload:
         return await self._transition(
