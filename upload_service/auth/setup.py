@@ -4,6 +4,7 @@ says so, and warns whenever it does."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,7 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from upload_service.auth.apikey import ApiKeyAuthenticator
-from upload_service.auth.base import AnyOf, Authenticator, OpenAuthenticator, authenticate
+from upload_service.auth.base import (
+    AnyOf,
+    Authenticator,
+    OpenAuthenticator,
+    authenticate,
+    bearer_token,
+)
 from upload_service.auth.principal import ANONYMOUS, Principal
 from upload_service.auth.signed import UrlSigner, derived_key
 from upload_service.auth.tickets import TicketAuthenticator, looks_like_ticket
@@ -43,10 +50,12 @@ class Auth:
         """The caller of a request with this ``Authorization`` value (401 unless it holds); on
         an open service, whatever else it sends, the anonymous caller. An upload ticket's bearer
         is the ticket's caller everywhere."""
-        if self.tickets is not None and authorization:
-            scheme, _, token = authorization.strip().partition(" ")
-            if scheme.lower() == "bearer" and looks_like_ticket(token.strip()):
-                return await self.ticket(token.strip())
+        if self.tickets is not None:
+            token = None
+            with contextlib.suppress(Unauthorized):  # another scheme: not a ticket's bearer
+                token = bearer_token(authorization)
+            if token is not None and looks_like_ticket(token):
+                return await self.ticket(token)
         if self.open:
             return ANONYMOUS
         return await authenticate(self.authenticator, authorization)
