@@ -358,3 +358,29 @@ async def test_an_open_service_issues_tickets_whose_limits_still_hold(sqlite_dir
         other = anyone.headers["Location"].rsplit("/", 1)[1]
         reach = await client.head(f"/files/{other}", headers={**TUS, **bearer(ticket)})
         assert reach.status_code == 404
+
+
+async def test_the_endpoints_a_ticket_names_follow_the_tus_mount_path(sqlite_dir: Path) -> None:
+    """With the tus endpoint elsewhere (``UPLOAD_BASE_PATH``), ``tus_endpoint`` follows it and
+    ``companion_endpoint`` stays at the service's root, where its routes are."""
+    from tests.conftest import make_settings
+
+    async with served(make_settings(sqlite_dir, base_path="/v1/uploads")) as app:
+        answer = await issue(app.client, None)
+        assert answer["tus_endpoint"] == "http://testserver/v1/uploads/"
+        assert answer["companion_endpoint"] == f"http://testserver/companion/{answer['ticket']}"
+        base = answer["companion_endpoint"].removeprefix("http://testserver")
+        # the path answers (the store here is local: direct uploads are a 501, not a 404)
+        reached = await app.client.post(f"{base}/s3/multipart", json={})
+        assert reached.status_code == 501
+
+
+@pytest.mark.parametrize("taken", ["/s3", "/companion", "/companion/files"])
+def test_the_tus_endpoint_cannot_sit_on_the_direct_uploads_paths(
+    sqlite_dir: Path, taken: str
+) -> None:
+    from tests.conftest import make_settings
+    from upload_service.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"UPLOAD_BASE_PATH: .*must not be or lie under"):
+        make_settings(sqlite_dir, base_path=taken)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from upload_service.auth.principal import Principal
@@ -59,14 +59,19 @@ def _state(ticket: Ticket, now: datetime) -> str:
     return "active" if ticket.left else "used_up"
 
 
-def _root(endpoint: Endpoint) -> str:
-    """The service's root as the client sees it (the tus endpoint's path without ``/files``)."""
-    return (endpoint.origin or "") + endpoint.path.rpartition("/")[0]
+async def service_root(request: Request) -> str:
+    """The service's root as the client sees it (origin and any prefix a trusted proxy announced:
+    where ``/companion`` is, whatever ``UPLOAD_BASE_PATH`` says of the tus endpoint)."""
+    return str(request.base_url).rstrip("/")
+
+
+RootDep = Annotated[str, Depends(service_root)]
 
 
 def ticket_out(
     ticket: Ticket,
     endpoint: Endpoint,
+    root: str,
     now: datetime,
     uploads: tuple[str, ...] = (),
     bearer: str | None = None,
@@ -84,7 +89,7 @@ def ticket_out(
         metadata=dict(ticket.metadata),
         upload_ids=list(uploads),
         tus_endpoint=(endpoint.origin or "") + endpoint.path + "/",
-        companion_endpoint=_root(endpoint) + COMPANION_PATH + "/" + (bearer or "<ticket>"),
+        companion_endpoint=root + COMPANION_PATH + "/" + (bearer or "<ticket>"),
         ticket=bearer,
     )
 
@@ -107,7 +112,11 @@ async def _issued(services: Services, principal: Principal, ticket_id: str) -> T
 
 @router.post("/api/tickets", response_model=TicketOut, status_code=201)
 async def create_ticket(
-    asked: TicketIn, services: ServicesDep, principal: PrincipalDep, endpoint: EndpointDep
+    asked: TicketIn,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    endpoint: EndpointDep,
+    root: RootDep,
 ) -> TicketOut:
     """Issue an upload ticket: the only credential of one end user, for at most ``uploads``
     uploads that belong to the caller. Its ``ticket`` is shown here only."""
@@ -124,17 +133,21 @@ async def create_ticket(
         now,
     )
     await _tickets(services).add_ticket(ticket)
-    return ticket_out(ticket, endpoint, now, bearer=bearer)
+    return ticket_out(ticket, endpoint, root, now, bearer=bearer)
 
 
 @router.get("/api/tickets/{ticket_id}", response_model=TicketOut)
 async def get_ticket(
-    ticket_id: str, services: ServicesDep, principal: PrincipalDep, endpoint: EndpointDep
+    ticket_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    endpoint: EndpointDep,
+    root: RootDep,
 ) -> TicketOut:
     """The ticket, its uses and the uploads made with it (its issuer only)."""
     ticket = await _issued(services, principal, ticket_id)
     uploads = await _tickets(services).ticket_uploads(ticket.id)
-    return ticket_out(ticket, endpoint, services.handler.clock(), uploads)
+    return ticket_out(ticket, endpoint, root, services.handler.clock(), uploads)
 
 
 @router.delete("/api/tickets/{ticket_id}", status_code=204)

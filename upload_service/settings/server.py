@@ -12,7 +12,17 @@ from upload_service.settings._base import Group, MiB, shown, split_commas
 
 _BASE_PATH = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
 # the other endpoints' own paths (/static: the upload page's files; /docs: the API docs)
-_TAKEN_PATHS = ("/api", "/docs", "/healthz", "/readyz", "/metrics", "/static")
+# the other routes at the root (``/s3`` and ``/companion``: the direct uploads' endpoints)
+_TAKEN_PATHS = (
+    "/api",
+    "/docs",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/static",
+    "/s3",
+    "/companion",
+)
 
 
 class ServerSettings(Group):
@@ -52,7 +62,8 @@ class ServerSettings(Group):
     base_path: str = Field(
         default="/files",
         description="where the tus endpoint is mounted (starts with `/`, no trailing `/`, no "
-        "`..`; not under `/api`, `/docs`, `/healthz`, `/readyz`, `/metrics`, `/static`)",
+        "`..`; not under `/api`, `/docs`, `/healthz`, `/readyz`, `/metrics`, `/static`, `/s3`, "
+        "`/companion`)",
     )
     page_chunk_size: int = Field(
         default=8 * MiB,
