@@ -26,8 +26,8 @@ from sqlalchemy import update
 from tests import s3 as moto
 from tests.conftest import TUS, make_settings
 from tests.test_auth import auth_settings, bearer, hs256
-from tests.tus_http_helpers import Served, serve
-from upload_service.db.models import TicketRow, UploadRow
+from tests.tus_http_helpers import Served, serve, set_expires_at
+from upload_service.db.models import TicketRow
 from upload_service.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -390,12 +390,8 @@ async def test_an_abandoned_direct_upload_is_aborted_on_expiry(
     assert (await s3.put(signed.json()["url"], content=data(1000))).status_code == 200
     assert len((await in_bucket(moto_endpoint, bucket))[1]) == 1
     upload_id = started["key"].removeprefix(PREFIX)
-    async with served.services.engine.begin() as connection:
-        await connection.execute(
-            update(UploadRow)
-            .where(UploadRow.id == upload_id)
-            .values(expires_at=served.services.handler.clock() - timedelta(seconds=1))
-        )
+    past = served.services.handler.clock() - timedelta(seconds=1)
+    await set_expires_at(served.services, upload_id, past)
     assert await served.services.handler.lifecycle.expire() == 1
     assert await in_bucket(moto_endpoint, bucket) == ([], [])
     gone = await sign(client, "", started, 2, headers)
@@ -522,12 +518,7 @@ async def test_a_client_asking_for_parts_keeps_its_upload_alive_and_a_post_expir
     assert patched.status_code == 403
     assert "straight to the bucket" in patched.text
     # close to its expiry (a long upload): the next part's URL moves the expiry on
-    async with served.services.engine.begin() as connection:
-        await connection.execute(
-            update(UploadRow)
-            .where(UploadRow.id == upload_id)
-            .values(expires_at=now + timedelta(minutes=1))
-        )
+    await set_expires_at(served.services, upload_id, now + timedelta(minutes=1))
     assert (await sign(client, base, started, 1)).status_code == 200
     upload = await served.services.repository.get(upload_id)
     assert upload is not None
